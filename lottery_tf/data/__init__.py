@@ -1,0 +1,13 @@
+"""Dataset registry: ``get_splits(config)`` returns train/validation/test arrays.
+
+MNIST-family datasets are found, in order: an explicit ``--data_dir`` of IDX
+files; data TFDS has already prepared; known local IDX folders (Debian's
+``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist``); and a
+TFDS download, attempted only if the network answers within a few seconds.
+"""
+
+from lottery_tf.data.registry import DATASETS, DataUnavailableError, Splits, get_splits
+from lottery_tf.data import mnist as _mnist  # noqa: F401  (registers datasets)
+from lottery_tf.data import synthetic as _synthetic  # noqa: F401
+
+__all__ = ["DATASETS", "DataUnavailableError", "Splits", "get_splits"]

@@ -1,0 +1,147 @@
+"""Watching a level train: periodic evaluation, TensorBoard scalars, progress lines."""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from lottery_tf.keras_compat import keras
+from lottery_tf.masking import layer_densities, overall_density
+
+
+def make_evaluator(model, jit_compile: bool = True, chunk: int = 10000):
+    """A compiled function ``(x, y) -> (mean loss, accuracy)`` for a logits model.
+
+    The whole split is evaluated in chunks of ``chunk`` examples inside one
+    graph, so an evaluation costs one call and no Python loop over batches.
+    """
+
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def _chunk(x, y):
+        logits = tf.cast(model(x, training=False), tf.float32)
+        losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1), y), tf.float32)
+        return tf.reduce_sum(losses), tf.reduce_sum(correct)
+
+    def evaluate(x, y):
+        n = int(x.shape[0])
+        loss = correct = 0.0
+        for start in range(0, n, chunk):
+            l, c = _chunk(x[start : start + chunk], y[start : start + chunk])
+            loss += float(l)
+            correct += float(c)
+        return loss / n, correct / n
+
+    return evaluate
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Evaluates named splits every ``every`` steps; logs curves and sparsity.
+
+    Records ``self.curves[split]["loss"|"accuracy"]`` and ``self.iterations``,
+    writes TensorBoard scalars (``<split>/loss``, ``<split>/accuracy``,
+    ``sparsity/overall``, ``sparsity/<layer>``) when ``log_dir`` is set, and
+    prints a progress line every ``print_every`` evaluations.
+
+    Args:
+        splits: Name -> (x, y) tensors, e.g. ``{"val": ..., "test": ...}``.
+        every: Evaluate every this many optimizer steps (a multiple of the
+            model's ``steps_per_execution``). Step 0 is evaluated too.
+        total_steps: Steps this ``fit`` will run (for progress and ETA).
+        log_dir: TensorBoard folder, or None.
+        label: Prefix of progress lines.
+        print_every: Evaluations between progress lines (0 = never).
+        jit_compile: Compile the evaluation with XLA.
+    """
+
+    def __init__(self, splits: Mapping, every: int, total_steps: int, log_dir=None,
+                 label: str = "", print_every: int = 0, jit_compile: bool = True):
+        super().__init__()
+        self.splits = {k: (tf.convert_to_tensor(x), tf.convert_to_tensor(y)) for k, (x, y) in splits.items()}
+        self.every = every
+        self.total_steps = total_steps
+        self.log_dir = log_dir
+        self.label = label
+        self.print_every = print_every
+        self.jit_compile = jit_compile
+        self.iterations: list[int] = []
+        self.curves = {k: {"loss": [], "accuracy": []} for k in self.splits}
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        self._evaluate = make_evaluator(self.model, self.jit_compile)
+        self._writer = tf.summary.create_file_writer(self.log_dir) if self.log_dir else None
+        self._start_step = self._step()
+        self._start_time = time.time()
+        self._count = 0
+        self._log_sparsity()
+        self._record()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if (step - self._start_step) % self.every == 0 and step != self.iterations[-1]:
+            self._record()
+
+    def on_train_end(self, logs=None):
+        if self.iterations[-1] != self._step():
+            self._record()
+        self._log_sparsity()
+        if self._writer:
+            self._writer.flush()
+            self._writer.close()
+
+    def _log_sparsity(self):
+        if not self._writer:
+            return
+        step = self._step()
+        with self._writer.as_default(step=step):
+            tf.summary.scalar("sparsity/overall", 1.0 - overall_density(self.model))
+            for name, value in layer_densities(self.model).items():
+                tf.summary.scalar(f"sparsity/{name}", 1.0 - value)
+
+    def _record(self):
+        step = self._step()
+        self.iterations.append(step)
+        results = {}
+        for split, (x, y) in self.splits.items():
+            loss, accuracy = self._evaluate(x, y)
+            self.curves[split]["loss"].append(loss)
+            self.curves[split]["accuracy"].append(accuracy)
+            results[split] = (loss, accuracy)
+        if self._writer:
+            with self._writer.as_default(step=step):
+                for split, (loss, accuracy) in results.items():
+                    tf.summary.scalar(f"{split}/loss", loss)
+                    tf.summary.scalar(f"{split}/accuracy", accuracy)
+        self._count += 1
+        done = step - self._start_step
+        if self.print_every and (self._count % self.print_every == 0 or done >= self.total_steps):
+            elapsed = time.time() - self._start_time
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = (self.total_steps - done) / rate if rate > 0 else 0.0
+            metrics = "  ".join(f"{s}_acc {a:.4f}" for s, (_, a) in results.items())
+            print(
+                f"{self.label} step {done}/{self.total_steps}  {metrics}  "
+                f"{rate:.0f} steps/s  eta {eta:.0f}s",
+                flush=True,
+            )
+
+
+def summarize_curves(iterations, curves, early_stop_split: str = "val", report_split: str = "test") -> dict:
+    """Final and early-stopping (minimum ``early_stop_split`` loss) metrics."""
+    val_loss = np.asarray(curves[early_stop_split]["loss"])
+    best = int(np.argmin(val_loss))  # first minimum: earliest iteration wins ties
+    out = {
+        "early_stop_iteration": int(iterations[best]),
+        f"early_stop_{early_stop_split}_loss": float(val_loss[best]),
+    }
+    for split in curves:
+        out[f"early_stop_{split}_accuracy"] = float(curves[split]["accuracy"][best])
+        out[f"final_{split}_accuracy"] = float(curves[split]["accuracy"][-1])
+        out[f"final_{split}_loss"] = float(curves[split]["loss"][-1])
+    return out

@@ -1,0 +1,27 @@
+"""lottery_tf: lottery tickets (IMP with rewinding) for TensorFlow / Keras 3."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lottery_tf",
+    version="0.1.0",
+    description="Lottery tickets for Keras 3: masked layers, IMP with rewinding inside model.fit, experiments.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lottery_tf", "lottery_tf.*"]),
+    install_requires=[
+        "tensorflow>=2.16,<3",
+        "keras>=3.3,<4",
+        "tensorflow-datasets>=4.9",
+        "importlib_resources",  # tensorflow-datasets 4.9.10 imports it without declaring it
+        "absl-py>=1.0",
+        "tensorboard>=2.16",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "report": ["matplotlib>=3.7"],
+    },
+    entry_points={"console_scripts": ["lottery_tf=lottery_tf.main:run"]},
+)

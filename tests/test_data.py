@@ -1,0 +1,146 @@
+"""Datasets: IDX files, Debian's Fashion-MNIST, a real TFDS builder, synthetic, errors."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from lottery_tf.config import DataConfig
+from lottery_tf.data import DATASETS, DataUnavailableError, get_splits, idx, mnist
+
+DEBIAN_FOLDER = "/usr/share/datasets/fashion-mnist"
+
+
+def write_idx_folder(folder, n_train=30, n_test=10, gz=True, seed=0):
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    data = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test) + 3) % 10,
+    }
+    for stem, array in data.items():
+        idx.write_idx(os.path.join(folder, stem + suffix), array)
+    return data
+
+
+@pytest.fixture(autouse=True)
+def no_network_no_default_folders(monkeypatch, tmp_path):
+    # Tests never download and never see the machine's own data unless they ask.
+    monkeypatch.setattr(mnist, "_network_answers", lambda *a, **k: False)
+    monkeypatch.setenv(mnist.SEARCH_ENV, str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path, gz):
+    written = write_idx_folder(str(tmp_path), gz=gz)
+    loaded = idx.load_folder(str(tmp_path))
+    np.testing.assert_array_equal(loaded["train"][0], written["train-images-idx3-ubyte"])
+    np.testing.assert_array_equal(loaded["test"][1], written["t10k-labels-idx1-ubyte"])
+
+
+def test_idx_header_literal(tmp_path):
+    path = str(tmp_path / "x")
+    idx.write_idx(path, np.array([[1, 2, 3], [4, 5, 6]]))
+    assert open(path, "rb").read() == bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6])
+
+
+def test_malformed_idx_files_named_in_errors(tmp_path):
+    write_idx_folder(str(tmp_path))
+    truncated = tmp_path / "train-labels-idx1-ubyte.gz"
+    with gzip.open(truncated, "wb") as handle:
+        handle.write(bytes([0, 0, 8, 1, 0, 0, 0, 30]) + bytes(5))
+    with pytest.raises(idx.IdxError, match="train-labels-idx1-ubyte.gz has 13 bytes"):
+        idx.load_folder(str(tmp_path))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(idx.IdxError, match="t10k-images"):
+        idx.read_idx(str(tmp_path / "t10k-images-idx3-ubyte.gz"))
+    os.remove(tmp_path / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(idx.IdxError, match=r"t10k-images-idx3-ubyte\[.gz\] not found"):
+        idx.find_file(str(tmp_path), "t10k-images-idx3-ubyte")
+
+
+def test_explicit_data_dir_is_used_with_validation_split(tmp_path):
+    write_idx_folder(str(tmp_path), n_train=30, n_test=10)
+    splits = get_splits(DataConfig(name="mnist", data_dir=str(tmp_path), validation_examples=5))
+    assert splits.x_train.shape == (25, 28, 28, 1) and splits.x_val.shape == (5, 28, 28, 1)
+    assert splits.x_test.shape == (10, 28, 28, 1)
+    assert splits.x_train.dtype == np.float32 and splits.y_train.dtype == np.int64
+    # Standardized with the training set's statistics.
+    full = np.concatenate([splits.x_train, splits.x_val])
+    assert abs(full.mean()) < 1e-5 and abs(full.std() - 1) < 1e-4
+    np.testing.assert_array_equal(splits.y_test, (np.arange(10) + 3) % 10)
+    assert splits.source == f"idx:{tmp_path}"
+
+
+def test_bad_explicit_data_dir_names_the_flag(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataUnavailableError, match="--data_dir: .*train-images-idx3-ubyte.*not found"):
+        get_splits(DataConfig(name="fashion_mnist", data_dir=str(tmp_path / "empty")))
+
+
+def test_folder_found_without_a_path(tmp_path, monkeypatch):
+    write_idx_folder(str(tmp_path / "datasets" / "fashion-mnist"))
+    monkeypatch.setenv(mnist.SEARCH_ENV, str(tmp_path / "datasets"))
+    splits = get_splits(DataConfig(name="fashion_mnist", validation_examples=5, tfds_data_dir=str(tmp_path / "tfds")))
+    assert splits.source == f"idx:{tmp_path / 'datasets' / 'fashion-mnist'}"
+
+
+def test_nothing_found_error_says_both_ways(tmp_path):
+    with pytest.raises(DataUnavailableError) as info:
+        get_splits(DataConfig(name="fashion_mnist", tfds_data_dir=str(tmp_path / "tfds")))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "apt-get install dataset-fashion-mnist" in message and "--data_dir" in message
+    assert "tfds build fashion_mnist" in message
+
+
+def test_debian_fashion_mnist_found_by_default(monkeypatch, tmp_path):
+    # The project's setup installs Debian's dataset-fashion-mnist; this is the real file set.
+    assert idx.has_idx_files(DEBIAN_FOLDER), "run tools/setup.sh (installs dataset-fashion-mnist)"
+    monkeypatch.delenv(mnist.SEARCH_ENV)
+    splits = get_splits(DataConfig(name="fashion_mnist", tfds_data_dir=str(tmp_path / "tfds")))
+    assert splits.source == f"idx:{DEBIAN_FOLDER}"
+    assert (len(splits.x_train), len(splits.x_val), len(splits.x_test)) == (55000, 5000, 10000)
+    assert np.bincount(splits.y_test).tolist() == [1000] * 10
+
+
+def test_real_tfds_builder_reads_prepared_data(tmp_path):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(0)
+    builder = tfds.builder("mnist")
+
+    def split(n):
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), "label": np.arange(n) % 10}
+        )
+
+    data_dir = str(tmp_path / "tfds")
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="mnist", version=str(builder.version), features=builder.info.features,
+        split_datasets={"train": split(40), "test": split(20)}, data_dir=data_dir,
+    )
+    write_idx_folder(str(tmp_path / "idx"))  # TFDS's prepared copy wins over the search path
+    splits = get_splits(DataConfig(name="mnist", tfds_data_dir=data_dir, validation_examples=10))
+    assert splits.source.startswith("tfds:mnist")
+    assert len(splits.x_train) == 30 and len(splits.x_test) == 20
+    assert sorted(splits.y_test.tolist()) == sorted((np.arange(20) % 10).tolist())
+
+
+def test_synthetic_is_deterministic_and_learnable_shape():
+    config = DataConfig(name="synthetic", synthetic_train_examples=200, synthetic_test_examples=50, validation_examples=40)
+    a, b = get_splits(config), get_splits(config)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert a.x_train.shape == (160, 28, 28, 1) and a.x_val.shape == (40, 28, 28, 1) and a.x_test.shape == (50, 28, 28, 1)
+    assert a.num_classes == 10 and set(np.unique(a.y_train)) <= set(range(10))
+
+
+def test_registry_lists_valid_names():
+    assert DATASETS.names() == ["fashion_mnist", "mnist", "synthetic"]
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'; expected one of: fashion_mnist, mnist, synthetic"):
+        DATASETS.get("cifar")
