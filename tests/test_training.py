@@ -83,3 +83,28 @@ def test_mirrored_strategy_two_cpus_keeps_zeros_on_every_replica():
         for component in replicas:
             assert np.all(component.numpy()[mask == 0] == 0.0)
         np.testing.assert_array_equal(replicas[0].numpy(), replicas[1].numpy())
+
+
+def _imp_masks(strategy):
+    from lottery_tf.callbacks import PruneRewindCallback
+    from lottery_tf.pruning import PruningSpec
+
+    with strategy.scope():
+        keras.utils.set_random_seed(3)
+        model = wrap_model(keras.Sequential([
+            keras.Input((10,)), keras.layers.Dense(16, activation="relu", name="fc1"), keras.layers.Dense(3, name="out"),
+        ]))
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    imp = PruneRewindCallback(PruningSpec("global", 0.3))
+    for _ in range(2):
+        model.fit(X, Y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[imp])
+    return get_masks(model), get_prunable_weights(model)
+
+
+def test_imp_under_mirrored_matches_default_strategy():
+    masks_default, weights_default = _imp_masks(tf.distribute.get_strategy())
+    masks_mirrored, weights_mirrored = _imp_masks(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    for name in masks_default:
+        np.testing.assert_array_equal(masks_mirrored[name], masks_default[name])
+        np.testing.assert_allclose(weights_mirrored[name], weights_default[name], atol=1e-6)
+    assert sum(m.sum() for m in masks_default.values()) == 101  # 208 -> 145 -> 101

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs; tensorflow {tf.__version__}, keras {keras.__version__}",
         f"# {args.repeats} alternating runs of {args.steps} steps each after a warm-up; median steps/s",
         "",
-        f"{"setting":<44} {'unmasked':>10} {'masked':>10} {'ratio':>7}",
+        f"{'setting':<44} {'unmasked':>10} {'masked':>10} {'ratio':>7}",
     ]
     print("\n".join(lines), flush=True)
     for jit, per_execution in ((True, 100), (False, 100), (False, 1)):
