@@ -10,13 +10,33 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from lottery_tf import faults
+
+
+class CorruptFileError(RuntimeError):
+    """A run file exists but cannot be read; the message names it."""
+
+
+def read_npz(path: str | os.PathLike) -> dict:
+    """Reads every array of an ``.npz`` file.
+
+    Raises:
+        CorruptFileError: If the file is missing, truncated or not an archive.
+    """
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise CorruptFileError(f"{path} is unreadable or corrupted ({error})") from None
+
 
 @contextlib.contextmanager
-def _temporary_beside(path: str | os.PathLike, mode: str):
+def _temporary_beside(path: str | os.PathLike, mode: str, crash_point: str = "atomic_write"):
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
@@ -25,8 +45,14 @@ def _temporary_beside(path: str | os.PathLike, mode: str):
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
+            faults.crash_point(crash_point)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        # Name the file meant, not the temporary one (or none, as write() gives).
+        raise OSError(error.errno, error.strerror, path) from error
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -37,6 +63,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Writes ``text`` to ``path`` atomically."""
     with _temporary_beside(path, "w") as handle:
         handle.write(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, crash_point: str = "atomic_write") -> None:
+    """Writes ``data`` to ``path`` atomically (``crash_point`` names the moment
+    between writing the temporary file and renaming it, for tests)."""
+    with _temporary_beside(path, "wb", crash_point) as handle:
+        handle.write(data)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

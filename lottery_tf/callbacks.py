@@ -40,6 +40,8 @@ class PruneRewindCallback(keras.callbacks.Callback):
         output_layer: Name of the mask (``"<layer>/<attribute>"``) that gets
             ``spec.output_fraction``; defaults to the last masked weight.
         verbose: If true, prints one line per pruning step.
+        on_capture: Optional function called with the rewind point when it is
+            recorded (for example to save it to disk at once).
 
     Raises:
         ValueError: If ``rewind_step`` or ``levels`` is not a non-negative
@@ -61,6 +63,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
         levels: int | None = None,
         output_layer: str | None = None,
         verbose: bool = False,
+        on_capture=None,
     ):
         super().__init__()
         if isinstance(rewind_step, bool) or not isinstance(rewind_step, (int, np.integer)) or rewind_step < 0:
@@ -74,6 +77,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
         self.levels = levels
         self.output_layer = output_layer
         self.verbose = verbose
+        self.on_capture = on_capture
         self.level = 0
         self.rewind_point: "collections.OrderedDict[str, np.ndarray] | None" = None
         self.history: list[dict] = []
@@ -98,11 +102,16 @@ class PruneRewindCallback(keras.callbacks.Callback):
                 f"{self.rewind_step}; create the callback before the first fit."
             )
         if step == self.rewind_step:
-            self.rewind_point = rewind.capture(self.model)
+            self._capture()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.rewind_point is None and self._step() == self.rewind_step:
-            self.rewind_point = rewind.capture(self.model)
+            self._capture()
+
+    def _capture(self):
+        self.rewind_point = rewind.capture(self.model)
+        if self.on_capture is not None:
+            self.on_capture(self.rewind_point)
 
     # -- pruning and rewinding -------------------------------------------------------
     def on_train_end(self, logs=None):
@@ -137,7 +146,13 @@ class PruneRewindCallback(keras.callbacks.Callback):
         return masks
 
     def rewind(self) -> None:
-        """Restores the rewind point under the current masks; resets the optimizer."""
+        """Restores the rewind point under the current masks; resets the optimizer.
+
+        Raises:
+            ValueError: If no rewind point has been recorded or set.
+        """
+        if self.rewind_point is None:
+            raise ValueError("No rewind point: train a first level, or set callback.rewind_point.")
         rewind.restore(self.model, self.rewind_point)
         if getattr(self.model, "optimizer", None) is not None and self.model.optimizer.built:
             rewind.reset_optimizer(self.model.optimizer, self.rewind_step)

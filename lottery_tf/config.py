@@ -9,6 +9,7 @@ print one line and exit before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -100,18 +101,63 @@ class PruningConfig:
     rewind_step: int = 0
 
 
+BRANCHES = ("reinit", "random_prune", "rewind", "lr_rewind", "retrain")
+RANDOM_PRUNE_SCOPES = ("layerwise", "global")
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchConfig:
+    """Controls run as branches of the main line at chosen levels.
+
+    Args:
+        names: Branch types: ``reinit`` (same mask, fresh init), ``random_prune``
+            (random mask of the same density, the main line's rewind weights),
+            ``rewind`` (the mask rewound to ``rewind_step``), ``lr_rewind``
+            (Renda et al. 2020: the previous level's trained weights, only the
+            learning-rate schedule rewound), ``retrain`` (the ticket trained with
+            other settings).
+        levels: Levels the branches run at.
+        random_prune_scope: ``layerwise`` keeps each layer's density,
+            ``global`` only the overall density.
+        rewind_step: Step for ``rewind`` (required) and ``lr_rewind`` (-1 = the
+            main line's rewind step).
+        optimizer, learning_rate, iterations, batch_size: ``retrain``'s
+            overrides; empty / 0 = the main line's value.
+    """
+
+    names: tuple = ()
+    levels: tuple = ()
+    random_prune_scope: str = "layerwise"
+    rewind_step: int = -1
+    optimizer: str = ""
+    learning_rate: float = 0.0
+    iterations: int = 0
+    batch_size: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where and how to run; none of this changes what is computed."""
+
+    output_dir: str = "runs"
+    replicates: int = 1
+    replicate: int = -1  # >= 0: run only this replicate
+    checkpoint_every: int = 5000  # steps; 0 = no checkpoints within a level
+    deterministic: bool = False
+    tensorboard: bool = True
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """One lottery-ticket experiment: an IMP main line plus controls."""
+    """One lottery-ticket experiment: an IMP main line, its branches, replicates."""
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     pruning: PruningConfig = PruningConfig()
-    reinit_levels: tuple = ()  # levels that get a random-reinitialization control
     seed: int = 0
-    output_dir: str = "runs/lottery"
-    tensorboard: bool = True
+    branches: BranchConfig = BranchConfig()
+    run: RunConfig = RunConfig()
 
     def to_json(self) -> str:
         """Readable JSON of every setting (what is written to the run folder)."""
@@ -119,26 +165,94 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
-        """Inverse of ``dataclasses.asdict`` (lists become tuples)."""
+        """Inverse of ``dataclasses.asdict`` (lists become tuples).
+
+        Raises:
+            ValueError: If a section or field is unknown or missing.
+        """
 
         def tuples(value):
             if isinstance(value, list):
                 return tuple(tuples(v) for v in value)
             return value
 
-        return cls(
-            data=DataConfig(**data["data"]),
-            model=ModelConfig(**data["model"]),
-            training=TrainingConfig(**data["training"]),
-            pruning=PruningConfig(
-                **{k: tuples(v) for k, v in data["pruning"].items()}
-            ),
-            **{
-                k: tuples(v)
-                for k, v in data.items()
-                if k not in ("data", "model", "training", "pruning")
-            },
-        )
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        try:
+            for name, value in data.items():
+                if isinstance(value, dict):
+                    section_cls = {
+                        "data": DataConfig, "model": ModelConfig, "training": TrainingConfig,
+                        "pruning": PruningConfig, "branches": BranchConfig, "run": RunConfig,
+                    }[name]
+                    kwargs[name] = section_cls(**{k: tuples(v) for k, v in value.items()})
+                elif name in sections:
+                    kwargs[name] = tuples(value)
+                else:
+                    raise KeyError(name)
+            return cls(**kwargs)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"not a lottery_tf settings file: {error}") from None
+
+
+# Fields that do not change what is computed: left out of the experiment's hash.
+NOT_IDENTITY = {
+    "data": ("data_dir", "tfds_data_dir", "tfds_download"),
+    "training": ("steps_per_execution", "jit_compile"),
+    "pruning": ("levels",),
+    "branches": "*",
+    "run": "*",
+}
+
+
+def identity(config: ExperimentConfig) -> dict[str, Any]:
+    """The settings that define the experiment, flattened ``section.field``."""
+    flat = {}
+    for section, value in dataclasses.asdict(config).items():
+        skip = NOT_IDENTITY.get(section, ())
+        if skip == "*":
+            continue
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key not in skip:
+                    flat[f"{section}.{key}"] = item
+        else:
+            flat[section] = value
+    return flat
+
+
+def non_default_identity(config: ExperimentConfig) -> dict[str, Any]:
+    """The identity settings that differ from the defaults (what is hashed).
+
+    Adding a new setting with a default therefore never changes an old hash.
+    """
+    defaults = identity(ExperimentConfig())
+    return {k: v for k, v in identity(config).items() if defaults.get(k, object()) != v}
+
+
+def experiment_hash(config: ExperimentConfig) -> str:
+    """A short stable hash of the non-default identity settings."""
+    canonical = json.dumps(non_default_identity(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def parse_levels(text: str) -> tuple:
+    """``"0-3,7,11"`` -> ``(0, 1, 2, 3, 7, 11)``.
+
+    Raises:
+        ValueError: If an item is not an integer or a range ``a-b`` with a <= b.
+    """
+    levels = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        first, sep, last = item.partition("-")
+        if sep:
+            a, b = int(first), int(last)
+            if a > b:
+                raise ValueError(f"range {item!r} is empty")
+            levels.extend(range(a, b + 1))
+        else:
+            levels.append(int(item))
+    return tuple(sorted(set(levels)))
 
 
 def _integer(flag: str, value: Any, minimum: int) -> None:
@@ -209,11 +323,55 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
         if value % steps:
             raise ConfigError(flag, f"must be a multiple of --steps_per_execution={steps}; got {value}")
 
-    for level in config.reinit_levels:
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= pruning.levels:
-            raise ConfigError("reinit_levels", f"expected levels in 0..{pruning.levels} (--levels), got {level!r}")
     _integer("seed", config.seed, 0)
-    if not config.output_dir:
+
+    b = config.branches
+    for name in b.names:
+        if name not in BRANCHES:
+            raise ConfigError("branch", f"unknown branch {name!r}; expected one of {', '.join(BRANCHES)}")
+    if b.names and not b.levels:
+        raise ConfigError("branch_levels", "expected the levels to run the branches at, e.g. 0-3,7,11")
+    for level in b.levels if b.names else ():
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= pruning.levels:
+            raise ConfigError("branch_levels", f"level {level!r} does not exist: the main line has levels 0-{pruning.levels} (--levels)")
+    if "lr_rewind" in b.names and 0 in b.levels:
+        raise ConfigError("branch_levels", "lr_rewind starts from the previous level's trained weights, so it needs levels >= 1")
+    if b.random_prune_scope not in RANDOM_PRUNE_SCOPES:
+        raise ConfigError("random_prune_scope", f"expected one of {', '.join(RANDOM_PRUNE_SCOPES)}, got {b.random_prune_scope!r}")
+    if "rewind" in b.names and b.rewind_step < 0:
+        raise ConfigError("branch_rewind_step", "the rewind branch needs the step to rewind to (an integer >= 0)")
+    if b.rewind_step >= training.iterations:
+        raise ConfigError("branch_rewind_step", f"must be below --iterations={training.iterations}; got {b.rewind_step}")
+    if b.rewind_step > 0 and b.rewind_step % steps:
+        raise ConfigError("branch_rewind_step", f"must be a multiple of --steps_per_execution={steps}; got {b.rewind_step}")
+    if b.optimizer and b.optimizer not in OPTIMIZERS:
+        raise ConfigError("branch_optimizer", f"unknown optimizer {b.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if b.learning_rate < 0:
+        raise ConfigError("branch_learning_rate", f"expected a number > 0 (or 0 = main's), got {b.learning_rate!r}")
+    _integer("branch_iterations", b.iterations, 0)
+    _integer("branch_batch_size", b.batch_size, 0)
+    if b.iterations and (b.iterations % training.eval_every or b.iterations % steps or b.iterations <= pruning.rewind_step):
+        raise ConfigError("branch_iterations", f"must be a multiple of --eval_every and above --rewind_step; got {b.iterations}")
+
+    r = config.run
+    if not r.output_dir:
         raise ConfigError("output_dir", "expected a folder path, got an empty string")
-    if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
-        raise ConfigError("output_dir", f"{config.output_dir!r} exists and is not a folder")
+    if os.path.exists(r.output_dir) and not os.path.isdir(r.output_dir):
+        raise ConfigError("output_dir", f"{r.output_dir!r} exists and is not a folder")
+    _integer("replicates", r.replicates, 1)
+    _integer("replicate", r.replicate, -1)
+    _integer("checkpoint_every", r.checkpoint_every, 0)
+    if r.checkpoint_every and r.checkpoint_every % steps:
+        raise ConfigError("checkpoint_every", f"must be a multiple of --steps_per_execution={steps}; got {r.checkpoint_every}")
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """Seed of one replicate: distinct per replicate, reproducible, < 2**31."""
+    digest = hashlib.sha256(f"lottery_tf/{seed}/{replicate}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
+def derived_seed(seed: int, *parts) -> int:
+    """A seed for a branch's own randomness (fresh init, random mask)."""
+    digest = hashlib.sha256("/".join(["lottery_tf", str(seed), *map(str, parts)]).encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1

@@ -1,31 +1,60 @@
-"""The IMP experiment: the level loop and the random-reinit control.
+"""The experiment: IMP main line per replicate, then branches (controls) at chosen levels.
 
-Files go where :mod:`lottery_tf.run_dir` says. A level whose ``metrics.json``
-exists is done and is not trained again, so re-running the same command
-continues where an interrupted run stopped.
+Files go where :mod:`lottery_tf.run_dir` says. Every level of every branch is
+trained by :func:`train_level`, which checkpoints every ``checkpoint_every``
+steps and resumes from the newest good checkpoint, so a killed run continues
+where it stopped; a level whose ``metrics.json`` exists is never trained again.
+
+Branches reuse the main line's files and never retrain it:
+
+* ``reinit``: the level's mask, a fresh initialization (same distribution, a
+  derived seed), trained from step 0.
+* ``random_prune``: a random mask with the level's per-layer density
+  (``layerwise``) or overall density (``global``), started from the main line's
+  rewind point: only the mask differs from the ticket.
+* ``rewind``: the level's mask, rewound to step k of the dense run (weights,
+  learning-rate schedule and data order at k); k = 0 is reset to
+  initialization. States at k are replayed deterministically from the
+  initialization and cached.
+* ``lr_rewind`` (Renda et al. 2020): the previous level's trained weights under
+  this level's mask, optimizer reset, learning-rate schedule (and data order)
+  rewound to k.
+* ``retrain``: the ticket (mask + rewind point) trained with other settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 
-import numpy as np
 import tensorflow as tf
 
-from lottery_tf import atomic, report, rewind, run_dir
+from lottery_tf import atomic, checkpoint, report, rewind, run_dir
 from lottery_tf.callbacks import PruneRewindCallback
-from lottery_tf.config import ExperimentConfig
+from lottery_tf.config import ExperimentConfig, derived_seed, non_default_identity, replicate_seed
 from lottery_tf.data import Splits, get_splits
 from lottery_tf.keras_compat import keras
 from lottery_tf.masking import get_masks, layer_densities, overall_density, set_masks, wrap_model
 from lottery_tf.models import build_model
 from lottery_tf.monitor import PeriodicEvaluation, summarize_curves
-from lottery_tf.pruning import PruningSpec
-from lottery_tf.run_dir import is_done, level_dir
+from lottery_tf.pruning import PruningSpec, random_masks_like
+from lottery_tf.run_dir import MAIN, is_done, level_dir
 
-MAIN, REINIT = "main", "reinit"
+REINIT = "reinit"
+
+
+@dataclasses.dataclass
+class Context:
+    """What every level of one replicate needs."""
+
+    config: ExperimentConfig
+    splits: Splits
+    replicate: int
+    seed: int  # the replicate's seed: initialization and data order
+    folder: str  # the replicate's folder
 
 
 def pruning_spec(config: ExperimentConfig) -> PruningSpec:
@@ -38,20 +67,22 @@ def pruning_spec(config: ExperimentConfig) -> PruningSpec:
     )
 
 
-def make_optimizer(config: ExperimentConfig):
-    t = config.training
-    if t.optimizer == "adam":
-        return keras.optimizers.Adam(t.learning_rate, weight_decay=t.weight_decay or None)
-    if t.optimizer == "adamw":
-        return keras.optimizers.AdamW(t.learning_rate, weight_decay=t.weight_decay)
-    return keras.optimizers.SGD(t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay or None)
+def make_optimizer(training):
+    if training.optimizer == "adam":
+        return keras.optimizers.Adam(training.learning_rate, weight_decay=training.weight_decay or None)
+    if training.optimizer == "adamw":
+        return keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay)
+    return keras.optimizers.SGD(
+        training.learning_rate, momentum=training.momentum, weight_decay=training.weight_decay or None
+    )
 
 
 def train_pipeline(splits: Splits, batch_size: int, seed: int, skip_steps: int = 0) -> tf.data.Dataset:
-    """Endless shuffled batches; the same order for the same seed.
+    """Endless shuffled batches; batch i is a function of (seed, i) alone.
 
     Shuffles indices rather than examples, so the shuffle buffer stays small.
-    ``skip_steps`` skips the first batches (data order rewound to step k).
+    ``skip_steps`` starts at batch ``skip_steps``: this is how the data order is
+    rewound to step k and how a resumed run continues its input stream.
     """
     x = tf.constant(splits.x_train)
     y = tf.constant(splits.y_train)
@@ -69,65 +100,126 @@ def train_pipeline(splits: Splits, batch_size: int, seed: int, skip_steps: int =
     ).prefetch(tf.data.AUTOTUNE)
 
 
-def build_masked_model(config: ExperimentConfig, splits: Splits, seed: int):
-    """A freshly initialized, wrapped and compiled model."""
+def build_masked_model(config: ExperimentConfig, splits: Splits, seed: int, training=None):
+    """A freshly initialized (from ``seed``), wrapped and compiled model."""
+    training = training or config.training
     keras.utils.set_random_seed(seed)
     model = wrap_model(
         build_model(config.model, splits.input_shape, splits.num_classes),
         exclude=config.pruning.exclude_layers,
     )
     model.compile(
-        optimizer=make_optimizer(config),
+        optimizer=make_optimizer(training),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        steps_per_execution=config.training.resolved_steps_per_execution(config.pruning.rewind_step),
-        jit_compile=config.training.jit_compile,
+        steps_per_execution=training.resolved_steps_per_execution(config.pruning.rewind_step),
+        # Keras cannot compile with XLA under op determinism (it would warn and
+        # fall back); say so explicitly.
+        jit_compile=training.jit_compile and not config.run.deterministic,
     )
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
-def _train_level(config, model, splits, level, branch, steps, skip_steps, extra_callbacks=()):
-    t = config.training
-    label = f"level {level:2d} [{branch}] density {100 * overall_density(model):6.2f}%"
+def _step(model) -> int:
+    return int(model.optimizer.iterations.numpy())
+
+
+class _CheckpointSaver(keras.callbacks.Callback):
+    def __init__(self, folder, every, monitor, origin, end, wall_before):
+        super().__init__()
+        self.folder, self.every, self.monitor = folder, every, monitor
+        self.origin, self.end, self.wall_before = origin, end, wall_before
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = _step(self.model)
+        if self.every and (step - self.origin) % self.every == 0 and step < self.end:
+            state = {"monitor": self.monitor.state(), "wall_seconds": self.wall_before + time.time() - self.start}
+            checkpoint.save(self.folder, self.model, step, state)
+
+
+class _SaveTrainedState(keras.callbacks.Callback):
+    """Keeps the trained state (before the pruning callback rewinds it)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_train_end(self, logs=None):
+        rewind.save(rewind.capture(self.model), self.path)
+
+
+def train_level(ctx: Context, model, level: int, branch: str, origin: int, total_steps: int,
+                training=None, extra_callbacks=()) -> dict:
+    """Trains one level of one branch from step ``origin`` for ``total_steps``.
+
+    Resumes from the newest good checkpoint in the level's folder, if any.
+
+    Returns:
+        The level's metrics (curves and summary).
+    """
+    config = ctx.config
+    training = training or config.training
+    folder = level_dir(ctx.folder, level, branch)
+    checkpoints = os.path.join(folder, "checkpoints")
+    density = overall_density(model)
+    label = f"replicate {ctx.replicate} level {level:2d} [{branch}] density {100 * density:6.2f}%"
+    hparams = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in non_default_identity(config).items()}
+    hparams.update({"level": level, "branch": branch, "replicate": ctx.replicate, "density": density})
     monitor = PeriodicEvaluation(
-        {"val": (splits.x_val, splits.y_val), "test": (splits.x_test, splits.y_test)},
-        every=t.eval_every,
-        total_steps=steps,
-        log_dir=os.path.join(config.output_dir, "tensorboard", f"level_{level:02d}_{branch}")
-        if config.tensorboard else None,
+        {"val": (ctx.splits.x_val, ctx.splits.y_val), "test": (ctx.splits.x_test, ctx.splits.y_test)},
+        every=training.eval_every,
+        total_steps=total_steps,
+        log_dir=os.path.join(ctx.folder, "tensorboard", f"level_{level:02d}_{branch}") if config.run.tensorboard else None,
         label=label,
-        print_every=max(1, (steps // t.eval_every) // 5),
-        jit_compile=t.jit_compile,
+        print_every=max(1, (total_steps // training.eval_every) // 5),
+        jit_compile=training.jit_compile and not config.run.deterministic,
+        origin=origin,
+        hparams=hparams,
     )
     densities = layer_densities(model)
-    density = overall_density(model)
+    wall_before = 0.0
+    found = checkpoint.latest(checkpoints)
+    if found:
+        checkpoint.restore(model, found)
+        monitor.restore(found.state["monitor"])
+        wall_before = float(found.state.get("wall_seconds", 0.0))
+        print(f"{label}: resuming from {found.path}", flush=True)
+    start_step = _step(model)
+    end = origin + total_steps
+    saver = _CheckpointSaver(checkpoints, config.run.checkpoint_every, monitor, origin, end, wall_before)
     start = time.time()
     model.fit(
-        train_pipeline(splits, t.batch_size, config.seed, skip_steps),
+        train_pipeline(ctx.splits, training.batch_size, ctx.seed, skip_steps=start_step),
         epochs=1,
-        steps_per_epoch=steps,
+        steps_per_epoch=end - start_step,
         verbose=0,
         shuffle=False,  # the pipeline shuffles
-        callbacks=[monitor, *extra_callbacks],
+        callbacks=[monitor, saver, *extra_callbacks],
     )
-    metrics = {
+    return {
         "level": level,
         "branch": branch,
+        "replicate": ctx.replicate,
         "density": density,
         "layer_densities": densities,
-        "steps": steps,
-        "wall_seconds": time.time() - start,
+        "start_step": origin,
+        "steps": total_steps,
+        "wall_seconds": wall_before + time.time() - start,
         **summarize_curves(monitor.iterations, monitor.curves),
         "iterations": monitor.iterations,
         "curves": monitor.curves,
     }
-    return metrics
 
 
-def _finish_level(config, level, branch, metrics):
-    folder = level_dir(config.output_dir, level, branch)
+def _finish_level(ctx: Context, level: int, branch: str, metrics: dict) -> None:
+    folder = level_dir(ctx.folder, level, branch)
     atomic.write_json(os.path.join(folder, "metrics.json"), metrics)
+    checkpoint.remove_all(os.path.join(folder, "checkpoints"))
     print(
-        f"level {level:2d} [{branch}] done: density {100 * metrics['density']:.2f}%  "
+        f"replicate {ctx.replicate} level {level:2d} [{branch}] done: density {100 * metrics['density']:.2f}%  "
         f"final test acc {metrics['final_test_accuracy']:.4f}  early stop at "
         f"{metrics['early_stop_iteration']} (test acc {metrics['early_stop_test_accuracy']:.4f})  "
         f"{metrics['wall_seconds']:.0f}s",
@@ -135,81 +227,206 @@ def _finish_level(config, level, branch, metrics):
     )
 
 
-def run_main_line(config: ExperimentConfig, splits: Splits) -> None:
-    """Trains levels 0..config.pruning.levels, skipping finished ones."""
-    p, t = config.pruning, config.training
-    out = config.output_dir
-    todo = [lvl for lvl in range(p.levels + 1) if not is_done(out, lvl, MAIN)]
+def run_main_line(ctx: Context) -> bool:
+    """Trains main levels 0..levels not yet done. Returns whether it trained any."""
+    config, p = ctx.config, ctx.config.pruning
+    todo = [lvl for lvl in range(p.levels + 1) if not is_done(ctx.folder, lvl, MAIN)]
     if not todo:
-        return
+        return False
     first = todo[0]
-    model = build_masked_model(config, splits, config.seed)
-    imp = PruneRewindCallback(pruning_spec(config), rewind_step=p.rewind_step, levels=p.levels + 1)
-    rewind_path = os.path.join(out, "rewind_point.npz")
-    if first > 0:
-        # Resume: masks of the first unfinished level and the rewind point were
-        # saved before that level started.
-        with np.load(os.path.join(level_dir(out, first, MAIN), "masks.npz")) as data:
-            set_masks(model, {k: data[k] for k in data.files})
+    rewind_path = os.path.join(ctx.folder, "rewind_point.npz")
+    model = build_masked_model(config, ctx.splits, ctx.seed)
+    imp = PruneRewindCallback(
+        pruning_spec(config), rewind_step=p.rewind_step, on_capture=lambda state: rewind.save(state, rewind_path)
+    )
+    imp.set_model(model)
+    if os.path.exists(rewind_path):
         imp.rewind_point = rewind.load(rewind_path)
+    if first > 0:
+        if imp.rewind_point is None:
+            raise FileNotFoundError(f"{rewind_path} is missing; the run cannot continue at level {first}")
+        # Masks of this level were written when the previous level ended.
+        set_masks(model, atomic.read_npz(os.path.join(level_dir(ctx.folder, first, MAIN), "masks.npz")))
         imp.level = first
-        imp.set_model(model)
-        model.optimizer.build(model.trainable_variables)
         imp.rewind()
     for level in range(first, p.levels + 1):
-        atomic.write_npz(os.path.join(level_dir(out, level, MAIN), "masks.npz"), get_masks(model))
-        skip = p.rewind_step if level > 0 else 0
-        metrics = _train_level(config, model, splits, level, MAIN, t.iterations - skip, skip, [imp])
-        if level == 0:
-            rewind.save(imp.rewind_point, rewind_path)
-        if level < p.levels:
-            # The callback pruned and rewound at the end of fit: save the next
-            # level's masks before declaring this level done.
-            atomic.write_npz(os.path.join(level_dir(out, level + 1, MAIN), "masks.npz"), get_masks(model))
-        _finish_level(config, level, MAIN, metrics)
+        folder = level_dir(ctx.folder, level, MAIN)
+        atomic.write_npz(os.path.join(folder, "masks.npz"), get_masks(model))
+        origin = p.rewind_step if level > 0 else 0
+        metrics = train_level(
+            ctx, model, level, MAIN, origin, config.training.iterations - origin,
+            extra_callbacks=[_SaveTrainedState(os.path.join(folder, "final_weights.npz")), imp],
+        )
+        # The callback pruned and rewound: the next level's masks exist before
+        # this level is declared done, so a crash in between loses nothing.
+        atomic.write_npz(os.path.join(level_dir(ctx.folder, level + 1, MAIN), "masks.npz"), get_masks(model))
+        _finish_level(ctx, level, MAIN, metrics)
+    return True
 
 
-def run_reinit_control(config: ExperimentConfig, splits: Splits, level: int) -> None:
-    """Random reinitialization: the level's mask, a fresh init, trained from step 0."""
-    if is_done(config.output_dir, level, REINIT):
-        return
-    with np.load(os.path.join(level_dir(config.output_dir, level, MAIN), "masks.npz")) as data:
-        masks = {k: data[k] for k in data.files}
-    model = build_masked_model(config, splits, reinit_seed(config.seed, level))
+# -- branches ---------------------------------------------------------------------
+
+
+def branch_folder_name(config: ExperimentConfig, name: str) -> str:
+    """The folder name of a branch: its type plus what distinguishes it."""
+    b = config.branches
+    if name == "random_prune":
+        return f"random_prune_{b.random_prune_scope}"
+    if name == "rewind":
+        return f"rewind_{b.rewind_step}"
+    if name == "lr_rewind":
+        return f"lr_rewind_{b.rewind_step if b.rewind_step >= 0 else config.pruning.rewind_step}"
+    if name == "retrain":
+        overrides = json.dumps(_retrain_overrides(config), sort_keys=True)
+        return "retrain_" + hashlib.sha256(overrides.encode()).hexdigest()[:8]
+    return name
+
+
+def _retrain_overrides(config: ExperimentConfig) -> dict:
+    b = config.branches
+    return {k: v for k, v in (("optimizer", b.optimizer), ("learning_rate", b.learning_rate),
+                              ("iterations", b.iterations), ("batch_size", b.batch_size)) if v}
+
+
+def _replayed_state(ctx: Context, step: int) -> dict:
+    """The dense run's non-mask state at ``step``, replayed from the initialization."""
+    main_path = os.path.join(ctx.folder, "rewind_point.npz")
+    if step == ctx.config.pruning.rewind_step and os.path.exists(main_path):
+        return rewind.load(main_path)
+    path = os.path.join(ctx.folder, "rewind_points", f"step_{step}.npz")
+    if os.path.exists(path):
+        return rewind.load(path)
+    model = build_masked_model(ctx.config, ctx.splits, ctx.seed)
+    if step:
+        model.fit(train_pipeline(ctx.splits, ctx.config.training.batch_size, ctx.seed), epochs=1,
+                  steps_per_epoch=step, verbose=0, shuffle=False)
+    state = rewind.capture(model)
+    rewind.save(state, path)
+    return state
+
+
+@dataclasses.dataclass
+class BranchStart:
+    """A branch's model at its first step, and how it trains from there."""
+
+    name: str  # folder name
+    model: object
+    origin: int  # the optimizer step it starts at (learning-rate schedule, data order)
+    training: object  # TrainingConfig
+    info: dict  # written to branch.json
+
+
+def prepare_branch(ctx: Context, name: str, level: int) -> BranchStart:
+    """Builds the model a branch starts from (mask, weights, optimizer step).
+
+    Raises:
+        ValueError: For an unknown branch type.
+    """
+    config = ctx.config
+    masks = atomic.read_npz(os.path.join(level_dir(ctx.folder, level, MAIN), "masks.npz"))
+    k = config.pruning.rewind_step
+    training = config.training
+    seed = ctx.seed
+    state = None  # None = keep the fresh initialization
+    if name == REINIT:
+        seed, origin = derived_seed(ctx.seed, "reinit", level), 0
+    elif name == "random_prune":
+        masks = random_masks_like(masks, derived_seed(ctx.seed, "random_prune", level),
+                                  per_layer=config.branches.random_prune_scope == "layerwise")
+        state, origin = rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), k
+    elif name == "rewind":
+        origin = config.branches.rewind_step
+        state = _replayed_state(ctx, origin)
+    elif name == "lr_rewind":
+        origin = config.branches.rewind_step if config.branches.rewind_step >= 0 else k
+        state = rewind.load(os.path.join(level_dir(ctx.folder, level - 1, MAIN), "final_weights.npz"))
+    elif name == "retrain":
+        training = dataclasses.replace(training, **_retrain_overrides(config))
+        state, origin = rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), k
+    else:
+        raise ValueError(f"unknown branch {name!r}")
+    model = build_masked_model(config, ctx.splits, seed, training)
     set_masks(model, masks)
-    atomic.write_npz(os.path.join(level_dir(config.output_dir, level, REINIT), "masks.npz"), masks)
-    metrics = _train_level(config, model, splits, level, REINIT, config.training.iterations, 0)
-    _finish_level(config, level, REINIT, metrics)
+    if state is not None:
+        rewind.restore(model, state)
+    rewind.reset_optimizer(model.optimizer, origin)
+    info = {"type": name, "level": level, "start_step": origin, "seed": seed,
+            "training": dataclasses.asdict(training), "random_prune_scope": config.branches.random_prune_scope}
+    return BranchStart(branch_folder_name(config, name), model, origin, training, info)
 
 
-def reinit_seed(seed: int, level: int) -> int:
-    """A seed for the reinitialization control, distinct from every main seed."""
-    return 1_000_003 * (seed + 1) + level
+def run_branch(ctx: Context, name: str, level: int) -> bool:
+    """Runs one branch at one level unless done. Returns whether it trained."""
+    if is_done(ctx.folder, level, branch_folder_name(ctx.config, name)):
+        return False
+    start = prepare_branch(ctx, name, level)
+    folder = level_dir(ctx.folder, level, start.name)
+    atomic.write_json(os.path.join(folder, "branch.json"), start.info)
+    atomic.write_npz(os.path.join(folder, "masks.npz"), get_masks(start.model))
+    metrics = train_level(ctx, start.model, level, start.name, start.origin,
+                          start.training.iterations - start.origin, start.training)
+    _finish_level(ctx, level, start.name, metrics)
+    return True
+
+
+def check_branch_inputs(ctx: Context) -> None:
+    """Fails before training if a branch needs a main-line file that is missing.
+
+    Raises:
+        FileNotFoundError: Naming the level and the file.
+    """
+    b = ctx.config.branches
+    for name in b.names:
+        for level in b.levels:
+            needed = [os.path.join(level_dir(ctx.folder, level, MAIN), "masks.npz")]
+            if name in ("random_prune", "retrain"):
+                needed.append(os.path.join(ctx.folder, "rewind_point.npz"))
+            if name == "lr_rewind":
+                needed.append(os.path.join(level_dir(ctx.folder, level - 1, MAIN), "final_weights.npz"))
+            for path in needed:
+                if not os.path.exists(path):
+                    raise FileNotFoundError(f"--branch_levels: branch {name} at level {level} needs {path}, which the main line has not written")
+
+
+def replicates(config: ExperimentConfig) -> list[int]:
+    return [config.run.replicate] if config.run.replicate >= 0 else list(range(config.run.replicates))
 
 
 def run(config: ExperimentConfig) -> list[dict]:
     """Runs (or continues) the experiment and writes its summary files.
 
     Returns:
-        One summary row per finished level and branch.
+        The summary entries (mean and spread over replicates per level and branch).
     """
-    run_dir.prepare(config)
+    if config.run.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    folder = run_dir.prepare(config)
     splits = get_splits(config.data)
     print(
-        f"data: {splits.source}  train {len(splits.x_train)}  val {len(splits.x_val)}  "
-        f"test {len(splits.x_test)}",
+        f"data: {splits.source}  train {len(splits.x_train)}  val {len(splits.x_val)}  test {len(splits.x_test)}",
         flush=True,
     )
-    run_main_line(config, splits)
-    for level in config.reinit_levels:
-        run_reinit_control(config, splits, level)
-    rows = report.collect_rows(config.output_dir)
-    report.write_summary(config.output_dir, rows)
-    print(report.format_table(rows), flush=True)
-    return rows
+    trained = False
+    for r in replicates(config):
+        ctx = Context(config, splits, r, replicate_seed(config.seed, r), run_dir.replicate_dir(config, r))
+        trained |= run_main_line(ctx)
+        check_branch_inputs(ctx)
+        for name in config.branches.names:
+            for level in config.branches.levels:
+                trained |= run_branch(ctx, name, level)
+    entries = report.aggregate([folder])
+    report.write_tables(folder, entries, prefix="summary")
+    print(report.format_markdown(entries), flush=True)
+    if not trained:
+        print(f"nothing to do: every requested level is done. Results: {folder}", flush=True)
+    else:
+        print(f"results: {folder}", flush=True)
+    return entries
 
 
 def describe(config: ExperimentConfig) -> str:
     """One line naming the experiment, for logs."""
-    d = dataclasses.asdict(config)
-    return f"{d['model']['name']} on {d['data']['name']}, {config.pruning.levels + 1} levels, seed {config.seed}"
+    return (
+        f"{config.model.name} on {config.data.name}, levels 0-{config.pruning.levels}, "
+        f"replicates {replicates(config)}, seed {config.seed}"
+    )

@@ -16,6 +16,7 @@ from absl import app, flags  # noqa: E402
 
 from lottery_tf import config as config_lib  # noqa: E402
 from lottery_tf import run_dir  # noqa: E402
+from lottery_tf.atomic import CorruptFileError  # noqa: E402
 from lottery_tf.data import DATASETS, DataUnavailableError  # noqa: E402  (no TensorFlow)
 from lottery_tf.models import MODELS  # noqa: E402  (no TensorFlow until a model is built)
 
@@ -50,18 +51,30 @@ flags.DEFINE_list("layer_pruning_fractions", [], "Per-weight overrides, e.g. fc1
 flags.DEFINE_list("exclude_layers", [], "Layers never pruned (by layer name).")
 flags.DEFINE_integer("levels", 12, "Pruning levels: levels 0 (dense) to --levels are trained.")
 flags.DEFINE_integer("rewind_step", 0, "Step the survivors are rewound to (0 = reset to initialization).")
-# Controls and run
-flags.DEFINE_list("reinit_levels", [], "Levels that also get a random-reinitialization control (same mask, fresh init).")
-flags.DEFINE_integer("seed", 0, "Seed for initialization and data order.")
-flags.DEFINE_string("output_dir", "runs/lottery", "Run folder. Re-running continues an unfinished run with the same settings.")
-flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files under <output_dir>/tensorboard.")
+flags.DEFINE_integer("seed", 0, "Base seed; each replicate derives its own seed for initialization and data order.")
+# Branches (controls) at chosen levels of the main line
+flags.DEFINE_list("branch", [], "Branches to run: reinit, random_prune, rewind, lr_rewind, retrain (comma-separated).")
+flags.DEFINE_string("branch_levels", "", "Levels to run the branches at, e.g. 0-3,7,11 (must be within 0..--levels).")
+flags.DEFINE_string("random_prune_scope", "layerwise", "random_prune: keep each layer's density (layerwise) or only the overall density (global).")
+flags.DEFINE_integer("branch_rewind_step", -1, "rewind: the step k to rewind to (0 = reset to init); lr_rewind: -1 = the main line's --rewind_step.")
+flags.DEFINE_string("branch_optimizer", "", "retrain: optimizer (empty = the main line's).")
+flags.DEFINE_float("branch_learning_rate", 0.0, "retrain: learning rate (0 = the main line's).")
+flags.DEFINE_integer("branch_iterations", 0, "retrain: training length in steps (0 = the main line's).")
+flags.DEFINE_integer("branch_batch_size", 0, "retrain: batch size (0 = the main line's).")
+# Run
+flags.DEFINE_string("output_dir", "runs", "Root folder; the run goes to <output_dir>/lottery_<hash of non-default settings>/.")
+flags.DEFINE_integer("replicates", 1, "Number of replicates (independent seeds) to run: 0..N-1.")
+flags.DEFINE_integer("replicate", -1, "Run only this replicate index (>= 0), e.g. one per machine.")
+flags.DEFINE_integer("checkpoint_every", 5000, "Checkpoint every this many steps within a level (0 = only between levels).")
+flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism so a resumed run matches an uninterrupted one bit for bit.")
+flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files under <run>/replicate_<r>/tensorboard.")
 
 
-def _integer_list(flag: str, values) -> tuple:
+def _levels(flag: str, text: str) -> tuple:
     try:
-        return tuple(int(v) for v in values)
-    except ValueError:
-        raise config_lib.ConfigError(flag, f"expected comma-separated integers, got {','.join(values)!r}") from None
+        return config_lib.parse_levels(text)
+    except ValueError as error:
+        raise config_lib.ConfigError(flag, f"expected levels like 0-3,7,11, got {text!r} ({error})") from None
 
 
 def _layer_fractions(values) -> tuple:
@@ -110,10 +123,25 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             levels=FLAGS.levels,
             rewind_step=FLAGS.rewind_step,
         ),
-        reinit_levels=_integer_list("reinit_levels", FLAGS.reinit_levels),
         seed=FLAGS.seed,
-        output_dir=FLAGS.output_dir,
-        tensorboard=FLAGS.tensorboard,
+        branches=config_lib.BranchConfig(
+            names=tuple(FLAGS.branch),
+            levels=_levels("branch_levels", FLAGS.branch_levels),
+            random_prune_scope=FLAGS.random_prune_scope,
+            rewind_step=FLAGS.branch_rewind_step,
+            optimizer=FLAGS.branch_optimizer,
+            learning_rate=FLAGS.branch_learning_rate,
+            iterations=FLAGS.branch_iterations,
+            batch_size=FLAGS.branch_batch_size,
+        ),
+        run=config_lib.RunConfig(
+            output_dir=FLAGS.output_dir,
+            replicates=FLAGS.replicates,
+            replicate=FLAGS.replicate,
+            checkpoint_every=FLAGS.checkpoint_every,
+            deterministic=FLAGS.deterministic,
+            tensorboard=FLAGS.tensorboard,
+        ),
     )
 
 
@@ -132,12 +160,16 @@ def main(argv):
         run_dir.prepare(config)
         from lottery_tf import experiment
 
-        print(f"lottery_tf: {experiment.describe(config)} -> {config.output_dir}", flush=True)
+        print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
         experiment.run(config)
     except config_lib.ConfigError as error:
         _fail(str(error))
     except DataUnavailableError as error:
         _fail(f"--dataset={config.data.name}: {error}")
+    except (FileNotFoundError, CorruptFileError) as error:
+        _fail(str(error))
+    except OSError as error:  # disk full, permissions: earlier files are intact
+        _fail(f"cannot write {error.filename or 'a run file'}: {error.strerror or error}")
 
 
 def _parse_flags(argv):

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from lottery_tf.keras_compat import keras
-from lottery_tf.masking import layer_densities, overall_density
+from lottery_tf.masking import get_masks, get_prunable_weights, layer_densities, overall_density
 
 
 def make_evaluator(model, jit_compile: bool = True, chunk: int = 10000):
@@ -49,8 +49,11 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     Args:
         splits: Name -> (x, y) tensors, e.g. ``{"val": ..., "test": ...}``.
         every: Evaluate every this many optimizer steps (a multiple of the
-            model's ``steps_per_execution``). Step 0 is evaluated too.
-        total_steps: Steps this ``fit`` will run (for progress and ETA).
+            model's ``steps_per_execution``), counted from ``origin``; the first
+            step is evaluated too.
+        total_steps: Steps of the whole level (for progress and ETA).
+        origin: The optimizer step the level started at (a resumed ``fit``
+            starts later but evaluates at the same points).
         log_dir: TensorBoard folder, or None.
         label: Prefix of progress lines.
         print_every: Evaluations between progress lines (0 = never).
@@ -58,7 +61,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     """
 
     def __init__(self, splits: Mapping, every: int, total_steps: int, log_dir=None,
-                 label: str = "", print_every: int = 0, jit_compile: bool = True):
+                 label: str = "", print_every: int = 0, jit_compile: bool = True,
+                 origin: int = 0, hparams: Mapping | None = None):
         super().__init__()
         self.splits = {k: (tf.convert_to_tensor(x), tf.convert_to_tensor(y)) for k, (x, y) in splits.items()}
         self.every = every
@@ -67,8 +71,18 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         self.label = label
         self.print_every = print_every
         self.jit_compile = jit_compile
+        self.origin = origin
+        self.hparams = dict(hparams or {})
         self.iterations: list[int] = []
         self.curves = {k: {"loss": [], "accuracy": []} for k in self.splits}
+
+    def state(self) -> dict:
+        """What a checkpoint must keep to resume the curves."""
+        return {"iterations": list(self.iterations), "curves": self.curves}
+
+    def restore(self, state: Mapping) -> None:
+        self.iterations = list(state["iterations"])
+        self.curves = {k: {m: list(v) for m, v in c.items()} for k, c in state["curves"].items()}
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
@@ -76,26 +90,32 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._evaluate = make_evaluator(self.model, self.jit_compile)
         self._writer = tf.summary.create_file_writer(self.log_dir) if self.log_dir else None
-        self._start_step = self._step()
+        self._resumed_at = self._step()
         self._start_time = time.time()
         self._count = 0
+        if self._writer and self.hparams and not self.iterations:
+            from tensorboard.plugins.hparams import api as hp
+
+            with self._writer.as_default():
+                hp.hparams(self.hparams)
         self._log_sparsity()
-        self._record()
+        if not self.iterations or self.iterations[-1] != self._resumed_at:
+            self._record()
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._step()
-        if (step - self._start_step) % self.every == 0 and step != self.iterations[-1]:
+        if (step - self.origin) % self.every == 0 and step != self.iterations[-1]:
             self._record()
 
     def on_train_end(self, logs=None):
         if self.iterations[-1] != self._step():
             self._record()
-        self._log_sparsity()
+        self._log_sparsity(histograms=True)
         if self._writer:
             self._writer.flush()
             self._writer.close()
 
-    def _log_sparsity(self):
+    def _log_sparsity(self, histograms: bool = False):
         if not self._writer:
             return
         step = self._step()
@@ -103,6 +123,10 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             tf.summary.scalar("sparsity/overall", 1.0 - overall_density(self.model))
             for name, value in layer_densities(self.model).items():
                 tf.summary.scalar(f"sparsity/{name}", 1.0 - value)
+            if histograms:
+                masks = get_masks(self.model)
+                for name, weights in get_prunable_weights(self.model).items():
+                    tf.summary.histogram(f"surviving_weights/{name}", weights[masks[name] != 0])
 
     def _record(self):
         step = self._step()
@@ -119,10 +143,10 @@ class PeriodicEvaluation(keras.callbacks.Callback):
                     tf.summary.scalar(f"{split}/loss", loss)
                     tf.summary.scalar(f"{split}/accuracy", accuracy)
         self._count += 1
-        done = step - self._start_step
+        done = step - self.origin
         if self.print_every and (self._count % self.print_every == 0 or done >= self.total_steps):
             elapsed = time.time() - self._start_time
-            rate = done / elapsed if elapsed > 0 else 0.0
+            rate = (step - self._resumed_at) / elapsed if elapsed > 0 else 0.0
             eta = (self.total_steps - done) / rate if rate > 0 else 0.0
             metrics = "  ".join(f"{s}_acc {a:.4f}" for s, (_, a) in results.items())
             print(

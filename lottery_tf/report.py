@@ -1,16 +1,28 @@
-"""Tables from run folders: one run's summary, and mean/spread over replicates.
+"""Tables and plots from run folders, as the papers show them.
 
 Usage::
 
-    python -m lottery_tf.report RUN_DIR [RUN_DIR ...] --out=FOLDER
+    python -m lottery_tf.report PATH [PATH ...] --out=FOLDER [--curve_levels=0,3,7]
 
-reads every ``level_LL/<branch>/metrics.json`` under each run folder (one run
-folder per seed) and writes ``FOLDER/table.csv`` and ``FOLDER/table.md`` with
-mean and standard deviation over the runs for each (level, branch).
+Each PATH is a root folder, an experiment folder (``lottery_<hash>``) or a
+replicate folder. Writes to FOLDER:
+
+* ``table.csv`` and ``table.md``: per experiment, branch and level: percent of
+  weights remaining, mean and standard deviation over replicates of final test
+  accuracy, early-stopping iteration (minimum validation loss) and test
+  accuracy at early stopping;
+* ``accuracy_vs_weights.png``: test accuracy at early stopping and final test
+  accuracy vs percent of weights remaining (log x axis, error bars over
+  replicates, one line per branch, the dense network as a reference line);
+* ``early_stop_vs_weights.png``: early-stopping iteration vs percent of weights
+  remaining;
+* ``curves_<experiment>.png``: test accuracy over training iterations for the
+  selected levels of the main line (mean over replicates).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import glob
 import io
@@ -21,118 +33,242 @@ from collections import defaultdict
 
 import numpy as np
 
-from lottery_tf import atomic
+from lottery_tf import atomic, run_dir
 
-COLUMNS = (
-    "level", "branch", "density", "final_test_accuracy", "early_stop_iteration",
-    "early_stop_test_accuracy", "final_val_accuracy", "wall_seconds",
-)
+STATS = ("density", "final_test_accuracy", "early_stop_iteration", "early_stop_test_accuracy", "final_val_accuracy")
 
 
 class ReportError(ValueError):
     """A folder holds no runs, or a metrics file cannot be read."""
 
 
-def collect_rows(run_dir: str) -> list[dict]:
-    """Summary rows (no curves) of every finished level/branch in ``run_dir``."""
+def read_metrics(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ReportError(f"cannot read {path}: {error}") from None
+
+
+def collect_rows(replicate_folder: str, with_curves: bool = False) -> list[dict]:
+    """Every finished level/branch of one replicate (curves only if asked)."""
     rows = []
-    for path in sorted(glob.glob(os.path.join(run_dir, "level_*", "*", "metrics.json"))):
-        try:
-            with open(path) as handle:
-                metrics = json.load(handle)
-        except (OSError, ValueError) as error:
-            raise ReportError(f"cannot read {path}: {error}") from None
-        rows.append({k: v for k, v in metrics.items() if k not in ("curves", "iterations")})
-    rows.sort(key=lambda r: (r["branch"] != "main", r["branch"], r["level"]))
+    for path in sorted(glob.glob(os.path.join(replicate_folder, "level_*", "*", "metrics.json"))):
+        metrics = read_metrics(path)
+        if not with_curves:
+            metrics = {k: v for k, v in metrics.items() if k not in ("curves", "iterations")}
+        rows.append(metrics)
     return rows
 
 
-def _csv(rows, columns) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
-    return buffer.getvalue()
+def _experiments(paths: list[str]) -> list[str]:
+    found = []
+    for path in paths:
+        experiments = run_dir.find_experiments(path)
+        if not experiments:
+            raise ReportError(f"{path} holds no lottery_tf runs (no lottery_*/identity.json)")
+        found.extend(e for e in experiments if e not in found)
+    return found
 
 
-def format_table(rows: list[dict]) -> str:
-    """A fixed-width text table of one run's rows."""
-    header = f"{'level':>5} {'branch':>7} {'weights %':>9} {'final test':>10} {'early-stop it':>13} {'es test':>8} {'seconds':>8}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['level']:>5} {r['branch']:>7} {100 * r['density']:>9.2f} "
-            f"{r['final_test_accuracy']:>10.4f} {r['early_stop_iteration']:>13} "
-            f"{r['early_stop_test_accuracy']:>8.4f} {r['wall_seconds']:>8.0f}"
-        )
-    return "\n".join(lines)
-
-
-def write_summary(run_dir: str, rows: list[dict]) -> None:
-    """Writes ``summary.csv``, ``summary.json`` and ``summary.md`` of one run."""
-    atomic.write_text(os.path.join(run_dir, "summary.csv"), _csv(rows, COLUMNS))
-    atomic.write_json(os.path.join(run_dir, "summary.json"), rows)
-    atomic.write_text(os.path.join(run_dir, "summary.md"), "```\n" + format_table(rows) + "\n```\n")
-
-
-def aggregate(run_dirs: list[str]) -> list[dict]:
-    """Mean and standard deviation over runs, per (branch, level).
+def aggregate(paths: list[str]) -> list[dict]:
+    """Mean and sample standard deviation over replicates, per experiment, branch, level.
 
     Raises:
-        ReportError: If a folder holds no finished levels.
+        ReportError: If a path holds no runs or no finished level.
     """
-    groups = defaultdict(list)
-    for run_dir in run_dirs:
-        rows = collect_rows(run_dir)
-        if not rows:
-            raise ReportError(f"{run_dir} holds no finished levels (no level_*/*/metrics.json)")
-        for row in rows:
-            groups[(row["branch"], row["level"])].append(row)
     out = []
-    for (branch, level), rows in sorted(groups.items(), key=lambda kv: (kv[0][0] != "main", kv[0])):
-        entry = {"branch": branch, "level": level, "runs": len(rows)}
-        for key in ("density", "final_test_accuracy", "early_stop_iteration", "early_stop_test_accuracy", "final_val_accuracy"):
-            values = np.array([r[key] for r in rows], dtype=np.float64)
-            entry[f"{key}_mean"] = float(values.mean())
-            entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out.append(entry)
+    for experiment in _experiments(paths):
+        groups = defaultdict(list)
+        for replicate in run_dir.replicates_of(experiment):
+            for row in collect_rows(replicate):
+                groups[(row["branch"], row["level"])].append(row)
+        name = os.path.basename(experiment)
+        for (branch, level), rows in sorted(groups.items(), key=lambda kv: (kv[0][0] != "main", kv[0])):
+            entry = {"experiment": name, "branch": branch, "level": level, "replicates": len(rows)}
+            for key in STATS:
+                values = np.array([r[key] for r in rows], dtype=np.float64)
+                entry[f"{key}_mean"] = float(values.mean())
+                entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            out.append(entry)
+    if not out:
+        raise ReportError(f"{', '.join(paths)}: no finished levels (no level_*/*/metrics.json)")
     return out
 
 
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def format_markdown(entries: list[dict]) -> str:
-    """Markdown table, mean ± standard deviation over runs."""
+    """Markdown table, mean ± standard deviation over replicates."""
     lines = [
-        "| branch | level | weights remaining % | final test acc | early-stop iteration | test acc at early stop | runs |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| experiment | branch | level | weights remaining % | final test acc % | early-stop iteration | test acc at early stop % | replicates |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for e in entries:
         lines.append(
-            f"| {e['branch']} | {e['level']} | {100 * e['density_mean']:.2f} | "
+            f"| {e['experiment']} | {e['branch']} | {e['level']} | {100 * e['density_mean']:.2f} | "
             f"{100 * e['final_test_accuracy_mean']:.2f} ± {100 * e['final_test_accuracy_std']:.2f} | "
             f"{e['early_stop_iteration_mean']:.0f} ± {e['early_stop_iteration_std']:.0f} | "
             f"{100 * e['early_stop_test_accuracy_mean']:.2f} ± {100 * e['early_stop_test_accuracy_std']:.2f} | "
-            f"{e['runs']} |"
+            f"{e['replicates']} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    import argparse
+def write_tables(folder: str, entries: list[dict], prefix: str = "table") -> None:
+    """Writes ``<prefix>.csv`` and ``<prefix>.md`` atomically."""
+    atomic.write_text(os.path.join(folder, f"{prefix}.csv"), _csv(entries))
+    atomic.write_text(os.path.join(folder, f"{prefix}.md"), format_markdown(entries))
 
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def _series(entries, experiment):
+    by_branch = defaultdict(list)
+    for e in entries:
+        if e["experiment"] == experiment:
+            by_branch[e["branch"]].append(e)
+    return {b: sorted(rows, key=lambda e: -e["density_mean"]) for b, rows in by_branch.items()}
+
+
+def _weights_axis(ax, series):
+    ax.set_xscale("log")
+    ax.invert_xaxis()  # dense on the left, sparser to the right, as in the papers
+    ticks = sorted({round(100 * e["density_mean"], 1) for rows in series.values() for e in rows}, reverse=True)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=90, fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlabel("percent of weights remaining (log scale)")
+    ax.grid(True, alpha=0.3)
+
+
+def plot_accuracy_vs_weights(entries, path):
+    plt = _figure()
+    experiments = sorted({e["experiment"] for e in entries})
+    fig, axes = plt.subplots(len(experiments), 2, figsize=(13, 4.5 * len(experiments)), squeeze=False)
+    for row, experiment in enumerate(experiments):
+        series = _series(entries, experiment)
+        for col, (key, title) in enumerate((("early_stop_test_accuracy", "test accuracy at early stopping"),
+                                            ("final_test_accuracy", "final test accuracy"))):
+            ax = axes[row][col]
+            for branch, rows in series.items():
+                x = [100 * e["density_mean"] for e in rows]
+                y = [100 * e[f"{key}_mean"] for e in rows]
+                err = [100 * e[f"{key}_std"] for e in rows]
+                ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, label=branch)
+            dense = [e for e in series.get("main", []) if e["level"] == 0]
+            if dense:
+                ax.axhline(100 * dense[0][f"{key}_mean"], color="gray", linestyle="--", linewidth=1,
+                           label=f"dense ({100 * dense[0][f'{key}_mean']:.2f}%)")
+            _weights_axis(ax, series)
+            ax.set_ylabel(f"{title} (%)")
+            ax.set_title(f"{experiment}: {title}\nmean ± std over replicates", fontsize=10)
+            ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_early_stop_vs_weights(entries, path):
+    plt = _figure()
+    experiments = sorted({e["experiment"] for e in entries})
+    fig, axes = plt.subplots(len(experiments), 1, figsize=(7, 4.5 * len(experiments)), squeeze=False)
+    for row, experiment in enumerate(experiments):
+        ax = axes[row][0]
+        series = _series(entries, experiment)
+        for branch, rows in series.items():
+            ax.errorbar([100 * e["density_mean"] for e in rows], [e["early_stop_iteration_mean"] for e in rows],
+                        yerr=[e["early_stop_iteration_std"] for e in rows], marker="o", markersize=4, capsize=3,
+                        label=branch)
+        _weights_axis(ax, series)
+        ax.set_ylabel("early-stopping iteration\n(minimum validation loss)")
+        ax.set_title(f"{experiment}: when validation loss is lowest\nmean ± std over replicates", fontsize=10)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_curves(experiment_folder, levels, path):
+    """Test accuracy over iterations for selected main-line levels (mean over replicates)."""
+    plt = _figure()
+    curves = defaultdict(list)
+    densities = {}
+    for replicate in run_dir.replicates_of(experiment_folder):
+        for row in collect_rows(replicate, with_curves=True):
+            if row["branch"] == "main" and (not levels or row["level"] in levels):
+                curves[row["level"]].append((row["iterations"], row["curves"]["test"]["accuracy"]))
+                densities[row["level"]] = row["density"]
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for level in sorted(curves):
+        runs = curves[level]
+        length = min(len(acc) for _, acc in runs)
+        iterations = runs[0][0][:length]
+        mean = np.mean([acc[:length] for _, acc in runs], axis=0)
+        ax.plot(iterations, 100 * mean, linewidth=1,
+                label=f"level {level}: {100 * densities[level]:.1f}% of weights")
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("test accuracy (%)")
+    low = min(100 * np.min(np.mean([a[: min(len(x) for _, x in r)] for _, a in r], axis=0)[1:]) for r in curves.values())
+    ax.set_ylim(max(0, low - 1), None)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{os.path.basename(experiment_folder)}: main line, test accuracy during training\n"
+                 f"(mean over replicates; first evaluation omitted from the y range)", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lottery_tf.report", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", nargs="+", help="run folders (one per seed)")
-    parser.add_argument("--out", required=True, help="folder for table.csv and table.md")
+    parser.add_argument("paths", nargs="+", help="root, experiment (lottery_<hash>) or replicate folders")
+    parser.add_argument("--out", required=True, help="folder for the tables and plots")
+    parser.add_argument("--curve_levels", default="", help="main-line levels in the curves plot, e.g. 0,3,7,11 (default: all)")
+    parser.add_argument("--no_plots", action="store_true", help="write only the tables")
     args = parser.parse_args(argv)
     try:
-        entries = aggregate(args.run_dirs)
+        from lottery_tf.config import parse_levels
+
+        levels = parse_levels(args.curve_levels) if args.curve_levels else ()
+    except ValueError as error:
+        print(f"error: --curve_levels: {error}", file=sys.stderr)
+        return 2
+    try:
+        entries = aggregate(args.paths)
+        write_tables(args.out, entries)
+        if not args.no_plots:
+            plot_accuracy_vs_weights(entries, os.path.join(args.out, "accuracy_vs_weights.png"))
+            plot_early_stop_vs_weights(entries, os.path.join(args.out, "early_stop_vs_weights.png"))
+            for experiment in _experiments(args.paths):
+                plot_curves(experiment, levels, os.path.join(args.out, f"curves_{os.path.basename(experiment)}.png"))
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    columns = list(entries[0])
-    atomic.write_text(os.path.join(args.out, "table.csv"), _csv(entries, columns))
-    atomic.write_text(os.path.join(args.out, "table.md"), format_markdown(entries))
+    except OSError as error:
+        print(f"error: cannot write to {args.out}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(format_markdown(entries))
+    print(f"wrote tables and plots to {args.out}")
     return 0
 
 

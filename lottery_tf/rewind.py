@@ -81,6 +81,9 @@ def save(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
-    """Reads a state written by :func:`save`."""
-    with np.load(path) as data:
-        return collections.OrderedDict((k, data[k]) for k in data.files)
+    """Reads a state written by :func:`save`.
+
+    Raises:
+        atomic.CorruptFileError: Naming the file, if it cannot be read.
+    """
+    return collections.OrderedDict(atomic.read_npz(path))

@@ -14,15 +14,24 @@ from conftest import REPO
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 
 
-def cli(*args, timeout=300):
+def cli(*args, timeout=300, env=None):
     return subprocess.run(
         [sys.executable, "-m", "lottery_tf.main", *args],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )
 
 
-def smoke(out, *extra):
-    return cli("--flagfile=flags/smoke.flags", f"--output_dir={out}", *extra)
+def smoke(out, *extra, env=None):
+    return cli("--flagfile=flags/smoke.flags", f"--output_dir={out}", *extra, env=env)
+
+
+def error_lines(result):
+    return [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+
+
+def replicate(out, r=0):
+    (folder,) = glob.glob(os.path.join(out, "lottery_*", f"replicate_{r}"))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -35,82 +44,83 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_run_writes_every_level_and_prints_table(smoke_run):
     out, result = smoke_run
-    assert "level  branch weights %" in result.stdout
-    with open(os.path.join(out, "config.json")) as handle:
-        config = json.load(handle)
-    assert config["pruning"]["levels"] == 2 and config["data"]["name"] == "synthetic"
-    rows = json.load(open(os.path.join(out, "summary.json")))
-    assert [(r["level"], r["branch"]) for r in rows] == [(0, "main"), (1, "main"), (2, "main"), (2, "reinit")]
+    assert "| experiment | branch | level |" in result.stdout
+    (experiment,) = glob.glob(os.path.join(out, "lottery_*"))
+    assert f"results: {experiment}" in result.stdout
+    settings = json.load(open(os.path.join(experiment, "settings.json")))
+    assert settings["pruning"]["levels"] == 2 and settings["data"]["name"] == "synthetic"
+    assert json.load(open(os.path.join(experiment, "identity.json"))) == {
+        "data.name": "synthetic", "data.validation_examples": 512,
+        "training.eval_every": 50, "training.iterations": 200,
+    }
+    rep = replicate(out)
     # Layer-wise: hidden layers keep 80% then 64%, the output layer 90% then 81%.
-    level2 = json.load(open(os.path.join(out, "level_02", "main", "metrics.json")))
+    level2 = json.load(open(os.path.join(rep, "level_02", "main", "metrics.json")))
     assert level2["layer_densities"] == {
         "fc1/kernel": 150528 / 235200, "fc2/kernel": 19200 / 30000, "output/kernel": 810 / 1000,
     }
     assert level2["iterations"] == [0, 50, 100, 150, 200]
     for key in ("val", "test"):
         assert len(level2["curves"][key]["accuracy"]) == 5
-    assert level2["early_stop_iteration"] in level2["iterations"]
     best = int(np.argmin(level2["curves"]["val"]["loss"]))
+    assert level2["early_stop_iteration"] == level2["iterations"][best]
     assert level2["early_stop_test_accuracy"] == level2["curves"]["test"]["accuracy"][best]
     assert level2["final_test_accuracy"] > 0.5  # learns the synthetic task
-    reinit = json.load(open(os.path.join(out, "level_02", "reinit", "metrics.json")))
+    reinit = json.load(open(os.path.join(rep, "level_02", "reinit", "metrics.json")))
     assert reinit["layer_densities"] == level2["layer_densities"]
-    with np.load(os.path.join(out, "level_02", "reinit", "masks.npz")) as a, \
-            np.load(os.path.join(out, "level_02", "main", "masks.npz")) as b:
-        for name in a.files:
-            np.testing.assert_array_equal(a[name], b[name])
+    # Finished levels keep no checkpoints.
+    assert not glob.glob(os.path.join(rep, "level_*", "*", "checkpoints"))
+    summary = open(os.path.join(experiment, "summary.md")).read()
+    assert summary.count("| main |") == 3 and summary.count("| reinit |") == 1
 
 
-def test_tensorboard_event_files_hold_accuracy_and_sparsity(smoke_run):
+def test_tensorboard_event_files_hold_accuracy_sparsity_hparams_histograms(smoke_run):
     import tensorflow as tf
 
     out, _ = smoke_run
-    folders = sorted(os.path.basename(f) for f in glob.glob(os.path.join(out, "tensorboard", "*")))
+    rep = replicate(out)
+    folders = sorted(os.path.basename(f) for f in glob.glob(os.path.join(rep, "tensorboard", "*")))
     assert folders == ["level_00_main", "level_01_main", "level_02_main", "level_02_reinit"]
     tags, values = set(), {}
-    for path in glob.glob(os.path.join(out, "tensorboard", "level_01_main", "events.out.tfevents.*")):
+    for path in glob.glob(os.path.join(rep, "tensorboard", "level_01_main", "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 tags.add(value.tag)
-                values[value.tag] = float(tf.make_ndarray(value.tensor))
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    values[value.tag] = float(tf.make_ndarray(value.tensor))
     assert {"val/accuracy", "val/loss", "test/accuracy", "test/loss", "sparsity/overall",
-            "sparsity/fc1/kernel", "sparsity/fc2/kernel", "sparsity/output/kernel"} <= tags
+            "sparsity/fc1/kernel", "sparsity/fc2/kernel", "sparsity/output/kernel",
+            "surviving_weights/fc1/kernel", "_hparams_/session_start_info"} <= tags
     assert values["sparsity/fc1/kernel"] == pytest.approx(0.2)
     assert values["sparsity/output/kernel"] == pytest.approx(0.1)
 
 
-def test_rerun_does_no_work_and_resume_trains_only_missing_level(smoke_run, tmp_path):
+def test_rerun_does_no_work_and_more_levels_continue(smoke_run, tmp_path):
     out, _ = smoke_run
-    stamp = os.path.getmtime(os.path.join(out, "level_01", "main", "metrics.json"))
+    rep = replicate(out)
+    stamp = os.path.getmtime(os.path.join(rep, "level_01", "main", "metrics.json"))
     again = smoke(out)
     assert again.returncode == 0
-    assert "done:" not in again.stdout  # nothing retrained
-    assert os.path.getmtime(os.path.join(out, "level_01", "main", "metrics.json")) == stamp
+    assert "done:" not in again.stdout and "nothing to do" in again.stdout
+    assert os.path.getmtime(os.path.join(rep, "level_01", "main", "metrics.json")) == stamp
 
-    # Simulate a crash during level 2: its metrics were never written.
     copy = str(tmp_path / "copy")
     subprocess.run(["cp", "-r", out, copy], check=True)
-    level2 = json.load(open(os.path.join(copy, "level_02", "main", "metrics.json")))
-    os.remove(os.path.join(copy, "level_02", "main", "metrics.json"))
-    resumed = smoke(copy)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "level  2 [main] done" in resumed.stdout and "level  1 [main] done" not in resumed.stdout
-    again2 = json.load(open(os.path.join(copy, "level_02", "main", "metrics.json")))
-    assert again2["layer_densities"] == level2["layer_densities"]
-    # Same masks, same rewind point, same data order: the same curve.
-    np.testing.assert_allclose(again2["curves"]["test"]["accuracy"], level2["curves"]["test"]["accuracy"], atol=0.01)
+    more = smoke(copy, "--levels=3")
+    assert more.returncode == 0, more.stderr[-2000:]
+    done = [line for line in more.stdout.splitlines() if " done:" in line]
+    assert done == [line for line in done if "level  3 [main]" in line] and len(done) == 1
+    assert glob.glob(os.path.join(copy, "lottery_*")) == [os.path.join(copy, os.path.basename(os.path.dirname(rep)))]
 
 
-def test_other_settings_in_same_folder_refused_and_untouched(smoke_run):
+def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
     out, _ = smoke_run
-    before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "**"), recursive=True)}
-    result = smoke(out, "--pruning_fraction=0.5")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"error: --output_dir: '{out}' holds a run with other settings (differs in pruning.fraction); choose a new folder"
-    ]
-    after = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "**"), recursive=True)}
-    assert after == before
+    copy = str(tmp_path / "copy")
+    subprocess.run(["cp", "-r", out, copy], check=True)
+    result = smoke(copy, "--pruning_fraction=0.5", "--levels=0", "--branch=")
+    assert result.returncode == 0
+    folders = sorted(os.path.basename(f) for f in glob.glob(os.path.join(copy, "lottery_*")))
+    assert len(folders) == 2
 
 
 @pytest.mark.parametrize(
@@ -126,7 +136,12 @@ def test_other_settings_in_same_folder_refused_and_untouched(smoke_run):
         ("--rewind_step=-1", "--rewind_step: expected an integer >= 0, got -1"),
         ("--rewind_step=500", "--rewind_step: must be below --iterations=200; got 500"),
         ("--levels=-1", "--levels: expected an integer >= 0, got -1"),
-        ("--reinit_levels=7", "--reinit_levels: expected levels in 0..2 (--levels), got 7"),
+        ("--branch_levels=7", "--branch_levels: level 7 does not exist: the main line has levels 0-2 (--levels)"),
+        ("--branch_levels=a-b", "--branch_levels: expected levels like 0-3,7,11, got 'a-b' (invalid literal for int() with base 10: 'a')"),
+        ("--branch=shuffle", "--branch: unknown branch 'shuffle'; expected one of reinit, random_prune, rewind, lr_rewind, retrain"),
+        ("--branch=rewind", "--branch_rewind_step: the rewind branch needs the step to rewind to (an integer >= 0)"),
+        ("--replicates=0", "--replicates: expected an integer >= 1, got 0"),
+        ("--checkpoint_every=7", "--checkpoint_every: must be a multiple of --steps_per_execution=50; got 7"),
         ("--data_dir=/no/such/folder", "--data_dir: '/no/such/folder' is not a readable folder of MNIST-format IDX files"),
         ("--flagfile=flags/nope.flags", "--flagfile: 'flags/nope.flags' does not exist or is not readable"),
     ],
@@ -148,22 +163,36 @@ def test_output_dir_that_is_a_file(tmp_path):
     assert path.read_text() == "precious"
 
 
+def test_unreadable_settings_file_is_named(smoke_run, tmp_path):
+    out, _ = smoke_run
+    copy = str(tmp_path / "copy")
+    subprocess.run(["cp", "-r", out, copy], check=True)
+    (identity,) = glob.glob(os.path.join(copy, "lottery_*", "identity.json"))
+    with open(identity, "w") as handle:
+        handle.write("{not json")
+    before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(copy, "**"), recursive=True)}
+    result = smoke(copy)
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert line.startswith(f"error: --output_dir: cannot read settings file {identity}")
+    assert {p: os.path.getmtime(p) for p in glob.glob(os.path.join(copy, "**"), recursive=True)} == before
+
+
 def test_missing_data_is_one_line_naming_both_ways(tmp_path):
-    env = {**ENV, "LOTTERY_TF_IDX_SEARCH_PATH": str(tmp_path / "none")}
-    result = subprocess.run(
-        [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--dataset=mnist",
-         "--tfds_download=false", f"--tfds_data_dir={tmp_path / 'tfds'}", f"--output_dir={tmp_path / 'run'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    result = smoke(
+        str(tmp_path / "run"), "--dataset=mnist", "--tfds_download=false", f"--tfds_data_dir={tmp_path / 'tfds'}",
+        env={"LOTTERY_TF_IDX_SEARCH_PATH": str(tmp_path / "none")},
     )
     assert result.returncode == 2
-    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and "--data_dir" in lines[0] and "tfds build mnist" in lines[0]
-    assert not glob.glob(str(tmp_path / "run" / "level_*"))
+    (line,) = error_lines(result)
+    assert "--data_dir" in line and "tfds build mnist" in line
+    assert not glob.glob(str(tmp_path / "run" / "*" / "replicate_*"))
 
 
 def test_helpfull_lists_every_flag_with_help():
     result = cli("--helpfull")  # absl exits 1 after printing help
     for flag in ("dataset", "data_dir", "model", "optimizer", "iterations", "pruning_method",
-                 "pruning_fraction", "output_pruning_fraction", "levels", "rewind_step", "reinit_levels", "output_dir"):
-        assert f"--{flag}" in result.stdout, flag
+                 "pruning_fraction", "output_pruning_fraction", "levels", "rewind_step", "branch",
+                 "branch_levels", "replicates", "checkpoint_every", "[no]deterministic", "output_dir"):
+        assert f"--{flag}:" in result.stdout, flag
     assert "Fraction of the remaining weights pruned per level" in result.stdout

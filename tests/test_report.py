@@ -1,4 +1,4 @@
-"""Summary tables over replicate runs: literal mean and spread; atomic writes."""
+"""Reports over replicates: literal mean and spread, plots, atomic writes."""
 
 import json
 import os
@@ -9,40 +9,69 @@ import pytest
 from lottery_tf import atomic, report
 
 
-def _write(run, level, branch, density, final, es_iter, es_acc):
+def _write(experiment, replicate, level, branch, density, final, es_iter, es_acc):
+    os.makedirs(experiment, exist_ok=True)
+    if not os.path.exists(os.path.join(experiment, "identity.json")):
+        atomic.write_json(os.path.join(experiment, "identity.json"), {})
     atomic.write_json(
-        os.path.join(run, f"level_{level:02d}", branch, "metrics.json"),
+        os.path.join(experiment, f"replicate_{replicate}", f"level_{level:02d}", branch, "metrics.json"),
         {"level": level, "branch": branch, "density": density, "final_test_accuracy": final,
          "early_stop_iteration": es_iter, "early_stop_test_accuracy": es_acc, "final_val_accuracy": final,
-         "wall_seconds": 1.0, "curves": {}, "iterations": []},
+         "wall_seconds": 1.0, "iterations": [0, 100, 200],
+         "curves": {"test": {"accuracy": [0.1, es_acc, final], "loss": [2, 1, 1]},
+                    "val": {"accuracy": [0.1, es_acc, final], "loss": [2, 1, 1]}}},
     )
 
 
-def test_aggregate_mean_and_sample_std(tmp_path):
-    a, b = str(tmp_path / "s0"), str(tmp_path / "s1")
-    _write(a, 0, "main", 1.0, 0.90, 1000, 0.91)
-    _write(b, 0, "main", 1.0, 0.88, 3000, 0.89)
-    _write(a, 1, "reinit", 0.5, 0.80, 500, 0.81)
-    _write(b, 1, "reinit", 0.5, 0.82, 700, 0.83)
-    entries = report.aggregate([a, b])
-    assert [(e["branch"], e["level"]) for e in entries] == [("main", 0), ("reinit", 1)]
+@pytest.fixture
+def two_replicates(tmp_path):
+    experiment = str(tmp_path / "root" / "lottery_abc")
+    _write(experiment, 0, 0, "main", 1.0, 0.90, 1000, 0.91)
+    _write(experiment, 1, 0, "main", 1.0, 0.88, 3000, 0.89)
+    _write(experiment, 0, 1, "main", 0.8, 0.91, 900, 0.92)
+    _write(experiment, 1, 1, "main", 0.8, 0.89, 1100, 0.90)
+    _write(experiment, 0, 1, "reinit", 0.8, 0.80, 500, 0.81)
+    _write(experiment, 1, 1, "reinit", 0.8, 0.82, 700, 0.83)
+    return str(tmp_path / "root"), experiment
+
+
+def test_aggregate_mean_and_sample_std(two_replicates):
+    root, _ = two_replicates
+    entries = report.aggregate([root])
+    assert [(e["branch"], e["level"]) for e in entries] == [("main", 0), ("main", 1), ("reinit", 1)]
     main = entries[0]
     assert main["final_test_accuracy_mean"] == pytest.approx(0.89)
     assert main["final_test_accuracy_std"] == pytest.approx(np.sqrt(2) * 0.01)
     assert main["early_stop_iteration_mean"] == 2000 and main["early_stop_iteration_std"] == pytest.approx(1414.2136, 1e-6)
     table = report.format_markdown(entries)
-    assert "| main | 0 | 100.00 | 89.00 ± 1.41 | 2000 ± 1414 | 90.00 ± 1.41 | 2 |" in table
+    assert "| lottery_abc | main | 0 | 100.00 | 89.00 ± 1.41 | 2000 ± 1414 | 90.00 ± 1.41 | 2 |" in table
 
 
-def test_report_cli_writes_tables_and_rejects_empty_folder(tmp_path, capsys):
-    run = str(tmp_path / "s0")
-    _write(run, 0, "main", 1.0, 0.9, 100, 0.9)
+def test_report_cli_writes_tables_and_pngs(two_replicates, tmp_path):
+    root, experiment = two_replicates
     out = str(tmp_path / "out")
-    assert report.main([run, "--out", out]) == 0
-    assert open(os.path.join(out, "table.md")).read().startswith("| branch | level |")
+    assert report.main([experiment, "--out", out, "--curve_levels=0-1"]) == 0
+    assert open(os.path.join(out, "table.md")).read().startswith("| experiment | branch | level |")
+    for name in ("accuracy_vs_weights.png", "early_stop_vs_weights.png", "curves_lottery_abc.png"):
+        with open(os.path.join(out, name), "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_report_on_folder_without_runs_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert report.main([str(tmp_path / "empty"), "--out", out]) == 2
-    assert "holds no finished levels" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'empty'} holds no lottery_tf runs (no lottery_*/identity.json)"
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_metrics_named(two_replicates, tmp_path, capsys):
+    root, experiment = two_replicates
+    bad = os.path.join(experiment, "replicate_0", "level_00", "main", "metrics.json")
+    with open(bad, "w") as handle:
+        handle.write("{trunc")
+    assert report.main([root, "--out", str(tmp_path / "out")]) == 2
+    assert f"cannot read {bad}" in capsys.readouterr().err
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

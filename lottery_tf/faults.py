@@ -1,0 +1,30 @@
+"""Named crash points, so tests can kill a run (or fill its disk) at an exact moment.
+
+``LOTTERY_TF_CRASH_AT=<name>:<n>`` makes the n-th (1-based) pass through
+``crash_point(<name>)`` kill the process with SIGKILL, as a power cut or an OOM
+killer would. ``LOTTERY_TF_CRASH_AT=<name>:<n>:enospc`` raises the OSError a
+full disk raises instead. Without the variable, ``crash_point`` does nothing.
+"""
+
+import errno
+import os
+import signal
+
+_ENV = "LOTTERY_TF_CRASH_AT"
+_counts: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    spec = os.environ.get(_ENV)
+    if not spec:
+        return
+    target, _, rest = spec.partition(":")
+    if target != name:
+        return
+    count, _, kind = rest.partition(":")
+    _counts[name] = _counts.get(name, 0) + 1
+    if _counts[name] != int(count or 1):
+        return
+    if kind == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<simulated full disk at {name}>")
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,134 @@
+"""Health check of every run under a root folder.
+
+Usage::
+
+    python -m lottery_tf.runs ROOT
+
+For each experiment (``lottery_<hash>``) and replicate: the settings that differ
+from the defaults, the main-line levels done, the branches done (per level),
+what is incomplete (a level with checkpoints or inputs but no ``metrics.json``:
+a run that was interrupted and will resume), and what is corrupted (a file that
+cannot be read, or a checkpoint whose checksum fails). Exit status 0 if nothing
+is corrupted, 1 if something is, 2 if ROOT holds no runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from collections import defaultdict
+
+from lottery_tf import atomic, checkpoint, run_dir
+
+
+def _ranges(levels) -> str:
+    levels = sorted(levels)
+    if not levels:
+        return "-"
+    parts, start, prev = [], levels[0], levels[0]
+    for level in levels[1:] + [None]:
+        if level is not None and level == prev + 1:
+            prev = level
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if level is not None:
+            start = prev = level
+    return ",".join(parts)
+
+
+def check_replicate(folder: str) -> dict:
+    """Done, incomplete and corrupted items of one replicate folder."""
+    done, incomplete, corrupted = defaultdict(list), [], []
+    for level_folder in sorted(glob.glob(os.path.join(folder, "level_*"))):
+        level = int(os.path.basename(level_folder).split("_")[1])
+        for branch_folder in sorted(glob.glob(os.path.join(level_folder, "*"))):
+            branch = os.path.basename(branch_folder)
+            metrics = os.path.join(branch_folder, "metrics.json")
+            checkpoints = os.path.join(branch_folder, "checkpoints")
+            for npz in glob.glob(os.path.join(branch_folder, "*.npz")):
+                try:
+                    atomic.read_npz(npz)
+                except atomic.CorruptFileError as error:
+                    corrupted.append(str(error))
+            corrupted.extend(checkpoint.verify_all(checkpoints))
+            if os.path.exists(metrics):
+                try:
+                    with open(metrics) as handle:
+                        json.load(handle)
+                    done[branch].append(level)
+                except (OSError, ValueError) as error:
+                    corrupted.append(f"{metrics} is unreadable ({error})")
+            elif os.path.isdir(checkpoints) or os.path.exists(os.path.join(branch_folder, "branch.json")):
+                incomplete.append(f"level {level} {branch}")
+            elif branch == run_dir.MAIN and os.path.exists(os.path.join(branch_folder, "masks.npz")):
+                # Masks of the next level, written when the previous level ended.
+                if os.path.exists(os.path.join(level_folder, "..", f"level_{level - 1:02d}", "main", "metrics.json")):
+                    continue
+                incomplete.append(f"level {level} {branch}")
+    for npz in glob.glob(os.path.join(folder, "*.npz")) + glob.glob(os.path.join(folder, "rewind_points", "*.npz")):
+        try:
+            atomic.read_npz(npz)
+        except atomic.CorruptFileError as error:
+            corrupted.append(str(error))
+    return {"done": dict(done), "incomplete": incomplete, "corrupted": corrupted}
+
+
+def check(root: str) -> list[dict]:
+    """A health record per experiment under ``root``."""
+    records = []
+    for experiment in run_dir.find_experiments(root):
+        record = {"experiment": os.path.basename(experiment), "path": experiment, "settings": None,
+                  "replicates": {}, "corrupted": []}
+        try:
+            with open(os.path.join(experiment, "identity.json")) as handle:
+                record["settings"] = json.load(handle)
+        except (OSError, ValueError) as error:
+            record["corrupted"].append(f"{os.path.join(experiment, 'identity.json')} is unreadable ({error})")
+        for replicate in run_dir.replicates_of(experiment):
+            record["replicates"][os.path.basename(replicate)] = check_replicate(replicate)
+        records.append(record)
+    return records
+
+
+def format_records(records: list[dict]) -> str:
+    lines = []
+    for record in records:
+        settings = record["settings"]
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) if settings else "(defaults)"
+        lines.append(f"{record['experiment']}  {shown if settings is not None else '(settings unreadable)'}")
+        lines.append(f"  path: {record['path']}")
+        for problem in record["corrupted"]:
+            lines.append(f"  CORRUPTED: {problem}")
+        for name, health in record["replicates"].items():
+            main = _ranges(health["done"].get(run_dir.MAIN, []))
+            branches = "; ".join(f"{b} {_ranges(v)}" for b, v in sorted(health["done"].items()) if b != run_dir.MAIN)
+            state = "CORRUPTED" if health["corrupted"] else ("incomplete" if health["incomplete"] else "ok")
+            lines.append(f"  {name}: {state}; main levels {main}; branches {branches or '-'}")
+            for item in health["incomplete"]:
+                lines.append(f"    incomplete (will resume): {item}")
+            for problem in health["corrupted"]:
+                lines.append(f"    CORRUPTED: {problem}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lottery_tf.runs", description=__doc__.split("\n")[0])
+    parser.add_argument("root", help="folder holding lottery_<hash> run folders")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.root):
+        print(f"error: {args.root} is not a folder", file=sys.stderr)
+        return 2
+    records = check(args.root)
+    if not records:
+        print(f"error: {args.root} holds no lottery_tf runs (no lottery_*/identity.json)", file=sys.stderr)
+        return 2
+    print(format_records(records))
+    bad = any(r["corrupted"] or any(h["corrupted"] for h in r["replicates"].values()) for r in records)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Each branch type starts from the right mask, weights and step (in-process, synthetic data)."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lottery_tf import atomic, experiment, rewind
+from lottery_tf.config import (
+    BranchConfig, DataConfig, ExperimentConfig, PruningConfig, RunConfig, TrainingConfig, derived_seed,
+    replicate_seed,
+)
+from lottery_tf.data import get_splits
+from lottery_tf.masking import get_masks, get_prunable_weights
+from lottery_tf.run_dir import level_dir
+
+
+def _config(tmp, **branch):
+    return ExperimentConfig(
+        data=DataConfig(name="synthetic", synthetic_train_examples=1024, synthetic_test_examples=256, validation_examples=256),
+        training=TrainingConfig(iterations=100, eval_every=50),
+        pruning=PruningConfig(levels=2),
+        branches=BranchConfig(**branch),
+        run=RunConfig(output_dir=str(tmp), checkpoint_every=0, tensorboard=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def main_line(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("branches")
+    config = _config(tmp)
+    splits = get_splits(config.data)
+    ctx = experiment.Context(config, splits, 0, replicate_seed(0, 0), str(tmp / "rep0"))
+    assert experiment.run_main_line(ctx)
+    return ctx
+
+
+def _ctx(main_line, **branch):
+    return dataclasses.replace(main_line, config=dataclasses.replace(main_line.config, branches=BranchConfig(**branch)))
+
+
+def _main_masks(ctx, level):
+    return atomic.read_npz(os.path.join(level_dir(ctx.folder, level, "main"), "masks.npz"))
+
+
+def _kernels(state):
+    return {k: v for k, v in state.items() if k.endswith("kernel")}
+
+
+def _assert_weights_are(model, state, masks):
+    """The model's masked weights equal ``state``'s kernels times the masks."""
+    weights = get_prunable_weights(model)
+    kernels = _kernels(state)
+    for name, value in weights.items():
+        (path,) = [p for p in kernels if p.endswith(f"/{name}")]
+        np.testing.assert_array_equal(value, kernels[path] * masks[name])
+
+
+def test_reinit_same_mask_fresh_init_same_distribution(main_line):
+    start = experiment.prepare_branch(main_line, "reinit", 2)
+    masks = _main_masks(main_line, 2)
+    for name, mask in get_masks(start.model).items():
+        np.testing.assert_array_equal(mask, masks[name])
+    assert start.origin == 0 and int(start.model.optimizer.iterations.numpy()) == 0
+    assert start.info["seed"] == derived_seed(main_line.seed, "reinit", 2) != main_line.seed
+    weights = get_prunable_weights(start.model)
+    original = rewind.load(os.path.join(main_line.folder, "rewind_point.npz"))
+    fc1_original = [v for k, v in original.items() if k.endswith("fc1/kernel")][0]
+    alive = masks["fc1/kernel"] == 1
+    assert not np.allclose(weights["fc1/kernel"][alive], fc1_original[alive])
+    assert np.all(weights["fc1/kernel"][~alive] == 0)
+    # Same distribution as the original initialization: Glorot normal, std
+    # sqrt(2 / (784 + 300)) = 0.0430 (the mask was chosen without looking at these values).
+    assert np.std(weights["fc1/kernel"][alive]) == pytest.approx(np.sqrt(2 / (784 + 300)), rel=0.03)
+    assert np.std(fc1_original) == pytest.approx(np.sqrt(2 / (784 + 300)), rel=0.03)
+
+
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+def test_random_prune_same_density_random_mask_original_weights(main_line, scope):
+    ctx = _ctx(main_line, names=("random_prune",), levels=(2,), random_prune_scope=scope)
+    start = experiment.prepare_branch(ctx, "random_prune", 2)
+    assert start.name == f"random_prune_{scope}"
+    main_masks, masks = _main_masks(ctx, 2), get_masks(start.model)
+    counts = {n: int(m.sum()) for n, m in masks.items()}
+    main_counts = {n: int(m.sum()) for n, m in main_masks.items()}
+    if scope == "layerwise":
+        assert counts == main_counts
+    else:
+        assert sum(counts.values()) == sum(main_counts.values()) and counts != main_counts
+    overlap = (masks["fc1/kernel"] * main_masks["fc1/kernel"]).sum() / main_masks["fc1/kernel"].sum()
+    assert 0.5 < overlap < 0.8  # independent random choice: about the density (0.64), not 1
+    _assert_weights_are(start.model, rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), masks)
+    assert start.origin == 0
+
+
+def test_rewind_branch_replays_the_dense_run_to_step_k(main_line):
+    ctx = _ctx(main_line, names=("rewind",), levels=(1,), rewind_step=50)
+    start = experiment.prepare_branch(ctx, "rewind", 1)
+    assert start.name == "rewind_50" and start.origin == 50
+    assert int(start.model.optimizer.iterations.numpy()) == 50
+    replayed = rewind.load(os.path.join(ctx.folder, "rewind_points", "step_50.npz"))
+    _assert_weights_are(start.model, replayed, _main_masks(ctx, 1))
+    # An independent dense run to step 50 with the same seed and data reaches the same state.
+    model = experiment.build_masked_model(ctx.config, ctx.splits, ctx.seed)
+    model.fit(experiment.train_pipeline(ctx.splits, 60, ctx.seed), epochs=1, steps_per_epoch=50, verbose=0, shuffle=False)
+    independent = rewind.capture(model)
+    for key, value in replayed.items():
+        np.testing.assert_allclose(value, independent[key], atol=1e-6)
+    # Rewinding to 0 is the reset to initialization: the main line's rewind point.
+    ctx0 = _ctx(main_line, names=("rewind",), levels=(1,), rewind_step=0)
+    start0 = experiment.prepare_branch(ctx0, "rewind", 1)
+    _assert_weights_are(start0.model, rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), _main_masks(ctx, 1))
+
+
+def test_lr_rewind_starts_from_previous_level_trained_weights(main_line):
+    ctx = _ctx(main_line, names=("lr_rewind",), levels=(2,))
+    start = experiment.prepare_branch(ctx, "lr_rewind", 2)
+    assert start.name == "lr_rewind_0" and start.origin == 0
+    trained = rewind.load(os.path.join(level_dir(ctx.folder, 1, "main"), "final_weights.npz"))
+    masks = _main_masks(ctx, 2)
+    _assert_weights_are(start.model, trained, masks)
+    # The mask of level 2 was computed from exactly these trained weights: survivors are the largest.
+    fc1 = [v for k, v in trained.items() if k.endswith("fc1/kernel")][0]
+    previous = _main_masks(ctx, 1)["fc1/kernel"] == 1
+    kept = masks["fc1/kernel"] == 1
+    assert np.abs(fc1[kept]).min() >= np.abs(fc1[previous & ~kept]).max()
+    for variable in start.model.optimizer.variables:
+        if variable is not start.model.optimizer.iterations and "learning_rate" not in variable.path:
+            assert not np.any(variable.numpy())
+
+
+def test_retrain_overrides_training_settings(main_line):
+    ctx = _ctx(main_line, names=("retrain",), levels=(1,), optimizer="sgd", learning_rate=0.05, iterations=150)
+    start = experiment.prepare_branch(ctx, "retrain", 1)
+    assert start.name.startswith("retrain_")
+    assert type(start.model.optimizer).__name__ == "SGD"
+    assert float(start.model.optimizer.learning_rate) == pytest.approx(0.05)
+    assert start.training.iterations == 150 and start.training.batch_size == 60
+    _assert_weights_are(start.model, rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), _main_masks(ctx, 1))
+
+
+def test_run_branch_writes_metrics_and_never_touches_main(main_line):
+    ctx = _ctx(main_line, names=("reinit",), levels=(1,))
+    main_metrics = os.path.join(level_dir(ctx.folder, 1, "main"), "metrics.json")
+    stamp = os.path.getmtime(main_metrics)
+    assert experiment.run_branch(ctx, "reinit", 1)
+    assert not experiment.run_branch(ctx, "reinit", 1)  # done: no work
+    metrics = json.load(open(os.path.join(level_dir(ctx.folder, 1, "reinit"), "metrics.json")))
+    assert metrics["branch"] == "reinit" and metrics["iterations"] == [0, 50, 100]
+    assert metrics["density"] == json.load(open(main_metrics))["density"]
+    assert os.path.getmtime(main_metrics) == stamp
+
+
+def test_branch_needing_missing_main_files_is_refused(main_line, tmp_path):
+    ctx = dataclasses.replace(_ctx(main_line, names=("reinit",), levels=(2,)), folder=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="branch reinit at level 2 needs .*level_02/main/masks.npz"):
+        experiment.check_branch_inputs(ctx)

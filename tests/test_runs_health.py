@@ -1,0 +1,78 @@
+"""`python -m lottery_tf.runs ROOT`: levels and branches done, incomplete, corrupted."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+
+
+def runs(root):
+    return subprocess.run([sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("health") / "root")
+    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags",
+                             "--replicates=2", f"--output_dir={root}"],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+def test_healthy_runs_listed(finished):
+    result = runs(finished)
+    assert result.returncode == 0, result.stderr
+    (experiment,) = glob.glob(os.path.join(finished, "lottery_*"))
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{os.path.basename(experiment)}  data.name=synthetic")
+    assert "  replicate_0: ok; main levels 0-2; branches reinit 2" in lines
+    assert "  replicate_1: ok; main levels 0-2; branches reinit 2" in lines
+
+
+def test_incomplete_and_corrupted(finished, tmp_path):
+    root = str(tmp_path / "root")
+    shutil.copytree(finished, root)
+    (rep0,) = glob.glob(os.path.join(root, "lottery_*", "replicate_0"))
+    with open(os.path.join(rep0, "level_01", "main", "metrics.json"), "w") as handle:
+        handle.write("{broken")
+    os.remove(os.path.join(rep0, "level_02", "reinit", "metrics.json"))
+    os.makedirs(os.path.join(rep0, "level_02", "reinit", "checkpoints"))
+    with open(os.path.join(rep0, "rewind_point.npz"), "wb") as handle:
+        handle.write(b"PK\x03\x04 truncated")
+    result = runs(root)
+    assert result.returncode == 1
+    out = result.stdout
+    assert "  replicate_0: CORRUPTED; main levels 0,2; branches -" in out
+    assert "    incomplete (will resume): level 2 reinit" in out
+    assert f"    CORRUPTED: {os.path.join(rep0, 'level_01', 'main', 'metrics.json')} is unreadable" in out
+    assert f"    CORRUPTED: {os.path.join(rep0, 'rewind_point.npz')} is unreadable or corrupted" in out
+    assert "  replicate_1: ok;" in out
+
+
+def test_interrupted_run_shows_incomplete(tmp_path):
+    root = str(tmp_path / "root")
+    killed = subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags",
+                             f"--output_dir={root}"], cwd=REPO,
+                            env={**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:5"},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    result = runs(root)
+    assert result.returncode == 0
+    assert "  replicate_0: incomplete; main levels 0; branches -" in result.stdout
+    assert "    incomplete (will resume): level 1 main" in result.stdout
+
+
+def test_root_without_runs(tmp_path):
+    result = runs(str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path} holds no lottery_tf runs (no lottery_*/identity.json)"
