@@ -280,7 +280,9 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     if dataset_names is not None and data.name not in dataset_names:
         raise ConfigError("dataset", f"unknown dataset {data.name!r}; expected one of {', '.join(dataset_names)}")
     if model_names is not None and config.model.name not in model_names:
-        raise ConfigError("model", f"unknown model {config.model.name!r}; expected one of {', '.join(model_names)}")
+        # model_names may be a Registry (name families such as cifar_resnet_<depth>).
+        listed = model_names.names() if hasattr(model_names, "names") else model_names
+        raise ConfigError("model", f"unknown model {config.model.name!r}; expected one of {', '.join(listed)}")
     if data.data_dir and not os.path.isdir(data.data_dir):
         raise ConfigError("data_dir", f"{data.data_dir!r} is not a readable folder of MNIST-format IDX files")
     if data.data_dir and not os.access(data.data_dir, os.R_OK | os.X_OK):

@@ -156,7 +156,7 @@ def main(argv):
     try:
         config = config_from_flags()
         # Every check that needs no TensorFlow runs before it is imported.
-        config_lib.validate(config, DATASETS.names(), MODELS.names())
+        config_lib.validate(config, DATASETS.names(), MODELS)
         run_dir.prepare(config)
         from lottery_tf import experiment
 
