@@ -16,6 +16,9 @@ import os
 from typing import Any
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "step", "cosine")
+PRECISIONS = ("", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "one_device", "mirrored")
 PRUNING_METHODS = ("layerwise", "global")
 
 
@@ -50,6 +53,8 @@ class DataConfig:
     validation_examples: int = 5000
     synthetic_train_examples: int = 2048
     synthetic_test_examples: int = 512
+    synthetic_shape: tuple = (28, 28, 1)
+    synthetic_classes: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,13 @@ class TrainingConfig:
     eval_every: int = 100
     steps_per_execution: int = 0  # 0 = the largest that divides every boundary
     jit_compile: bool = True
+    nesterov: bool = False
+    lr_schedule: str = "constant"  # constant, step, cosine
+    lr_milestones: tuple = ()  # steps at which "step" multiplies the rate by lr_gamma
+    lr_gamma: float = 0.1
+    warmup_iterations: int = 0  # linear warmup from 0
+    label_smoothing: float = 0.0
+    mixed_precision: str = ""  # "", mixed_float16, mixed_bfloat16
 
     def resolved_steps_per_execution(self, rewind_step: int) -> int:
         if self.steps_per_execution:
@@ -145,6 +157,8 @@ class RunConfig:
     checkpoint_every: int = 5000  # steps; 0 = no checkpoints within a level
     deterministic: bool = False
     tensorboard: bool = True
+    strategy: str = "default"  # default, one_device, mirrored
+    cpu_devices: int = 0  # > 0: split the CPU into this many logical devices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +304,9 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     _integer("validation_examples", data.validation_examples, 0)
     _integer("synthetic_train_examples", data.synthetic_train_examples, 1)
     _integer("synthetic_test_examples", data.synthetic_test_examples, 1)
+    if not data.synthetic_shape or not all(isinstance(d, int) and d > 0 for d in data.synthetic_shape):
+        raise ConfigError("synthetic_shape", f"expected positive integers like 32,32,3, got {data.synthetic_shape!r}")
+    _integer("synthetic_classes", data.synthetic_classes, 2)
 
     if training.optimizer not in OPTIMIZERS:
         raise ConfigError("optimizer", f"unknown optimizer {training.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
@@ -303,6 +320,20 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     _integer("iterations", training.iterations, 1)
     _integer("eval_every", training.eval_every, 1)
     _integer("steps_per_execution", training.steps_per_execution, 0)
+    if training.lr_schedule not in SCHEDULES:
+        raise ConfigError("lr_schedule", f"unknown schedule {training.lr_schedule!r}; expected one of {', '.join(SCHEDULES)}")
+    for milestone in training.lr_milestones:
+        if isinstance(milestone, bool) or not isinstance(milestone, int) or not 0 < milestone < training.iterations:
+            raise ConfigError("lr_milestones", f"expected steps in (0, --iterations={training.iterations}), got {milestone!r}")
+    if not 0 < training.lr_gamma <= 1:
+        raise ConfigError("lr_gamma", f"expected a factor in (0, 1], got {training.lr_gamma!r}")
+    _integer("warmup_iterations", training.warmup_iterations, 0)
+    if training.warmup_iterations >= training.iterations:
+        raise ConfigError("warmup_iterations", f"must be below --iterations={training.iterations}; got {training.warmup_iterations}")
+    if not 0 <= training.label_smoothing < 1:
+        raise ConfigError("label_smoothing", f"expected a number in [0, 1), got {training.label_smoothing!r}")
+    if training.mixed_precision not in PRECISIONS:
+        raise ConfigError("mixed_precision", f"expected one of mixed_float16, mixed_bfloat16 (or empty), got {training.mixed_precision!r}")
     if training.iterations % training.eval_every:
         raise ConfigError("eval_every", f"must divide --iterations={training.iterations}; got {training.eval_every}")
 
@@ -363,6 +394,9 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     _integer("replicates", r.replicates, 1)
     _integer("replicate", r.replicate, -1)
     _integer("checkpoint_every", r.checkpoint_every, 0)
+    if r.strategy not in STRATEGIES:
+        raise ConfigError("strategy", f"unknown strategy {r.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    _integer("cpu_devices", r.cpu_devices, 0)
     if r.checkpoint_every and r.checkpoint_every % steps:
         raise ConfigError("checkpoint_every", f"must be a multiple of --steps_per_execution={steps}; got {r.checkpoint_every}")
 

@@ -36,11 +36,13 @@ from lottery_tf import atomic, checkpoint, report, rewind, run_dir
 from lottery_tf.callbacks import PruneRewindCallback
 from lottery_tf.config import ExperimentConfig, derived_seed, non_default_identity, replicate_seed
 from lottery_tf.data import Splits, get_splits
+from lottery_tf.distribute import make_strategy, split_cpu
 from lottery_tf.keras_compat import keras
 from lottery_tf.masking import get_masks, layer_densities, overall_density, set_masks, wrap_model
 from lottery_tf.models import build_model
 from lottery_tf.monitor import PeriodicEvaluation, summarize_curves
 from lottery_tf.pruning import PruningSpec, random_masks_like
+from lottery_tf.schedules import make_schedule
 from lottery_tf.run_dir import MAIN, is_done, level_dir
 
 REINIT = "reinit"
@@ -55,6 +57,7 @@ class Context:
     replicate: int
     seed: int  # the replicate's seed: initialization and data order
     folder: str  # the replicate's folder
+    strategy: object = None  # tf.distribute.Strategy; None = the default one
 
 
 def pruning_spec(config: ExperimentConfig) -> PruningSpec:
@@ -68,56 +71,119 @@ def pruning_spec(config: ExperimentConfig) -> PruningSpec:
 
 
 def make_optimizer(training):
+    rate = make_schedule(training)
     if training.optimizer == "adam":
-        return keras.optimizers.Adam(training.learning_rate, weight_decay=training.weight_decay or None)
+        return keras.optimizers.Adam(rate, weight_decay=training.weight_decay or None)
     if training.optimizer == "adamw":
-        return keras.optimizers.AdamW(training.learning_rate, weight_decay=training.weight_decay)
+        return keras.optimizers.AdamW(rate, weight_decay=training.weight_decay)
     return keras.optimizers.SGD(
-        training.learning_rate, momentum=training.momentum, weight_decay=training.weight_decay or None
+        rate, momentum=training.momentum, nesterov=training.nesterov, weight_decay=training.weight_decay or None
     )
 
 
-def train_pipeline(splits: Splits, batch_size: int, seed: int, skip_steps: int = 0) -> tf.data.Dataset:
-    """Endless shuffled batches; batch i is a function of (seed, i) alone.
+def make_loss(training, num_classes: int):
+    """Cross-entropy on logits, with label smoothing if asked."""
+    if not training.label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    smoothing = training.label_smoothing
 
-    Shuffles indices rather than examples, so the shuffle buffer stays small.
-    ``skip_steps`` starts at batch ``skip_steps``: this is how the data order is
-    rewound to step k and how a resumed run continues its input stream.
+    def smoothed_cross_entropy(y_true, logits):
+        labels = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), num_classes)
+        return keras.losses.categorical_crossentropy(labels, logits, from_logits=True, label_smoothing=smoothing)
+
+    return smoothed_cross_entropy
+
+
+def train_pipeline(splits: Splits, batch_size: int, seed: int, skip_steps: int = 0, augment=None) -> tf.data.Dataset:
+    """Endless shuffled batches; batch i is a pure function of (seed, i).
+
+    Each epoch is a stateless permutation of the training set keyed by (seed,
+    epoch), so the order does not depend on TensorFlow's global random state or
+    on how Keras distributes the dataset (a seeded ``Dataset.shuffle`` gives a
+    different order under MirroredStrategy). Epochs are concatenated before
+    batching, as ``shuffle().repeat().batch()`` would. ``skip_steps`` starts at
+    batch ``skip_steps`` directly: this is how the data order is rewound to step
+    k and how a resumed run continues its input stream. ``augment(x, seed)``,
+    if given, transforms each batch with stateless randomness keyed by (seed,
+    step). Indices are shuffled rather than examples, so memory stays small.
     """
     x = tf.constant(splits.x_train)
     y = tf.constant(splits.y_train)
     n = len(splits.x_train)
-    indices = (
-        tf.data.Dataset.range(n)
-        .shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        .repeat()
+    first = skip_steps * batch_size
+    start_epoch, offset = divmod(first, n)
+
+    def epoch_order(epoch):
+        keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
+
+    batches = (
+        tf.data.Dataset.range(start_epoch, 2**62)
+        .flat_map(epoch_order)
+        .skip(offset)
         .batch(batch_size, drop_remainder=True)
+        .enumerate(start=skip_steps)
     )
-    if skip_steps:
-        indices = indices.skip(skip_steps)
-    return indices.map(
-        lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE
-    ).prefetch(tf.data.AUTOTUNE)
+
+    def load(step, indices):
+        images = tf.gather(x, indices)
+        if augment is not None:
+            images = augment(images, tf.stack([tf.constant(seed, tf.int64), step]))
+        return images, tf.gather(y, indices)
+
+    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def build_masked_model(config: ExperimentConfig, splits: Splits, seed: int, training=None):
-    """A freshly initialized (from ``seed``), wrapped and compiled model."""
+def build_masked_model(config: ExperimentConfig, splits: Splits, seed: int, training=None, strategy=None):
+    """A freshly initialized (from ``seed``), wrapped and compiled model.
+
+    Built under ``strategy``'s scope. With mixed precision, layers compute in
+    float16/bfloat16 while variables (masks included) stay float32, and the
+    logits are cast to float32 for the loss.
+    """
     training = training or config.training
-    keras.utils.set_random_seed(seed)
-    model = wrap_model(
-        build_model(config.model, splits.input_shape, splits.num_classes),
-        exclude=config.pruning.exclude_layers,
-    )
+    keras.config.set_dtype_policy(training.mixed_precision or "float32")
+    with (strategy or tf.distribute.get_strategy()).scope():
+        keras.utils.set_random_seed(seed)
+        model = wrap_model(
+            build_model(config.model, splits.input_shape, splits.num_classes),
+            exclude=config.pruning.exclude_layers,
+        )
+        if training.mixed_precision:
+            to_float32 = keras.layers.Activation("linear", dtype="float32", name="logits_float32")
+            if isinstance(model, keras.Sequential):
+                model.add(to_float32)
+            else:
+                model = keras.Model(model.input, to_float32(model.output), name=model.name)
+        _compile(model, config, training, splits.num_classes, strategy)
+    keras.config.set_dtype_policy("float32")
+    return model
+
+
+def compiled_fast_path(config, training, strategy) -> tuple[int, bool]:
+    """(steps_per_execution, jit_compile) the model is compiled with.
+
+    Keras 3.15 / TF 2.21 fail inside ``fit`` under MirroredStrategy with more
+    than one step per execution or with XLA, for any model; so distributed
+    runs use one step per execution without XLA. Keras cannot use XLA under op
+    determinism either.
+    """
+    distributed = strategy is not None and strategy.num_replicas_in_sync > 1
+    if distributed:
+        return 1, False
+    steps = training.resolved_steps_per_execution(config.pruning.rewind_step)
+    return steps, training.jit_compile and not config.run.deterministic
+
+
+def _compile(model, config, training, num_classes, strategy):
+    steps, jit = compiled_fast_path(config, training, strategy)
     model.compile(
         optimizer=make_optimizer(training),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        steps_per_execution=training.resolved_steps_per_execution(config.pruning.rewind_step),
-        # Keras cannot compile with XLA under op determinism (it would warn and
-        # fall back); say so explicitly.
-        jit_compile=training.jit_compile and not config.run.deterministic,
+        loss=make_loss(training, num_classes),
+        steps_per_execution=steps,
+        jit_compile=jit,
     )
     model.optimizer.build(model.trainable_variables)
-    return model
 
 
 def _step(model) -> int:
@@ -175,9 +241,10 @@ def train_level(ctx: Context, model, level: int, branch: str, origin: int, total
         log_dir=os.path.join(ctx.folder, "tensorboard", f"level_{level:02d}_{branch}") if config.run.tensorboard else None,
         label=label,
         print_every=max(1, (total_steps // training.eval_every) // 5),
-        jit_compile=training.jit_compile and not config.run.deterministic,
+        jit_compile=compiled_fast_path(config, training, ctx.strategy)[1],
         origin=origin,
         hparams=hparams,
+        batch_size=training.batch_size,
     )
     densities = layer_densities(model)
     wall_before = 0.0
@@ -235,7 +302,7 @@ def run_main_line(ctx: Context) -> bool:
         return False
     first = todo[0]
     rewind_path = os.path.join(ctx.folder, "rewind_point.npz")
-    model = build_masked_model(config, ctx.splits, ctx.seed)
+    model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
     imp = PruneRewindCallback(
         pruning_spec(config), rewind_step=p.rewind_step, on_capture=lambda state: rewind.save(state, rewind_path)
     )
@@ -296,7 +363,7 @@ def _replayed_state(ctx: Context, step: int) -> dict:
     path = os.path.join(ctx.folder, "rewind_points", f"step_{step}.npz")
     if os.path.exists(path):
         return rewind.load(path)
-    model = build_masked_model(ctx.config, ctx.splits, ctx.seed)
+    model = build_masked_model(ctx.config, ctx.splits, ctx.seed, strategy=ctx.strategy)
     if step:
         model.fit(train_pipeline(ctx.splits, ctx.config.training.batch_size, ctx.seed), epochs=1,
                   steps_per_epoch=step, verbose=0, shuffle=False)
@@ -345,7 +412,7 @@ def prepare_branch(ctx: Context, name: str, level: int) -> BranchStart:
         state, origin = rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), k
     else:
         raise ValueError(f"unknown branch {name!r}")
-    model = build_masked_model(config, ctx.splits, seed, training)
+    model = build_masked_model(config, ctx.splits, seed, training, ctx.strategy)
     set_masks(model, masks)
     if state is not None:
         rewind.restore(model, state)
@@ -398,8 +465,10 @@ def run(config: ExperimentConfig) -> list[dict]:
     Returns:
         The summary entries (mean and spread over replicates per level and branch).
     """
+    split_cpu(config.run.cpu_devices)
     if config.run.deterministic:
         tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(config.run.strategy)
     folder = run_dir.prepare(config)
     splits = get_splits(config.data)
     print(
@@ -408,7 +477,7 @@ def run(config: ExperimentConfig) -> list[dict]:
     )
     trained = False
     for r in replicates(config):
-        ctx = Context(config, splits, r, replicate_seed(config.seed, r), run_dir.replicate_dir(config, r))
+        ctx = Context(config, splits, r, replicate_seed(config.seed, r), run_dir.replicate_dir(config, r), strategy)
         trained |= run_main_line(ctx)
         check_branch_inputs(ctx)
         for name in config.branches.names:

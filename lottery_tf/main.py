@@ -17,7 +17,7 @@ from absl import app, flags  # noqa: E402
 from lottery_tf import config as config_lib  # noqa: E402
 from lottery_tf import run_dir  # noqa: E402
 from lottery_tf.atomic import CorruptFileError  # noqa: E402
-from lottery_tf.data import DATASETS, DataUnavailableError  # noqa: E402  (no TensorFlow)
+from lottery_tf.data import DATASETS, DataUnavailableError, train_examples  # noqa: E402  (no TensorFlow)
 from lottery_tf.models import MODELS  # noqa: E402  (no TensorFlow until a model is built)
 
 FLAGS = flags.FLAGS
@@ -30,6 +30,8 @@ flags.DEFINE_bool("tfds_download", True, "Try a TFDS download (only if the netwo
 flags.DEFINE_integer("validation_examples", 5000, "Training examples held out for validation (early stopping).")
 flags.DEFINE_integer("synthetic_train_examples", 2048, "Training examples of the synthetic dataset.")
 flags.DEFINE_integer("synthetic_test_examples", 512, "Test examples of the synthetic dataset.")
+flags.DEFINE_list("synthetic_shape", ["28", "28", "1"], "Image shape of the synthetic dataset, e.g. 32,32,3.")
+flags.DEFINE_integer("synthetic_classes", 10, "Classes of the synthetic dataset.")
 # Model
 flags.DEFINE_string("model", "lenet_300_100", "Model name from the registry.")
 flags.DEFINE_string("initializer", "glorot_normal", "Keras initializer of the prunable weights.")
@@ -37,10 +39,17 @@ flags.DEFINE_string("initializer", "glorot_normal", "Keras initializer of the pr
 flags.DEFINE_string("optimizer", "adam", "Optimizer: adam, adamw or sgd.")
 flags.DEFINE_float("learning_rate", 1.2e-3, "Learning rate.")
 flags.DEFINE_float("momentum", 0.0, "SGD momentum.")
+flags.DEFINE_bool("nesterov", False, "SGD: Nesterov momentum.")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (Keras optimizers' weight_decay).")
-flags.DEFINE_integer("batch_size", 60, "Batch size.")
-flags.DEFINE_integer("iterations", 50000, "Training steps per level (from step 0; rewound levels train iterations - rewind_step).")
-flags.DEFINE_integer("eval_every", 100, "Evaluate validation and test sets every this many steps.")
+flags.DEFINE_string("lr_schedule", "constant", "Learning-rate schedule: constant, step (x lr_gamma at each milestone) or cosine (to 0).")
+flags.DEFINE_list("lr_milestones", [], "step schedule: lengths at which the rate is multiplied by --lr_gamma, e.g. 80ep,120ep.")
+flags.DEFINE_float("lr_gamma", 0.1, "step schedule: factor at each milestone.")
+flags.DEFINE_string("warmup", "0", "Linear learning-rate warmup length (steps, or e.g. 5ep).")
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy loss, in [0, 1).")
+flags.DEFINE_string("mixed_precision", "", "Empty, mixed_float16 or mixed_bfloat16 (masks and weights stay float32).")
+flags.DEFINE_integer("batch_size", 60, "Global batch size (split across replicas).")
+flags.DEFINE_string("iterations", "50000", "Training length per level: steps (50000 or 50000it) or epochs (160ep). Rewound levels train iterations - rewind_step.")
+flags.DEFINE_string("eval_every", "100", "Evaluate validation and test sets every this many steps (or e.g. 1ep).")
 flags.DEFINE_integer("steps_per_execution", 0, "Steps per compiled call. 0: the largest that divides eval_every, iterations and rewind_step.")
 flags.DEFINE_bool("jit_compile", True, "Compile training and evaluation with XLA.")
 # Pruning
@@ -50,24 +59,26 @@ flags.DEFINE_float("output_pruning_fraction", 0.1, "Fraction for the output laye
 flags.DEFINE_list("layer_pruning_fractions", [], "Per-weight overrides, e.g. fc1/kernel=0.2,fc2/kernel=0.2.")
 flags.DEFINE_list("exclude_layers", [], "Layers never pruned (by layer name).")
 flags.DEFINE_integer("levels", 12, "Pruning levels: levels 0 (dense) to --levels are trained.")
-flags.DEFINE_integer("rewind_step", 0, "Step the survivors are rewound to (0 = reset to initialization).")
+flags.DEFINE_string("rewind_step", "0", "Step the survivors are rewound to (0 = reset to initialization), or e.g. 5ep.")
 flags.DEFINE_integer("seed", 0, "Base seed; each replicate derives its own seed for initialization and data order.")
 # Branches (controls) at chosen levels of the main line
 flags.DEFINE_list("branch", [], "Branches to run: reinit, random_prune, rewind, lr_rewind, retrain (comma-separated).")
 flags.DEFINE_string("branch_levels", "", "Levels to run the branches at, e.g. 0-3,7,11 (must be within 0..--levels).")
 flags.DEFINE_string("random_prune_scope", "layerwise", "random_prune: keep each layer's density (layerwise) or only the overall density (global).")
-flags.DEFINE_integer("branch_rewind_step", -1, "rewind: the step k to rewind to (0 = reset to init); lr_rewind: -1 = the main line's --rewind_step.")
+flags.DEFINE_string("branch_rewind_step", "-1", "rewind: the step k to rewind to (0 = reset to init; steps or e.g. 2ep); lr_rewind: -1 = the main line's --rewind_step.")
 flags.DEFINE_string("branch_optimizer", "", "retrain: optimizer (empty = the main line's).")
 flags.DEFINE_float("branch_learning_rate", 0.0, "retrain: learning rate (0 = the main line's).")
-flags.DEFINE_integer("branch_iterations", 0, "retrain: training length in steps (0 = the main line's).")
+flags.DEFINE_string("branch_iterations", "0", "retrain: training length, steps or epochs (0 = the main line's).")
 flags.DEFINE_integer("branch_batch_size", 0, "retrain: batch size (0 = the main line's).")
 # Run
 flags.DEFINE_string("output_dir", "runs", "Root folder; the run goes to <output_dir>/lottery_<hash of non-default settings>/.")
 flags.DEFINE_integer("replicates", 1, "Number of replicates (independent seeds) to run: 0..N-1.")
 flags.DEFINE_integer("replicate", -1, "Run only this replicate index (>= 0), e.g. one per machine.")
-flags.DEFINE_integer("checkpoint_every", 5000, "Checkpoint every this many steps within a level (0 = only between levels).")
+flags.DEFINE_string("checkpoint_every", "5000", "Checkpoint every this many steps (or e.g. 1ep) within a level (0 = only between levels).")
 flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism so a resumed run matches an uninterrupted one bit for bit.")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files under <run>/replicate_<r>/tensorboard.")
+flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default, one_device or mirrored (all local GPUs, or --cpu_devices logical CPUs).")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (for mirrored runs without GPUs).")
 
 
 def _levels(flag: str, text: str) -> tuple:
@@ -90,8 +101,44 @@ def _layer_fractions(values) -> tuple:
     return tuple(out)
 
 
+def _length(flag: str, text: str, steps_per_epoch: int) -> int:
+    """``"500"``/``"500it"`` -> 500 steps; ``"2ep"`` -> 2 epochs of steps."""
+    value = str(text).strip()
+    try:
+        if value.endswith("ep"):
+            return int(round(float(value[:-2]) * steps_per_epoch))
+        return int(value[:-2] if value.endswith("it") else value)
+    except ValueError:
+        raise config_lib.ConfigError(flag, f"expected a length in steps (500 or 500it) or epochs (2ep), got {text!r}") from None
+
+
+def _shape(values) -> tuple:
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise config_lib.ConfigError("synthetic_shape", f"expected integers like 32,32,3, got {','.join(values)!r}") from None
+
+
 def config_from_flags() -> config_lib.ExperimentConfig:
     """Builds the frozen config from parsed flags (no validation)."""
+    data = config_lib.DataConfig(
+        name=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        tfds_data_dir=FLAGS.tfds_data_dir,
+        tfds_download=FLAGS.tfds_download,
+        validation_examples=FLAGS.validation_examples,
+        synthetic_train_examples=FLAGS.synthetic_train_examples,
+        synthetic_test_examples=FLAGS.synthetic_test_examples,
+        synthetic_shape=_shape(FLAGS.synthetic_shape),
+        synthetic_classes=FLAGS.synthetic_classes,
+    )
+    epoch = 0
+    if data.name in DATASETS and FLAGS.batch_size > 0:
+        epoch = max(1, train_examples(data) // FLAGS.batch_size)
+
+    def length(flag):
+        return _length(flag, getattr(FLAGS, flag), epoch)
+
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(
             name=FLAGS.dataset,
@@ -101,6 +148,8 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             validation_examples=FLAGS.validation_examples,
             synthetic_train_examples=FLAGS.synthetic_train_examples,
             synthetic_test_examples=FLAGS.synthetic_test_examples,
+            synthetic_shape=data.synthetic_shape,
+            synthetic_classes=FLAGS.synthetic_classes,
         ),
         model=config_lib.ModelConfig(name=FLAGS.model, initializer=FLAGS.initializer),
         training=config_lib.TrainingConfig(
@@ -109,10 +158,17 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             momentum=FLAGS.momentum,
             weight_decay=FLAGS.weight_decay,
             batch_size=FLAGS.batch_size,
-            iterations=FLAGS.iterations,
-            eval_every=FLAGS.eval_every,
+            iterations=length("iterations"),
+            eval_every=length("eval_every"),
             steps_per_execution=FLAGS.steps_per_execution,
             jit_compile=FLAGS.jit_compile,
+            nesterov=FLAGS.nesterov,
+            lr_schedule=FLAGS.lr_schedule,
+            lr_milestones=tuple(_length("lr_milestones", m, epoch) for m in FLAGS.lr_milestones),
+            lr_gamma=FLAGS.lr_gamma,
+            warmup_iterations=length("warmup"),
+            label_smoothing=FLAGS.label_smoothing,
+            mixed_precision=FLAGS.mixed_precision,
         ),
         pruning=config_lib.PruningConfig(
             method=FLAGS.pruning_method,
@@ -121,26 +177,28 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             layer_fractions=_layer_fractions(FLAGS.layer_pruning_fractions),
             exclude_layers=tuple(FLAGS.exclude_layers),
             levels=FLAGS.levels,
-            rewind_step=FLAGS.rewind_step,
+            rewind_step=length("rewind_step"),
         ),
         seed=FLAGS.seed,
         branches=config_lib.BranchConfig(
             names=tuple(FLAGS.branch),
             levels=_levels("branch_levels", FLAGS.branch_levels),
             random_prune_scope=FLAGS.random_prune_scope,
-            rewind_step=FLAGS.branch_rewind_step,
+            rewind_step=length("branch_rewind_step"),
             optimizer=FLAGS.branch_optimizer,
             learning_rate=FLAGS.branch_learning_rate,
-            iterations=FLAGS.branch_iterations,
+            iterations=length("branch_iterations"),
             batch_size=FLAGS.branch_batch_size,
         ),
         run=config_lib.RunConfig(
             output_dir=FLAGS.output_dir,
             replicates=FLAGS.replicates,
             replicate=FLAGS.replicate,
-            checkpoint_every=FLAGS.checkpoint_every,
+            checkpoint_every=length("checkpoint_every"),
             deterministic=FLAGS.deterministic,
             tensorboard=FLAGS.tensorboard,
+            strategy=FLAGS.strategy,
+            cpu_devices=FLAGS.cpu_devices,
         ),
     )
 

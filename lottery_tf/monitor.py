@@ -62,7 +62,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
 
     def __init__(self, splits: Mapping, every: int, total_steps: int, log_dir=None,
                  label: str = "", print_every: int = 0, jit_compile: bool = True,
-                 origin: int = 0, hparams: Mapping | None = None):
+                 origin: int = 0, hparams: Mapping | None = None, batch_size: int = 0):
         super().__init__()
         self.splits = {k: (tf.convert_to_tensor(x), tf.convert_to_tensor(y)) for k, (x, y) in splits.items()}
         self.every = every
@@ -73,6 +73,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         self.jit_compile = jit_compile
         self.origin = origin
         self.hparams = dict(hparams or {})
+        self.batch_size = batch_size
         self.iterations: list[int] = []
         self.curves = {k: {"loss": [], "accuracy": []} for k in self.splits}
 
@@ -93,6 +94,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         self._resumed_at = self._step()
         self._start_time = time.time()
         self._count = 0
+        self._last = (self._resumed_at, time.time())
         if self._writer and self.hparams and not self.iterations:
             from tensorboard.plugins.hparams import api as hp
 
@@ -129,6 +131,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
                     tf.summary.histogram(f"surviving_weights/{name}", weights[masks[name] != 0])
 
     def _record(self):
+        self._evaluation_started = time.time()
         step = self._step()
         self.iterations.append(step)
         results = {}
@@ -142,6 +145,13 @@ class PeriodicEvaluation(keras.callbacks.Callback):
                 for split, (loss, accuracy) in results.items():
                     tf.summary.scalar(f"{split}/loss", loss)
                     tf.summary.scalar(f"{split}/accuracy", accuracy)
+                tf.summary.scalar("train/learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+                last_step, last_time = self._last
+                if step > last_step and self.batch_size:
+                    # Training throughput since the previous evaluation (evaluation excluded).
+                    seconds = max(1e-9, self._evaluation_started - last_time)
+                    tf.summary.scalar("train/examples_per_second", (step - last_step) * self.batch_size / seconds)
+        self._last = (step, time.time())
         self._count += 1
         done = step - self.origin
         if self.print_every and (self._count % self.print_every == 0 or done >= self.total_steps):

@@ -127,12 +127,21 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
     "flag, message",
     [
         ("--dataset=cifar", "--dataset: unknown dataset 'cifar'; expected one of fashion_mnist, mnist, synthetic"),
-        ("--model=resnet", "--model: unknown model 'resnet'; expected one of lenet_300_100"),
+        ("--model=resnet", "--model: unknown model 'resnet'; expected one of conv2, conv4, conv6, lenet_300_100, "
+         "resnet20, resnet50, vgg11, vgg13, vgg16, vgg19, cifar_resnet_<depth 6n+2>[_<width>], "
+         "keras.applications.<Name> (e.g. keras.applications.MobileNetV2)"),
         ("--pruning_fraction=0", "--pruning_fraction: expected a fraction in (0, 1), got 0.0"),
         ("--pruning_fraction=1.5", "--pruning_fraction: expected a fraction in (0, 1), got 1.5"),
         ("--output_pruning_fraction=-0.2", "--output_pruning_fraction: expected a fraction in (0, 1), got -0.2"),
         ("--iterations=-3", "--iterations: expected an integer >= 1, got -3"),
-        ("--iterations=1.5", "flag --iterations=1.5: invalid literal for int() with base 10: '1.5'"),
+        ("--iterations=1.5", "--iterations: expected a length in steps (500 or 500it) or epochs (2ep), got '1.5'"),
+        ("--batch_size=1.5", "flag --batch_size=1.5: invalid literal for int() with base 10: '1.5'"),
+        ("--lr_schedule=linear", "--lr_schedule: unknown schedule 'linear'; expected one of constant, step, cosine"),
+        ("--lr_milestones=500", "--lr_milestones: expected steps in (0, --iterations=200), got 500"),
+        ("--warmup=10ep", "--warmup_iterations: must be below --iterations=200; got 250"),  # 1 epoch = 1536 // 60 = 25 steps
+        ("--mixed_precision=fp8", "--mixed_precision: expected one of mixed_float16, mixed_bfloat16 (or empty), got 'fp8'"),
+        ("--strategy=tpu", "--strategy: unknown strategy 'tpu'; expected one of default, one_device, mirrored"),
+        ("--synthetic_shape=32,x", "--synthetic_shape: expected integers like 32,32,3, got '32,x'"),
         ("--rewind_step=-1", "--rewind_step: expected an integer >= 0, got -1"),
         ("--rewind_step=500", "--rewind_step: must be below --iterations=200; got 500"),
         ("--levels=-1", "--levels: expected an integer >= 0, got -1"),

@@ -6,8 +6,8 @@ files; data TFDS has already prepared; known local IDX folders (Debian's
 TFDS download, attempted only if the network answers within a few seconds.
 """
 
-from lottery_tf.data.registry import DATASETS, DataUnavailableError, Splits, get_splits
+from lottery_tf.data.registry import DATASETS, DataUnavailableError, Splits, get_splits, train_examples
 from lottery_tf.data import mnist as _mnist  # noqa: F401  (registers datasets)
 from lottery_tf.data import synthetic as _synthetic  # noqa: F401
 
-__all__ = ["DATASETS", "DataUnavailableError", "Splits", "get_splits"]
+__all__ = ["DATASETS", "DataUnavailableError", "Splits", "get_splits", "train_examples"]

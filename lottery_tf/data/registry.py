@@ -34,6 +34,18 @@ class Splits:
         return tuple(self.x_train.shape[1:])
 
 
+# Training-set sizes before the validation split, so lengths in epochs can be
+# resolved (and checked) before any data is loaded.
+TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+
+
+def train_examples(config: DataConfig) -> int:
+    """Examples left for training after the validation split."""
+    if config.name == "synthetic":
+        return config.synthetic_train_examples - min(config.validation_examples, config.synthetic_train_examples // 4)
+    return TRAIN_EXAMPLES[config.name] - config.validation_examples
+
+
 def hold_out_validation(x, y, n_val: int, seed: int = 0):
     """Splits off ``n_val`` examples by a fixed permutation (same for all runs)."""
     if n_val >= len(x):

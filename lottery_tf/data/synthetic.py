@@ -7,20 +7,23 @@ import numpy as np
 from lottery_tf.config import DataConfig
 from lottery_tf.data.registry import DATASETS, Splits, hold_out_validation
 
-SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
 NOISE = 6.0  # per-pixel noise std; prototypes have std 1
 
 
 @DATASETS.register("synthetic")
 def synthetic(config: DataConfig) -> Splits:
-    """Noisy copies of one random prototype image per class (learnable, not trivial)."""
+    """Noisy copies of one random prototype image per class (learnable, not trivial).
+
+    Any image shape (``synthetic_shape``) and class count (``synthetic_classes``),
+    so every model can be exercised without data.
+    """
     rng = np.random.default_rng(1234)
     n_train, n_test = config.synthetic_train_examples, config.synthetic_test_examples
-    prototypes = rng.normal(size=(NUM_CLASSES,) + SHAPE).astype(np.float32)
-    y = rng.integers(0, NUM_CLASSES, size=n_train + n_test).astype(np.int64)
-    noise = rng.normal(scale=NOISE, size=(n_train + n_test,) + SHAPE).astype(np.float32)
+    shape, classes = tuple(config.synthetic_shape), config.synthetic_classes
+    prototypes = rng.normal(size=(classes,) + shape).astype(np.float32)
+    y = rng.integers(0, classes, size=n_train + n_test).astype(np.int64)
+    noise = rng.normal(scale=NOISE, size=(n_train + n_test,) + shape).astype(np.float32)
     x = prototypes[y] + noise
     n_val = min(config.validation_examples, n_train // 4)
     x_train, y_train, x_val, y_val = hold_out_validation(x[:n_train], y[:n_train], n_val)
-    return Splits(x_train, y_train, x_val, y_val, x[n_train:], y[n_train:], NUM_CLASSES, "synthetic")
+    return Splits(x_train, y_train, x_val, y_val, x[n_train:], y[n_train:], classes, "synthetic")

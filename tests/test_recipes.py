@@ -1,0 +1,98 @@
+"""Training recipes: schedules with warmup, label smoothing, Nesterov, mixed precision,
+lengths in epochs, synthetic data of any shape."""
+
+import numpy as np
+import pytest
+
+from lottery_tf import experiment, rewind
+from lottery_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
+from lottery_tf.data import get_splits, train_examples
+from lottery_tf.keras_compat import keras
+from lottery_tf.masking import get_masks, get_prunable_weights, set_masks
+from lottery_tf.schedules import LotterySchedule, learning_rate_at, make_schedule
+
+
+@pytest.mark.parametrize(
+    "step, kwargs, expected",
+    [
+        (0, dict(kind="constant"), 0.1),
+        (49, dict(kind="step", milestones=(50, 75)), 0.1),
+        (50, dict(kind="step", milestones=(50, 75)), 0.01),
+        (99, dict(kind="step", milestones=(50, 75)), 0.001),
+        (0, dict(kind="step", milestones=(50,), warmup=10), 0.01),  # (0 + 1) / 10 of 0.1
+        (9, dict(kind="step", milestones=(50,), warmup=10), 0.1),
+        (10, dict(kind="cosine", total=110, warmup=10), 0.1),
+        (60, dict(kind="cosine", total=110, warmup=10), 0.05),  # halfway: cos(pi/2) = 0
+        (110, dict(kind="cosine", total=110, warmup=10), 0.0),
+    ],
+)
+def test_learning_rate_literals(step, kwargs, expected):
+    kwargs.setdefault("total", 100)
+    assert learning_rate_at(step, 0.1, **kwargs) == pytest.approx(expected, abs=1e-12)
+
+
+def test_keras_schedule_matches_definition_and_serializes():
+    schedule = LotterySchedule(0.4, "step", 9000, milestones=(3000, 6000, 8000), gamma=0.1, warmup=500)
+    for step in (0, 1, 250, 499, 500, 2999, 3000, 6500, 8999):
+        assert float(schedule(step)) == pytest.approx(
+            learning_rate_at(step, 0.4, "step", 9000, (3000, 6000, 8000), 0.1, 500), rel=1e-6)
+    cosine = LotterySchedule(0.1, "cosine", 1000, warmup=100)
+    for step in (0, 99, 100, 550, 1000):
+        assert float(cosine(step)) == pytest.approx(learning_rate_at(step, 0.1, "cosine", 1000, (), 0.1, 100), abs=1e-7)
+    again = LotterySchedule.from_config(schedule.get_config())
+    assert again.get_config() == schedule.get_config()
+    assert make_schedule(TrainingConfig(learning_rate=0.3)) == 0.3
+
+
+def test_rewinding_the_step_counter_rewinds_the_schedule():
+    optimizer = keras.optimizers.SGD(LotterySchedule(0.1, "step", 100, milestones=(10,)), momentum=0.9, nesterov=True)
+    optimizer.build([keras.Variable(np.zeros(3, "float32"))])
+    optimizer.iterations.assign(20)
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.01)
+    rewind.reset_optimizer(optimizer, 5)
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.1)
+    assert optimizer.nesterov
+
+
+def test_label_smoothing_loss_literal():
+    # logits (2, 0): p = (0.8808, 0.1192); smoothed targets (0.9, 0.1):
+    # -(0.9 ln 0.8808 + 0.1 ln 0.1192) = 0.32693
+    loss = experiment.make_loss(TrainingConfig(label_smoothing=0.2), 2)
+    value = float(np.mean(keras.ops.convert_to_numpy(loss(np.array([0]), np.array([[2.0, 0.0]], "float32")))))
+    assert value == pytest.approx(0.9 * np.log1p(np.exp(-2.0)) + 0.1 * np.log1p(np.exp(2.0)), rel=1e-5)
+    assert value == pytest.approx(0.32693, abs=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_masks_exact(policy):
+    config = ExperimentConfig(
+        data=DataConfig(name="synthetic", synthetic_shape=(8, 8, 3), synthetic_train_examples=256, validation_examples=64),
+        model=ModelConfig(name="conv2"),
+        training=TrainingConfig(iterations=20, eval_every=10, mixed_precision=policy, optimizer="sgd", learning_rate=0.05,
+                                momentum=0.9),
+    )
+    splits = get_splits(config.data)
+    model = experiment.build_masked_model(config, splits, seed=0)
+    assert model.get_layer("conv1_1").layer.compute_dtype == policy.split("_")[1]
+    assert keras.ops.convert_to_numpy(model(splits.x_val[:2])).dtype == np.float32  # logits cast for the loss
+    masks = get_masks(model)
+    rng = np.random.default_rng(0)
+    for name in masks:
+        masks[name] = (rng.random(masks[name].shape) > 0.5).astype("float32")
+        assert masks[name].dtype == np.float32
+    set_masks(model, masks)
+    model.fit(experiment.train_pipeline(splits, 32, 0), epochs=1, steps_per_epoch=20, verbose=0)
+    for name, weights in get_prunable_weights(model).items():
+        assert weights.dtype == np.float32
+        assert np.all(weights[masks[name] == 0] == 0.0), name
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_synthetic_any_shape_and_epoch_lengths():
+    config = DataConfig(name="synthetic", synthetic_shape=(32, 32, 3), synthetic_classes=100,
+                        synthetic_train_examples=1000, synthetic_test_examples=100, validation_examples=100)
+    splits = get_splits(config)
+    assert splits.x_train.shape == (900, 32, 32, 3) and splits.num_classes == 100
+    assert train_examples(config) == 900
+    assert train_examples(DataConfig(name="cifar10", validation_examples=5000)) == 45000
+    assert train_examples(DataConfig(name="fashion_mnist")) == 55000
