@@ -1,18 +1,14 @@
 """tf.distribute: mirrored on two logical CPU devices through the CLI, ResNet-50 under mirrored."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
-import tensorflow as tf
 
 from conftest import REPO
-from lottery_tf import experiment
-from lottery_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
-from lottery_tf.data import get_splits
-from lottery_tf.masking import get_masks, get_prunable_weights, set_masks
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 # Same compile settings for both runs (distributed runs use one step per call, no XLA).
@@ -53,24 +49,47 @@ def test_one_device_strategy_runs(tmp_path):
     assert len(masks_of(out)) == 3
 
 
+RESNET50_STEP = """
+import json, numpy as np, tensorflow as tf
+from lottery_tf import experiment
+from lottery_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
+from lottery_tf.data import get_splits
+from lottery_tf.distribute import make_strategy, split_cpu
+from lottery_tf.masking import get_masks, get_prunable_weights, set_masks
+split_cpu(2)
+strategy = make_strategy("mirrored")
+config = ExperimentConfig(
+    data=DataConfig(name="synthetic", synthetic_shape=(224, 224, 3), synthetic_classes=1000,
+                    synthetic_train_examples=8, synthetic_test_examples=2, validation_examples=2),
+    model=ModelConfig(name="resnet50", initializer="he_normal"),
+    training=TrainingConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=2, iterations=1, eval_every=1),
+)
+splits = get_splits(config.data)
+model = experiment.build_masked_model(config, splits, seed=0, strategy=strategy)
+masks = get_masks(model)
+rng = np.random.default_rng(0)
+for name in masks:
+    masks[name] = (rng.random(masks[name].shape) > 0.8).astype("float32")
+set_masks(model, masks)
+history = model.fit(experiment.train_pipeline(splits, 2, 0), epochs=1, steps_per_epoch=1, verbose=0)
+weights = get_prunable_weights(model)
+print(json.dumps({
+    "replicas": strategy.num_replicas_in_sync,
+    "masks": len(masks),
+    "loss": float(history.history["loss"][0]),
+    "step": int(model.optimizer.iterations.numpy()),
+    "pruned_nonzero": int(sum(np.count_nonzero(weights[n][masks[n] == 0]) for n in masks)),
+}))
+"""
+
+
 def test_resnet50_one_step_under_mirrored_imagenet_shapes():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    config = ExperimentConfig(
-        data=DataConfig(name="synthetic", synthetic_shape=(224, 224, 3), synthetic_classes=1000,
-                        synthetic_train_examples=8, synthetic_test_examples=2, validation_examples=2),
-        model=ModelConfig(name="resnet50", initializer="he_normal"),
-        training=TrainingConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=2, iterations=1, eval_every=1),
-    )
-    splits = get_splits(config.data)
-    model = experiment.build_masked_model(config, splits, seed=0, strategy=strategy)
-    masks = get_masks(model)
-    assert len(masks) == 54  # 53 convolutions + the classifier
-    rng = np.random.default_rng(0)
-    for name in masks:
-        masks[name] = (rng.random(masks[name].shape) > 0.8).astype("float32")
-    set_masks(model, masks)
-    history = model.fit(experiment.train_pipeline(splits, 2, 0), epochs=1, steps_per_epoch=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    assert int(model.optimizer.iterations.numpy()) == 1
-    for name, weights in get_prunable_weights(model).items():
-        assert np.all(weights[masks[name] == 0] == 0.0), name
+    # Own process: collectives of one MirroredStrategy can break the next one's in the same process.
+    result = subprocess.run([sys.executable, "-c", RESNET50_STEP], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert report["masks"] == 54  # 53 convolutions + the classifier
+    assert np.isfinite(report["loss"]) and report["step"] == 1
+    assert report["pruned_nonzero"] == 0
