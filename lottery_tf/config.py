@@ -78,6 +78,7 @@ class TrainingConfig:
     learning_rate: float = 1.2e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
+    weight_decay_mode: str = "decoupled"  # decoupled (Keras) or l2 (added to the gradient, as PyTorch)
     batch_size: int = 60
     iterations: int = 50000
     eval_every: int = 100
@@ -314,6 +315,8 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
         raise ConfigError("learning_rate", f"expected a number > 0, got {training.learning_rate!r}")
     if not 0 <= training.momentum < 1:
         raise ConfigError("momentum", f"expected a number in [0, 1), got {training.momentum!r}")
+    if training.weight_decay_mode not in ("decoupled", "l2"):
+        raise ConfigError("weight_decay_mode", f"expected decoupled or l2, got {training.weight_decay_mode!r}")
     if training.weight_decay < 0:
         raise ConfigError("weight_decay", f"expected a number >= 0, got {training.weight_decay!r}")
     _integer("batch_size", training.batch_size, 1)

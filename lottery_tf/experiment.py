@@ -34,11 +34,11 @@ import tensorflow as tf
 
 from lottery_tf import atomic, checkpoint, report, rewind, run_dir
 from lottery_tf.callbacks import PruneRewindCallback
-from lottery_tf.config import ExperimentConfig, derived_seed, non_default_identity, replicate_seed
+from lottery_tf.config import ConfigError, ExperimentConfig, derived_seed, non_default_identity, replicate_seed
 from lottery_tf.data import Splits, get_splits
 from lottery_tf.distribute import make_strategy, split_cpu
 from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, layer_densities, overall_density, set_masks, wrap_model
+from lottery_tf.masking import get_masks, layer_densities, mask_names, overall_density, set_masks, wrap_model
 from lottery_tf.models import build_model
 from lottery_tf.monitor import PeriodicEvaluation, summarize_curves
 from lottery_tf.pruning import PruningSpec, random_masks_like
@@ -70,15 +70,37 @@ def pruning_spec(config: ExperimentConfig) -> PruningSpec:
     )
 
 
+def _with_l2(optimizer_class):
+    """``optimizer_class`` with L2 weight decay added to every gradient (PyTorch's
+    ``weight_decay``), which momentum and Adam's scaling then act on."""
+
+    class WithL2(optimizer_class):
+        def __init__(self, *args, l2=0.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.l2 = l2
+
+        def update_step(self, gradient, variable, learning_rate):
+            gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable
+            return super().update_step(gradient, variable, learning_rate)
+
+    WithL2.__name__ = f"{optimizer_class.__name__}WithL2"
+    return WithL2
+
+
+SGDWithL2 = _with_l2(keras.optimizers.SGD)
+AdamWithL2 = _with_l2(keras.optimizers.Adam)
+
+
 def make_optimizer(training):
     rate = make_schedule(training)
-    if training.optimizer == "adam":
-        return keras.optimizers.Adam(rate, weight_decay=training.weight_decay or None)
+    l2 = training.weight_decay if training.weight_decay_mode == "l2" else 0.0
+    decoupled = None if l2 else (training.weight_decay or None)
     if training.optimizer == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=training.weight_decay)
-    return keras.optimizers.SGD(
-        rate, momentum=training.momentum, nesterov=training.nesterov, weight_decay=training.weight_decay or None
-    )
+    if training.optimizer == "adam":
+        return AdamWithL2(rate, l2=l2, weight_decay=decoupled) if l2 else keras.optimizers.Adam(rate, weight_decay=decoupled)
+    sgd = dict(momentum=training.momentum, nesterov=training.nesterov, weight_decay=decoupled)
+    return SGDWithL2(rate, l2=l2, **sgd) if l2 else keras.optimizers.SGD(rate, **sgd)
 
 
 def make_loss(training, num_classes: int):
@@ -259,7 +281,7 @@ def train_level(ctx: Context, model, level: int, branch: str, origin: int, total
     saver = _CheckpointSaver(checkpoints, config.run.checkpoint_every, monitor, origin, end, wall_before)
     start = time.time()
     model.fit(
-        train_pipeline(ctx.splits, training.batch_size, ctx.seed, skip_steps=start_step),
+        train_pipeline(ctx.splits, training.batch_size, ctx.seed, skip_steps=start_step, augment=ctx.splits.augment),
         epochs=1,
         steps_per_epoch=end - start_step,
         verbose=0,
@@ -303,6 +325,7 @@ def run_main_line(ctx: Context) -> bool:
     first = todo[0]
     rewind_path = os.path.join(ctx.folder, "rewind_point.npz")
     model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
+    check_layer_names(config, model)
     imp = PruneRewindCallback(
         pruning_spec(config), rewind_step=p.rewind_step, on_capture=lambda state: rewind.save(state, rewind_path)
     )
@@ -329,6 +352,18 @@ def run_main_line(ctx: Context) -> bool:
         atomic.write_npz(os.path.join(level_dir(ctx.folder, level + 1, MAIN), "masks.npz"), get_masks(model))
         _finish_level(ctx, level, MAIN, metrics)
     return True
+
+
+def check_layer_names(config: ExperimentConfig, model) -> None:
+    """Per-layer fractions must name masked weights of the model.
+
+    Raises:
+        ConfigError: Naming the flag and the valid names.
+    """
+    names = mask_names(model)
+    unknown = [name for name, _ in config.pruning.layer_fractions if name not in names]
+    if unknown:
+        raise ConfigError("layer_pruning_fractions", f"{', '.join(unknown)} match no masked weight; the model has {', '.join(names)}")
 
 
 # -- branches ---------------------------------------------------------------------
@@ -365,7 +400,7 @@ def _replayed_state(ctx: Context, step: int) -> dict:
         return rewind.load(path)
     model = build_masked_model(ctx.config, ctx.splits, ctx.seed, strategy=ctx.strategy)
     if step:
-        model.fit(train_pipeline(ctx.splits, ctx.config.training.batch_size, ctx.seed), epochs=1,
+        model.fit(train_pipeline(ctx.splits, ctx.config.training.batch_size, ctx.seed, augment=ctx.splits.augment), epochs=1,
                   steps_per_epoch=step, verbose=0, shuffle=False)
     state = rewind.capture(model)
     rewind.save(state, path)

@@ -40,7 +40,8 @@ flags.DEFINE_string("optimizer", "adam", "Optimizer: adam, adamw or sgd.")
 flags.DEFINE_float("learning_rate", 1.2e-3, "Learning rate.")
 flags.DEFINE_float("momentum", 0.0, "SGD momentum.")
 flags.DEFINE_bool("nesterov", False, "SGD: Nesterov momentum.")
-flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (Keras optimizers' weight_decay).")
+flags.DEFINE_float("weight_decay", 0.0, "Weight decay coefficient (see --weight_decay_mode).")
+flags.DEFINE_string("weight_decay_mode", "decoupled", "decoupled (Keras: w -= lr * wd * w) or l2 (wd * w added to the gradient, as PyTorch's SGD/Adam weight_decay and the papers).")
 flags.DEFINE_string("lr_schedule", "constant", "Learning-rate schedule: constant, step (x lr_gamma at each milestone) or cosine (to 0).")
 flags.DEFINE_list("lr_milestones", [], "step schedule: lengths at which the rate is multiplied by --lr_gamma, e.g. 80ep,120ep.")
 flags.DEFINE_float("lr_gamma", 0.1, "step schedule: factor at each milestone.")
@@ -79,6 +80,7 @@ flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism so a
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files under <run>/replicate_<r>/tensorboard.")
 flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default, one_device or mirrored (all local GPUs, or --cpu_devices logical CPUs).")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (for mirrored runs without GPUs).")
+flags.DEFINE_bool("dry_run", False, "Validate the settings, print them resolved (lengths in steps) and the run folder, and exit.")
 
 
 def _levels(flag: str, text: str) -> tuple:
@@ -157,6 +159,7 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             learning_rate=FLAGS.learning_rate,
             momentum=FLAGS.momentum,
             weight_decay=FLAGS.weight_decay,
+            weight_decay_mode=FLAGS.weight_decay_mode,
             batch_size=FLAGS.batch_size,
             iterations=length("iterations"),
             eval_every=length("eval_every"),
@@ -215,6 +218,10 @@ def main(argv):
         config = config_from_flags()
         # Every check that needs no TensorFlow runs before it is imported.
         config_lib.validate(config, DATASETS.names(), MODELS)
+        if FLAGS.dry_run:
+            print(config.to_json(), end="")
+            print(f"run folder: {run_dir.experiment_dir(config)}")
+            return
         run_dir.prepare(config)
         from lottery_tf import experiment
 

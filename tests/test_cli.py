@@ -205,3 +205,35 @@ def test_helpfull_lists_every_flag_with_help():
                  "branch_levels", "replicates", "checkpoint_every", "[no]deterministic", "output_dir"):
         assert f"--{flag}:" in result.stdout, flag
     assert "Fraction of the remaining weights pruned per level" in result.stdout
+
+
+@pytest.mark.parametrize("flagfile", sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "flags", "*.flags"))))
+def test_every_flagfile_validates(flagfile, tmp_path):
+    result = cli(f"--flagfile=flags/{flagfile}", "--dry_run", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    settings = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert result.stdout.strip().splitlines()[-1].startswith(f"run folder: {tmp_path}/lottery_")
+    assert not os.listdir(tmp_path)  # a dry run writes nothing
+    if settings["pruning"]["layer_fractions"]:
+        from lottery_tf.config import ModelConfig
+        from lottery_tf.masking import mask_names, wrap_model
+        from lottery_tf.models import build_model
+
+        model = wrap_model(build_model(ModelConfig(name=settings["model"]["name"]), (32, 32, 3), 10))
+        assert {name for name, _ in settings["pruning"]["layer_fractions"]} <= set(mask_names(model))
+
+
+def test_paper_recipes_resolve_epochs(tmp_path):
+    result = cli("--flagfile=flags/cifar10_resnet20_rewind.flags", "--dry_run", f"--output_dir={tmp_path}")
+    training = json.loads(result.stdout[: result.stdout.rindex("}") + 1])["training"]
+    # 45,000 training images / batch 128 = 351 steps per epoch.
+    assert training["iterations"] == 160 * 351 and training["lr_milestones"] == [80 * 351, 120 * 351]
+    assert training["weight_decay_mode"] == "l2" and training["lr_schedule"] == "step"
+
+
+def test_unknown_layer_fraction_names_the_flag(tmp_path):
+    result = smoke(str(tmp_path / "run"), "--layer_pruning_fractions=conv9/kernel=0.1")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert line == ("error: --layer_pruning_fractions: conv9/kernel match no masked weight; "
+                    "the model has fc1/kernel, fc2/kernel, output/kernel")

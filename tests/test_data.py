@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lottery_tf.config import DataConfig
-from lottery_tf.data import DATASETS, DataUnavailableError, get_splits, idx, mnist
+from lottery_tf.data import DATASETS, DataUnavailableError, cifar, get_splits, idx, mnist
 
 DEBIAN_FOLDER = "/usr/share/datasets/fashion-mnist"
 
@@ -30,7 +30,8 @@ def write_idx_folder(folder, n_train=30, n_test=10, gz=True, seed=0):
 @pytest.fixture(autouse=True)
 def no_network_no_default_folders(monkeypatch, tmp_path):
     # Tests never download and never see the machine's own data unless they ask.
-    monkeypatch.setattr(mnist, "_network_answers", lambda *a, **k: False)
+    monkeypatch.setattr(mnist, "network_answers", lambda *a, **k: False)
+    monkeypatch.setattr(cifar, "network_answers", lambda *a, **k: False)
     monkeypatch.setenv(mnist.SEARCH_ENV, str(tmp_path / "nowhere"))
 
 
@@ -141,6 +142,69 @@ def test_synthetic_is_deterministic_and_learnable_shape():
 
 
 def test_registry_lists_valid_names():
-    assert DATASETS.names() == ["fashion_mnist", "mnist", "synthetic"]
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'; expected one of: fashion_mnist, mnist, synthetic"):
+    assert DATASETS.names() == ["cifar10", "fashion_mnist", "mnist", "synthetic"]
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'; expected one of: cifar10, fashion_mnist, mnist, synthetic"):
         DATASETS.get("cifar")
+
+
+def test_cifar_augmentation_crops_flips_deterministically():
+    import tensorflow as tf
+
+    mean, std = np.array([0.5, 0.4, 0.3], np.float32), np.array([0.2, 0.25, 0.3], np.float32)
+    augment = cifar.make_augment(mean, std)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(64, 32, 32, 3)).astype(np.float32)
+    seed = tf.constant([7, 3], tf.int64)
+    out = augment(tf.constant(images), seed).numpy()
+    assert out.shape == images.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out, augment(tf.constant(images), seed).numpy())  # stateless
+    assert not np.array_equal(out, augment(tf.constant(images), tf.constant([7, 4], tf.int64)).numpy())
+    black = -mean / std
+    padded = np.broadcast_to(black, (64, 40, 40, 3)).copy()
+    padded[:, 4:36, 4:36] = images
+    flips = 0
+    offsets = set()
+    for i in range(64):
+        matches = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
+                   if np.array_equal(out[i], (padded[i, dy:dy + 32, dx:dx + 32][:, ::-1] if f else padded[i, dy:dy + 32, dx:dx + 32]))]
+        assert matches, f"image {i} is not a (flipped) 32x32 window of the padded image"
+        flips += matches[0][2]
+        offsets.add(matches[0][:2])
+    assert 16 < flips < 48  # about half
+    assert len(offsets) > 20  # crops vary per image
+    # Values come only from the image or the black border.
+    assert set(np.unique(out[..., 0])) <= set(np.unique(images[..., 0])) | {np.float32(black[0])}
+
+
+def test_cifar10_through_a_real_tfds_builder(tmp_path):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(0)
+    builder = tfds.builder("cifar10")
+
+    def split(n):
+        return tf.data.Dataset.from_tensor_slices({
+            "id": [f"x{i}" for i in range(n)],
+            "image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "label": np.arange(n) % 10,
+        })
+
+    data_dir = str(tmp_path / "tfds")
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="cifar10", version=str(builder.version), features=builder.info.features,
+        split_datasets={"train": split(60), "test": split(20)}, data_dir=data_dir,
+    )
+    splits = get_splits(DataConfig(name="cifar10", tfds_data_dir=data_dir, validation_examples=10))
+    assert splits.source.startswith("tfds:cifar10")
+    assert splits.x_train.shape == (50, 32, 32, 3) and splits.x_test.shape == (20, 32, 32, 3)
+    full = np.concatenate([splits.x_train, splits.x_val])
+    np.testing.assert_allclose(full.mean(axis=(0, 1, 2)), 0, atol=1e-5)  # per-channel normalization
+    np.testing.assert_allclose(full.std(axis=(0, 1, 2)), 1, atol=1e-4)
+    assert splits.augment is not None
+
+
+def test_cifar10_missing_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataUnavailableError) as info:
+        get_splits(DataConfig(name="cifar10", tfds_data_dir=str(tmp_path / "tfds")))
+    assert "tfds build cifar10" in str(info.value) and "--tfds_data_dir" in str(info.value)

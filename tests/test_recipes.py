@@ -96,3 +96,20 @@ def test_synthetic_any_shape_and_epoch_lengths():
     assert train_examples(config) == 900
     assert train_examples(DataConfig(name="cifar10", validation_examples=5000)) == 45000
     assert train_examples(DataConfig(name="fashion_mnist")) == 55000
+
+
+def test_l2_weight_decay_is_added_to_the_gradient():
+    variable = keras.Variable(np.array([1.0, -2.0], "float32"))
+    optimizer = experiment.make_optimizer(TrainingConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9,
+                                                         weight_decay=0.5, weight_decay_mode="l2"))
+    gradient = np.array([0.2, 0.0], "float32")
+    optimizer.apply([gradient], [variable])
+    # v1 = -(g + 0.5 w) * lr: w = 1 - 0.1 * (0.2 + 0.5) = 0.93;  -2 - 0.1 * (0 - 1) = -1.9
+    np.testing.assert_allclose(variable.numpy(), [0.93, -1.9], rtol=1e-6)
+    optimizer.apply([gradient], [variable])
+    # momentum: v2 = 0.9 v1 - lr (g + 0.5 w1)
+    v1 = np.array([-0.07, 0.1])
+    v2 = 0.9 * v1 - 0.1 * (np.array([0.2, 0.0]) + 0.5 * np.array([0.93, -1.9]))
+    np.testing.assert_allclose(variable.numpy(), np.array([0.93, -1.9]) + v2, rtol=1e-5)
+    decoupled = experiment.make_optimizer(TrainingConfig(optimizer="sgd", learning_rate=0.1, weight_decay=0.5))
+    assert type(decoupled).__name__ == "SGD" and decoupled.weight_decay == 0.5

@@ -1,13 +1,15 @@
 """Dataset registry: ``get_splits(config)`` returns train/validation/test arrays.
 
-MNIST-family datasets are found, in order: an explicit ``--data_dir`` of IDX
+``cifar10`` comes from TFDS (prepared data, or a bounded download). MNIST-family
+datasets are found, in order: an explicit ``--data_dir`` of IDX
 files; data TFDS has already prepared; known local IDX folders (Debian's
 ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist``); and a
 TFDS download, attempted only if the network answers within a few seconds.
 """
 
 from lottery_tf.data.registry import DATASETS, DataUnavailableError, Splits, get_splits, train_examples
-from lottery_tf.data import mnist as _mnist  # noqa: F401  (registers datasets)
+from lottery_tf.data import cifar as _cifar  # noqa: F401  (registers datasets)
+from lottery_tf.data import mnist as _mnist  # noqa: F401
 from lottery_tf.data import synthetic as _synthetic  # noqa: F401
 
 __all__ = ["DATASETS", "DataUnavailableError", "Splits", "get_splits", "train_examples"]

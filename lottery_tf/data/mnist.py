@@ -41,7 +41,7 @@ def search_folders(name: str) -> list[str]:
     return [os.path.expanduser(f) for f in KNOWN_FOLDERS[name]]
 
 
-def _network_answers(host: str = "storage.googleapis.com", port: int = 443, seconds: float = 4.0) -> bool:
+def network_answers(host: str = "storage.googleapis.com", port: int = 443, seconds: float = 4.0) -> bool:
     """Whether a TCP connection opens within ``seconds`` (DNS included)."""
     result = []
 
@@ -88,7 +88,7 @@ def _load_arrays(name: str, config: DataConfig):
                 return idx.load_folder(folder), f"idx:{folder}"
             except idx.IdxError as error:
                 raise DataUnavailableError(f"{error}; fix or remove it, or pass --data_dir") from None
-    if config.tfds_download and _network_answers():
+    if config.tfds_download and network_answers():
         try:
             found = _from_tfds(name, config, download=True)
         except Exception as error:  # TFDS raises many types; report any of them.

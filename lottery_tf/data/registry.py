@@ -28,6 +28,9 @@ class Splits:
     y_test: np.ndarray
     num_classes: int
     source: str  # where the data came from, for the run's log
+    # Optional training augmentation ``augment(images, seed) -> images`` on a batch,
+    # with stateless randomness keyed by ``seed`` (a pair of int64s).
+    augment: object = None
 
     @property
     def input_shape(self) -> tuple:
