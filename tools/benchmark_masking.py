@@ -1,13 +1,19 @@
-"""Training speed of a masked LeNet-300-100 relative to the same unmasked model.
+"""Training speed of masked models relative to the same unmasked models, and input speed.
 
-In one process: the same Keras model, optimizer (Adam 1.2e-3), batch size (60)
-and input pipeline (lottery_tf.experiment.train_pipeline on Fashion-MNIST, or
-synthetic data of the same shape if it is not installed), with and without
-MaskedLayers (masks at 20% density). Runs alternate masked / unmasked so drift
-in machine load hits both, and the median steps/s of each is reported with
-their ratio. Nothing here is a pass/fail test: it prints numbers.
+In one process, per model: the same Keras model, optimizer, batch size and input
+pipeline (lottery_tf.experiment.train_pipeline), with and without MaskedLayers
+(masks at about 21% density). Runs alternate masked / unmasked so drift in
+machine load hits both; the median of each is reported with their ratio. The
+input pipeline alone (same batches, augmentation included, no model) is timed
+too, so a user sees whether input could starve training. Nothing here is a
+pass/fail test: it prints numbers.
 
-    python tools/benchmark_masking.py [--steps=5000] [--repeats=5] [--out=FILE]
+    python tools/benchmark_masking.py [--models=lenet_300_100,conv4,resnet20] [--repeats=5] [--out=FILE]
+
+Models: lenet_300_100 on Fashion-MNIST (synthetic of the same shape if not
+installed), batch 60, Adam 1.2e-3; conv4 on synthetic CIFAR-shaped data, batch
+60, Adam 3e-4; resnet20 on synthetic CIFAR-shaped data with the CIFAR
+augmentation, batch 128, SGD 0.1 momentum 0.9.
 """
 
 from __future__ import annotations
@@ -28,80 +34,101 @@ import tensorflow as tf  # noqa: E402
 from lottery_tf import atomic  # noqa: E402
 from lottery_tf.config import DataConfig, ModelConfig  # noqa: E402
 from lottery_tf.data import DataUnavailableError, get_splits  # noqa: E402
+from lottery_tf.data.cifar import make_augment  # noqa: E402
 from lottery_tf.experiment import train_pipeline  # noqa: E402
 from lottery_tf.keras_compat import keras  # noqa: E402
 from lottery_tf.masking import get_masks, set_masks, wrap_model  # noqa: E402
 from lottery_tf.models import build_model  # noqa: E402
 from lottery_tf.pruning import PruningSpec, prune_by_magnitude  # noqa: E402
 
+SETUPS = {
+    # model: (batch, optimizer factory, steps per execution, steps per timed run)
+    "lenet_300_100": (60, lambda: keras.optimizers.Adam(1.2e-3), 100, 5000),
+    "conv4": (60, lambda: keras.optimizers.Adam(3e-4), 10, 300),
+    "resnet20": (128, lambda: keras.optimizers.SGD(0.1, momentum=0.9), 10, 100),
+}
 
-def load_data():
-    try:
-        return get_splits(DataConfig(name="fashion_mnist", tfds_download=False))
-    except DataUnavailableError:
-        return get_splits(DataConfig(name="synthetic", synthetic_train_examples=60000, validation_examples=5000))
+
+def load_data(model: str):
+    if model == "lenet_300_100":
+        try:
+            return get_splits(DataConfig(name="fashion_mnist", tfds_download=False)), None
+        except DataUnavailableError:
+            return get_splits(DataConfig(name="synthetic", synthetic_train_examples=60000, validation_examples=5000)), None
+    splits = get_splits(DataConfig(name="synthetic", synthetic_shape=(32, 32, 3), synthetic_train_examples=10000,
+                                   synthetic_test_examples=100, validation_examples=100))
+    augment = make_augment(np.zeros(3, np.float32), np.ones(3, np.float32)) if model == "resnet20" else None
+    return splits, augment
 
 
-def make(splits, masked: bool, jit: bool, per_execution: int):
+def make(name, splits, masked: bool, per_execution: int, optimizer):
     keras.utils.set_random_seed(0)
-    model = build_model(ModelConfig(), splits.input_shape, splits.num_classes)
+    model = build_model(ModelConfig(name=name, initializer="he_normal"), splits.input_shape, splits.num_classes)
     if masked:
         model = wrap_model(model)
         masks = get_masks(model)
-        for _ in range(7):  # 0.8^7 = 21% of hidden weights left
-            masks = prune_by_magnitude(
-                {n: np.random.default_rng(1).normal(size=m.shape) * m for n, m in masks.items()},
-                masks, PruningSpec("layerwise", 0.2),
-            )
+        rng = np.random.default_rng(1)
+        for _ in range(7):  # 0.8^7 = 21% of the weights left
+            masks = prune_by_magnitude({n: rng.normal(size=m.shape) * m for n, m in masks.items()},
+                                       masks, PruningSpec("layerwise", 0.2))
         set_masks(model, masks)
-    model.compile(
-        optimizer=keras.optimizers.Adam(1.2e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        steps_per_execution=per_execution,
-        jit_compile=jit,
-    )
+    model.compile(optimizer=optimizer(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=per_execution, jit_compile=True)
     return model
 
 
-def steps_per_second(model, dataset, steps: int) -> float:
+def examples_per_second(model, dataset, steps: int, batch: int) -> float:
     start = time.perf_counter()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-    return steps / (time.perf_counter() - start)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def input_examples_per_second(dataset, steps: int, batch: int) -> float:
+    iterator = iter(dataset)
+    next(iterator)  # start the pipeline
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    return steps * batch / (time.perf_counter() - start)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--models", default="lenet_300_100,conv4,resnet20")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the timed steps (smoke runs: 0.05)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-
-    splits = load_data()
-    dataset = train_pipeline(splits, batch_size=60, seed=0)
     lines = [
-        "# benchmark_masking: masked vs unmasked LeNet-300-100 training steps/s",
-        f"# command: python tools/benchmark_masking.py --steps={args.steps} --repeats={args.repeats}",
-        f"# data: {splits.source}; batch 60; Adam 1.2e-3; masks at 21% hidden density",
+        "# benchmark_masking: examples/s of masked vs unmasked training, and of the input pipeline alone",
+        f"# command: python tools/benchmark_masking.py --models={args.models} --repeats={args.repeats}",
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs; tensorflow {tf.__version__}, keras {keras.__version__}",
-        f"# {args.repeats} alternating runs of {args.steps} steps each after a warm-up; median steps/s",
+        "# XLA on; masks at 21% density; median of alternating runs after a warm-up",
         "",
-        f"{'setting':<44} {'unmasked':>10} {'masked':>10} {'ratio':>7}",
+        f"{'model':<15} {'data':<26} {'batch':>5} {'unmasked':>10} {'masked':>10} {'ratio':>6} {'input only':>11} {'input/model':>11}",
     ]
     print("\n".join(lines), flush=True)
-    for jit, per_execution in ((True, 100), (False, 100), (False, 1)):
-        models = {m: make(splits, m, jit, per_execution) for m in (False, True)}
-        rates = {False: [], True: []}
-        steps = args.steps if per_execution > 1 else max(per_execution, args.steps // 5)
+    for name in args.models.split(","):
+        batch, optimizer, per_execution, steps = SETUPS[name]
+        steps = max(per_execution, int(steps * args.scale) // per_execution * per_execution)
+        splits, augment = load_data(name)
+        dataset = train_pipeline(splits, batch_size=batch, seed=0, augment=augment)
+        models = {m: make(name, splits, m, per_execution, optimizer) for m in (False, True)}
         for model in models.values():
-            steps_per_second(model, dataset, max(per_execution, steps // 5))  # compile and warm up
+            examples_per_second(model, dataset, max(per_execution, steps // 5 // per_execution * per_execution), batch)
+        rates = {False: [], True: []}
         for _ in range(args.repeats):
             for masked, model in models.items():
-                rates[masked].append(steps_per_second(model, dataset, steps))
+                rates[masked].append(examples_per_second(model, dataset, steps, batch))
         plain, masked = statistics.median(rates[False]), statistics.median(rates[True])
-        label = f"jit_compile={jit}, steps_per_execution={per_execution}"
-        line = f"{label:<44} {plain:>10.0f} {masked:>10.0f} {masked / plain:>7.3f}"
+        source = splits.source + (" + augmentation" if augment else "")
+        pipeline = statistics.median(input_examples_per_second(dataset, steps, batch) for _ in range(3))
+        line = (f"{name:<15} {source[:26]:<26} {batch:>5} {plain:>10.0f} {masked:>10.0f} {masked / plain:>6.3f} "
+                f"{pipeline:>11.0f} {pipeline / max(plain, masked):>11.1f}")
         lines.append(line)
         print(line, flush=True)
+    lines.append("")
+    lines.append("examples/s; ratio = masked / unmasked; input/model > 1 means the pipeline outpaces training.")
     if args.out:
         atomic.write_text(args.out, "\n".join(lines) + "\n")
     return 0
