@@ -142,17 +142,7 @@ def config_from_flags() -> config_lib.ExperimentConfig:
         return _length(flag, getattr(FLAGS, flag), epoch)
 
     return config_lib.ExperimentConfig(
-        data=config_lib.DataConfig(
-            name=FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            tfds_data_dir=FLAGS.tfds_data_dir,
-            tfds_download=FLAGS.tfds_download,
-            validation_examples=FLAGS.validation_examples,
-            synthetic_train_examples=FLAGS.synthetic_train_examples,
-            synthetic_test_examples=FLAGS.synthetic_test_examples,
-            synthetic_shape=data.synthetic_shape,
-            synthetic_classes=FLAGS.synthetic_classes,
-        ),
+        data=data,
         model=config_lib.ModelConfig(name=FLAGS.model, initializer=FLAGS.initializer),
         training=config_lib.TrainingConfig(
             optimizer=FLAGS.optimizer,

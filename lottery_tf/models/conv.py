@@ -8,7 +8,7 @@ the output layer.
 from __future__ import annotations
 
 from lottery_tf.config import ModelConfig
-from lottery_tf.models.registry import MODELS
+from lottery_tf.models.registry import register_plans
 
 PLANS = {"conv2": (64,), "conv4": (64, 128), "conv6": (64, 128, 256)}
 
@@ -31,14 +31,4 @@ def conv_net(config: ModelConfig, input_shape, num_classes, pairs, name):
     return keras.Sequential(layers, name=name)
 
 
-def _register(name, pairs):
-    @MODELS.register(name)
-    def build(config: ModelConfig, input_shape, num_classes):
-        return conv_net(config, input_shape, num_classes, pairs, name)
-
-    build.__doc__ = f"{name}: conv pairs of {pairs} filters, FC 256-256-classes."
-    return build
-
-
-for _name, _pairs in PLANS.items():
-    _register(_name, _pairs)
+register_plans(PLANS, conv_net, "conv pairs of")

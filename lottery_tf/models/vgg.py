@@ -8,7 +8,7 @@ layers: the CIFAR variant).
 from __future__ import annotations
 
 from lottery_tf.config import ModelConfig
-from lottery_tf.models.registry import MODELS
+from lottery_tf.models.registry import register_plans
 
 PLANS = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
@@ -37,14 +37,4 @@ def vgg(config: ModelConfig, input_shape, num_classes, plan, name):
     return keras.Model(inputs, outputs, name=name)
 
 
-def _register(name, plan):
-    @MODELS.register(name)
-    def build(config: ModelConfig, input_shape, num_classes):
-        return vgg(config, input_shape, num_classes, plan, name)
-
-    build.__doc__ = f"{name} for CIFAR: BatchNorm convolutions, global average pooling, one FC layer."
-    return build
-
-
-for _name, _plan in PLANS.items():
-    _register(_name, _plan)
+register_plans(PLANS, vgg, "CIFAR VGG with plan")
