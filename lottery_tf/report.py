@@ -84,12 +84,14 @@ def aggregate(paths: list[str]) -> list[dict]:
             for row in collect_rows(replicate):
                 groups[(row["branch"], row["level"])].append(row)
         name = os.path.basename(experiment)
+        title = experiment_title(experiment)
         for (branch, level), rows in sorted(groups.items(), key=lambda kv: (kv[0][0] != "main", kv[0])):
             entry = {"experiment": name, "branch": branch, "level": level, "replicates": len(rows)}
             for key in STATS:
                 values = np.array([r[key] for r in rows], dtype=np.float64)
                 entry[f"{key}_mean"] = float(values.mean())
                 entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            entry["title"] = title
             out.append(entry)
     if not out:
         raise ReportError(f"{', '.join(paths)}: no finished levels (no level_*/*/metrics.json)")
@@ -142,6 +144,36 @@ def _save(fig, path):
     atomic.write_bytes(path, buffer.getvalue())
 
 
+def branch_label(branch: str) -> str:
+    """Words for a branch folder name, for plot legends."""
+    if branch == "main":
+        return "lottery ticket (IMP main line)"
+    if branch == "reinit":
+        return "random reinitialization (same mask)"
+    if branch.startswith("random_prune_"):
+        return f"random pruning ({branch[len('random_prune_'):]} density kept)"
+    if branch.startswith("lr_rewind_"):
+        return f"learning-rate rewinding to iteration {branch[len('lr_rewind_'):]}"
+    if branch.startswith("rewind_"):
+        return f"rewound to iteration {branch[len('rewind_'):]}"
+    if branch.startswith("retrain_"):
+        return f"ticket retrained with other settings ({branch})"
+    return branch
+
+
+def experiment_title(experiment_folder: str) -> str:
+    """``"lenet_300_100 on fashion_mnist (lottery_<hash>)"`` from the run's settings."""
+    name = os.path.basename(experiment_folder)
+    try:
+        with open(os.path.join(experiment_folder, "settings.json")) as handle:
+            settings = json.load(handle)
+        p = settings["pruning"]
+        rule = f"{p['method']} {100 * p['fraction']:g}% per level, rewind to iteration {p['rewind_step']}"
+        return f"{settings['model']['name']} on {settings['data']['name']} ({rule}; {name})"
+    except (OSError, ValueError, KeyError):
+        return name
+
+
 def _series(entries, experiment):
     by_branch = defaultdict(list)
     for e in entries:
@@ -164,7 +196,8 @@ def _weights_axis(ax, series):
 def plot_accuracy_vs_weights(entries, path):
     plt = _figure()
     experiments = sorted({e["experiment"] for e in entries})
-    fig, axes = plt.subplots(len(experiments), 2, figsize=(13, 4.5 * len(experiments)), squeeze=False)
+    titles = {e["experiment"]: e.get("title", e["experiment"]) for e in entries}
+    fig, axes = plt.subplots(len(experiments), 2, figsize=(13, 4.8 * len(experiments)), squeeze=False)
     for row, experiment in enumerate(experiments):
         series = _series(entries, experiment)
         for col, (key, title) in enumerate((("early_stop_test_accuracy", "test accuracy at early stopping"),
@@ -174,22 +207,30 @@ def plot_accuracy_vs_weights(entries, path):
                 x = [100 * e["density_mean"] for e in rows]
                 y = [100 * e[f"{key}_mean"] for e in rows]
                 err = [100 * e[f"{key}_std"] for e in rows]
-                ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, label=branch)
+                ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, label=branch_label(branch))
             dense = [e for e in series.get("main", []) if e["level"] == 0]
             if dense:
                 ax.axhline(100 * dense[0][f"{key}_mean"], color="gray", linestyle="--", linewidth=1,
-                           label=f"dense ({100 * dense[0][f'{key}_mean']:.2f}%)")
+                           label=f"dense network ({100 * dense[0][f'{key}_mean']:.2f}%)")
             _weights_axis(ax, series)
             ax.set_ylabel(f"{title} (%)")
-            ax.set_title(f"{experiment}: {title}\nmean ± std over replicates", fontsize=10)
+            heading = f"{title}, mean ± std over {_replicates(series)} replicates"
+            ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}", fontsize=10)
             ax.legend(fontsize=8)
+    if len(experiments) == 1:
+        fig.suptitle(titles[experiments[0]], fontsize=10)
     _save(fig, path)
     plt.close(fig)
+
+
+def _replicates(series) -> int:
+    return max(e["replicates"] for rows in series.values() for e in rows)
 
 
 def plot_early_stop_vs_weights(entries, path):
     plt = _figure()
     experiments = sorted({e["experiment"] for e in entries})
+    titles = {e["experiment"]: e.get("title", e["experiment"]) for e in entries}
     fig, axes = plt.subplots(len(experiments), 1, figsize=(7, 4.5 * len(experiments)), squeeze=False)
     for row, experiment in enumerate(experiments):
         ax = axes[row][0]
@@ -197,10 +238,11 @@ def plot_early_stop_vs_weights(entries, path):
         for branch, rows in series.items():
             ax.errorbar([100 * e["density_mean"] for e in rows], [e["early_stop_iteration_mean"] for e in rows],
                         yerr=[e["early_stop_iteration_std"] for e in rows], marker="o", markersize=4, capsize=3,
-                        label=branch)
+                        label=branch_label(branch))
         _weights_axis(ax, series)
-        ax.set_ylabel("early-stopping iteration\n(minimum validation loss)")
-        ax.set_title(f"{experiment}: when validation loss is lowest\nmean ± std over replicates", fontsize=10)
+        ax.set_ylabel("early-stopping iteration\n(minimum validation loss; lower = learns faster)")
+        ax.set_title(f"Iteration of minimum validation loss, mean ± std over {_replicates(series)} replicates\n"
+                     f"{titles[experiment]}", fontsize=9)
         ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
@@ -231,8 +273,8 @@ def plot_curves(experiment_folder, levels, path):
     low = min(100 * np.min(np.mean([a[: min(len(x) for _, x in r)] for _, a in r], axis=0)[1:]) for r in curves.values())
     ax.set_ylim(max(0, low - 1), None)
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"{os.path.basename(experiment_folder)}: main line, test accuracy during training\n"
-                 f"(mean over replicates; first evaluation omitted from the y range)", fontsize=10)
+    ax.set_title(f"Lottery tickets: test accuracy during training at selected levels (mean over replicates)\n"
+                 f"{experiment_title(experiment_folder)}", fontsize=9)
     ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)

@@ -8,7 +8,7 @@ input pipeline alone (same batches, augmentation included, no model) is timed
 too, so a user sees whether input could starve training. Nothing here is a
 pass/fail test: it prints numbers.
 
-    python tools/benchmark_masking.py [--models=lenet_300_100,conv4,resnet20] [--repeats=5] [--out=FILE]
+    python tools/benchmark_masking.py [--models=lenet_300_100,conv4,resnet20] [--repeats=3] [--out=FILE]
 
 Models: lenet_300_100 on Fashion-MNIST (synthetic of the same shape if not
 installed), batch 60, Adam 1.2e-3; conv4 on synthetic CIFAR-shaped data, batch
@@ -44,8 +44,8 @@ from lottery_tf.pruning import PruningSpec, prune_by_magnitude  # noqa: E402
 SETUPS = {
     # model: (batch, optimizer factory, steps per execution, steps per timed run)
     "lenet_300_100": (60, lambda: keras.optimizers.Adam(1.2e-3), 100, 5000),
-    "conv4": (60, lambda: keras.optimizers.Adam(3e-4), 10, 300),
-    "resnet20": (128, lambda: keras.optimizers.SGD(0.1, momentum=0.9), 10, 100),
+    "conv4": (60, lambda: keras.optimizers.Adam(3e-4), 10, 50),
+    "resnet20": (128, lambda: keras.optimizers.SGD(0.1, momentum=0.9), 10, 30),
 }
 
 
@@ -95,7 +95,7 @@ def input_examples_per_second(dataset, steps: int, batch: int) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="lenet_300_100,conv4,resnet20")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the timed steps (smoke runs: 0.05)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
