@@ -113,12 +113,15 @@ def format_markdown(entries: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for e in entries:
+        def cell(key, scale, digits):
+            mean = f"{scale * e[f'{key}_mean']:.{digits}f}"
+            # One replicate has no spread: print the value alone, not "± 0".
+            return mean if e["replicates"] < 2 else f"{mean} ± {scale * e[f'{key}_std']:.{digits}f}"
+
         lines.append(
             f"| {e['experiment']} | {e['branch']} | {e['level']} | {100 * e['density_mean']:.2f} | "
-            f"{100 * e['final_test_accuracy_mean']:.2f} ± {100 * e['final_test_accuracy_std']:.2f} | "
-            f"{e['early_stop_iteration_mean']:.0f} ± {e['early_stop_iteration_std']:.0f} | "
-            f"{100 * e['early_stop_test_accuracy_mean']:.2f} ± {100 * e['early_stop_test_accuracy_std']:.2f} | "
-            f"{e['replicates']} |"
+            f"{cell('final_test_accuracy', 100, 2)} | {cell('early_stop_iteration', 1, 0)} | "
+            f"{cell('early_stop_test_accuracy', 100, 2)} | {e['replicates']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -90,9 +90,12 @@ def test_tensorboard_event_files_hold_accuracy_sparsity_hparams_histograms(smoke
                     values[value.tag] = float(tf.make_ndarray(value.tensor))
     assert {"val/accuracy", "val/loss", "test/accuracy", "test/loss", "sparsity/overall",
             "sparsity/fc1/kernel", "sparsity/fc2/kernel", "sparsity/output/kernel",
-            "surviving_weights/fc1/kernel", "_hparams_/session_start_info"} <= tags
+            "surviving_weights/fc1/kernel", "_hparams_/session_start_info",
+            "train/learning_rate", "train/examples_per_second"} <= tags
     assert values["sparsity/fc1/kernel"] == pytest.approx(0.2)
     assert values["sparsity/output/kernel"] == pytest.approx(0.1)
+    assert values["train/learning_rate"] == pytest.approx(1.2e-3)
+    assert values["train/examples_per_second"] > 0
 
 
 def test_rerun_does_no_work_and_more_levels_continue(smoke_run, tmp_path):

@@ -8,7 +8,7 @@ input pipeline alone (same batches, augmentation included, no model) is timed
 too, so a user sees whether input could starve training. Nothing here is a
 pass/fail test: it prints numbers.
 
-    python tools/benchmark_masking.py [--models=lenet_300_100,conv4,resnet20] [--repeats=3] [--out=FILE]
+    python tools/benchmark_masking.py [--models=lenet_300_100,conv4,resnet20] [--repeats=5] [--out=FILE]
 
 Models: lenet_300_100 on Fashion-MNIST (synthetic of the same shape if not
 installed), batch 60, Adam 1.2e-3; conv4 on synthetic CIFAR-shaped data, batch
@@ -95,7 +95,7 @@ def input_examples_per_second(dataset, steps: int, batch: int) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="lenet_300_100,conv4,resnet20")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the timed steps (smoke runs: 0.05)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs; tensorflow {tf.__version__}, keras {keras.__version__}",
         "# XLA on; masks at 21% density; median of alternating runs after a warm-up",
         "",
-        f"{'model':<15} {'data':<26} {'batch':>5} {'unmasked':>10} {'masked':>10} {'ratio':>6} {'input only':>11} {'input/model':>11}",
+        f"{'model':<15} {'data':<26} {'batch':>5} {'unmasked':>10} {'masked':>10} {'ratio':>6} {'input only':>11} {'input/model':>11}  ratio per repeat",
     ]
     print("\n".join(lines), flush=True)
     for name in args.models.split(","):
@@ -117,14 +117,16 @@ def main(argv=None) -> int:
         for model in models.values():
             examples_per_second(model, dataset, max(per_execution, steps // 5 // per_execution * per_execution), batch)
         rates = {False: [], True: []}
-        for _ in range(args.repeats):
-            for masked, model in models.items():
-                rates[masked].append(examples_per_second(model, dataset, steps, batch))
+        for repeat in range(args.repeats):
+            # Alternate which model runs first, so drift and warm-up effects hit both alike.
+            for masked in ((False, True) if repeat % 2 == 0 else (True, False)):
+                rates[masked].append(examples_per_second(models[masked], dataset, steps, batch))
         plain, masked = statistics.median(rates[False]), statistics.median(rates[True])
         source = splits.source + (" + augmentation" if augment else "")
         pipeline = statistics.median(input_examples_per_second(dataset, steps, batch) for _ in range(3))
+        per_repeat = " ".join(f"{m / p:.2f}" for p, m in zip(rates[False], rates[True]))
         line = (f"{name:<15} {source[:26]:<26} {batch:>5} {plain:>10.0f} {masked:>10.0f} {masked / plain:>6.3f} "
-                f"{pipeline:>11.0f} {pipeline / max(plain, masked):>11.1f}")
+                f"{pipeline:>11.0f} {pipeline / max(plain, masked):>11.1f}  {per_repeat}")
         lines.append(line)
         print(line, flush=True)
     lines.append("")

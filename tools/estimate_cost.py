@@ -73,7 +73,8 @@ def settings(flagfile: str) -> dict:
 def cpu_rates(path: str) -> dict:
     rates = {}
     for line in open(path):
-        match = re.match(r"(\w+)\s+.*?\s(\d+)\s+(\d+)\s+(\d+)\s+[\d.]+\s+\d+\s+[\d.]+$", line.strip())
+        # model, data, batch, unmasked, masked, ratio, input only, input/model[, per-repeat ratios]
+        match = re.match(r"(\w+)\s+.*?\s(\d+)\s+(\d+)\s+(\d+)\s+[\d.]+\s+\d+\s+[\d.]+(\s+[\d. ]+)?$", line.strip())
         if match:
             rates[match.group(1)] = float(match.group(4))  # masked examples/s
     return rates
