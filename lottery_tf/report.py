@@ -196,11 +196,17 @@ def _weights_axis(ax, series):
     ax.grid(True, alpha=0.3)
 
 
-def plot_accuracy_vs_weights(entries, path):
+def _grid(entries, columns: int, width: float, height: float):
+    """A figure with one row of ``columns`` panels per experiment."""
     plt = _figure()
     experiments = sorted({e["experiment"] for e in entries})
     titles = {e["experiment"]: e.get("title", e["experiment"]) for e in entries}
-    fig, axes = plt.subplots(len(experiments), 2, figsize=(13, 4.8 * len(experiments)), squeeze=False)
+    fig, axes = plt.subplots(len(experiments), columns, figsize=(width, height * len(experiments)), squeeze=False)
+    return plt, fig, axes, experiments, titles
+
+
+def plot_accuracy_vs_weights(entries, path):
+    plt, fig, axes, experiments, titles = _grid(entries, 2, 13, 4.8)
     for row, experiment in enumerate(experiments):
         series = _series(entries, experiment)
         for col, (key, title) in enumerate((("early_stop_test_accuracy", "test accuracy at early stopping"),
@@ -231,10 +237,7 @@ def _replicates(series) -> int:
 
 
 def plot_early_stop_vs_weights(entries, path):
-    plt = _figure()
-    experiments = sorted({e["experiment"] for e in entries})
-    titles = {e["experiment"]: e.get("title", e["experiment"]) for e in entries}
-    fig, axes = plt.subplots(len(experiments), 1, figsize=(7, 4.5 * len(experiments)), squeeze=False)
+    plt, fig, axes, experiments, titles = _grid(entries, 1, 7, 4.5)
     for row, experiment in enumerate(experiments):
         ax = axes[row][0]
         series = _series(entries, experiment)
