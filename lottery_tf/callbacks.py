@@ -42,6 +42,12 @@ class PruneRewindCallback(keras.callbacks.Callback):
         verbose: If true, prints one line per pruning step.
         on_capture: Optional function called with the rewind point when it is
             recorded (for example to save it to disk at once).
+        optimizer_state: ``"reset"`` (default) zeroes the optimizer's slots at
+            each rewind and sets its step counter to ``rewind_step``.
+            ``"rewind"`` restores the slots as they were at ``rewind_step``
+            instead, which keeps Adam's bias correction consistent with its
+            moments when ``rewind_step > 0`` (with ``"reset"``, Adam restarts
+            from zero moments but its step counter says k).
 
     Raises:
         ValueError: If ``rewind_step`` or ``levels`` is not a non-negative
@@ -64,6 +70,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
         output_layer: str | None = None,
         verbose: bool = False,
         on_capture=None,
+        optimizer_state: str = "reset",
     ):
         super().__init__()
         if isinstance(rewind_step, bool) or not isinstance(rewind_step, (int, np.integer)) or rewind_step < 0:
@@ -72,6 +79,10 @@ class PruneRewindCallback(keras.callbacks.Callback):
             isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1
         ):
             raise ValueError(f"levels must be a positive integer or None; got {levels!r}.")
+        if optimizer_state not in ("reset", "rewind"):
+            raise ValueError(f"optimizer_state must be 'reset' or 'rewind'; got {optimizer_state!r}.")
+        self.optimizer_state = optimizer_state
+        self.optimizer_point = None
         self.spec = spec if spec is not None else PruningSpec()
         self.rewind_step = int(rewind_step)
         self.levels = levels
@@ -110,6 +121,9 @@ class PruneRewindCallback(keras.callbacks.Callback):
 
     def _capture(self):
         self.rewind_point = rewind.capture(self.model)
+        optimizer = getattr(self.model, "optimizer", None)
+        if self.optimizer_state == "rewind" and optimizer is not None and optimizer.built:
+            self.optimizer_point = [np.array(v.numpy(), copy=True) for v in optimizer.variables]
         if self.on_capture is not None:
             self.on_capture(self.rewind_point)
 
@@ -154,5 +168,12 @@ class PruneRewindCallback(keras.callbacks.Callback):
         if self.rewind_point is None:
             raise ValueError("No rewind point: train a first level, or set callback.rewind_point.")
         rewind.restore(self.model, self.rewind_point)
-        if getattr(self.model, "optimizer", None) is not None and self.model.optimizer.built:
-            rewind.reset_optimizer(self.model.optimizer, self.rewind_step)
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or not optimizer.built:
+            return
+        if self.optimizer_point is not None:
+            # Not built at capture (step 0) means all-zero slots: reset is the same.
+            for variable, value in zip(optimizer.variables, self.optimizer_point):
+                variable.assign(value)
+        else:
+            rewind.reset_optimizer(optimizer, self.rewind_step)

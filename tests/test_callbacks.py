@@ -148,3 +148,23 @@ def test_rewind_point_save_load(tmp_path):
             np.testing.assert_array_equal(v.numpy(), state[v.path])
     with pytest.raises(ValueError, match="does not match the model"):
         rewind.restore(model, {"x": np.zeros(1)})
+
+
+def test_optimizer_state_rewind_restores_adam_slots_at_k():
+    model = _model(keras.optimizers.Adam(0.01))
+    at_k = {}
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 2:
+                at_k["slots"] = [v.numpy().copy() for v in self.model.optimizer.variables]
+
+    imp = PruneRewindCallback(PruningSpec("layerwise", 0.2), rewind_step=2, optimizer_state="rewind")
+    model.fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[Record(), imp])
+    assert int(model.optimizer.iterations.numpy()) == 2
+    slots = [v.numpy() for v in model.optimizer.variables]
+    assert any(np.any(s) for s in at_k["slots"][2:])  # moments at step 2 are not zero
+    for now, then in zip(slots, at_k["slots"]):
+        np.testing.assert_array_equal(now, then)
+    with pytest.raises(ValueError, match="optimizer_state must be 'reset' or 'rewind'"):
+        PruneRewindCallback(optimizer_state="keep")
