@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import sys
 from typing import Any
 
@@ -32,7 +31,6 @@ import numpy as np
 from lottery_tf import atomic, faults
 
 KEEP = 2  # checkpoints kept: the newest and one to fall back to
-_NAME = re.compile(r"ckpt-(\d+)\.json$")
 
 
 class CheckpointError(RuntimeError):

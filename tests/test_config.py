@@ -8,7 +8,7 @@ import pytest
 
 from lottery_tf import run_dir
 from lottery_tf.config import (
-    BranchConfig, ConfigError, ExperimentConfig, RunConfig, TrainingConfig, experiment_hash, identity,
+    BranchConfig, ConfigError, ExperimentConfig, RunConfig, TrainingConfig, experiment_hash,
     non_default_identity, parse_levels, replicate_seed, validate,
 )
 

@@ -5,7 +5,6 @@ and metrics as an uninterrupted one (--deterministic)."""
 import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -44,7 +44,8 @@ from lottery_tf.pruning import PruningSpec, prune_by_magnitude  # noqa: E402
 SETUPS = {
     # model: (batch, optimizer factory, steps per execution, steps per timed run, XLA)
     # XLA only for LeNet: on this CPU it made the convolutional networks slower and
-    # bimodal from run to run (Conv-4: 293-455 examples/s with XLA, 586-667 without).
+    # bimodal from run to run (see results/benchmark_masking_conv4_xla.txt, made with
+    # --models=conv4 --jit=on).
     "lenet_300_100": (60, lambda: keras.optimizers.Adam(1.2e-3), 100, 5000, True),
     "conv4": (60, lambda: keras.optimizers.Adam(3e-4), 10, 100, False),
     "resnet20": (128, lambda: keras.optimizers.SGD(0.1, momentum=0.9), 10, 50, False),
@@ -99,11 +100,13 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="lenet_300_100,conv4,resnet20")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the timed steps (smoke runs: 0.05)")
+    parser.add_argument("--jit", choices=("default", "on", "off"), default="default",
+                        help="override XLA for every model (default: per model, see SETUPS)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     lines = [
         "# benchmark_masking: examples/s of masked vs unmasked training, and of the input pipeline alone",
-        f"# command: python tools/benchmark_masking.py --models={args.models} --repeats={args.repeats}",
+        f"# command: python tools/benchmark_masking.py --models={args.models} --repeats={args.repeats} --jit={args.jit}",
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs; tensorflow {tf.__version__}, keras {keras.__version__}",
         "# XLA on for LeNet only (see SETUPS); masks at 21% density; median of alternating runs after a warm-up",
         "",
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
     print("\n".join(lines), flush=True)
     for name in args.models.split(","):
         batch, optimizer, per_execution, steps, jit = SETUPS[name]
+        jit = {"on": True, "off": False}.get(args.jit, jit)
         steps = max(per_execution, int(steps * args.scale) // per_execution * per_execution)
         splits, augment = load_data(name)
         dataset = train_pipeline(splits, batch_size=batch, seed=0, augment=augment)
@@ -124,7 +128,7 @@ def main(argv=None) -> int:
             for masked in ((False, True) if repeat % 2 == 0 else (True, False)):
                 rates[masked].append(examples_per_second(models[masked], dataset, steps, batch))
         plain, masked = statistics.median(rates[False]), statistics.median(rates[True])
-        source = splits.source + (" + augmentation" if augment else "")
+        source = splits.source + (" + augmentation" if augment else "") + (" XLA" if jit else "")
         pipeline = statistics.median(input_examples_per_second(dataset, steps, batch) for _ in range(3))
         per_repeat = " ".join(f"{m / p:.2f}" for p, m in zip(rates[False], rates[True]))
         line = (f"{name:<15} {source[:26]:<26} {batch:>5} {plain:>10.0f} {masked:>10.0f} {masked / plain:>6.3f} "
