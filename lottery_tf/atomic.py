@@ -7,6 +7,7 @@ file, never a half-written one, even if the process is killed mid-write.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -20,6 +21,30 @@ from lottery_tf import faults
 
 class CorruptFileError(RuntimeError):
     """A run file exists but cannot be read; the message names it."""
+
+
+_discarding = False
+
+
+def writes_enabled() -> bool:
+    """False inside :func:`discarding_writes` (a worker that is not the chief)."""
+    return not _discarding
+
+
+@contextlib.contextmanager
+def discarding_writes(discard: bool = True):
+    """Within this block (if ``discard``), every write through this module is dropped.
+
+    A multi-worker run computes the same thing on every worker, and only the
+    chief may write; the other workers run the same code inside this block.
+    Code that deletes run files checks :func:`writes_enabled` as well.
+    """
+    global _discarding
+    previous, _discarding = _discarding, bool(discard) or _discarding
+    try:
+        yield
+    finally:
+        _discarding = previous
 
 
 def read_npz(path: str | os.PathLike) -> dict:
@@ -37,6 +62,9 @@ def read_npz(path: str | os.PathLike) -> dict:
 
 @contextlib.contextmanager
 def _temporary_beside(path: str | os.PathLike, mode: str, crash_point: str = "atomic_write"):
+    if _discarding:
+        yield io.BytesIO() if "b" in mode else io.StringIO()
+        return
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)

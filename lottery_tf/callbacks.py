@@ -48,6 +48,10 @@ class PruneRewindCallback(keras.callbacks.Callback):
             instead, which keeps Adam's bias correction consistent with its
             moments when ``rewind_step > 0`` (with ``"reset"``, Adam restarts
             from zero moments but its step counter says k).
+        agree_on_masks: Optional function applied to each new set of masks
+            before they are set, so that all workers of a multi-worker run
+            keep one decision (e.g.
+            :func:`lottery_tf.distribute.broadcast_from_chief`).
 
     Raises:
         ValueError: If ``rewind_step`` or ``levels`` is not a non-negative
@@ -71,6 +75,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
         verbose: bool = False,
         on_capture=None,
         optimizer_state: str = "reset",
+        agree_on_masks=None,
     ):
         super().__init__()
         if isinstance(rewind_step, bool) or not isinstance(rewind_step, (int, np.integer)) or rewind_step < 0:
@@ -89,6 +94,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
         self.output_layer = output_layer
         self.verbose = verbose
         self.on_capture = on_capture
+        self.agree_on_masks = agree_on_masks
         self.level = 0
         self.rewind_point: "collections.OrderedDict[str, np.ndarray] | None" = None
         self.history: list[dict] = []
@@ -149,6 +155,8 @@ class PruneRewindCallback(keras.callbacks.Callback):
         masks = prune_by_magnitude(
             get_prunable_weights(self.model), get_masks(self.model), self.spec, output
         )
+        if self.agree_on_masks is not None:
+            masks = self.agree_on_masks(masks)
         set_masks(self.model, masks)
         self.rewind()
         self.level += 1

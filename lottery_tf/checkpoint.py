@@ -80,6 +80,8 @@ def save(folder: str, model, step: int, state: dict[str, Any]) -> str:
 
 
 def _prune_old(folder: str) -> None:
+    if not atomic.writes_enabled():
+        return
     metas = sorted(glob.glob(os.path.join(folder, "ckpt-*.json")))
     for meta in metas[:-KEEP]:
         for path in (meta, meta[: -len(".json")] + ".npz"):
@@ -157,7 +159,9 @@ def restore(model, checkpoint: Checkpoint) -> None:
 
 
 def remove_all(folder: str) -> None:
-    """Deletes a finished level's checkpoints."""
+    """Deletes a finished level's checkpoints (not on a worker that only reads)."""
+    if not atomic.writes_enabled():
+        return
     for path in glob.glob(os.path.join(folder, "ckpt-*")) + glob.glob(os.path.join(folder, ".tmp-*")):
         os.remove(path)
     if os.path.isdir(folder) and not os.listdir(folder):

@@ -18,8 +18,13 @@ from typing import Any
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("default", "one_device", "mirrored")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 PRUNING_METHODS = ("layerwise", "global")
+
+
+class StrategyError(RuntimeError):
+    """A tf.distribute strategy cannot be set up (raised by :mod:`lottery_tf.distribute`);
+    the message names the flag or variable and what was expected."""
 
 
 class ConfigError(ValueError):
@@ -158,7 +163,8 @@ class RunConfig:
     checkpoint_every: int = 5000  # steps; 0 = no checkpoints within a level
     deterministic: bool = False
     tensorboard: bool = True
-    strategy: str = "default"  # default, one_device, mirrored
+    strategy: str = "default"  # one of STRATEGIES
+    tpu: str = ""  # --strategy=tpu: name, grpc:// address or "local"
     cpu_devices: int = 0  # > 0: split the CPU into this many logical devices
 
 
@@ -399,6 +405,10 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     _integer("checkpoint_every", r.checkpoint_every, 0)
     if r.strategy not in STRATEGIES:
         raise ConfigError("strategy", f"unknown strategy {r.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if r.strategy == "tpu" and not r.tpu:
+        raise ConfigError("tpu", "--strategy=tpu needs --tpu: the TPU's name, grpc://host:port address, or 'local' on a TPU VM")
+    if r.tpu and r.strategy != "tpu":
+        raise ConfigError("tpu", f"--tpu={r.tpu!r} is only used with --strategy=tpu; got --strategy={r.strategy}")
     _integer("cpu_devices", r.cpu_devices, 0)
     if r.checkpoint_every and r.checkpoint_every % steps:
         raise ConfigError("checkpoint_every", f"must be a multiple of --steps_per_execution={steps}; got {r.checkpoint_every}")

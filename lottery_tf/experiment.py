@@ -25,6 +25,7 @@ Branches reuse the main line's files and never retrain it:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -32,16 +33,17 @@ import time
 
 import tensorflow as tf
 
-from lottery_tf import atomic, checkpoint, report, rewind, run_dir
+from lottery_tf import atomic, checkpoint, faults, loop, report, rewind, run_dir
 from lottery_tf.callbacks import PruneRewindCallback
-from lottery_tf.config import ConfigError, ExperimentConfig, derived_seed, non_default_identity, replicate_seed
+from lottery_tf.config import ConfigError, StrategyError, ExperimentConfig, derived_seed, non_default_identity, replicate_seed
 from lottery_tf.data import Splits, get_splits
-from lottery_tf.distribute import make_strategy, split_cpu
+from lottery_tf.distribute import (barrier, broadcast_from_chief, is_chief, is_multi_worker, make_strategy,
+                                   per_worker_batches, split_cpu, worker_label)
 from lottery_tf.keras_compat import keras
 from lottery_tf.masking import get_masks, layer_densities, mask_names, overall_density, set_masks, wrap_model
 from lottery_tf.models import build_model
 from lottery_tf.monitor import PeriodicEvaluation, summarize_curves
-from lottery_tf.pruning import PruningSpec, random_masks_like
+from lottery_tf.pruning import PruningSpec, fingerprint, random_masks_like
 from lottery_tf.schedules import make_schedule
 from lottery_tf.run_dir import MAIN, is_done, level_dir
 
@@ -212,6 +214,19 @@ def _step(model) -> int:
     return int(model.optimizer.iterations.numpy())
 
 
+def _fit(ctx: Context, model, batch_size: int, start_step: int, steps: int, callbacks=()) -> None:
+    """Trains ``steps`` steps from data batch ``start_step``: Keras ``fit``, or
+    :func:`lottery_tf.loop.fit` for multi-worker strategies (which ``fit``
+    cannot drive)."""
+    def batches():
+        return train_pipeline(ctx.splits, batch_size, ctx.seed, skip_steps=start_step, augment=ctx.splits.augment)
+
+    if is_multi_worker(ctx.strategy):
+        loop.fit(model, ctx.strategy, lambda context: per_worker_batches(batches(), batch_size, context), steps, callbacks)
+    else:
+        model.fit(batches(), epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=list(callbacks))
+
+
 class _CheckpointSaver(keras.callbacks.Callback):
     def __init__(self, folder, every, monitor, origin, end, wall_before):
         super().__init__()
@@ -225,7 +240,8 @@ class _CheckpointSaver(keras.callbacks.Callback):
         step = _step(self.model)
         if self.every and (step - self.origin) % self.every == 0 and step < self.end:
             state = {"monitor": self.monitor.state(), "wall_seconds": self.wall_before + time.time() - self.start}
-            checkpoint.save(self.folder, self.model, step, state)
+            checkpoint.save(self.folder, self.model, step, state)  # the chief's; dropped on other workers
+            faults.crash_point("after_checkpoint")  # every worker passes here: a whole-cluster preemption
 
 
 class _SaveTrainedState(keras.callbacks.Callback):
@@ -260,7 +276,8 @@ def train_level(ctx: Context, model, level: int, branch: str, origin: int, total
         {"val": (ctx.splits.x_val, ctx.splits.y_val), "test": (ctx.splits.x_test, ctx.splits.y_test)},
         every=training.eval_every,
         total_steps=total_steps,
-        log_dir=os.path.join(ctx.folder, "tensorboard", f"level_{level:02d}_{branch}") if config.run.tensorboard else None,
+        log_dir=(os.path.join(ctx.folder, "tensorboard", f"level_{level:02d}_{branch}")
+                 if config.run.tensorboard and atomic.writes_enabled() else None),
         label=label,
         print_every=max(1, (total_steps // training.eval_every) // 5),
         jit_compile=compiled_fast_path(config, training, ctx.strategy)[1],
@@ -269,6 +286,7 @@ def train_level(ctx: Context, model, level: int, branch: str, origin: int, total
         batch_size=training.batch_size,
     )
     densities = layer_densities(model)
+    masks_sha256 = fingerprint(get_masks(model))
     wall_before = 0.0
     found = checkpoint.latest(checkpoints)
     if found:
@@ -280,20 +298,14 @@ def train_level(ctx: Context, model, level: int, branch: str, origin: int, total
     end = origin + total_steps
     saver = _CheckpointSaver(checkpoints, config.run.checkpoint_every, monitor, origin, end, wall_before)
     start = time.time()
-    model.fit(
-        train_pipeline(ctx.splits, training.batch_size, ctx.seed, skip_steps=start_step, augment=ctx.splits.augment),
-        epochs=1,
-        steps_per_epoch=end - start_step,
-        verbose=0,
-        shuffle=False,  # the pipeline shuffles
-        callbacks=[monitor, saver, *extra_callbacks],
-    )
+    _fit(ctx, model, training.batch_size, start_step, end - start_step, [monitor, saver, *extra_callbacks])
     return {
         "level": level,
         "branch": branch,
         "replicate": ctx.replicate,
         "density": density,
         "layer_densities": densities,
+        "masks_sha256": masks_sha256,
         "start_step": origin,
         "steps": total_steps,
         "wall_seconds": wall_before + time.time() - start,
@@ -311,9 +323,10 @@ def _finish_level(ctx: Context, level: int, branch: str, metrics: dict) -> None:
         f"replicate {ctx.replicate} level {level:2d} [{branch}] done: density {100 * metrics['density']:.2f}%  "
         f"final test acc {metrics['final_test_accuracy']:.4f}  early stop at "
         f"{metrics['early_stop_iteration']} (test acc {metrics['early_stop_test_accuracy']:.4f})  "
-        f"{metrics['wall_seconds']:.0f}s",
+        f"{metrics['wall_seconds']:.0f}s  masks {metrics['masks_sha256']}",
         flush=True,
     )
+    barrier(ctx.strategy)  # what the chief wrote is on disk before any worker goes on
 
 
 def run_main_line(ctx: Context) -> bool:
@@ -327,7 +340,8 @@ def run_main_line(ctx: Context) -> bool:
     model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
     check_layer_names(config, model)
     imp = PruneRewindCallback(
-        pruning_spec(config), rewind_step=p.rewind_step, on_capture=lambda state: rewind.save(state, rewind_path)
+        pruning_spec(config), rewind_step=p.rewind_step, on_capture=lambda state: rewind.save(state, rewind_path),
+        agree_on_masks=functools.partial(broadcast_from_chief, ctx.strategy) if is_multi_worker(ctx.strategy) else None,
     )
     imp.set_model(model)
     if os.path.exists(rewind_path):
@@ -400,8 +414,7 @@ def _replayed_state(ctx: Context, step: int) -> dict:
         return rewind.load(path)
     model = build_masked_model(ctx.config, ctx.splits, ctx.seed, strategy=ctx.strategy)
     if step:
-        model.fit(train_pipeline(ctx.splits, ctx.config.training.batch_size, ctx.seed, augment=ctx.splits.augment), epochs=1,
-                  steps_per_epoch=step, verbose=0, shuffle=False)
+        _fit(ctx, model, ctx.config.training.batch_size, 0, step)
     state = rewind.capture(model)
     rewind.save(state, path)
     return state
@@ -503,8 +516,39 @@ def run(config: ExperimentConfig) -> list[dict]:
     split_cpu(config.run.cpu_devices)
     if config.run.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(config.run.strategy)
-    folder = run_dir.prepare(config)
+    strategy = make_strategy(config.run.strategy, config.run.tpu)
+    check_batch_sizes(config, strategy)
+    chief = is_chief(strategy)
+    if worker_label(strategy):
+        role = "the chief: writes the run's files" if chief else "not the chief: reads the run's files, writes none"
+        print(f"{worker_label(strategy)}: {role}", flush=True)
+    try:
+        with atomic.discarding_writes(not chief):
+            trained = _run_replicates(config, strategy)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as error:
+        if not is_multi_worker(strategy):
+            raise
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise StrategyError(
+            f"--strategy=multi_worker_mirrored: a worker stopped ({first.strip()}); restart every worker "
+            "with the same command: the run resumes from the chief's last checkpoint"
+        ) from None
+    if not chief:
+        print("done; the chief writes the results", flush=True)
+        return []
+    folder = run_dir.experiment_dir(config)
+    entries = report.aggregate([folder])
+    report.write_tables(folder, entries, prefix="summary")
+    print(report.format_markdown(entries), flush=True)
+    if not trained:
+        print(f"nothing to do: every requested level is done. Results: {folder}", flush=True)
+    else:
+        print(f"results: {folder}", flush=True)
+    return entries
+
+
+def _run_replicates(config: ExperimentConfig, strategy) -> bool:
+    run_dir.prepare(config)
     splits = get_splits(config.data)
     print(
         f"data: {splits.source}  train {len(splits.x_train)}  val {len(splits.x_val)}  test {len(splits.x_test)}",
@@ -518,14 +562,19 @@ def run(config: ExperimentConfig) -> list[dict]:
         for name in config.branches.names:
             for level in config.branches.levels:
                 trained |= run_branch(ctx, name, level)
-    entries = report.aggregate([folder])
-    report.write_tables(folder, entries, prefix="summary")
-    print(report.format_markdown(entries), flush=True)
-    if not trained:
-        print(f"nothing to do: every requested level is done. Results: {folder}", flush=True)
-    else:
-        print(f"results: {folder}", flush=True)
-    return entries
+    return trained
+
+
+def check_batch_sizes(config: ExperimentConfig, strategy) -> None:
+    """Every global batch size must split evenly across the replicas.
+
+    Raises:
+        ConfigError: Naming the flag.
+    """
+    replicas = strategy.num_replicas_in_sync
+    for flag, size in (("batch_size", config.training.batch_size), ("branch_batch_size", config.branches.batch_size)):
+        if size and size % replicas:
+            raise ConfigError(flag, f"{size} does not split evenly across the {replicas} replicas of --strategy={config.run.strategy}")
 
 
 def describe(config: ExperimentConfig) -> str:

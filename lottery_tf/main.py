@@ -78,7 +78,11 @@ flags.DEFINE_integer("replicate", -1, "Run only this replicate index (>= 0), e.g
 flags.DEFINE_string("checkpoint_every", "5000", "Checkpoint every this many steps (or e.g. 1ep) within a level (0 = only between levels).")
 flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism so a resumed run matches an uninterrupted one bit for bit.")
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files under <run>/replicate_<r>/tensorboard.")
-flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default, one_device or mirrored (all local GPUs, or --cpu_devices logical CPUs).")
+flags.DEFINE_string(
+    "strategy", "default",
+    "tf.distribute strategy: default, one_device, mirrored (all local GPUs, or --cpu_devices logical CPUs), "
+    "multi_worker_mirrored (cluster from TF_CONFIG; every worker runs the same command) or tpu (see --tpu).")
+flags.DEFINE_string("tpu", "", "With --strategy=tpu: the TPU's name, grpc://host:port address, or 'local' on a TPU VM.")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (for mirrored runs without GPUs).")
 flags.DEFINE_bool("dry_run", False, "Validate the settings, print them resolved (lengths in steps) and the run folder, and exit.")
 
@@ -191,6 +195,7 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             deterministic=FLAGS.deterministic,
             tensorboard=FLAGS.tensorboard,
             strategy=FLAGS.strategy,
+            tpu=FLAGS.tpu,
             cpu_devices=FLAGS.cpu_devices,
         ),
     )
@@ -212,12 +217,13 @@ def main(argv):
             print(config.to_json(), end="")
             print(f"run folder: {run_dir.experiment_dir(config)}")
             return
-        run_dir.prepare(config)
         from lottery_tf import experiment
 
         print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
         experiment.run(config)
     except config_lib.ConfigError as error:
+        _fail(str(error))
+    except config_lib.StrategyError as error:
         _fail(str(error))
     except DataUnavailableError as error:
         _fail(f"--dataset={config.data.name}: {error}")

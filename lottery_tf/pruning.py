@@ -23,6 +23,7 @@ same inputs always give the same mask.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Mapping, Sequence
 
@@ -201,6 +202,19 @@ def density(masks: Mapping[str, np.ndarray]) -> float:
     total = sum(np.asarray(m).size for m in masks.values())
     alive = sum(int(np.count_nonzero(m)) for m in masks.values())
     return alive / total if total else 1.0
+
+
+def fingerprint(masks: Mapping[str, np.ndarray]) -> str:
+    """A short hash of which weights survive (names, shapes and 0/1 pattern).
+
+    Two runs, or two workers, used the same masks iff their fingerprints match.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        mask = np.asarray(masks[name])
+        digest.update(f"{name}{mask.shape}".encode())
+        digest.update(np.packbits(mask.ravel() != 0).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _check_matching(weights, masks) -> None:

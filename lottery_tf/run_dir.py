@@ -94,6 +94,8 @@ def prepare(config: ExperimentConfig) -> str:
         previous = read_json(identity_path, "settings file")
         if previous != json.loads(json.dumps(identity)):
             raise ConfigError("output_dir", f"{identity_path} does not match these settings; the folder was changed by hand")
+    if not atomic.writes_enabled():  # a worker that is not the chief only reads
+        return folder
     try:
         os.makedirs(folder, exist_ok=True)
         if not os.path.exists(identity_path):

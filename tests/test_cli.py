@@ -143,7 +143,7 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
         ("--lr_milestones=500", "--lr_milestones: expected steps in (0, --iterations=200), got 500"),
         ("--warmup=10ep", "--warmup_iterations: must be below --iterations=200; got 250"),  # 1 epoch = 1536 // 60 = 25 steps
         ("--mixed_precision=fp8", "--mixed_precision: expected one of mixed_float16, mixed_bfloat16 (or empty), got 'fp8'"),
-        ("--strategy=tpu", "--strategy: unknown strategy 'tpu'; expected one of default, one_device, mirrored"),
+        ("--strategy=gpus", "--strategy: unknown strategy 'gpus'; expected one of default, one_device, mirrored, multi_worker_mirrored, tpu"),
         ("--synthetic_shape=32,x", "--synthetic_shape: expected integers like 32,32,3, got '32,x'"),
         ("--rewind_step=-1", "--rewind_step: expected an integer >= 0, got -1"),
         ("--rewind_step=500", "--rewind_step: must be below --iterations=200; got 500"),
