@@ -49,6 +49,10 @@ class DataConfig:
         validation_examples: Training examples held out for validation.
         synthetic_train_examples: Training-set size of ``synthetic``.
         synthetic_test_examples: Test-set size of ``synthetic``.
+        tfds_manual_dir: For ``imagenet2012``: the folder holding
+            ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar``, which
+            TFDS prepares once into ``tfds_data_dir``.
+        image_size: For ``imagenet2012``: the side of the square crops (224).
     """
 
     name: str = "fashion_mnist"
@@ -60,6 +64,8 @@ class DataConfig:
     synthetic_test_examples: int = 512
     synthetic_shape: tuple = (28, 28, 1)
     synthetic_classes: int = 10
+    tfds_manual_dir: str = ""
+    image_size: int = 224
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +224,7 @@ class ExperimentConfig:
 
 # Fields that do not change what is computed: left out of the experiment's hash.
 NOT_IDENTITY = {
-    "data": ("data_dir", "tfds_data_dir", "tfds_download"),
+    "data": ("data_dir", "tfds_data_dir", "tfds_download", "tfds_manual_dir"),
     "training": ("steps_per_execution", "jit_compile"),
     "pruning": ("levels",),
     "branches": "*",
@@ -309,6 +315,9 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     if data.data_dir and not os.access(data.data_dir, os.R_OK | os.X_OK):
         raise ConfigError("data_dir", f"{data.data_dir!r} is not readable")
     _integer("validation_examples", data.validation_examples, 0)
+    _integer("image_size", data.image_size, 8)
+    if data.tfds_manual_dir and not os.path.isdir(data.tfds_manual_dir):
+        raise ConfigError("tfds_manual_dir", f"{data.tfds_manual_dir!r} is not a folder (expected one holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)")
     _integer("synthetic_train_examples", data.synthetic_train_examples, 1)
     _integer("synthetic_test_examples", data.synthetic_test_examples, 1)
     if not data.synthetic_shape or not all(isinstance(d, int) and d > 0 for d in data.synthetic_shape):

@@ -36,7 +36,7 @@ import tensorflow as tf
 from lottery_tf import atomic, checkpoint, faults, loop, report, rewind, run_dir
 from lottery_tf.callbacks import PruneRewindCallback
 from lottery_tf.config import ConfigError, StrategyError, ExperimentConfig, derived_seed, non_default_identity, replicate_seed
-from lottery_tf.data import Splits, get_splits
+from lottery_tf.data import Splits, StreamingSplits, get_splits
 from lottery_tf.distribute import (barrier, broadcast_from_chief, is_chief, is_multi_worker, make_strategy,
                                    per_worker_batches, split_cpu, worker_label)
 from lottery_tf.keras_compat import keras
@@ -218,13 +218,34 @@ def _fit(ctx: Context, model, batch_size: int, start_step: int, steps: int, call
     """Trains ``steps`` steps from data batch ``start_step``: Keras ``fit``, or
     :func:`lottery_tf.loop.fit` for multi-worker strategies (which ``fit``
     cannot drive)."""
-    def batches():
-        return train_pipeline(ctx.splits, batch_size, ctx.seed, skip_steps=start_step, augment=ctx.splits.augment)
-
+    splits = ctx.splits
     if is_multi_worker(ctx.strategy):
-        loop.fit(model, ctx.strategy, lambda context: per_worker_batches(batches(), batch_size, context), steps, callbacks)
+        def per_worker(context):
+            if isinstance(splits, StreamingSplits):  # each worker decodes only its own share
+                share = splits.train_batches(batch_size, ctx.seed, start_step,
+                                             pipeline=(context.input_pipeline_id, context.num_input_pipelines))
+                per_replica = context.get_per_replica_batch_size(batch_size)
+                return share.rebatch(per_replica) if per_replica != batch_size // context.num_input_pipelines else share
+            return per_worker_batches(training_batches(splits, batch_size, ctx.seed, start_step), batch_size, context)
+
+        loop.fit(model, ctx.strategy, per_worker, steps, callbacks)
     else:
-        model.fit(batches(), epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=list(callbacks))
+        model.fit(training_batches(splits, batch_size, ctx.seed, start_step), epochs=1, steps_per_epoch=steps,
+                  verbose=0, shuffle=False, callbacks=list(callbacks))
+
+
+def training_batches(splits, batch_size: int, seed: int, skip_steps: int = 0) -> tf.data.Dataset:
+    """Endless global batches from step ``skip_steps``, in memory or streamed."""
+    if isinstance(splits, StreamingSplits):
+        return splits.train_batches(batch_size, seed, skip_steps)
+    return train_pipeline(splits, batch_size, seed, skip_steps=skip_steps, augment=splits.augment)
+
+
+def evaluation_splits(splits, batch_size: int) -> dict:
+    """What :class:`PeriodicEvaluation` evaluates: arrays, or streamed batches."""
+    if isinstance(splits, StreamingSplits):
+        return {name: make(max(batch_size, 256)) for name, make in splits.eval_batches.items()}
+    return {"val": (splits.x_val, splits.y_val), "test": (splits.x_test, splits.y_test)}
 
 
 class _CheckpointSaver(keras.callbacks.Callback):
@@ -273,7 +294,7 @@ def train_level(ctx: Context, model, level: int, branch: str, origin: int, total
     hparams = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in non_default_identity(config).items()}
     hparams.update({"level": level, "branch": branch, "replicate": ctx.replicate, "density": density})
     monitor = PeriodicEvaluation(
-        {"val": (ctx.splits.x_val, ctx.splits.y_val), "test": (ctx.splits.x_test, ctx.splits.y_test)},
+        evaluation_splits(ctx.splits, training.batch_size),
         every=training.eval_every,
         total_steps=total_steps,
         log_dir=(os.path.join(ctx.folder, "tensorboard", f"level_{level:02d}_{branch}")
@@ -550,10 +571,8 @@ def run(config: ExperimentConfig) -> list[dict]:
 def _run_replicates(config: ExperimentConfig, strategy) -> bool:
     run_dir.prepare(config)
     splits = get_splits(config.data)
-    print(
-        f"data: {splits.source}  train {len(splits.x_train)}  val {len(splits.x_val)}  test {len(splits.x_test)}",
-        flush=True,
-    )
+    train, val, test = splits.sizes()
+    print(f"data: {splits.source}  train {train}  val {val}  test {test}", flush=True)
     trained = False
     for r in replicates(config):
         ctx = Context(config, splits, r, replicate_seed(config.seed, r), run_dir.replicate_dir(config, r), strategy)

@@ -23,10 +23,12 @@ from lottery_tf.models import MODELS  # noqa: E402  (no TensorFlow until a model
 FLAGS = flags.FLAGS
 
 # Data
-flags.DEFINE_string("dataset", "fashion_mnist", "Dataset: mnist, fashion_mnist or synthetic.")
+flags.DEFINE_string("dataset", "fashion_mnist", "Dataset: mnist, fashion_mnist, cifar10, imagenet2012 or synthetic.")
 flags.DEFINE_string("data_dir", "", "Folder of MNIST-format IDX files (.gz or not). Empty: use TFDS, then known local folders.")
 flags.DEFINE_string("tfds_data_dir", "", "TFDS data folder. Empty: TFDS's default (~/tensorflow_datasets).")
 flags.DEFINE_bool("tfds_download", True, "Try a TFDS download (only if the network answers within seconds) when no local copy exists.")
+flags.DEFINE_string("tfds_manual_dir", "", "imagenet2012: folder with ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (TFDS prepares them once into --tfds_data_dir).")
+flags.DEFINE_integer("image_size", 224, "imagenet2012: side of the square training and evaluation crops.")
 flags.DEFINE_integer("validation_examples", 5000, "Training examples held out for validation (early stopping).")
 flags.DEFINE_integer("synthetic_train_examples", 2048, "Training examples of the synthetic dataset.")
 flags.DEFINE_integer("synthetic_test_examples", 512, "Test examples of the synthetic dataset.")
@@ -133,6 +135,8 @@ def config_from_flags() -> config_lib.ExperimentConfig:
         tfds_data_dir=FLAGS.tfds_data_dir,
         tfds_download=FLAGS.tfds_download,
         validation_examples=FLAGS.validation_examples,
+        tfds_manual_dir=FLAGS.tfds_manual_dir,
+        image_size=FLAGS.image_size,
         synthetic_train_examples=FLAGS.synthetic_train_examples,
         synthetic_test_examples=FLAGS.synthetic_test_examples,
         synthetic_shape=_shape(FLAGS.synthetic_shape),

@@ -13,11 +13,12 @@ from lottery_tf.masking import get_masks, get_prunable_weights, layer_densities,
 
 
 def make_evaluator(model, jit_compile: bool = True, chunk: int = 0):
-    """A compiled function ``(x, y) -> (mean loss, accuracy)`` for a logits model.
+    """A function ``split -> (mean loss, accuracy)`` for a logits model.
 
-    The split is evaluated in chunks of ``chunk`` examples, one compiled call
-    each (default: 10,000 MNIST-sized images, fewer for larger images, to bound
-    activation memory).
+    A split is either ``(x, y)`` tensors, evaluated in chunks of ``chunk``
+    examples, one compiled call each (default: 10,000 MNIST-sized images, fewer
+    for larger images, to bound activation memory), or a finite
+    ``tf.data.Dataset`` of ``(x, y)`` batches (streamed datasets).
     """
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
@@ -27,7 +28,17 @@ def make_evaluator(model, jit_compile: bool = True, chunk: int = 0):
         correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1), y), tf.float32)
         return tf.reduce_sum(losses), tf.reduce_sum(correct)
 
-    def evaluate(x, y):
+    def evaluate(split):
+        if isinstance(split, tf.data.Dataset):
+            loss = correct = 0.0
+            n = 0
+            for x, y in split:
+                l, c = _chunk(x, y)
+                loss += float(l)
+                correct += float(c)
+                n += int(x.shape[0])
+            return loss / max(n, 1), correct / max(n, 1)
+        x, y = split
         n = int(x.shape[0])
         size = chunk or min(10000, max(256, 8_000_000 // int(np.prod(x.shape[1:]))))
         loss = correct = 0.0
@@ -49,7 +60,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     prints a progress line every ``print_every`` evaluations.
 
     Args:
-        splits: Name -> (x, y) tensors, e.g. ``{"val": ..., "test": ...}``.
+        splits: Name -> (x, y) tensors or a finite dataset of (x, y) batches,
+            e.g. ``{"val": ..., "test": ...}``.
         every: Evaluate every this many optimizer steps (a multiple of the
             model's ``steps_per_execution``), counted from ``origin``; the first
             step is evaluated too.
@@ -66,7 +78,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
                  label: str = "", print_every: int = 0, jit_compile: bool = True,
                  origin: int = 0, hparams: Mapping | None = None, batch_size: int = 0):
         super().__init__()
-        self.splits = {k: (tf.convert_to_tensor(x), tf.convert_to_tensor(y)) for k, (x, y) in splits.items()}
+        self.splits = {k: v if isinstance(v, tf.data.Dataset) else tuple(map(tf.convert_to_tensor, v))
+                       for k, v in splits.items()}
         self.every = every
         self.total_steps = total_steps
         self.log_dir = log_dir
@@ -137,8 +150,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         step = self._step()
         self.iterations.append(step)
         results = {}
-        for split, (x, y) in self.splits.items():
-            loss, accuracy = self._evaluate(x, y)
+        for split, data in self.splits.items():
+            loss, accuracy = self._evaluate(data)
             self.curves[split]["loss"].append(loss)
             self.curves[split]["accuracy"].append(accuracy)
             results[split] = (loss, accuracy)

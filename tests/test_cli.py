@@ -129,7 +129,7 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--dataset=cifar", "--dataset: unknown dataset 'cifar'; expected one of cifar10, fashion_mnist, mnist, synthetic"),
+        ("--dataset=cifar", "--dataset: unknown dataset 'cifar'; expected one of cifar10, fashion_mnist, imagenet2012, mnist, synthetic"),
         ("--model=resnet", "--model: unknown model 'resnet'; expected one of conv2, conv4, conv6, lenet_300_100, "
          "resnet20, resnet50, vgg11, vgg13, vgg16, vgg19, cifar_resnet_<depth 6n+2>[_<width>], "
          "keras.applications.<Name> (e.g. keras.applications.MobileNetV2)"),

@@ -142,8 +142,8 @@ def test_synthetic_is_deterministic_and_learnable_shape():
 
 
 def test_registry_lists_valid_names():
-    assert DATASETS.names() == ["cifar10", "fashion_mnist", "mnist", "synthetic"]
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'; expected one of: cifar10, fashion_mnist, mnist, synthetic"):
+    assert DATASETS.names() == ["cifar10", "fashion_mnist", "imagenet2012", "mnist", "synthetic"]
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'; expected one of: cifar10, fashion_mnist, imagenet2012, mnist, synthetic"):
         DATASETS.get("cifar")
 
 

@@ -16,6 +16,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import REPO
 
@@ -155,6 +156,10 @@ def test_only_the_chief_writes(two_workers):
     assert events
     pids = {os.path.basename(e).split(".")[-3] for e in events}  # ...<host>.<pid>.<n>.v2
     assert pids == {str(chief_pid)}
+    (level1,) = [e for e in events if f"{os.sep}level_01_main{os.sep}" in e]
+    tags = {value.tag for event in tf.compat.v1.train.summary_iterator(level1) for value in event.summary.value}
+    assert {"sparsity/overall", "sparsity/fc1/kernel", "train/examples_per_second", "train/learning_rate",
+            "val/accuracy", "test/loss"} <= tags
 
 
 def test_a_lost_worker_stops_the_chief_and_a_restart_resumes(two_workers, tmp_path):

@@ -13,7 +13,10 @@ pass/fail test: it prints numbers.
 Models: lenet_300_100 on Fashion-MNIST (synthetic of the same shape if not
 installed), batch 60, Adam 1.2e-3; conv4 on synthetic CIFAR-shaped data, batch
 60, Adam 3e-4; resnet20 on synthetic CIFAR-shaped data with the CIFAR
-augmentation, batch 128, SGD 0.1 momentum 0.9.
+augmentation, batch 128, SGD 0.1 momentum 0.9; resnet50 on the streamed
+``imagenet2012`` input path (TFDS-prepared archives of random JPEGs of 300-499
+pixels a side, about ImageNet's; JPEG decoding, random-resized 224 crop, flip),
+batch 16, SGD 0.1 momentum 0.9 (``--models=resnet50``; slow on a CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from lottery_tf import atomic  # noqa: E402
 from lottery_tf.config import DataConfig, ModelConfig  # noqa: E402
 from lottery_tf.data import DataUnavailableError, get_splits  # noqa: E402
 from lottery_tf.data.cifar import make_augment  # noqa: E402
-from lottery_tf.experiment import train_pipeline  # noqa: E402
+from lottery_tf.experiment import train_pipeline, training_batches  # noqa: E402
 from lottery_tf.keras_compat import keras  # noqa: E402
 from lottery_tf.masking import get_masks, set_masks, wrap_model  # noqa: E402
 from lottery_tf.models import build_model  # noqa: E402
@@ -49,10 +52,28 @@ SETUPS = {
     "lenet_300_100": (60, lambda: keras.optimizers.Adam(1.2e-3), 100, 5000, True),
     "conv4": (60, lambda: keras.optimizers.Adam(3e-4), 10, 100, False),
     "resnet20": (128, lambda: keras.optimizers.SGD(0.1, momentum=0.9), 10, 50, False),
+    "resnet50": (16, lambda: keras.optimizers.SGD(0.1, momentum=0.9), 1, 4, False),
 }
 
 
+def imagenet_like():
+    """Streamed imagenet2012 splits prepared by TFDS from random JPEGs (in a temporary folder)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from lottery_tf.data.fake_imagenet import make_archives
+
+    folder = tempfile.mkdtemp(prefix="lottery_tf_benchmark_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    manual = make_archives(os.path.join(folder, "manual"), per_class=64, validation=8, sizes=(300, 500))
+    return get_splits(DataConfig(name="imagenet2012", tfds_data_dir=os.path.join(folder, "tfds"),
+                                 tfds_manual_dir=manual, validation_examples=8))
+
+
 def load_data(model: str):
+    if model == "resnet50":
+        return imagenet_like(), None
     if model == "lenet_300_100":
         try:
             return get_splits(DataConfig(name="fashion_mnist", tfds_download=False)), None
@@ -118,7 +139,8 @@ def main(argv=None) -> int:
         jit = {"on": True, "off": False}.get(args.jit, jit)
         steps = max(per_execution, int(steps * args.scale) // per_execution * per_execution)
         splits, augment = load_data(name)
-        dataset = train_pipeline(splits, batch_size=batch, seed=0, augment=augment)
+        dataset = training_batches(splits, batch, 0) if augment is None else train_pipeline(
+            splits, batch_size=batch, seed=0, augment=augment)
         models = {m: make(name, splits, m, per_execution, optimizer, jit) for m in (False, True)}
         for model in models.values():
             examples_per_second(model, dataset, max(per_execution, steps // 5 // per_execution * per_execution), batch)
@@ -128,7 +150,7 @@ def main(argv=None) -> int:
             for masked in ((False, True) if repeat % 2 == 0 else (True, False)):
                 rates[masked].append(examples_per_second(models[masked], dataset, steps, batch))
         plain, masked = statistics.median(rates[False]), statistics.median(rates[True])
-        source = splits.source + (" + augmentation" if augment else "") + (" XLA" if jit else "")
+        source = ("imagenet2012 random JPEGs" if name == "resnet50" else splits.source + (" + augmentation" if augment else "")) + (" XLA" if jit else "")
         pipeline = statistics.median(input_examples_per_second(dataset, steps, batch) for _ in range(3))
         per_repeat = " ".join(f"{m / p:.2f}" for p, m in zip(rates[False], rates[True]))
         line = (f"{name:<15} {source[:26]:<26} {batch:>5} {plain:>10.0f} {masked:>10.0f} {masked / plain:>6.3f} "

@@ -35,23 +35,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 FLAGFILES = ["lenet300_fashion_mnist", "cifar10_conv2", "cifar10_conv4", "cifar10_conv6",
-             "cifar10_resnet20_rewind", "cifar10_vgg16_rewind"]
-EVAL_EXAMPLES = {"fashion_mnist": 15000, "mnist": 15000, "cifar10": 15000}
-INPUT_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+             "cifar10_resnet20_rewind", "cifar10_vgg16_rewind", "imagenet_resnet50_rewind"]
+EVAL_EXAMPLES = {"fashion_mnist": 15000, "mnist": 15000, "cifar10": 15000, "imagenet2012": 60000}
+INPUT_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3),
+                "imagenet2012": (224, 224, 3)}
+CLASSES = {"imagenet2012": 1000}
 PEAK = {"1x A100": 312e12, "8x A100": 8 * 312e12 * 0.9, "1x H100": 989e12, "TPU v4-32 (16 chips)": 16 * 275e12 * 0.9}
 UTILIZATION = 0.35
 STEP_FLOOR = 0.5e-3  # seconds per training step, assumed
 # Which benchmark row stands for each model family's CPU efficiency.
 CPU_ROW = {"lenet_300_100": "lenet_300_100", "conv2": "conv4", "conv4": "conv4", "conv6": "conv4",
-           "resnet20": "resnet20", "vgg16": "resnet20"}
+           "resnet20": "resnet20", "vgg16": "resnet20", "resnet50": "resnet50"}
+BENCHMARK_SHAPES = {"lenet_300_100": (28, 28, 1), "resnet50": (224, 224, 3)}  # others: CIFAR-shaped
 
 
-def forward_flops(model_name: str, shape) -> float:
+def forward_flops(model_name: str, shape, classes: int = 10) -> float:
     from lottery_tf.config import ModelConfig
     from lottery_tf.keras_compat import keras
     from lottery_tf.models import build_model
 
-    model = build_model(ModelConfig(name=model_name), shape, 10)
+    model = build_model(ModelConfig(name=model_name), shape, classes)
     macs = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.Dense):
@@ -92,10 +95,15 @@ def human(seconds: float) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--benchmark", default=os.path.join(ROOT, "results", "benchmark_masking.txt"))
+    parser.add_argument("--benchmark", action="append",
+                        help="benchmark output(s) with measured CPU rates (default: results/benchmark_masking.txt "
+                             "and results/benchmark_resnet50_imagenet.txt)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-    rates = cpu_rates(args.benchmark)
+    rates = {}
+    for path in args.benchmark or [os.path.join(ROOT, "results", name)
+                                   for name in ("benchmark_masking.txt", "benchmark_resnet50_imagenet.txt")]:
+        rates.update(cpu_rates(path))
     lines = [
         "# Cost of the flagfiles: an ESTIMATE (see tools/estimate_cost.py for every assumption)",
         "",
@@ -115,7 +123,7 @@ def main(argv=None) -> int:
         model, data, t, p = s["model"]["name"], s["data"]["name"], s["training"], s["pruning"]
         branch_levels = len(s["branches"]["levels"]) * len(s["branches"]["names"])
         levels = (p["levels"] + 1 + branch_levels) * s["run"]["replicates"]
-        forward = forward_flops(model, INPUT_SHAPES[data])
+        forward = forward_flops(model, INPUT_SHAPES[data], CLASSES.get(data, 10))
         train_examples = t["iterations"] * t["batch_size"]
         eval_examples = (t["iterations"] // t["eval_every"] + 1) * EVAL_EXAMPLES[data]
         total = levels * (3 * forward * train_examples + forward * eval_examples)
@@ -123,9 +131,8 @@ def main(argv=None) -> int:
         cpu = "n/a"
         if row in rates:
             # The benchmarked model's effective FLOP/s on this CPU, applied to this model's work.
-            bench_model = row
-            bench_shape = INPUT_SHAPES["fashion_mnist" if bench_model == "lenet_300_100" else "cifar10"]
-            effective = rates[row] * 3 * forward_flops(bench_model, bench_shape)
+            bench_shape = BENCHMARK_SHAPES.get(row, (32, 32, 3))
+            effective = rates[row] * 3 * forward_flops(row, bench_shape, 1000 if row == "resnet50" else 10)
             cpu = human(total / effective)
         sequential_steps = levels * t["iterations"]
         cells = []
@@ -138,8 +145,12 @@ def main(argv=None) -> int:
               "accelerator, so eight GPUs or a pod slice do not help them as data parallelism; use the extra "
               "devices for replicates and branches in parallel instead. The CPU column uses the masked "
               "examples/s measured for LeNet, Conv-4 (for the Conv nets) and ResNet-20 (for ResNet-20 and "
-              "VGG-16) in results/benchmark_masking.txt.",
-              "", "ImageNet / ResNet-50 is not estimated: its dataset and flagfile are not implemented yet (issue 4)."]
+              "VGG-16) in results/benchmark_masking.txt, and for ResNet-50 (batch 16, streamed ImageNet-sized "
+              "JPEGs) in results/benchmark_resnet50_imagenet.txt.",
+              "", "ImageNet / ResNet-50 is compute-bound, so devices help: one level (90 epochs) is the "
+              "unit of cost, and the whole flagfile runs its levels one after another. Its input pipeline "
+              "must decode and crop about the accelerator's examples/s; budget host CPU cores accordingly "
+              "(results/benchmark_resnet50_imagenet.txt gives this machine's per-core decode rate)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -7,8 +7,7 @@ crop. Both scale to [0, 1] and normalize with the ImageNet per-channel mean and
 standard deviation. Randomness is stateless (keyed by a seed pair), so a
 resumed run sees the same crops.
 
-Not yet wired to a dataset: ``imagenet2012`` needs a streaming input path (the
-in-memory one cannot hold ImageNet), planned with the rest of issue 4.
+Used by the streamed ``imagenet2012`` dataset (:mod:`lottery_tf.data.imagenet`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -36,10 +37,39 @@ class Splits:
     def input_shape(self) -> tuple:
         return tuple(self.x_train.shape[1:])
 
+    def sizes(self) -> tuple[int, int, int]:
+        """(train, validation, test) example counts."""
+        return len(self.x_train), len(self.x_val), len(self.x_test)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamingSplits:
+    """Splits read from disk batch by batch (datasets too large for memory).
+
+    ``train_batches(batch_size, seed, skip_steps, pipeline=(0, 1))`` returns an
+    endless ``tf.data.Dataset`` whose element i is global batch
+    ``skip_steps + i``, a pure function of (seed, step); with ``pipeline=(p,
+    n)`` it holds only input pipeline p's contiguous 1/n share of each global
+    batch (multi-worker runs decode only their own examples).
+    ``eval_batches[split](batch_size)`` returns the finite, fixed-order
+    ``val`` or ``test`` split.
+    """
+
+    train_batches: Callable
+    eval_batches: Mapping[str, Callable]
+    counts: tuple  # (train, validation, test) example counts
+    input_shape: tuple
+    num_classes: int
+    source: str
+    augment: object = None  # augmentation happens inside train_batches
+
+    def sizes(self) -> tuple[int, int, int]:
+        return tuple(self.counts)
+
 
 # Training-set sizes before the validation split, so lengths in epochs can be
 # resolved (and checked) before any data is loaded.
-TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "imagenet2012": 1281167}
 
 
 def train_examples(config: DataConfig) -> int:
