@@ -305,6 +305,7 @@ def train_level(ctx: Context, model, level: int, branch: str, origin: int, total
         origin=origin,
         hparams=hparams,
         batch_size=training.batch_size,
+        strategy=ctx.strategy,
     )
     densities = layer_densities(model)
     masks_sha256 = fingerprint(get_masks(model))

@@ -12,41 +12,58 @@ from lottery_tf.keras_compat import keras
 from lottery_tf.masking import get_masks, get_prunable_weights, layer_densities, overall_density
 
 
-def make_evaluator(model, jit_compile: bool = True, chunk: int = 0):
+def make_evaluator(model, jit_compile: bool = True, chunk: int = 0, strategy=None):
     """A function ``split -> (mean loss, accuracy)`` for a logits model.
 
     A split is either ``(x, y)`` tensors, evaluated in chunks of ``chunk``
     examples, one compiled call each (default: 10,000 MNIST-sized images, fewer
     for larger images, to bound activation memory), or a finite
     ``tf.data.Dataset`` of ``(x, y)`` batches (streamed datasets).
+
+    Under a ``strategy`` with several replicas, every chunk or batch is split
+    across the replicas (and workers) and the sums are all-reduced, so
+    evaluation uses every device; every worker must then evaluate together.
     """
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def _chunk(x, y):
+    def _sums(x, y):
         logits = tf.cast(model(x, training=False), tf.float32)
         losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1), y), tf.float32)
-        return tf.reduce_sum(losses), tf.reduce_sum(correct)
+        return tf.reduce_sum(losses), tf.reduce_sum(correct), tf.cast(tf.shape(y)[0], tf.float32)
+
+    distributed = strategy is not None and strategy.num_replicas_in_sync > 1
+    if distributed:
+
+        @tf.function(reduce_retracing=True)
+        def _step(batch):
+            per_replica = strategy.run(_sums, args=batch)
+            return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica)
+
+        def batches(split):
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+            return strategy.experimental_distribute_dataset(split.with_options(options))
+    else:
+        _step = tf.function(lambda batch: _sums(*batch), jit_compile=jit_compile, reduce_retracing=True)
+
+        def batches(split):
+            return split
 
     def evaluate(split):
-        if isinstance(split, tf.data.Dataset):
-            loss = correct = 0.0
-            n = 0
-            for x, y in split:
-                l, c = _chunk(x, y)
-                loss += float(l)
-                correct += float(c)
-                n += int(x.shape[0])
-            return loss / max(n, 1), correct / max(n, 1)
-        x, y = split
-        n = int(x.shape[0])
-        size = chunk or min(10000, max(256, 8_000_000 // int(np.prod(x.shape[1:]))))
-        loss = correct = 0.0
-        for start in range(0, n, size):
-            l, c = _chunk(x[start : start + size], y[start : start + size])
+        if not isinstance(split, tf.data.Dataset):
+            x, y = split
+            size = chunk or min(10000, max(256, 8_000_000 // int(np.prod(x.shape[1:]))))
+            if distributed:
+                split = tf.data.Dataset.from_tensor_slices((x, y)).batch(size)
+            else:  # slices of the tensors: no input pipeline needed
+                split = [(x[start : start + size], y[start : start + size]) for start in range(0, int(x.shape[0]), size)]
+        loss = correct = n = 0.0
+        for batch in batches(split):
+            l, c, k = _step(batch)
             loss += float(l)
             correct += float(c)
-        return loss / n, correct / n
+            n += float(k)
+        return loss / max(n, 1.0), correct / max(n, 1.0)
 
     return evaluate
 
@@ -72,11 +89,12 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         label: Prefix of progress lines.
         print_every: Evaluations between progress lines (0 = never).
         jit_compile: Compile the evaluation with XLA.
+        strategy: If it has several replicas, evaluation is split across them.
     """
 
     def __init__(self, splits: Mapping, every: int, total_steps: int, log_dir=None,
                  label: str = "", print_every: int = 0, jit_compile: bool = True,
-                 origin: int = 0, hparams: Mapping | None = None, batch_size: int = 0):
+                 origin: int = 0, hparams: Mapping | None = None, batch_size: int = 0, strategy=None):
         super().__init__()
         self.splits = {k: v if isinstance(v, tf.data.Dataset) else tuple(map(tf.convert_to_tensor, v))
                        for k, v in splits.items()}
@@ -89,6 +107,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         self.origin = origin
         self.hparams = dict(hparams or {})
         self.batch_size = batch_size
+        self.strategy = strategy
         self.iterations: list[int] = []
         self.curves = {k: {"loss": [], "accuracy": []} for k in self.splits}
 
@@ -104,7 +123,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         return int(self.model.optimizer.iterations.numpy())
 
     def on_train_begin(self, logs=None):
-        self._evaluate = make_evaluator(self.model, self.jit_compile)
+        self._evaluate = make_evaluator(self.model, self.jit_compile, strategy=self.strategy)
         self._writer = tf.summary.create_file_writer(self.log_dir) if self.log_dir else None
         self._resumed_at = self._step()
         self._start_time = time.time()

@@ -115,11 +115,20 @@ for a, b in zip(single.get_weights(), distributed.get_weights()):
 assert not is_multi_worker(mirrored) and is_chief(mirrored)
 masks = get_masks(distributed)
 assert broadcast_from_chief(mirrored, masks) == masks  # one process: nothing to agree on
+# Evaluation split across both replicas equals one device's, for tensors and datasets with a partial batch.
+from lottery_tf.monitor import make_evaluator
+rng = np.random.default_rng(2)
+x = tf.constant(rng.normal(size=(101, 6)).astype("float32"))
+y = tf.constant(rng.integers(0, 3, size=101))
+on_one, on_two = make_evaluator(distributed, jit_compile=False), make_evaluator(distributed, strategy=mirrored)
+for split in ((x, y), tf.data.Dataset.from_tensor_slices((x, y)).batch(16)):
+    np.testing.assert_allclose(on_one(split), on_two(split), rtol=1e-5)
+np.testing.assert_allclose(make_evaluator(distributed, chunk=7, strategy=mirrored)((x, y)), on_one((x, y)), rtol=1e-5)
 print("ok", int(distributed.optimizer.iterations.numpy()))
 """
 
 
-def test_loop_under_mirrored_two_cpus_matches_single_device():
+def test_loop_and_evaluation_under_mirrored_two_cpus_match_single_device():
     # Own process: one MirroredStrategy's collectives can break the next one's in the same process.
     result = subprocess.run([sys.executable, "-c", LOOP_UNDER_MIRRORED], cwd=REPO, env=ENV,
                             capture_output=True, text=True, timeout=300)
