@@ -126,6 +126,24 @@ def test_cli_trains_two_levels_on_prepared_imagenet(prepared, tmp_path):
     assert len(level1["curves"]["test"]["accuracy"]) == 3
 
 
+def test_two_workers_decode_their_shares_and_match_one_process(prepared, tmp_path):
+    from test_multi_worker import printed_masks, run_workers
+
+    flags = (f"--tfds_data_dir={prepared[1]}", "--dataset=imagenet2012", "--validation_examples=4", "--image_size=32",
+             "--model=lenet_300_100", "--optimizer=sgd", "--learning_rate=0.1", "--batch_size=4", "--iterations=12",
+             "--eval_every=4", "--checkpoint_every=4", "--levels=1", "--rewind_step=4", "--jit_compile=false",
+             "--steps_per_execution=1")
+    workers = run_workers(tmp_path, tmp_path / "multi", "imagenet", flags=flags)
+    for code, log, _, _ in workers:
+        assert code == 0, log[-3000:]
+    single = subprocess.run([sys.executable, "-m", "lottery_tf.main", *flags, f"--output_dir={tmp_path / 'single'}"],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected = printed_masks(single.stdout)
+    assert set(expected) == {(0, "main"), (1, "main")}
+    assert printed_masks(workers[0][1]) == printed_masks(workers[1][1]) == expected
+
+
 def test_no_archives_through_the_cli(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/imagenet_resnet50_rewind.flags",

@@ -62,8 +62,8 @@ def free_ports(count):
     return ports
 
 
-def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240):
-    """Runs the smoke experiment on two workers.
+def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, flags=("--flagfile=flags/smoke.flags",)):
+    """Runs the smoke experiment (or ``flags``) on two workers.
 
     Returns:
         ``[(returncode, output, audited writes, pid)]`` for worker 0 (the chief), then worker 1.
@@ -88,7 +88,7 @@ def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240):
         log = open(tmp_path / f"{name}_worker_{index}.log", "w")
         logs.append(log)
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", f"--output_dir={out}",
+            [sys.executable, "-m", "lottery_tf.main", *flags, f"--output_dir={out}",
              "--strategy=multi_worker_mirrored", *extra],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         ))
