@@ -60,8 +60,7 @@ class StreamingSplits:
     counts: tuple  # (train, validation, test) example counts
     input_shape: tuple
     num_classes: int
-    source: str
-    augment: object = None  # augmentation happens inside train_batches
+    source: str  # augmentation happens inside train_batches
 
     def sizes(self) -> tuple[int, int, int]:
         return tuple(self.counts)
