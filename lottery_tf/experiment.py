@@ -20,6 +20,12 @@ Branches reuse the main line's files and never retrain it:
   this level's mask, optimizer reset, learning-rate schedule (and data order)
   rewound to k.
 * ``retrain``: the ticket (mask + rewind point) trained with other settings.
+
+Every strategy runs this same code: training goes through Keras ``fit``, or
+:func:`lottery_tf.loop.fit` under ``multi_worker_mirrored``; there, every
+worker computes everything, only the chief writes (the others run inside
+:func:`lottery_tf.atomic.discarding_writes`), pruning decisions are the
+chief's, and workers meet at a barrier after every level.
 """
 
 from __future__ import annotations
