@@ -199,6 +199,12 @@ def per_worker_batches(dataset: tf.data.Dataset, global_batch: int, context: tf.
         raise ValueError(f"--batch_size={global_batch} is not divisible by the {replicas} replicas")
     share = global_batch // context.num_input_pipelines
     first = context.input_pipeline_id * share
-    per_replica = context.get_per_replica_batch_size(global_batch)
     sliced = dataset.map(lambda x, y: (x[first : first + share], y[first : first + share]))
-    return sliced.rebatch(per_replica) if per_replica != share else sliced
+    return split_per_replica(sliced, global_batch, context)
+
+
+def split_per_replica(shares: tf.data.Dataset, global_batch: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """Batches of this input pipeline's share of each global batch, split into
+    one batch per local replica (unchanged with one replica per pipeline)."""
+    per_replica = context.get_per_replica_batch_size(global_batch)
+    return shares if per_replica == global_batch // context.num_input_pipelines else shares.rebatch(per_replica)

@@ -44,7 +44,7 @@ from lottery_tf.callbacks import PruneRewindCallback
 from lottery_tf.config import ConfigError, StrategyError, ExperimentConfig, derived_seed, non_default_identity, replicate_seed
 from lottery_tf.data import Splits, StreamingSplits, get_splits
 from lottery_tf.distribute import (barrier, broadcast_from_chief, is_chief, is_multi_worker, make_strategy,
-                                   per_worker_batches, split_cpu, worker_label)
+                                   per_worker_batches, split_cpu, split_per_replica, worker_label)
 from lottery_tf.keras_compat import keras
 from lottery_tf.masking import get_masks, layer_densities, mask_names, overall_density, set_masks, wrap_model
 from lottery_tf.models import build_model
@@ -228,10 +228,9 @@ def _fit(ctx: Context, model, batch_size: int, start_step: int, steps: int, call
     if is_multi_worker(ctx.strategy):
         def per_worker(context):
             if isinstance(splits, StreamingSplits):  # each worker decodes only its own share
-                share = splits.train_batches(batch_size, ctx.seed, start_step,
-                                             pipeline=(context.input_pipeline_id, context.num_input_pipelines))
-                per_replica = context.get_per_replica_batch_size(batch_size)
-                return share.rebatch(per_replica) if per_replica != batch_size // context.num_input_pipelines else share
+                shares = splits.train_batches(batch_size, ctx.seed, start_step,
+                                              pipeline=(context.input_pipeline_id, context.num_input_pipelines))
+                return split_per_replica(shares, batch_size, context)
             return per_worker_batches(training_batches(splits, batch_size, ctx.seed, start_step), batch_size, context)
 
         loop.fit(model, ctx.strategy, per_worker, steps, callbacks)
