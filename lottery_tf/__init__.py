@@ -1,30 +1,21 @@
-"""lottery_tf: lottery tickets (iterative magnitude pruning with rewinding) for Keras 3."""
+"""lottery_tf: lottery tickets (iterative magnitude pruning with rewinding) for Keras 3.
+
+Importing the package registers its Keras classes (the mask wrapper, the
+learning-rate schedules, the optimizers), so ``keras.models.load_model`` reads
+a saved ticket after a plain ``import lottery_tf``.
+"""
 
 __version__ = "0.1.0"
 
-_PUBLIC = {
-    "MaskedLayer": "lottery_tf.masking",
-    "wrap_model": "lottery_tf.masking",
-    "strip_masks": "lottery_tf.masking",
-    "get_masks": "lottery_tf.masking",
-    "set_masks": "lottery_tf.masking",
-    "mask_names": "lottery_tf.masking",
-    "layer_densities": "lottery_tf.masking",
-    "overall_density": "lottery_tf.masking",
-    "PruningSpec": "lottery_tf.pruning",
-    "prune_by_magnitude": "lottery_tf.pruning",
-    "PruneRewindCallback": "lottery_tf.callbacks",
-}
+from lottery_tf.callbacks import PruneRewindCallback  # noqa: E402
+from lottery_tf.masking import (  # noqa: E402
+    MaskedLayer, apply_masks, get_masks, layer_densities, mask_names, overall_density, set_masks, strip_masks,
+    wrap_model,
+)
+from lottery_tf import optimizers as _optimizers  # noqa: E402,F401  (registers the recipe's optimizers)
+from lottery_tf.pruning import PruningSpec, prune_by_magnitude  # noqa: E402
 
-
-def __getattr__(name):
-    # Lazy so that `import lottery_tf.config` (used to validate flags) does not
-    # pay for importing TensorFlow.
-    if name in _PUBLIC:
-        import importlib
-
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'lottery_tf' has no attribute {name!r}")
-
-
-__all__ = sorted(_PUBLIC)
+__all__ = sorted([
+    "MaskedLayer", "PruneRewindCallback", "PruningSpec", "apply_masks", "get_masks", "layer_densities",
+    "mask_names", "overall_density", "prune_by_magnitude", "set_masks", "strip_masks", "wrap_model",
+])

@@ -1,7 +1,10 @@
 """Atomic file writes: write a temporary file in the same folder, then rename.
 
 A reader therefore sees either the previous complete file or the new complete
-file, never a half-written one, even if the process is killed mid-write.
+file, never a half-written one, even if the process is killed mid-write. The
+file is fsynced before the rename and its folder after it, so the rename
+itself survives a power loss. Files get the permissions an ordinary write
+gives (0666 less the umask), not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
@@ -24,6 +27,25 @@ class CorruptFileError(RuntimeError):
 
 
 _discarding = False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems do not open folders; the file itself is synced
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def writes_enabled() -> bool:
@@ -74,8 +96,10 @@ def _temporary_beside(path: str | os.PathLike, mode: str, crash_point: str = "at
             yield handle
             handle.flush()
             faults.crash_point(crash_point)
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_folder(folder)
     except OSError as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

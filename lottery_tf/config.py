@@ -123,9 +123,11 @@ class PruningConfig:
     exclude_layers: tuple = ()
     levels: int = 12  # levels 0 (dense) .. levels are trained
     rewind_step: int = 0
+    rewind_optimizer: str = "fresh"  # fresh, reset or restore (lottery_tf.rewind.reset_optimizer)
 
 
-BRANCHES = ("reinit", "random_prune", "rewind", "lr_rewind", "retrain")
+BRANCHES = ("reinit", "random_prune", "rewind", "lr_rewind", "lr_rewind_oneshot", "retrain")
+REWIND_OPTIMIZER = ("fresh", "reset", "restore")
 RANDOM_PRUNE_SCOPES = ("layerwise", "global")
 
 
@@ -134,12 +136,15 @@ class BranchConfig:
     """Controls run as branches of the main line at chosen levels.
 
     Args:
-        names: Branch types: ``reinit`` (same mask, fresh init), ``random_prune``
-            (random mask of the same density, the main line's rewind weights),
-            ``rewind`` (the mask rewound to ``rewind_step``), ``lr_rewind``
-            (Renda et al. 2020: the previous level's trained weights, only the
-            learning-rate schedule rewound), ``retrain`` (the ticket trained with
-            other settings).
+        names: Branch types: ``reinit`` (same mask, fresh init, same start
+            step and length as the ticket), ``random_prune`` (random mask of
+            the same density, the main line's rewind weights), ``rewind`` (the
+            mask rewound to ``rewind_step``), ``lr_rewind`` (Renda et al.
+            2020: its own lineage of levels, each pruning the previous
+            lr_rewind level's trained weights and rewinding only the
+            learning-rate schedule), ``lr_rewind_oneshot`` (the main line's
+            level L-1 trained weights under its level-L mask, schedule
+            rewound), ``retrain`` (the ticket trained with other settings).
         levels: Levels the branches run at.
         random_prune_scope: ``layerwise`` keeps each layer's density,
             ``global`` only the overall density.
@@ -172,6 +177,7 @@ class RunConfig:
     strategy: str = "default"  # one of STRATEGIES
     tpu: str = ""  # --strategy=tpu: name, grpc:// address or "local"
     cpu_devices: int = 0  # > 0: split the CPU into this many logical devices
+    wait_for_lock: bool = False  # wait for another process's lock instead of exiting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,9 +258,19 @@ def non_default_identity(config: ExperimentConfig) -> dict[str, Any]:
     """The identity settings that differ from the defaults (what is hashed).
 
     Adding a new setting with a default therefore never changes an old hash.
+    One exception on purpose: with ``rewind_step > 0`` the optimizer rewind
+    (``pruning.rewind_optimizer``) is always recorded, because its default
+    changed (runs made before it existed used ``reset``); at step 0 all three
+    choices compute the same thing and it is left out.
     """
     defaults = identity(ExperimentConfig())
-    return {k: v for k, v in identity(config).items() if defaults.get(k, object()) != v}
+    flat = identity(config)
+    out = {k: v for k, v in flat.items() if defaults.get(k, object()) != v}
+    if config.pruning.rewind_step > 0:
+        out["pruning.rewind_optimizer"] = config.pruning.rewind_optimizer
+    else:
+        out.pop("pruning.rewind_optimizer", None)
+    return out
 
 
 def experiment_hash(config: ExperimentConfig) -> str:
@@ -314,7 +330,9 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
         raise ConfigError("data_dir", f"{data.data_dir!r} is not a readable folder of MNIST-format IDX files")
     if data.data_dir and not os.access(data.data_dir, os.R_OK | os.X_OK):
         raise ConfigError("data_dir", f"{data.data_dir!r} is not readable")
-    _integer("validation_examples", data.validation_examples, 0)
+    if data.validation_examples == 0:
+        raise ConfigError("validation_examples", "must be >= 1: early stopping picks the step of lowest validation loss, which needs a validation set")
+    _integer("validation_examples", data.validation_examples, 1)
     _integer("image_size", data.image_size, 8)
     if data.tfds_manual_dir and not os.path.isdir(data.tfds_manual_dir):
         raise ConfigError("tfds_manual_dir", f"{data.tfds_manual_dir!r} is not a folder (expected one holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)")
@@ -334,6 +352,8 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
         raise ConfigError("weight_decay_mode", f"expected decoupled or l2, got {training.weight_decay_mode!r}")
     if training.weight_decay < 0:
         raise ConfigError("weight_decay", f"expected a number >= 0, got {training.weight_decay!r}")
+    if training.optimizer == "adamw" and training.weight_decay_mode == "l2":
+        raise ConfigError("weight_decay_mode", "l2 cannot be combined with --optimizer=adamw, whose weight decay is decoupled by definition; use --optimizer=adam --weight_decay_mode=l2 for Adam with L2")
     _integer("batch_size", training.batch_size, 1)
     _integer("iterations", training.iterations, 1)
     _integer("eval_every", training.eval_every, 1)
@@ -367,6 +387,8 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
             raise ConfigError("layer_pruning_fractions", f"{name}={value!r}: expected a fraction in (0, 1)") from None
     _integer("levels", pruning.levels, 0)
     _integer("rewind_step", pruning.rewind_step, 0)
+    if pruning.rewind_optimizer not in REWIND_OPTIMIZER:
+        raise ConfigError("rewind_optimizer", f"expected one of {', '.join(REWIND_OPTIMIZER)}, got {pruning.rewind_optimizer!r}")
     if pruning.rewind_step >= training.iterations:
         raise ConfigError("rewind_step", f"must be below --iterations={training.iterations}; got {pruning.rewind_step}")
     steps = training.resolved_steps_per_execution(pruning.rewind_step)
@@ -385,8 +407,9 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     for level in b.levels if b.names else ():
         if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= pruning.levels:
             raise ConfigError("branch_levels", f"level {level!r} does not exist: the main line has levels 0-{pruning.levels} (--levels)")
-    if "lr_rewind" in b.names and 0 in b.levels:
-        raise ConfigError("branch_levels", "lr_rewind starts from the previous level's trained weights, so it needs levels >= 1")
+    for name in ("lr_rewind", "lr_rewind_oneshot"):
+        if name in b.names and 0 in b.levels:
+            raise ConfigError("branch_levels", f"{name} starts from the previous level's trained weights, so it needs levels >= 1")
     if b.random_prune_scope not in RANDOM_PRUNE_SCOPES:
         raise ConfigError("random_prune_scope", f"expected one of {', '.join(RANDOM_PRUNE_SCOPES)}, got {b.random_prune_scope!r}")
     if "rewind" in b.names and b.rewind_step < 0:

@@ -26,6 +26,23 @@ import tensorflow as tf
 from lottery_tf.config import STRATEGIES, StrategyError  # noqa: F401  (StrategyError is raised here)
 
 
+def describe_devices() -> str:
+    """One line naming the devices TensorFlow will use (without initializing them)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    tpus = tf.config.list_physical_devices("TPU")
+    if tpus:
+        return f"{len(tpus)} TPU core(s)"
+    if gpus:
+        names = []
+        for gpu in gpus:
+            try:
+                names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+            except (RuntimeError, ValueError):
+                names.append(gpu.name)
+        return f"{len(gpus)} GPU(s): {', '.join(names)}"
+    return f"CPU only ({os.cpu_count()} cores; no GPU found)"
+
+
 def split_cpu(count: int) -> None:
     """Splits the host CPU into ``count`` logical devices (before TensorFlow starts).
 

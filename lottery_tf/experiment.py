@@ -1,6 +1,7 @@
 """The experiment: IMP main line per replicate, then branches (controls) at chosen levels.
 
-Files go where :mod:`lottery_tf.run_dir` says. Every level of every branch is
+Files go where :mod:`lottery_tf.run_dir` says; the recipe (model, optimizer,
+loss, input order) is :mod:`lottery_tf.recipe`. Every level of every branch is
 trained by :func:`train_level`, which checkpoints every ``checkpoint_every``
 steps and resumes from the newest good checkpoint, so a killed run continues
 where it stopped; a level whose ``metrics.json`` exists is never trained again.
@@ -8,7 +9,9 @@ where it stopped; a level whose ``metrics.json`` exists is never trained again.
 Branches reuse the main line's files and never retrain it:
 
 * ``reinit``: the level's mask, a fresh initialization (same distribution, a
-  derived seed), trained from step 0.
+  derived seed), trained from the ticket's start step k for the ticket's
+  length (the learning-rate schedule and data order at k), so it is compared
+  with the ticket on equal terms.
 * ``random_prune``: a random mask with the level's per-layer density
   (``layerwise``) or overall density (``global``), started from the main line's
   rewind point: only the mask differs from the ticket.
@@ -16,10 +19,19 @@ Branches reuse the main line's files and never retrain it:
   learning-rate schedule and data order at k); k = 0 is reset to
   initialization. States at k are replayed deterministically from the
   initialization and cached.
-* ``lr_rewind`` (Renda et al. 2020): the previous level's trained weights under
-  this level's mask, optimizer reset, learning-rate schedule (and data order)
-  rewound to k.
+* ``lr_rewind`` (Renda et al. 2020): its own lineage. Level 1 prunes the dense
+  network's trained weights (the main line's level-1 mask) and keeps them;
+  level L prunes lr_rewind level L-1's trained weights. Each level rewinds only
+  the learning-rate schedule (and data order) to k. Asking for level L trains
+  every lineage level up to L.
+* ``lr_rewind_oneshot``: the main line's level L-1 trained weights under its
+  level-L mask, schedule rewound to k (one step of LR rewinding off the
+  weight-rewinding lineage).
 * ``retrain``: the ticket (mask + rewind point) trained with other settings.
+
+The optimizer is rewound as ``--rewind_optimizer`` says
+(:func:`lottery_tf.rewind.reset_optimizer`). Each lineage a process trains is
+locked (:mod:`lottery_tf.locks`), so several processes can share a run folder.
 
 Every strategy runs this same code: training goes through Keras ``fit``, or
 :func:`lottery_tf.loop.fit` under ``multi_worker_mirrored``; there, every
@@ -39,18 +51,20 @@ import time
 
 import tensorflow as tf
 
-from lottery_tf import atomic, checkpoint, faults, loop, report, rewind, run_dir
+from lottery_tf import atomic, checkpoint, faults, locks, loop, report, rewind, run_dir
 from lottery_tf.callbacks import PruneRewindCallback
 from lottery_tf.config import ConfigError, StrategyError, ExperimentConfig, derived_seed, non_default_identity, replicate_seed
 from lottery_tf.data import Splits, StreamingSplits, get_splits
+from lottery_tf.data.registry import splits_fingerprint
 from lottery_tf.distribute import (barrier, broadcast_from_chief, is_chief, is_multi_worker, make_strategy,
                                    per_worker_batches, split_cpu, split_per_replica, worker_label)
 from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, layer_densities, mask_names, overall_density, set_masks, wrap_model
-from lottery_tf.models import build_model
+from lottery_tf.masking import apply_masks, get_masks, layer_densities, mask_names, overall_density, set_masks
 from lottery_tf.monitor import PeriodicEvaluation, summarize_curves
-from lottery_tf.pruning import PruningSpec, fingerprint, random_masks_like
-from lottery_tf.schedules import make_schedule
+from lottery_tf.pruning import PruningSpec, fingerprint, random_masks_like, resolve_mask_name
+from lottery_tf.recipe import (build_masked_model, compiled_fast_path, evaluation_splits, make_loss,  # noqa: F401
+                               train_pipeline, training_batches)
+from lottery_tf.optimizers import make_optimizer  # noqa: F401  (re-exported for callers of experiment)
 from lottery_tf.run_dir import MAIN, is_done, level_dir
 
 REINIT = "reinit"
@@ -78,146 +92,9 @@ def pruning_spec(config: ExperimentConfig) -> PruningSpec:
     )
 
 
-def _with_l2(optimizer_class):
-    """``optimizer_class`` with L2 weight decay added to every gradient (PyTorch's
-    ``weight_decay``), which momentum and Adam's scaling then act on."""
-
-    class WithL2(optimizer_class):
-        def __init__(self, *args, l2=0.0, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.l2 = l2
-
-        def update_step(self, gradient, variable, learning_rate):
-            gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable
-            return super().update_step(gradient, variable, learning_rate)
-
-    WithL2.__name__ = f"{optimizer_class.__name__}WithL2"
-    return WithL2
-
-
-SGDWithL2 = _with_l2(keras.optimizers.SGD)
-AdamWithL2 = _with_l2(keras.optimizers.Adam)
-
-
-def make_optimizer(training):
-    rate = make_schedule(training)
-    l2 = training.weight_decay if training.weight_decay_mode == "l2" else 0.0
-    decoupled = None if l2 else (training.weight_decay or None)
-    if training.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=training.weight_decay)
-    if training.optimizer == "adam":
-        return AdamWithL2(rate, l2=l2, weight_decay=decoupled) if l2 else keras.optimizers.Adam(rate, weight_decay=decoupled)
-    sgd = dict(momentum=training.momentum, nesterov=training.nesterov, weight_decay=decoupled)
-    return SGDWithL2(rate, l2=l2, **sgd) if l2 else keras.optimizers.SGD(rate, **sgd)
-
-
-def make_loss(training, num_classes: int):
-    """Cross-entropy on logits, with label smoothing if asked."""
-    if not training.label_smoothing:
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    smoothing = training.label_smoothing
-
-    def smoothed_cross_entropy(y_true, logits):
-        labels = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), num_classes)
-        return keras.losses.categorical_crossentropy(labels, logits, from_logits=True, label_smoothing=smoothing)
-
-    return smoothed_cross_entropy
-
-
-def train_pipeline(splits: Splits, batch_size: int, seed: int, skip_steps: int = 0, augment=None) -> tf.data.Dataset:
-    """Endless shuffled batches; batch i is a pure function of (seed, i).
-
-    Each epoch is a stateless permutation of the training set keyed by (seed,
-    epoch), so the order does not depend on TensorFlow's global random state or
-    on how Keras distributes the dataset (a seeded ``Dataset.shuffle`` gives a
-    different order under MirroredStrategy). Epochs are concatenated before
-    batching, as ``shuffle().repeat().batch()`` would. ``skip_steps`` starts at
-    batch ``skip_steps`` directly: this is how the data order is rewound to step
-    k and how a resumed run continues its input stream. ``augment(x, seed)``,
-    if given, transforms each batch with stateless randomness keyed by (seed,
-    step). Indices are shuffled rather than examples, so memory stays small.
-    """
-    x = tf.constant(splits.x_train)
-    y = tf.constant(splits.y_train)
-    n = len(splits.x_train)
-    first = skip_steps * batch_size
-    start_epoch, offset = divmod(first, n)
-
-    def epoch_order(epoch):
-        keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
-
-    batches = (
-        tf.data.Dataset.range(start_epoch, 2**62)
-        .flat_map(epoch_order)
-        .skip(offset)
-        .batch(batch_size, drop_remainder=True)
-        .enumerate(start=skip_steps)
-    )
-
-    def load(step, indices):
-        images = tf.gather(x, indices)
-        if augment is not None:
-            images = augment(images, tf.stack([tf.constant(seed, tf.int64), step]))
-        return images, tf.gather(y, indices)
-
-    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def build_masked_model(config: ExperimentConfig, splits: Splits, seed: int, training=None, strategy=None):
-    """A freshly initialized (from ``seed``), wrapped and compiled model.
-
-    Built under ``strategy``'s scope. With mixed precision, layers compute in
-    float16/bfloat16 while variables (masks included) stay float32, and the
-    logits are cast to float32 for the loss.
-    """
-    training = training or config.training
-    keras.config.set_dtype_policy(training.mixed_precision or "float32")
-    with (strategy or tf.distribute.get_strategy()).scope():
-        keras.utils.set_random_seed(seed)
-        model = wrap_model(
-            build_model(config.model, splits.input_shape, splits.num_classes),
-            exclude=config.pruning.exclude_layers,
-        )
-        if training.mixed_precision:
-            to_float32 = keras.layers.Activation("linear", dtype="float32", name="logits_float32")
-            if isinstance(model, keras.Sequential):
-                model.add(to_float32)
-            else:
-                model = keras.Model(model.input, to_float32(model.output), name=model.name)
-        _compile(model, config, training, splits.num_classes, strategy)
-    keras.config.set_dtype_policy("float32")
-    return model
-
-
-def compiled_fast_path(config, training, strategy) -> tuple[int, bool]:
-    """(steps_per_execution, jit_compile) the model is compiled with.
-
-    Keras 3.15 / TF 2.21 fail inside ``fit`` under MirroredStrategy with more
-    than one step per execution or with XLA, for any model; so distributed
-    runs use one step per execution without XLA. Keras cannot use XLA under op
-    determinism either.
-    """
-    distributed = strategy is not None and strategy.num_replicas_in_sync > 1
-    if distributed:
-        return 1, False
-    steps = training.resolved_steps_per_execution(config.pruning.rewind_step)
-    return steps, training.jit_compile and not config.run.deterministic
-
-
-def _compile(model, config, training, num_classes, strategy):
-    steps, jit = compiled_fast_path(config, training, strategy)
-    model.compile(
-        optimizer=make_optimizer(training),
-        loss=make_loss(training, num_classes),
-        steps_per_execution=steps,
-        jit_compile=jit,
-    )
-    model.optimizer.build(model.trainable_variables)
-
-
 def _step(model) -> int:
-    return int(model.optimizer.iterations.numpy())
+    """The training step (one batch = one step), whatever the optimizer's rewind."""
+    return rewind.global_step(model.optimizer)
 
 
 def _fit(ctx: Context, model, batch_size: int, start_step: int, steps: int, callbacks=()) -> None:
@@ -237,20 +114,6 @@ def _fit(ctx: Context, model, batch_size: int, start_step: int, steps: int, call
     else:
         model.fit(training_batches(splits, batch_size, ctx.seed, start_step), epochs=1, steps_per_epoch=steps,
                   verbose=0, shuffle=False, callbacks=list(callbacks))
-
-
-def training_batches(splits, batch_size: int, seed: int, skip_steps: int = 0) -> tf.data.Dataset:
-    """Endless global batches from step ``skip_steps``, in memory or streamed."""
-    if isinstance(splits, StreamingSplits):
-        return splits.train_batches(batch_size, seed, skip_steps)
-    return train_pipeline(splits, batch_size, seed, skip_steps=skip_steps, augment=splits.augment)
-
-
-def evaluation_splits(splits, batch_size: int) -> dict:
-    """What :class:`PeriodicEvaluation` evaluates: arrays, or streamed batches."""
-    if isinstance(splits, StreamingSplits):
-        return {name: make(max(batch_size, 256)) for name, make in splits.eval_batches.items()}
-    return {"val": (splits.x_val, splits.y_val), "test": (splits.x_test, splits.y_test)}
 
 
 class _CheckpointSaver(keras.callbacks.Callback):
@@ -278,6 +141,7 @@ class _SaveTrainedState(keras.callbacks.Callback):
         self.path = path
 
     def on_train_end(self, logs=None):
+        apply_masks(self.model)  # Keras may have copied unmasked moving averages in (use_ema)
         rewind.save(rewind.capture(self.model), self.path)
 
 
@@ -356,42 +220,119 @@ def _finish_level(ctx: Context, level: int, branch: str, metrics: dict) -> None:
     barrier(ctx.strategy)  # what the chief wrote is on disk before any worker goes on
 
 
+def _train_lineage(ctx: Context, model, imp: PruneRewindCallback, name: str, levels, origin_of, info=None) -> None:
+    """Trains ``levels`` of one lineage with one model; ``imp`` prunes and rewinds between them.
+
+    Each level's masks are written before it trains, and the next level's masks
+    (the pruning decision) before the level is declared done, so a crash in
+    between loses nothing.
+    """
+    config = ctx.config
+    for level in levels:
+        folder = level_dir(ctx.folder, level, name)
+        if info is not None:
+            atomic.write_json(os.path.join(folder, "branch.json"), {**info, "level": level})
+        atomic.write_npz(os.path.join(folder, "masks.npz"), get_masks(model))
+        origin = origin_of(level)
+        metrics = train_level(
+            ctx, model, level, name, origin, config.training.iterations - origin,
+            extra_callbacks=[_SaveTrainedState(os.path.join(folder, "final_weights.npz")), imp],
+        )
+        atomic.write_npz(os.path.join(level_dir(ctx.folder, level + 1, name), "masks.npz"), get_masks(model))
+        _finish_level(ctx, level, name, metrics)
+
+
+def _agreement(ctx: Context):
+    return functools.partial(broadcast_from_chief, ctx.strategy) if is_multi_worker(ctx.strategy) else None
+
+
 def run_main_line(ctx: Context) -> bool:
     """Trains main levels 0..levels not yet done. Returns whether it trained any."""
     config, p = ctx.config, ctx.config.pruning
-    todo = [lvl for lvl in range(p.levels + 1) if not is_done(ctx.folder, lvl, MAIN)]
-    if not todo:
+
+    def todo():
+        return [lvl for lvl in range(p.levels + 1) if not is_done(ctx.folder, lvl, MAIN)]
+
+    if not todo():
         return False
-    first = todo[0]
-    rewind_path = os.path.join(ctx.folder, "rewind_point.npz")
-    model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
-    check_layer_names(config, model)
-    imp = PruneRewindCallback(
-        pruning_spec(config), rewind_step=p.rewind_step, on_capture=lambda state: rewind.save(state, rewind_path),
-        agree_on_masks=functools.partial(broadcast_from_chief, ctx.strategy) if is_multi_worker(ctx.strategy) else None,
-    )
-    imp.set_model(model)
-    if os.path.exists(rewind_path):
-        imp.rewind_point = rewind.load(rewind_path)
-    if first > 0:
-        if imp.rewind_point is None:
-            raise FileNotFoundError(f"{rewind_path} is missing; the run cannot continue at level {first}")
-        # Masks of this level were written when the previous level ended.
-        set_masks(model, atomic.read_npz(os.path.join(level_dir(ctx.folder, first, MAIN), "masks.npz")))
+    with locks.hold(ctx.folder, MAIN, config.run.wait_for_lock):
+        if not todo():  # another process finished it while we waited
+            return False
+        first = todo()[0]
+        rewind_path = os.path.join(ctx.folder, "rewind_point.npz")
+        optimizer_path = os.path.join(ctx.folder, "rewind_optimizer.npz")
+        model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
+        check_layer_names(config, model)
+
+        def on_capture(state):
+            rewind.save(state, rewind_path)
+            if imp.optimizer_point is not None:
+                rewind.save_optimizer(imp.optimizer_point, optimizer_path)
+
+        imp = PruneRewindCallback(pruning_spec(config), rewind_step=p.rewind_step, on_capture=on_capture,
+                                  rewind_optimizer=p.rewind_optimizer, agree_on_masks=_agreement(ctx))
+        imp.set_model(model)
+        if os.path.exists(rewind_path):
+            imp.rewind_point = rewind.load(rewind_path)
+            imp.optimizer_point = _dense_optimizer_at(ctx, p.rewind_step)
+        if first > 0:
+            if imp.rewind_point is None:
+                raise FileNotFoundError(f"{rewind_path} is missing; the run cannot continue at level {first}")
+            # Masks of this level were written when the previous level ended.
+            set_masks(model, atomic.read_npz(os.path.join(level_dir(ctx.folder, first, MAIN), "masks.npz")))
+            imp.level = first
+            imp.rewind()
+        _train_lineage(ctx, model, imp, MAIN, range(first, p.levels + 1), lambda level: p.rewind_step if level > 0 else 0)
+    return True
+
+
+def lr_rewind_step(config: ExperimentConfig) -> int:
+    """The step learning-rate rewinding rewinds the schedule to."""
+    b = config.branches
+    return b.rewind_step if b.rewind_step >= 0 else config.pruning.rewind_step
+
+
+def run_lr_rewind_lineage(ctx: Context, last_level: int) -> bool:
+    """Learning-rate rewinding (Renda et al. 2020) as its own lineage, levels 1..``last_level``.
+
+    Level 1 keeps the dense network's trained weights (main level 0) under the
+    main line's level-1 mask (both prune the same trained weights with the same
+    rule); level L keeps lr_rewind level L-1's trained weights under the mask
+    pruned from them. Every level rewinds only the schedule (and data order)
+    to k. Returns whether it trained any level.
+    """
+    config = ctx.config
+    name = branch_folder_name(config, "lr_rewind")
+    k = lr_rewind_step(config)
+
+    def todo():
+        return [lvl for lvl in range(1, last_level + 1) if not is_done(ctx.folder, lvl, name)]
+
+    if not todo():
+        return False
+    with locks.hold(ctx.folder, name, config.run.wait_for_lock):
+        if not todo():
+            return False
+        first = todo()[0]
+        if first == 1:
+            masks_path = os.path.join(level_dir(ctx.folder, 1, MAIN), "masks.npz")
+            weights_path = os.path.join(level_dir(ctx.folder, 0, MAIN), "final_weights.npz")
+        else:
+            masks_path = os.path.join(level_dir(ctx.folder, first, name), "masks.npz")
+            weights_path = os.path.join(level_dir(ctx.folder, first - 1, name), "final_weights.npz")
+        model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
+        set_masks(model, atomic.read_npz(masks_path))
+        rewind.restore(model, rewind.load(weights_path))
+        mode = config.pruning.rewind_optimizer
+        imp = PruneRewindCallback(pruning_spec(config), rewind_step=k, rewind_optimizer=mode, rewind_weights=False,
+                                  agree_on_masks=_agreement(ctx))
+        imp.set_model(model)
+        imp.optimizer_point = _dense_optimizer_at(ctx, k)
         imp.level = first
-        imp.rewind()
-    for level in range(first, p.levels + 1):
-        folder = level_dir(ctx.folder, level, MAIN)
-        atomic.write_npz(os.path.join(folder, "masks.npz"), get_masks(model))
-        origin = p.rewind_step if level > 0 else 0
-        metrics = train_level(
-            ctx, model, level, MAIN, origin, config.training.iterations - origin,
-            extra_callbacks=[_SaveTrainedState(os.path.join(folder, "final_weights.npz")), imp],
-        )
-        # The callback pruned and rewound: the next level's masks exist before
-        # this level is declared done, so a crash in between loses nothing.
-        atomic.write_npz(os.path.join(level_dir(ctx.folder, level + 1, MAIN), "masks.npz"), get_masks(model))
-        _finish_level(ctx, level, MAIN, metrics)
+        rewind.reset_optimizer(model.optimizer, k, mode, imp.optimizer_point)
+        info = {"type": "lr_rewind", "start_step": k, "seed": ctx.seed, "rewind_optimizer": mode,
+                "starts_from": "the previous lr_rewind level's trained weights (level 1: main level 0's)"}
+        _train_lineage(ctx, model, imp, name, range(first, last_level + 1), lambda level: k, info)
     return True
 
 
@@ -417,8 +358,8 @@ def branch_folder_name(config: ExperimentConfig, name: str) -> str:
         return f"random_prune_{b.random_prune_scope}"
     if name == "rewind":
         return f"rewind_{b.rewind_step}"
-    if name == "lr_rewind":
-        return f"lr_rewind_{b.rewind_step if b.rewind_step >= 0 else config.pruning.rewind_step}"
+    if name in ("lr_rewind", "lr_rewind_oneshot"):
+        return f"{name}_{lr_rewind_step(config)}"
     if name == "retrain":
         overrides = json.dumps(_retrain_overrides(config), sort_keys=True)
         return "retrain_" + hashlib.sha256(overrides.encode()).hexdigest()[:8]
@@ -431,20 +372,40 @@ def _retrain_overrides(config: ExperimentConfig) -> dict:
                               ("iterations", b.iterations), ("batch_size", b.batch_size)) if v}
 
 
+def _replay(ctx: Context, step: int) -> tuple[dict, list]:
+    """The dense run's non-mask state and optimizer variables at ``step``, replayed from the initialization and cached."""
+    path = os.path.join(ctx.folder, "rewind_points", f"step_{step}.npz")
+    optimizer_path = os.path.join(ctx.folder, "rewind_points", f"step_{step}_optimizer.npz")
+    if os.path.exists(path) and os.path.exists(optimizer_path):
+        return rewind.load(path), rewind.load_optimizer(optimizer_path)
+    model = build_masked_model(ctx.config, ctx.splits, ctx.seed, strategy=ctx.strategy)
+    if step:
+        _fit(ctx, model, ctx.config.training.batch_size, 0, step)
+    state, values = rewind.capture(model), rewind.optimizer_values(model.optimizer)
+    rewind.save(state, path)
+    rewind.save_optimizer(values, optimizer_path)
+    return state, values
+
+
 def _replayed_state(ctx: Context, step: int) -> dict:
-    """The dense run's non-mask state at ``step``, replayed from the initialization."""
+    """The dense run's non-mask state at ``step``."""
     main_path = os.path.join(ctx.folder, "rewind_point.npz")
     if step == ctx.config.pruning.rewind_step and os.path.exists(main_path):
         return rewind.load(main_path)
     path = os.path.join(ctx.folder, "rewind_points", f"step_{step}.npz")
     if os.path.exists(path):
         return rewind.load(path)
-    model = build_masked_model(ctx.config, ctx.splits, ctx.seed, strategy=ctx.strategy)
-    if step:
-        _fit(ctx, model, ctx.config.training.batch_size, 0, step)
-    state = rewind.capture(model)
-    rewind.save(state, path)
-    return state
+    return _replay(ctx, step)[0]
+
+
+def _dense_optimizer_at(ctx: Context, step: int):
+    """For ``--rewind_optimizer=restore``: the dense run's optimizer variables at ``step`` (None otherwise, or at 0)."""
+    if ctx.config.pruning.rewind_optimizer != "restore" or not step:
+        return None
+    main_path = os.path.join(ctx.folder, "rewind_optimizer.npz")
+    if step == ctx.config.pruning.rewind_step and os.path.exists(main_path):
+        return rewind.load_optimizer(main_path)
+    return _replay(ctx, step)[1]
 
 
 @dataclasses.dataclass
@@ -453,13 +414,13 @@ class BranchStart:
 
     name: str  # folder name
     model: object
-    origin: int  # the optimizer step it starts at (learning-rate schedule, data order)
+    origin: int  # the training step it starts at (learning-rate schedule, data order)
     training: object  # TrainingConfig
     info: dict  # written to branch.json
 
 
 def prepare_branch(ctx: Context, name: str, level: int) -> BranchStart:
-    """Builds the model a branch starts from (mask, weights, optimizer step).
+    """Builds the model a branch starts from (mask, weights, optimizer at its start step).
 
     Raises:
         ValueError: For an unknown branch type.
@@ -467,11 +428,13 @@ def prepare_branch(ctx: Context, name: str, level: int) -> BranchStart:
     config = ctx.config
     masks = atomic.read_npz(os.path.join(level_dir(ctx.folder, level, MAIN), "masks.npz"))
     k = config.pruning.rewind_step
+    mode = config.pruning.rewind_optimizer
     training = config.training
     seed = ctx.seed
     state = None  # None = keep the fresh initialization
     if name == REINIT:
-        seed, origin = derived_seed(ctx.seed, "reinit", level), 0
+        # Same start step and length as the ticket it controls (open_lth starts it at k too).
+        seed, origin = derived_seed(ctx.seed, "reinit", level), k
     elif name == "random_prune":
         masks = random_masks_like(masks, derived_seed(ctx.seed, "random_prune", level),
                                   per_layer=config.branches.random_prune_scope == "layerwise")
@@ -479,35 +442,44 @@ def prepare_branch(ctx: Context, name: str, level: int) -> BranchStart:
     elif name == "rewind":
         origin = config.branches.rewind_step
         state = _replayed_state(ctx, origin)
-    elif name == "lr_rewind":
-        origin = config.branches.rewind_step if config.branches.rewind_step >= 0 else k
+    elif name == "lr_rewind_oneshot":
+        origin = lr_rewind_step(config)
         state = rewind.load(os.path.join(level_dir(ctx.folder, level - 1, MAIN), "final_weights.npz"))
     elif name == "retrain":
         training = dataclasses.replace(training, **_retrain_overrides(config))
         state, origin = rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), k
     else:
         raise ValueError(f"unknown branch {name!r}")
+    # "restore" needs the dense run's optimizer state, which exists only for the
+    # same weights' history and the same optimizer: reinit and a retrain with
+    # another optimizer or batch size start fresh instead.
+    if mode == "restore" and (name == REINIT or (name == "retrain" and (config.branches.optimizer or config.branches.batch_size))):
+        mode = "fresh"
     model = build_masked_model(config, ctx.splits, seed, training, ctx.strategy)
     set_masks(model, masks)
     if state is not None:
         rewind.restore(model, state)
-    rewind.reset_optimizer(model.optimizer, origin)
-    info = {"type": name, "level": level, "start_step": origin, "seed": seed,
+    rewind.reset_optimizer(model.optimizer, origin, mode, _dense_optimizer_at(ctx, origin) if mode == "restore" else None)
+    info = {"type": name, "level": level, "start_step": origin, "seed": seed, "rewind_optimizer": mode,
             "training": dataclasses.asdict(training), "random_prune_scope": config.branches.random_prune_scope}
     return BranchStart(branch_folder_name(config, name), model, origin, training, info)
 
 
 def run_branch(ctx: Context, name: str, level: int) -> bool:
     """Runs one branch at one level unless done. Returns whether it trained."""
-    if is_done(ctx.folder, level, branch_folder_name(ctx.config, name)):
+    folder_name = branch_folder_name(ctx.config, name)
+    if is_done(ctx.folder, level, folder_name):
         return False
-    start = prepare_branch(ctx, name, level)
-    folder = level_dir(ctx.folder, level, start.name)
-    atomic.write_json(os.path.join(folder, "branch.json"), start.info)
-    atomic.write_npz(os.path.join(folder, "masks.npz"), get_masks(start.model))
-    metrics = train_level(ctx, start.model, level, start.name, start.origin,
-                          start.training.iterations - start.origin, start.training)
-    _finish_level(ctx, level, start.name, metrics)
+    with locks.hold(ctx.folder, f"{folder_name}_level_{level:02d}", ctx.config.run.wait_for_lock):
+        if is_done(ctx.folder, level, folder_name):
+            return False
+        start = prepare_branch(ctx, name, level)
+        folder = level_dir(ctx.folder, level, start.name)
+        atomic.write_json(os.path.join(folder, "branch.json"), start.info)
+        atomic.write_npz(os.path.join(folder, "masks.npz"), get_masks(start.model))
+        metrics = train_level(ctx, start.model, level, start.name, start.origin,
+                              start.training.iterations - start.origin, start.training)
+        _finish_level(ctx, level, start.name, metrics)
     return True
 
 
@@ -523,11 +495,27 @@ def check_branch_inputs(ctx: Context) -> None:
             needed = [os.path.join(level_dir(ctx.folder, level, MAIN), "masks.npz")]
             if name in ("random_prune", "retrain"):
                 needed.append(os.path.join(ctx.folder, "rewind_point.npz"))
-            if name == "lr_rewind":
+            if name == "lr_rewind_oneshot":
                 needed.append(os.path.join(level_dir(ctx.folder, level - 1, MAIN), "final_weights.npz"))
+            if name == "lr_rewind":
+                needed = [os.path.join(level_dir(ctx.folder, 1, MAIN), "masks.npz"),
+                          os.path.join(level_dir(ctx.folder, 0, MAIN), "final_weights.npz")]
             for path in needed:
                 if not os.path.exists(path):
                     raise FileNotFoundError(f"--branch_levels: branch {name} at level {level} needs {path}, which the main line has not written")
+
+
+def run_branches(ctx: Context) -> bool:
+    """Every requested branch at every requested level. Returns whether any trained."""
+    b = ctx.config.branches
+    trained = False
+    for name in b.names:
+        if name == "lr_rewind":
+            trained |= run_lr_rewind_lineage(ctx, max(b.levels))
+            continue
+        for level in b.levels:
+            trained |= run_branch(ctx, name, level)
+    return trained
 
 
 def replicates(config: ExperimentConfig) -> list[int]:
@@ -545,6 +533,9 @@ def run(config: ExperimentConfig) -> list[dict]:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config.run.strategy, config.run.tpu)
     check_batch_sizes(config, strategy)
+    if config.run.strategy != "default":
+        devices = ", ".join(getattr(strategy.extended, "worker_devices", ()) or ())
+        print(f"strategy: {config.run.strategy}, {strategy.num_replicas_in_sync} replica(s): {devices}", flush=True)
     chief = is_chief(strategy)
     if worker_label(strategy):
         role = "the chief: writes the run's files" if chief else "not the chief: reads the run's files, writes none"
@@ -574,19 +565,44 @@ def run(config: ExperimentConfig) -> list[dict]:
     return entries
 
 
+def check_data(config: ExperimentConfig, splits) -> dict | None:
+    """The data must be what the run was trained on.
+
+    Returns:
+        The data record to write (``data.json``) if the run has none yet.
+
+    Raises:
+        ConfigError: Naming both sources, if the run's data fingerprint differs.
+    """
+    path = os.path.join(run_dir.experiment_dir(config), "data.json")
+    record = {"source": splits.source, "fingerprint": splits_fingerprint(splits), "sizes": list(splits.sizes())}
+    if not os.path.exists(path):
+        return record
+    previous = run_dir.read_json(path, "data record")
+    if previous.get("fingerprint") != record["fingerprint"]:
+        raise ConfigError(
+            "data_dir",
+            f"this run was trained on {previous.get('source')} (data fingerprint {previous.get('fingerprint')}), "
+            f"but the data found now is {record['source']} (fingerprint {record['fingerprint']}); point "
+            "--data_dir or --tfds_data_dir at the run's data, or use another --output_dir",
+        )
+    return None
+
+
 def _run_replicates(config: ExperimentConfig, strategy) -> bool:
-    run_dir.prepare(config)
     splits = get_splits(config.data)
+    record = check_data(config, splits)
+    run_dir.prepare(config)  # only now: a command whose data fails writes nothing
+    if record is not None:
+        atomic.write_json(os.path.join(run_dir.experiment_dir(config), "data.json"), record)
     train, val, test = splits.sizes()
-    print(f"data: {splits.source}  train {train}  val {val}  test {test}", flush=True)
+    print(f"data: {splits.source}  train {train}  val {val}  test {test}  fingerprint {splits_fingerprint(splits)}", flush=True)
     trained = False
     for r in replicates(config):
         ctx = Context(config, splits, r, replicate_seed(config.seed, r), run_dir.replicate_dir(config, r), strategy)
         trained |= run_main_line(ctx)
         check_branch_inputs(ctx)
-        for name in config.branches.names:
-            for level in config.branches.levels:
-                trained |= run_branch(ctx, name, level)
+        trained |= run_branches(ctx)
     return trained
 
 

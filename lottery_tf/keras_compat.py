@@ -5,13 +5,42 @@ once and a legacy Keras 2 (``tf_keras``) environment fails with a clear message
 instead of obscure errors later.
 """
 
+import contextlib
 import os
+import sys
 
 if os.environ.get("TF_USE_LEGACY_KERAS", "0").lower() in ("1", "true"):
     raise ImportError(
         "lottery_tf needs Keras 3, but TF_USE_LEGACY_KERAS is set, which makes "
         "tf.keras the legacy Keras 2; unset it."
     )
+
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Sends file descriptor 2 to /dev/null inside the block (C++ start-up lines;
+    Python exceptions are raised after it is restored, so they still show)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+if "tensorflow" not in sys.modules:
+    # TensorFlow's native start-up lines (oneDNN and CUDA notices, cuInit on a machine
+    # without a GPU) are not the user's concern. TF 2.21 prints the import-time ones
+    # whatever TF_CPP_MIN_LOG_LEVEL says; TF_CPP_MIN_LOG_LEVEL=0 shows them all.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
+        with _native_stderr_silenced():
+            import tensorflow  # noqa: F401
 
 import keras  # noqa: E402
 

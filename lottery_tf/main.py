@@ -1,16 +1,33 @@
-"""Command line: ``python -m lottery_tf.main --flagfile=flags/<experiment>.flags``.
+"""Command line: python -m lottery_tf.main --flagfile=flags/<experiment>.flags
 
-Flags stop here: they become a frozen :class:`ExperimentConfig`, which is
-validated (one-line error naming the flag, exit status 2, before any data is
-loaded or any file written) and handed to :func:`lottery_tf.experiment.run`.
+Flags stop here: they become a frozen ExperimentConfig, which is validated
+(one-line error naming the flag, exit status 2, before any data is loaded or
+any file written) and handed to lottery_tf.experiment.run.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up lines (CUDA probing on a machine without a GPU,
+# oneDNN notices) are not the user's concern; TF_CPP_MIN_LOG_LEVEL=0 shows them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+USAGE = """lottery_tf: find and study lottery tickets (iterative magnitude pruning with rewinding).
+
+Usage:
+  python -m lottery_tf.main --flagfile=flags/<experiment>.flags [--flag=value ...]
+
+Flagfiles hold one --flag=value per line; the repository's flags/ folder has
+the papers' recipes (lenet300_fashion_mnist, cifar10_conv2/4/6,
+cifar10_resnet20_rewind, cifar10_vgg16_rewind, imagenet_resnet50_rewind) and
+quickstart / smoke runs. Flags given after --flagfile override it.
+--dry_run validates the settings and prints them with the run folder.
+
+Flags (--helpfull lists absl's own flags too):
+"""
 
 from absl import app, flags  # noqa: E402
 
@@ -63,9 +80,14 @@ flags.DEFINE_list("layer_pruning_fractions", [], "Per-weight overrides, e.g. fc1
 flags.DEFINE_list("exclude_layers", [], "Layers never pruned (by layer name).")
 flags.DEFINE_integer("levels", 12, "Pruning levels: levels 0 (dense) to --levels are trained.")
 flags.DEFINE_string("rewind_step", "0", "Step the survivors are rewound to (0 = reset to initialization), or e.g. 5ep.")
+flags.DEFINE_string(
+    "rewind_optimizer", "fresh",
+    "How the optimizer is rewound with the weights: fresh (a new optimizer state with its own step counter at 0, "
+    "the learning-rate schedule offset to the rewind step, as open_lth), reset (the same state with its step "
+    "counter at the rewind step) or restore (the optimizer state saved at the rewind step).")
 flags.DEFINE_integer("seed", 0, "Base seed; each replicate derives its own seed for initialization and data order.")
 # Branches (controls) at chosen levels of the main line
-flags.DEFINE_list("branch", [], "Branches to run: reinit, random_prune, rewind, lr_rewind, retrain (comma-separated).")
+flags.DEFINE_list("branch", [], "Branches to run: reinit, random_prune, rewind, lr_rewind (its own lineage), lr_rewind_oneshot, retrain (comma-separated).")
 flags.DEFINE_string("branch_levels", "", "Levels to run the branches at, e.g. 0-3,7,11 (must be within 0..--levels).")
 flags.DEFINE_string("random_prune_scope", "layerwise", "random_prune: keep each layer's density (layerwise) or only the overall density (global).")
 flags.DEFINE_string("branch_rewind_step", "-1", "rewind: the step k to rewind to (0 = reset to init; steps or e.g. 2ep); lr_rewind: -1 = the main line's --rewind_step.")
@@ -86,6 +108,7 @@ flags.DEFINE_string(
     "multi_worker_mirrored (cluster from TF_CONFIG; every worker runs the same command) or tpu (see --tpu).")
 flags.DEFINE_string("tpu", "", "With --strategy=tpu: the TPU's name, grpc://host:port address, or 'local' on a TPU VM.")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (for mirrored runs without GPUs).")
+flags.DEFINE_bool("wait_for_lock", False, "If another process is training the same levels, wait for it instead of exiting.")
 flags.DEFINE_bool("dry_run", False, "Validate the settings, print them resolved (lengths in steps) and the run folder, and exit.")
 
 
@@ -179,6 +202,7 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             exclude_layers=tuple(FLAGS.exclude_layers),
             levels=FLAGS.levels,
             rewind_step=length("rewind_step"),
+            rewind_optimizer=FLAGS.rewind_optimizer,
         ),
         seed=FLAGS.seed,
         branches=config_lib.BranchConfig(
@@ -201,6 +225,7 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             strategy=FLAGS.strategy,
             tpu=FLAGS.tpu,
             cpu_devices=FLAGS.cpu_devices,
+            wait_for_lock=FLAGS.wait_for_lock,
         ),
     )
 
@@ -221,10 +246,15 @@ def main(argv):
             print(config.to_json(), end="")
             print(f"run folder: {run_dir.experiment_dir(config)}")
             return
+        _quiet_python_logging()
         from lottery_tf import experiment
+        from lottery_tf.distribute import describe_devices
 
+        started = time.time()
         print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
+        print(f"device: {describe_devices()}", flush=True)
         experiment.run(config)
+        print(f"total wall time: {_duration(time.time() - started)}", flush=True)
     except config_lib.ConfigError as error:
         _fail(str(error))
     except config_lib.StrategyError as error:
@@ -235,10 +265,34 @@ def main(argv):
         _fail(str(error))
     except OSError as error:  # disk full, permissions: earlier files are intact
         _fail(f"cannot write {error.filename or 'a run file'}: {error.strerror or error}")
+    except Exception as error:  # the library's one-line errors (divergence, locks), by type name
+        if type(error).__name__ in ("DivergedError", "LockedError"):
+            _fail(str(error))
+        raise
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
+
+
+def _quiet_python_logging() -> None:
+    """TensorFlow's and TFDS's Python warnings (e.g. about TFDS folders that do not exist) are not the user's concern."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    for name in ("tensorflow", "absl", "tensorflow_datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _parse_flags(argv):
-    """absl's parser, with its errors as one line and exit status 2."""
+    """absl's parser, with its errors as one line and exit status 2; ``--help`` exits 0."""
+    if any(arg in ("--help", "-h", "-help", "--helpshort") for arg in argv[1:]):
+        print(USAGE + FLAGS.module_help(sys.modules[__name__]))
+        sys.exit(0)
     for arg in argv[1:]:
         if arg.startswith("--flagfile="):
             path = arg.split("=", 1)[1]

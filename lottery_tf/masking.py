@@ -1,8 +1,11 @@
 """Where the mask is applied: the mask wrapper, and whole-model wrap/strip/query.
 
 A :class:`MaskedLayer` wraps a Keras layer and owns one non-trainable 0/1 mask
-variable per prunable weight (kernels and embeddings; never biases or
-normalisation weights). The mask is enforced as a variable *constraint*: Keras 3
+variable per prunable weight (kernels, recurrent kernels and embeddings; never
+biases or normalisation weights), including the weights of the layers a
+composite layer holds: the query/key/value/output projections of
+``MultiHeadAttention``, the cell of ``LSTM``/``GRU``/``SimpleRNN``, both
+directions of ``Bidirectional``, the layer inside ``TimeDistributed``. The mask is enforced as a variable *constraint*: Keras 3
 optimizers apply ``variable.constraint`` right after every update, for every
 optimizer, weight decay included, so pruned weights are exactly 0.0 after each
 step and the forward pass pays nothing for the mask. Because the stored weight
@@ -12,6 +15,7 @@ itself is zero, saving, stripping and exporting need no extra step either.
 from __future__ import annotations
 
 import collections
+import warnings
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -34,7 +38,17 @@ _PRUNABLE = (
     (keras.layers.Conv1DTranspose, ("kernel",)),
     (keras.layers.Conv2DTranspose, ("kernel",)),
     (keras.layers.Conv3DTranspose, ("kernel",)),
+    (keras.layers.LSTMCell, ("kernel", "recurrent_kernel")),
+    (keras.layers.GRUCell, ("kernel", "recurrent_kernel")),
+    (keras.layers.SimpleRNNCell, ("kernel", "recurrent_kernel")),
 )
+# Layers whose prunable weights live in the layers they hold (found after build).
+_COMPOSITE = tuple(
+    t for t in (keras.layers.RNN, keras.layers.Bidirectional, keras.layers.MultiHeadAttention,
+                getattr(keras.layers, "GroupQueryAttention", None)) if t is not None
+)
+# Variable names that look prunable: used to name weights wrap_model leaves dense.
+_PRUNABLE_LOOKING = ("kernel", "recurrent_kernel", "embeddings", "depthwise_kernel", "pointwise_kernel")
 
 
 def prunable_attributes(layer) -> tuple[str, ...]:
@@ -43,6 +57,31 @@ def prunable_attributes(layer) -> tuple[str, ...]:
         if isinstance(layer, layer_type):
             return attributes
     return ()
+
+
+def can_be_masked(layer) -> bool:
+    """Whether ``layer`` has, or holds layers with, prunable weights."""
+    if prunable_attributes(layer) or isinstance(layer, _COMPOSITE):
+        return True
+    if isinstance(layer, keras.layers.TimeDistributed):
+        return can_be_masked(layer.layer)
+    return False
+
+
+def prunable_variables(layer, prefix: str = "") -> "collections.OrderedDict[str, keras.Variable]":
+    """Relative name -> variable of every prunable weight of a *built* layer.
+
+    A plain layer gives its attributes (``{"kernel": ...}``); a composite layer
+    gives its inner layers' weights under their names
+    (``{"query/kernel": ..., "lstm_cell/recurrent_kernel": ...}``).
+    """
+    attributes = prunable_attributes(layer)
+    if attributes:
+        return collections.OrderedDict((prefix + a, _weight_variable(layer, a)) for a in attributes)
+    found = collections.OrderedDict()
+    for inner in layer._flatten_layers(include_self=False, recursive=False):
+        found.update(prunable_variables(inner, f"{prefix}{inner.name}/"))
+    return found
 
 
 def _weight_variable(layer, attribute: str):
@@ -105,26 +144,35 @@ class MaskedLayer(keras.layers.Wrapper):
                 f"MaskedLayer wraps a keras.layers.Layer; got {type(layer).__name__}: "
                 f"{layer!r}."
             )
-        if not prunable_attributes(layer):
+        if not can_be_masked(layer):
             raise ValueError(
                 f"Layer {layer.name!r} of type {type(layer).__name__} has no prunable "
                 "weights; prunable types are "
                 + ", ".join(t.__name__ for t, _ in _PRUNABLE)
-                + "."
+                + ", and the layers they are held by ("
+                + ", ".join(t.__name__ for t in _COMPOSITE)
+                + ", TimeDistributed)."
             )
         kwargs.setdefault("name", layer.name)
         super().__init__(layer, **kwargs)
         self.supports_masking = getattr(layer, "supports_masking", False)
         self.masks = {}
 
-    def build(self, input_shape=None):
+    def build(self, input_shape=None, *more_shapes, **named_shapes):
         if not self.layer.built:
+            if more_shapes or named_shapes:
+                raise ValueError(
+                    f"MaskedLayer {self.name!r}: {type(self.layer).__name__} takes several inputs; "
+                    "build it (call it once) before wrapping, as wrap_model does."
+                )
             self.layer.build(input_shape)
+        self._create_masks()
+
+    def _create_masks(self):
         self.masks = {}
-        for attribute in prunable_attributes(self.layer):
-            weight = _weight_variable(self.layer, attribute)
+        for attribute, weight in prunable_variables(self.layer).items():
             mask = self.add_weight(
-                name=f"{attribute}_mask",
+                name=f"{attribute.replace('/', '_')}_mask",
                 shape=weight.shape,
                 initializer="ones",
                 trainable=False,
@@ -134,17 +182,34 @@ class MaskedLayer(keras.layers.Wrapper):
             weight.constraint = MaskConstraint(mask, previous=weight.constraint)
         self.built = True
 
-    def prunable_weights(self) -> dict:
-        """Attribute -> the wrapped layer's weight variable."""
-        return {a: _weight_variable(self.layer, a) for a in self.masks}
+    def get_build_config(self):
+        return {"inner": self.layer.get_build_config()} if self.layer.built else None
 
-    def call(self, inputs, training=None, **kwargs):
+    def build_from_config(self, config):
+        if config and "inner" in config:
+            if not self.layer.built and config["inner"]:
+                self.layer.build_from_config(config["inner"])
+            self._create_masks()
+        elif config:
+            super().build_from_config(config)
+
+    def prunable_weights(self) -> dict:
+        """Mask name (relative to this layer) -> the wrapped layer's weight variable."""
+        weights = prunable_variables(self.layer)
+        return {a: weights[a] for a in self.masks}
+
+    def call(self, inputs, *args, training=None, **kwargs):
         if getattr(self.layer, "_call_has_training_arg", False):
             kwargs["training"] = training
-        return self.layer(inputs, **kwargs)
+        return self.layer(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    def compute_output_spec(self, inputs, *args, training=None, **kwargs):
+        if getattr(self.layer, "_call_has_training_arg", False):
+            kwargs["training"] = training
+        return self.layer.compute_output_spec(inputs, *args, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
@@ -232,10 +297,32 @@ def set_masks(model, masks: Mapping[str, np.ndarray]) -> None:
     apply_masks(model)
 
 
+def _moving_averages(model) -> dict:
+    """id(weight) -> the optimizer's moving average of it (``use_ema``), if any."""
+    optimizer = getattr(model, "optimizer", None)
+    found = {}
+    while optimizer is not None:
+        if getattr(optimizer, "use_ema", False) and getattr(optimizer, "built", False):
+            for weight, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average):
+                if average is not None:
+                    found[id(weight)] = average
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return found
+
+
 def apply_masks(model) -> None:
-    """Sets every masked weight to weight * mask (exact zeros where pruned)."""
+    """Sets every masked weight to weight * mask (exact zeros where pruned).
+
+    The optimizer's moving averages of masked weights (``use_ema=True``) are
+    masked too: Keras updates them before it applies constraints and copies
+    them into the weights at the end of ``fit``.
+    """
+    averages = _moving_averages(model)
     for _, mask_var, weight in _named_pairs(model):
         weight.assign(weight * ops.cast(mask_var, weight.dtype))
+        if id(weight) in averages:
+            average = averages[id(weight)]
+            average.assign(average * ops.cast(mask_var, average.dtype))
 
 
 def layer_densities(model) -> "collections.OrderedDict[str, float]":
@@ -276,6 +363,8 @@ def _clone_with(model, make_layer, what: str):
 
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     for source, target in copies:
+        if not isinstance(source, keras.layers.Layer):  # an operation (``x + y``, keras.ops): no weights
+            continue
         values = source.get_weights()
         if values:
             target.set_weights(values)
@@ -320,15 +409,47 @@ def wrap_model(model, exclude: Iterable[str] = ()):
 
     def make_layer(layer):
         new = _clone_layer(layer)
+        if isinstance(layer, keras.layers.Layer) and layer.built and not isinstance(layer, MaskedLayer):
+            build_config = layer.get_build_config() or {}
+            if "shapes_dict" in build_config:
+                # A layer of several inputs (attention): MaskedLayer cannot build it from
+                # one shape, so it is built here with the original's shapes. Layers of one
+                # input are built inside the model, which keeps their variable paths.
+                new.build_from_config(build_config)
         if (
-            isinstance(layer, MaskedLayer)
+            not isinstance(layer, keras.layers.Layer)
+            or isinstance(layer, MaskedLayer)
             or layer.name in exclude
-            or not prunable_attributes(layer)
+            or not can_be_masked(layer)
         ):
             return new, layer, new
         return MaskedLayer(new), layer, new
 
-    return _clone_with(model, make_layer, "wrap_model")
+    wrapped = _clone_with(model, make_layer, "wrap_model")
+    _warn_dense_kernels(wrapped, exclude)
+    return wrapped
+
+
+def _warn_dense_kernels(model, exclude) -> None:
+    """Warns, by name, about kernel-like weights no mask covers (layers that cannot be masked)."""
+    covered = {id(w) for layer in masked_layers(model) if layer.built for w in layer.prunable_weights().values()}
+    excluded = {
+        id(w)
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if layer.name in exclude
+        for w in layer.weights
+    }
+    dense = [
+        v.path for v in model.weights
+        if v.path.rsplit("/", 1)[-1] in _PRUNABLE_LOOKING and id(v) not in covered and id(v) not in excluded
+    ]
+    if dense:
+        warnings.warn(
+            f"wrap_model: {len(dense)} weight(s) stay dense because their layers cannot be masked: "
+            f"{', '.join(dense[:10])}{' ...' if len(dense) > 10 else ''}; pass their layers in "
+            "exclude= to silence this, or build them from lottery_tf.MaskedLayer.",
+            stacklevel=3,
+        )
 
 
 def strip_masks(model):
@@ -344,6 +465,6 @@ def strip_masks(model):
     def make_layer(layer):
         source = layer.layer if isinstance(layer, MaskedLayer) else layer
         new = _clone_layer(source)
-        return new, source, new
+        return new, source, new  # an operation (not a Layer) has no weights to copy
 
     return _clone_with(model, make_layer, "strip_masks")

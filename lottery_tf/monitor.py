@@ -10,6 +10,11 @@ import tensorflow as tf
 
 from lottery_tf.keras_compat import keras
 from lottery_tf.masking import get_masks, get_prunable_weights, layer_densities, overall_density
+from lottery_tf.rewind import global_step
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss; the message names the level, the step and the likely cause."""
 
 
 def make_evaluator(model, jit_compile: bool = True, chunk: int = 0, strategy=None):
@@ -90,6 +95,12 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         print_every: Evaluations between progress lines (0 = never).
         jit_compile: Compile the evaluation with XLA.
         strategy: If it has several replicas, evaluation is split across them.
+
+    Evaluation happens at ``origin`` and every ``every`` steps after it, and
+    at the end: a run resumed from a checkpoint at any step evaluates at
+    exactly the steps an uninterrupted run does. A non-finite loss on any
+    split raises :class:`DivergedError`, so a diverged level is never written
+    as a result.
     """
 
     def __init__(self, splits: Mapping, every: int, total_steps: int, log_dir=None,
@@ -120,7 +131,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         self.curves = {k: {m: list(v) for m, v in c.items()} for k, c in state["curves"].items()}
 
     def _step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+        return global_step(self.model.optimizer)
 
     def on_train_begin(self, logs=None):
         self._evaluate = make_evaluator(self.model, self.jit_compile, strategy=self.strategy)
@@ -135,16 +146,17 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             with self._writer.as_default():
                 hp.hparams(self.hparams)
         self._log_sparsity()
-        if not self.iterations or self.iterations[-1] != self._resumed_at:
+        at_point = (self._resumed_at - self.origin) % self.every == 0
+        if at_point and (not self.iterations or self.iterations[-1] != self._resumed_at):
             self._record()
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._step()
-        if (step - self.origin) % self.every == 0 and step != self.iterations[-1]:
+        if (step - self.origin) % self.every == 0 and (not self.iterations or step != self.iterations[-1]):
             self._record()
 
     def on_train_end(self, logs=None):
-        if self.iterations[-1] != self._step():
+        if not self.iterations or self.iterations[-1] != self._step():
             self._record()
         self._log_sparsity(histograms=True)
         if self._writer:
@@ -174,6 +186,16 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             self.curves[split]["loss"].append(loss)
             self.curves[split]["accuracy"].append(accuracy)
             results[split] = (loss, accuracy)
+        bad = [split for split, (loss, _) in results.items() if not np.isfinite(loss)]
+        if bad:
+            rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            policy = self.model.dtype_policy.name
+            cause = (f"float16 overflow under {policy}, or a learning rate ({rate:g}) too high"
+                     if "float16" in policy else f"a learning rate ({rate:g}) too high for this model and recipe")
+            raise DivergedError(
+                f"{self.label} diverged at step {step}: {bad[0]} loss is {results[bad[0]][0]}; likely cause: "
+                f"{cause}. Nothing was written as done; the level restarts from its last checkpoint when run again"
+            )
         if self._writer:
             with self._writer.as_default(step=step):
                 for split, (loss, accuracy) in results.items():
@@ -189,21 +211,32 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         self._count += 1
         done = step - self.origin
         if self.print_every and (self._count % self.print_every == 0 or done >= self.total_steps):
+            # Wall time per step so far, evaluations included, so the ETA counts them too.
             elapsed = time.time() - self._start_time
-            rate = (step - self._resumed_at) / elapsed if elapsed > 0 else 0.0
-            eta = (self.total_steps - done) / rate if rate > 0 else 0.0
+            trained = step - self._resumed_at
+            rate = trained / elapsed if elapsed > 0 else 0.0
+            eta = f"eta {(self.total_steps - done) * elapsed / trained:.0f}s" if trained > 0 else "eta -"
             metrics = "  ".join(f"{s}_acc {a:.4f}" for s, (_, a) in results.items())
             print(
                 f"{self.label} step {done}/{self.total_steps}  {metrics}  "
-                f"{rate:.0f} steps/s  eta {eta:.0f}s",
+                f"{rate:.0f} steps/s (evaluation included)  {eta}",
                 flush=True,
             )
 
 
 def summarize_curves(iterations, curves, early_stop_split: str = "val", report_split: str = "test") -> dict:
-    """Final and early-stopping (minimum ``early_stop_split`` loss) metrics."""
-    val_loss = np.asarray(curves[early_stop_split]["loss"])
-    best = int(np.argmin(val_loss))  # first minimum: earliest iteration wins ties
+    """Final and early-stopping (minimum ``early_stop_split`` loss) metrics.
+
+    The early-stopping point is never a non-finite loss.
+
+    Raises:
+        ValueError: If every ``early_stop_split`` loss is non-finite.
+    """
+    val_loss = np.asarray(curves[early_stop_split]["loss"], dtype=np.float64)
+    finite = np.isfinite(val_loss)
+    if not finite.any():
+        raise ValueError(f"every {early_stop_split} loss is non-finite: the level diverged")
+    best = int(np.argmin(np.where(finite, val_loss, np.inf)))  # first minimum: earliest iteration wins ties
     out = {
         "early_stop_iteration": int(iterations[best]),
         f"early_stop_{early_stop_split}_loss": float(val_loss[best]),

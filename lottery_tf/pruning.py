@@ -15,9 +15,11 @@ open_lth reference code:
   left out of the pool.
 
 The count removed from a group of ``r`` remaining weights at fraction ``f`` is
-``ceil(f * r)`` (as open_lth does), and exactly that many are removed: ties in
-magnitude are broken by position (layer order, then row-major index), so the
-same inputs always give the same mask.
+``n = ceil(f * r)``, and exactly that many are removed: ties in magnitude are
+broken by position (layer order, then row-major index), so the same inputs
+always give the same mask. open_lth computes the same ``n`` but removes every
+weight with ``|w| <= sorted(|w|)[n]``: one weight more than ``n`` (and every
+weight tied with that one).
 """
 
 from __future__ import annotations
@@ -215,6 +217,23 @@ def fingerprint(masks: Mapping[str, np.ndarray]) -> str:
         digest.update(f"{name}{mask.shape}".encode())
         digest.update(np.packbits(mask.ravel() != 0).tobytes())
     return digest.hexdigest()[:16]
+
+
+def resolve_mask_name(name: str, mask_names: Sequence[str], what: str = "name") -> str:
+    """A mask name (``"fc1/kernel"``) for ``name``, which may also be a layer with one mask (``"fc1"``).
+
+    Raises:
+        ValueError: If ``name`` matches no mask, or a layer with several masks;
+            the message lists the valid names.
+    """
+    if name in mask_names:
+        return name
+    matches = [m for m in mask_names if m.rsplit("/", 1)[0] == name]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ValueError(f"{what}: layer {name!r} has several masks ({', '.join(matches)}); name one of them.")
+    raise ValueError(f"{what}: {name!r} matches no masked weight; the model has {', '.join(mask_names)}.")
 
 
 def _check_matching(weights, masks) -> None:

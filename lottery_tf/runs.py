@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 from collections import defaultdict
@@ -39,6 +40,17 @@ def _ranges(levels) -> str:
     return ",".join(parts)
 
 
+def _non_finite_curves(record) -> list[str]:
+    """Names of the curves in a metrics record that hold NaN or infinity."""
+    bad = []
+    curves = record.get("curves", {}) if isinstance(record, dict) else {}
+    for split, metrics in curves.items() if isinstance(curves, dict) else ():
+        for metric, values in metrics.items() if isinstance(metrics, dict) else ():
+            if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values or ()):
+                bad.append(f"{split} {metric}")
+    return bad
+
+
 def check_replicate(folder: str) -> dict:
     """Done, incomplete and corrupted items of one replicate folder."""
     done, incomplete, corrupted = defaultdict(list), [], []
@@ -57,10 +69,15 @@ def check_replicate(folder: str) -> dict:
             if os.path.exists(metrics):
                 try:
                     with open(metrics) as handle:
-                        json.load(handle)
+                        record = json.load(handle)
                     done[branch].append(level)
                 except (OSError, ValueError) as error:
                     corrupted.append(f"{metrics} is unreadable ({error})")
+                    continue
+                bad = _non_finite_curves(record)
+                if bad:
+                    corrupted.append(f"{metrics}: {', '.join(bad)} contain NaN or infinity: the level diverged and "
+                                     "is not a result; delete this metrics.json to train the level again")
             elif os.path.isdir(checkpoints) or os.path.exists(os.path.join(branch_folder, "branch.json")):
                 incomplete.append(f"level {level} {branch}")
             elif branch == run_dir.MAIN and os.path.exists(os.path.join(branch_folder, "masks.npz")):

@@ -99,7 +99,7 @@ def test_rewind_branch_replays_the_dense_run_to_step_k(main_line):
     ctx = _ctx(main_line, names=("rewind",), levels=(1,), rewind_step=50)
     start = experiment.prepare_branch(ctx, "rewind", 1)
     assert start.name == "rewind_50" and start.origin == 50
-    assert int(start.model.optimizer.iterations.numpy()) == 50
+    assert rewind.global_step(start.model.optimizer) == 50  # fresh optimizer, schedule and data at step 50
     replayed = rewind.load(os.path.join(ctx.folder, "rewind_points", "step_50.npz"))
     _assert_weights_are(start.model, replayed, _main_masks(ctx, 1))
     # An independent dense run to step 50 with the same seed and data reaches the same state.
@@ -114,10 +114,10 @@ def test_rewind_branch_replays_the_dense_run_to_step_k(main_line):
     _assert_weights_are(start0.model, rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), _main_masks(ctx, 1))
 
 
-def test_lr_rewind_starts_from_previous_level_trained_weights(main_line):
-    ctx = _ctx(main_line, names=("lr_rewind",), levels=(2,))
-    start = experiment.prepare_branch(ctx, "lr_rewind", 2)
-    assert start.name == "lr_rewind_0" and start.origin == 0
+def test_lr_rewind_oneshot_starts_from_previous_main_level_trained_weights(main_line):
+    ctx = _ctx(main_line, names=("lr_rewind_oneshot",), levels=(2,))
+    start = experiment.prepare_branch(ctx, "lr_rewind_oneshot", 2)
+    assert start.name == "lr_rewind_oneshot_0" and start.origin == 0
     trained = rewind.load(os.path.join(level_dir(ctx.folder, 1, "main"), "final_weights.npz"))
     masks = _main_masks(ctx, 2)
     _assert_weights_are(start.model, trained, masks)
@@ -157,3 +157,82 @@ def test_branch_needing_missing_main_files_is_refused(main_line, tmp_path):
     ctx = dataclasses.replace(_ctx(main_line, names=("reinit",), levels=(2,)), folder=str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="branch reinit at level 2 needs .*level_02/main/masks.npz"):
         experiment.check_branch_inputs(ctx)
+
+
+# -- rewinding to step k > 0: every branch starts where the ticket starts ----------------
+
+K = 50
+
+
+@pytest.fixture(scope="module")
+def main_line_k(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("branches_k")
+    config = dataclasses.replace(_config(tmp), pruning=PruningConfig(levels=2, rewind_step=K))
+    splits = get_splits(config.data)
+    ctx = experiment.Context(config, splits, 0, replicate_seed(0, 0), str(tmp / "rep0"))
+    assert experiment.run_main_line(ctx)
+    return ctx
+
+
+def _starts_fresh_at_k(start):
+    optimizer = start.model.optimizer
+    assert start.origin == K
+    assert int(optimizer.iterations.numpy()) == 0 and rewind.global_step(optimizer) == K  # fresh, schedule at k
+    assert start.training.iterations - start.origin == 100 - K  # the ticket's length
+    for variable in optimizer.variables:
+        if variable is not optimizer.iterations and "learning_rate" not in variable.path:
+            assert not np.any(variable.numpy()), variable.path
+
+
+@pytest.mark.parametrize("name", ["reinit", "random_prune", "retrain", "lr_rewind_oneshot"])
+def test_branches_start_at_the_tickets_rewind_step(main_line_k, name):
+    ctx = _ctx(main_line_k, names=(name,), levels=(2,))
+    start = experiment.prepare_branch(ctx, name, 2)
+    _starts_fresh_at_k(start)
+    assert start.info["start_step"] == K and start.info["rewind_optimizer"] == "fresh"
+    masks = get_masks(start.model)
+    rewound = rewind.load(os.path.join(ctx.folder, "rewind_point.npz"))  # the dense run at step k
+    if name in ("random_prune", "retrain"):
+        _assert_weights_are(start.model, rewound, masks)
+    elif name == "lr_rewind_oneshot":
+        _assert_weights_are(start.model, rewind.load(os.path.join(level_dir(ctx.folder, 1, "main"), "final_weights.npz")), masks)
+    else:  # reinit: a fresh initialization, not the state at k
+        fc1 = [v for k, v in rewound.items() if k.endswith("fc1/kernel")][0]
+        alive = masks["fc1/kernel"] == 1
+        assert not np.allclose(get_prunable_weights(start.model)["fc1/kernel"][alive], fc1[alive])
+
+
+def test_reinit_at_k_trains_the_tickets_steps(main_line_k):
+    ctx = _ctx(main_line_k, names=("reinit",), levels=(1,))
+    assert experiment.run_branch(ctx, "reinit", 1)
+    metrics = json.load(open(os.path.join(level_dir(ctx.folder, 1, "reinit"), "metrics.json")))
+    main = json.load(open(os.path.join(level_dir(ctx.folder, 1, "main"), "metrics.json")))
+    assert metrics["iterations"] == main["iterations"] == [K, 100]
+    assert metrics["start_step"] == main["start_step"] == K and metrics["steps"] == main["steps"] == 100 - K
+
+
+def test_lr_rewind_is_its_own_lineage(main_line_k):
+    """Level 2 of learning-rate rewinding prunes lr_rewind level 1's trained weights, not the main line's."""
+    ctx = _ctx(main_line_k, names=("lr_rewind",), levels=(2,))
+    assert experiment.run_lr_rewind_lineage(ctx, 2)
+    name = f"lr_rewind_{K}"
+    level1 = level_dir(ctx.folder, 1, name)
+    level2 = level_dir(ctx.folder, 2, name)
+    # Level 1: main level 1's mask (the same pruning of the dense trained weights).
+    masks1 = atomic.read_npz(os.path.join(level1, "masks.npz"))
+    for key, mask in _main_masks(ctx, 1).items():
+        np.testing.assert_array_equal(masks1[key], mask)
+    # Level 2's mask is the pruning of lr_rewind level 1's trained weights.
+    from lottery_tf.pruning import prune_by_magnitude
+    trained1 = rewind.load(os.path.join(level1, "final_weights.npz"))
+    weights1 = {k: [v for p, v in trained1.items() if p.endswith(f"/{k}")][0] for k in masks1}
+    expected = prune_by_magnitude(weights1, masks1, experiment.pruning_spec(ctx.config), "output/kernel")
+    masks2 = atomic.read_npz(os.path.join(level2, "masks.npz"))
+    for key in masks1:
+        np.testing.assert_array_equal(masks2[key], expected[key])
+    assert any(not np.array_equal(masks2[k], _main_masks(ctx, 2)[k]) for k in masks2)  # its own sparsity path
+    m1 = json.load(open(os.path.join(level1, "metrics.json")))
+    m2 = json.load(open(os.path.join(level2, "metrics.json")))
+    assert m1["iterations"][0] == m2["iterations"][0] == K and m2["density"] < m1["density"]
+    assert json.load(open(os.path.join(level2, "branch.json")))["type"] == "lr_rewind"
+    assert not experiment.run_lr_rewind_lineage(ctx, 2)  # done: nothing to train

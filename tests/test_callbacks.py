@@ -96,7 +96,7 @@ def test_rewind_to_step_k_restores_weights_at_k_and_schedule_position():
             if int(self.model.optimizer.iterations.numpy()) == 2:
                 at_k.update(get_prunable_weights(self.model))
 
-    imp = PruneRewindCallback(PruningSpec("layerwise", 0.2), rewind_step=2)
+    imp = PruneRewindCallback(PruningSpec("layerwise", 0.2), rewind_step=2, rewind_optimizer="reset")
     model.fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[Record(), imp])
     weights, masks = get_prunable_weights(model), get_masks(model)
     for name in weights:
@@ -114,7 +114,7 @@ def test_rewind_step_with_steps_per_execution():
     with pytest.raises(ValueError, match="not a multiple of the model's steps_per_execution=2"):
         model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[imp])
     model = _model(steps_per_execution=2)
-    imp = PruneRewindCallback(PruningSpec(), rewind_step=2)
+    imp = PruneRewindCallback(PruningSpec(), rewind_step=2, rewind_optimizer="reset")
     model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[imp])
     assert int(model.optimizer.iterations.numpy()) == 2
 
@@ -150,7 +150,7 @@ def test_rewind_point_save_load(tmp_path):
         rewind.restore(model, {"x": np.zeros(1)})
 
 
-def test_optimizer_state_rewind_restores_adam_slots_at_k():
+def test_rewind_optimizer_restore_restores_adam_slots_at_k():
     model = _model(keras.optimizers.Adam(0.01))
     at_k = {}
 
@@ -159,12 +159,12 @@ def test_optimizer_state_rewind_restores_adam_slots_at_k():
             if int(self.model.optimizer.iterations.numpy()) == 2:
                 at_k["slots"] = [v.numpy().copy() for v in self.model.optimizer.variables]
 
-    imp = PruneRewindCallback(PruningSpec("layerwise", 0.2), rewind_step=2, optimizer_state="rewind")
+    imp = PruneRewindCallback(PruningSpec("layerwise", 0.2), rewind_step=2, rewind_optimizer="restore")
     model.fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[Record(), imp])
     assert int(model.optimizer.iterations.numpy()) == 2
     slots = [v.numpy() for v in model.optimizer.variables]
     assert any(np.any(s) for s in at_k["slots"][2:])  # moments at step 2 are not zero
     for now, then in zip(slots, at_k["slots"]):
         np.testing.assert_array_equal(now, then)
-    with pytest.raises(ValueError, match="optimizer_state must be 'reset' or 'rewind'"):
-        PruneRewindCallback(optimizer_state="keep")
+    with pytest.raises(ValueError, match="rewind_optimizer must be one of fresh, reset, restore; got 'keep'"):
+        PruneRewindCallback(rewind_optimizer="keep")

@@ -35,7 +35,7 @@ def test_mirrored_two_cpus_same_masks_as_default(tmp_path):
     default, mirrored = str(tmp_path / "default"), str(tmp_path / "mirrored")
     cli(default)
     result = cli(mirrored, "--strategy=mirrored", "--cpu_devices=2")
-    assert "Using MirroredStrategy with devices" in result.stderr and "CPU:1" in result.stderr
+    assert "strategy: mirrored, 2 replica(s): " in result.stdout and "CPU:1" in result.stdout
     a, b = masks_of(default), masks_of(mirrored)
     assert sorted(a) == sorted(b) and len(a) == 3  # levels 0, 1 and the next level's masks
     for level in a:

@@ -192,3 +192,34 @@ def test_two_workers_give_the_masks_of_one_process(two_workers, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     assert printed_masks(single.stdout) == printed_masks(results[0][1])
+
+
+BROADCAST = textwrap.dedent(
+    """
+    import json, os, numpy as np
+    from lottery_tf.distribute import broadcast_from_chief, make_strategy
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    strategy = make_strategy("multi_worker_mirrored")
+    mine = {"a/kernel": np.full((2, 3), 10.0 + index, np.float32), "b/kernel": np.arange(4, dtype=np.float32) * (index + 1)}
+    agreed = broadcast_from_chief(strategy, mine)
+    print(json.dumps({k: v.tolist() for k, v in agreed.items()}))
+    """
+)
+
+
+def test_broadcast_from_chief_gives_every_worker_the_chiefs_values():
+    """Each worker passes different masks; every worker must end with worker 0's values."""
+    ports = free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    processes = []
+    for index in (1, 0):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO,
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        processes.append(subprocess.Popen([sys.executable, "-c", BROADCAST], cwd=REPO, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=180) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-1500:]
+    chief = {"a/kernel": [[10.0] * 3] * 2, "b/kernel": [0.0, 1.0, 2.0, 3.0]}
+    for out, _ in outputs:
+        assert json.loads(out.strip().splitlines()[-1]) == chief

@@ -10,15 +10,17 @@ def test_public_names():
     assert callable(lottery_tf.PruneRewindCallback)
 
 
-def test_config_and_registries_import_without_tensorflow():
+def test_package_import_registers_the_keras_classes():
+    """keras.models.load_model needs the classes registered by a plain `import lottery_tf`."""
     import subprocess
     import sys
 
     from conftest import REPO
 
     code = (
-        "import sys; import lottery_tf.config, lottery_tf.data, lottery_tf.models, lottery_tf.run_dir; "
-        "print('tensorflow' in sys.modules)"
+        "import keras, lottery_tf; from keras.saving import get_registered_object as g; "
+        "print([g(n) is not None for n in ('lottery_tf>MaskedLayer', 'lottery_tf>LotterySchedule', "
+        "'lottery_tf>StepCountingLossScaleOptimizer', 'lottery_tf>SGDWithL2')])"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[True, True, True, True]"

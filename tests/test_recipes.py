@@ -1,10 +1,12 @@
 """Training recipes: schedules with warmup, label smoothing, Nesterov, mixed precision,
 lengths in epochs, synthetic data of any shape."""
 
+import os
+
 import numpy as np
 import pytest
 
-from lottery_tf import experiment, rewind
+from lottery_tf import atomic, experiment, rewind
 from lottery_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
 from lottery_tf.data import get_splits, train_examples
 from lottery_tf.keras_compat import keras
@@ -49,7 +51,7 @@ def test_rewinding_the_step_counter_rewinds_the_schedule():
     optimizer.build([keras.Variable(np.zeros(3, "float32"))])
     optimizer.iterations.assign(20)
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.01)
-    rewind.reset_optimizer(optimizer, 5)
+    rewind.reset_optimizer(optimizer, 5, "reset")
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.1)
     assert optimizer.nesterov
 
@@ -113,3 +115,42 @@ def test_l2_weight_decay_is_added_to_the_gradient():
     np.testing.assert_allclose(variable.numpy(), np.array([0.93, -1.9]) + v2, rtol=1e-5)
     decoupled = experiment.make_optimizer(TrainingConfig(optimizer="sgd", learning_rate=0.1, weight_decay=0.5))
     assert type(decoupled).__name__ == "SGD" and decoupled.weight_decay == 0.5
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_two_levels_under_mixed_precision_train_after_the_rewind(tmp_path, policy):
+    """Level 1 (after a prune and rewind) must train: the old reset zeroed the loss scale."""
+    from lottery_tf.config import PruningConfig, RunConfig
+    from lottery_tf.config import replicate_seed
+    from lottery_tf.run_dir import level_dir
+
+    config = ExperimentConfig(
+        data=DataConfig(name="synthetic", synthetic_train_examples=1024, synthetic_test_examples=256, validation_examples=256),
+        training=TrainingConfig(iterations=100, eval_every=50, mixed_precision=policy),
+        pruning=PruningConfig(levels=1, rewind_step=50),
+        run=RunConfig(output_dir=str(tmp_path), checkpoint_every=0, tensorboard=False),
+    )
+    ctx = experiment.Context(config, get_splits(config.data), 0, replicate_seed(0, 0), str(tmp_path / "rep"))
+    keras.config.set_dtype_policy("float32")
+    assert experiment.run_main_line(ctx)
+    import json
+
+    level1 = json.load(open(os.path.join(level_dir(ctx.folder, 1, "main"), "metrics.json")))
+    losses = level1["curves"]["val"]["loss"]
+    assert all(np.isfinite(losses)) and level1["final_test_accuracy"] > 0.3  # chance is 0.1
+    masks = atomic.read_npz(os.path.join(level_dir(ctx.folder, 1, "main"), "masks.npz"))
+    trained = atomic.read_npz(os.path.join(level_dir(ctx.folder, 1, "main"), "final_weights.npz"))
+    for name, mask in masks.items():
+        (path,) = [p for p in trained if p.endswith(f"/{name}")]
+        assert np.all(trained[path][mask == 0] == 0.0) and np.any(trained[path][mask == 1] != 0.0)
+
+
+def test_build_masked_model_restores_the_callers_policy():
+    config = ExperimentConfig(data=DataConfig(name="synthetic", synthetic_train_examples=256, validation_examples=64),
+                              training=TrainingConfig(iterations=20, eval_every=10, mixed_precision="mixed_bfloat16"))
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        experiment.build_masked_model(config, get_splits(config.data), seed=0)
+        assert keras.config.dtype_policy().name == "mixed_float16"  # not reset to float32
+    finally:
+        keras.config.set_dtype_policy("float32")

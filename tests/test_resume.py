@@ -20,11 +20,17 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 ARGS = ["--flagfile=flags/smoke.flags", "--deterministic", "--branch=reinit,random_prune", "--branch_levels=1,2"]
 
 
-def run(out, crash=None, timeout=300):
+# Checkpoints every 30 steps, evaluations every 50, rewinding to step 20, every branch type
+# that resumes from its own files (the learning-rate-rewinding lineage included).
+ARGS_K = ["--flagfile=flags/smoke.flags", "--deterministic", "--rewind_step=20", "--checkpoint_every=30",
+          "--branch=reinit,random_prune,lr_rewind", "--branch_levels=1,2"]
+
+
+def run(out, crash=None, timeout=300, args=ARGS):
     env = dict(ENV)
     if crash:
         env["LOTTERY_TF_CRASH_AT"] = crash
-    return subprocess.run([sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}"],
+    return subprocess.run([sys.executable, "-m", "lottery_tf.main", *args, f"--output_dir={out}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -125,3 +131,39 @@ def test_full_disk_during_checkpoint(tmp_path, reference):
     resumed = run(out)
     assert resumed.returncode == 0
     assert_same(results(out), reference)
+
+
+@pytest.fixture(scope="module")
+def reference_k(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("reference_k"))
+    result = run(out, args=ARGS_K)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return results(out)
+
+
+def test_uninterrupted_run_evaluates_at_the_same_steps_from_k(reference_k):
+    curves = {k: v for k, v in reference_k.items() if k.endswith("metrics.json")}
+    level1 = [v for k, v in curves.items() if "level_01/main/" in k][0]
+    assert level1[0] == [20, 70, 120, 170, 200]  # origin k = 20, every 50 steps, and the end
+    level0 = [v for k, v in curves.items() if "level_00/main/" in k][0]
+    assert level0[0] == [0, 50, 100, 150, 200]
+    assert any("lr_rewind_20" in k for k in curves) and any("level_02/reinit" in k for k in curves)
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [
+        "checkpoint_write:2",  # level 0 at step 60: not an evaluation step
+        "checkpoint_write:8",  # level 1 (from k = 20) at step 110
+        "checkpoint_write:20",  # in a branch
+        "checkpoint_write:30",  # in the learning-rate-rewinding lineage
+    ],
+)
+def test_resume_with_checkpoints_between_evaluations_and_rewind_step(tmp_path, reference_k, crash):
+    out = str(tmp_path / "run")
+    killed = run(out, crash=crash, args=ARGS_K)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run(out, args=ARGS_K)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    assert_same(results(out), reference_k)

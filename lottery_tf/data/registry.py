@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Callable, Mapping
 
 import numpy as np
@@ -97,3 +98,22 @@ def get_splits(config: DataConfig) -> Splits:
         DataUnavailableError: The data cannot be found or obtained.
     """
     return DATASETS.get(config.name)(config)
+
+
+def splits_fingerprint(splits) -> str:
+    """A short hash of the data a run trains and evaluates on.
+
+    In-memory splits hash every array (values, shapes, dtypes, order), so the
+    same files from another folder give the same fingerprint and a different
+    copy, order or split gives another. Streamed splits hash their sizes and
+    shapes (reading every image is too costly).
+    """
+    digest = hashlib.sha256()
+    if isinstance(splits, Splits):
+        for array in (splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test, splits.y_test):
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(str(splits.num_classes).encode())
+    else:
+        digest.update(repr((tuple(splits.counts), tuple(splits.input_shape), splits.num_classes)).encode())
+    return digest.hexdigest()[:16]

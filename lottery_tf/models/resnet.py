@@ -69,13 +69,31 @@ def resnet50(config: ModelConfig, input_shape, num_classes):
     return _application("ResNet50", config, input_shape, num_classes)
 
 
+_INITIALIZER_KEYS = ("kernel_initializer", "depthwise_initializer", "pointwise_initializer", "embeddings_initializer")
+
+
 def _application(class_name, config, input_shape, num_classes):
+    """A ``keras.applications`` model with ``config.initializer`` on every prunable weight.
+
+    The applications fix their own initializers, so the model is rebuilt
+    (``clone_model``) with the configured initializer in every layer that has
+    a kernel, depthwise, pointwise or embeddings initializer.
+    """
     from lottery_tf.keras_compat import keras
 
     constructor = getattr(keras.applications, class_name)
     # classifier_activation=None: the experiment's loss expects logits.
-    return constructor(weights=None, input_shape=tuple(input_shape), classes=num_classes,
-                       classifier_activation=None)
+    model = constructor(weights=None, input_shape=tuple(input_shape), classes=num_classes,
+                        classifier_activation=None)
+
+    def with_initializer(layer):
+        layer_config = layer.get_config()
+        for key in _INITIALIZER_KEYS:
+            if key in layer_config:
+                layer_config[key] = config.initializer
+        return layer.__class__.from_config(layer_config)
+
+    return keras.models.clone_model(model, clone_function=with_initializer)
 
 
 @MODELS.register_prefix("keras.applications.", "keras.applications.<Name> (e.g. keras.applications.MobileNetV2)")

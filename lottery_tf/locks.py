@@ -1,0 +1,107 @@
+"""Locks on what one process trains in a replicate folder (no TensorFlow here).
+
+Two processes training the same levels of the same replicate would delete each
+other's checkpoints and temporary files. Each lineage a process trains (the
+main line, one branch at one level, the learning-rate-rewinding lineage) is
+guarded by a lock file ``<replicate>/.locks/<name>.lock`` created atomically
+(``O_CREAT | O_EXCL``) and holding the owner's host, pid and start time.
+Different replicates, and different branches of one replicate, take different
+locks, so they run in parallel from several processes or machines.
+
+A lock whose owner is a process of this host that no longer exists is stale
+and taken over; a lock held by a live process, or by another host, makes the
+second process exit with one line naming the holder, or wait
+(``--wait_for_lock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+
+from lottery_tf import atomic
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock; the message names it."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(path: str) -> dict | None:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # being written, or damaged: treated as held
+
+
+def _try_acquire(path: str) -> dict | None:
+    """Takes the lock; returns None on success, else what the holder wrote."""
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is None:
+                continue  # released meanwhile
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)  # stale: its process is gone
+                continue
+            return holder
+        with os.fdopen(fd, "w") as handle:
+            json.dump(me, handle)
+        return None
+    return _holder(path) or {}
+
+
+@contextlib.contextmanager
+def hold(replicate_folder: str, name: str, wait: bool = False, poll_seconds: float = 5.0):
+    """Holds ``<replicate_folder>/.locks/<name>.lock`` inside the block.
+
+    Does nothing where this process does not write (a worker that is not the
+    chief).
+
+    Raises:
+        LockedError: If another live process holds it and ``wait`` is false.
+    """
+    if not atomic.writes_enabled():
+        yield
+        return
+    path = os.path.join(replicate_folder, ".locks", f"{name}.lock")
+    announced = False
+    while True:
+        holder = _try_acquire(path)
+        if holder is None:
+            break
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+        if not wait:
+            raise LockedError(
+                f"{path} is held by {who}: that process is training the same levels; wait for it, pass "
+                "--wait_for_lock, or delete the lock file if that process is gone"
+            )
+        if not announced:
+            print(f"waiting for {path}, held by {who}", flush=True)
+            announced = True
+        time.sleep(poll_seconds)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
