@@ -189,8 +189,10 @@ def _weights_axis(ax, series):
     ax.set_xscale("log")
     ax.invert_xaxis()  # dense on the left, sparser to the right, as in the papers
     ticks = sorted({round(100 * e["density_mean"], 1) for rows in series.values() for e in rows}, reverse=True)
+    if len(ticks) > 8:  # readable horizontal labels: about eight of them, evenly spread in log space
+        ticks = [ticks[i] for i in sorted({round(j * (len(ticks) - 1) / 7) for j in range(8)})]
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=90, fontsize=7)
+    ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=0, fontsize=8)
     ax.minorticks_off()
     ax.set_xlabel("percent of weights remaining (log scale)")
     ax.grid(True, alpha=0.3)
@@ -205,6 +207,18 @@ def _grid(entries, columns: int, width: float, height: float):
     return plt, fig, axes, experiments, titles
 
 
+def _spread(rows, key, scale=1.0):
+    """Error bars: the std over replicates, or none where a point has one replicate."""
+    if all(e["replicates"] < 2 for e in rows):
+        return None
+    return [scale * e[f"{key}_std"] if e["replicates"] > 1 else 0.0 for e in rows]
+
+
+def _over_replicates(series) -> str:
+    count = _replicates(series)
+    return "one replicate (no spread)" if count == 1 else f"mean ± std over {count} replicates"
+
+
 def plot_accuracy_vs_weights(entries, path):
     plt, fig, axes, experiments, titles = _grid(entries, 2, 13, 4.8)
     for row, experiment in enumerate(experiments):
@@ -215,17 +229,22 @@ def plot_accuracy_vs_weights(entries, path):
             for branch, rows in series.items():
                 x = [100 * e["density_mean"] for e in rows]
                 y = [100 * e[f"{key}_mean"] for e in rows]
-                err = [100 * e[f"{key}_std"] for e in rows]
-                ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, label=branch_label(branch))
+                ax.errorbar(x, y, yerr=_spread(rows, key, 100), marker="o", markersize=4, capsize=3,
+                            label=branch_label(branch))
             dense = [e for e in series.get("main", []) if e["level"] == 0]
             if dense:
                 ax.axhline(100 * dense[0][f"{key}_mean"], color="gray", linestyle="--", linewidth=1,
                            label=f"dense network ({100 * dense[0][f'{key}_mean']:.2f}%)")
             _weights_axis(ax, series)
             ax.set_ylabel(f"{title} (%)")
-            heading = f"{title}, mean ± std over {_replicates(series)} replicates"
+            heading = f"{title}, {_over_replicates(series)}"
             ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}", fontsize=10)
             ax.legend(fontsize=8)
+        # Both panels on one y range, so they can be compared by eye.
+        low = min(axes[row][c].get_ylim()[0] for c in range(2))
+        high = max(axes[row][c].get_ylim()[1] for c in range(2))
+        for c in range(2):
+            axes[row][c].set_ylim(low, high)
     if len(experiments) == 1:
         fig.suptitle(titles[experiments[0]], fontsize=10)
     _save(fig, path)
@@ -243,11 +262,11 @@ def plot_early_stop_vs_weights(entries, path):
         series = _series(entries, experiment)
         for branch, rows in series.items():
             ax.errorbar([100 * e["density_mean"] for e in rows], [e["early_stop_iteration_mean"] for e in rows],
-                        yerr=[e["early_stop_iteration_std"] for e in rows], marker="o", markersize=4, capsize=3,
+                        yerr=_spread(rows, "early_stop_iteration"), marker="o", markersize=4, capsize=3,
                         label=branch_label(branch))
         _weights_axis(ax, series)
         ax.set_ylabel("early-stopping iteration\n(minimum validation loss; lower = learns faster)")
-        ax.set_title(f"Iteration of minimum validation loss, mean ± std over {_replicates(series)} replicates\n"
+        ax.set_title(f"Iteration of minimum validation loss, {_over_replicates(series)}\n"
                      f"{titles[experiment]}", fontsize=9)
         ax.legend(fontsize=8)
     _save(fig, path)
@@ -264,6 +283,11 @@ def plot_curves(experiment_folder, levels, path):
             if row["branch"] == "main" and (not levels or row["level"] in levels):
                 curves[row["level"]].append((row["iterations"], row["curves"]["test"]["accuracy"]))
                 densities[row["level"]] = row["density"]
+    missing = sorted(set(levels) - set(curves))
+    if missing:
+        print(f"warning: --curve_levels: level(s) {', '.join(map(str, missing))} not found in {experiment_folder} "
+              f"(it has main levels {', '.join(map(str, sorted(curves))) or 'none'}); left out of the plot",
+              file=sys.stderr)
     if not curves:
         return False
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -276,8 +300,14 @@ def plot_curves(experiment_folder, levels, path):
                 label=f"level {level}: {100 * densities[level]:.1f}% of weights")
     ax.set_xlabel("training iteration")
     ax.set_ylabel("test accuracy (%)")
+    # The y range starts just below the lowest point after the first evaluation (the
+    # first is near chance and would flatten the rest); clipped starts are said in the label.
     low = min(100 * np.min(np.mean([a[: min(len(x) for _, x in r)] for _, a in r], axis=0)[1:]) for r in curves.values())
-    ax.set_ylim(max(0, low - 1), None)
+    bottom = max(0, low - 1)
+    ax.set_ylim(bottom, None)
+    clipped = any(100 * np.mean([acc[0] for _, acc in runs]) < bottom for runs in curves.values())
+    if clipped:
+        ax.set_ylabel(f"test accuracy (%)\n(first evaluation, below {bottom:.0f}%, off the axis)")
     ax.grid(True, alpha=0.3)
     ax.set_title(f"Lottery tickets: test accuracy during training at selected levels (mean over replicates)\n"
                  f"{experiment_title(experiment_folder)}", fontsize=9)

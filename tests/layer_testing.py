@@ -1,9 +1,12 @@
 """A `run_layer_test` equivalent for MaskedLayer (as keras.testing does for layers)."""
 
+import os
+import tempfile
+
 import numpy as np
 
 from lottery_tf.keras_compat import keras
-from lottery_tf.masking import MaskedLayer, prunable_attributes
+from lottery_tf.masking import MaskedLayer, prunable_variables
 
 
 def run_masked_layer_test(inner, input_data, expected_trainable, expected_masks):
@@ -18,7 +21,7 @@ def run_masked_layer_test(inner, input_data, expected_trainable, expected_masks)
     output = layer(input_data)
     assert len(layer.trainable_weights) == expected_trainable
     assert len(layer.non_trainable_weights) == expected_masks
-    assert sorted(layer.masks) == sorted(prunable_attributes(inner))
+    assert sorted(layer.masks) == sorted(prunable_variables(inner))
 
     clone = MaskedLayer.from_config(layer.get_config())
     assert type(clone.layer) is type(inner)
@@ -40,4 +43,17 @@ def run_masked_layer_test(inner, input_data, expected_trainable, expected_masks)
         weight = masked.prunable_weights()[attribute].numpy()
         assert np.all(weight[mask.numpy() == 0] == 0.0), attribute
         assert np.any(weight[mask.numpy() == 1] != 0.0), attribute
+
+    # The .keras round trip: same outputs, same masks, same zeros.
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(np.asarray(loaded(input_data)), np.asarray(model(input_data)), rtol=1e-6, atol=1e-6)
+    loaded_masked = loaded.layers[-1]
+    assert isinstance(loaded_masked, MaskedLayer)
+    for attribute, mask in masked.masks.items():
+        np.testing.assert_array_equal(loaded_masked.masks[attribute].numpy(), mask.numpy())
+        np.testing.assert_array_equal(loaded_masked.prunable_weights()[attribute].numpy(),
+                                      masked.prunable_weights()[attribute].numpy())
     return output, model

@@ -32,3 +32,6 @@ def test_readme_keras_example_runs(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "ticket.keras")
     plain = namespace["plain"]
     assert not any("Masked" in type(layer).__name__ for layer in plain.layers)
+    # The README's load line gives back the ticket with its masks.
+    ticket = namespace["ticket"]
+    assert lottery_tf.get_masks(ticket)["fc1/kernel"].sum() == 120422

@@ -85,3 +85,57 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         atomic.write_json(path, {"a": Boom()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["x.json"]  # no temporary file left behind
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the report draws (matplotlib objects), by file name; the files are still written."""
+    figures = {}
+    real_save = report._save
+
+    def save(fig, path):
+        figures[os.path.basename(path)] = fig
+        real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)  # keep the figures to inspect them
+    return figures
+
+
+def test_accuracy_plot_draws_what_it_says(two_replicates, tmp_path, drawn):
+    _, experiment = two_replicates
+    assert report.main([experiment, "--out", str(tmp_path / "out")]) == 0
+    early, final = drawn["accuracy_vs_weights.png"].axes
+    for ax in (early, final):
+        assert ax.get_xscale() == "log" and ax.xaxis_inverted()
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["100", "80"]
+        assert all(t.get_rotation() == 0 for t in ax.get_xticklabels())
+        assert "mean ± std over 2 replicates" in ax.get_title()
+        labels = ax.get_legend_handles_labels()[1]
+        assert labels[0].startswith("dense network (") and len(labels) == 3  # dense line, ticket, reinit
+        assert all(c.has_yerr for c in ax.containers)
+    assert early.get_ylim() == final.get_ylim()  # one y range for both panels
+    (ticket,) = [c for c in early.containers if c.get_label() == report.branch_label("main")]
+    np.testing.assert_allclose(np.asarray(ticket.lines[0].get_ydata(), float), [90.0, 91.0])  # early-stop means, %
+
+
+def test_one_replicate_says_so_and_draws_no_error_bars(tmp_path, drawn):
+    experiment = str(tmp_path / "root" / "lottery_one")
+    _write(experiment, 0, 0, "main", 1.0, 0.90, 1000, 0.91)
+    _write(experiment, 0, 1, "main", 0.8, 0.91, 900, 0.92)
+    assert report.main([experiment, "--out", str(tmp_path / "out")]) == 0
+    for ax in drawn["accuracy_vs_weights.png"].axes + drawn["early_stop_vs_weights.png"].axes:
+        assert "one replicate (no spread)" in ax.get_title() and "1 replicates" not in ax.get_title()
+        assert not any(c.has_yerr for c in ax.containers)
+
+
+def test_curves_plot_lines_and_missing_level_warning(two_replicates, tmp_path, drawn, capsys):
+    _, experiment = two_replicates
+    assert report.main([experiment, "--out", str(tmp_path / "out"), "--curve_levels=0,1,11"]) == 0
+    (ax,) = drawn["curves_lottery_abc.png"].axes
+    assert [l.get_label() for l in ax.get_lines()] == ["level 0: 100.0% of weights", "level 1: 80.0% of weights"]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [10.0, 90.0, 89.0])
+    assert "first evaluation, below" in ax.get_ylabel()  # the 10% start is off the axis, and it says so
+    assert "warning: --curve_levels: level(s) 11 not found" in capsys.readouterr().err
