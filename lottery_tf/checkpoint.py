@@ -120,11 +120,13 @@ def latest(folder: str, warn=None) -> Checkpoint | None:
     """The newest checkpoint that verifies; corrupted ones are reported and skipped."""
     warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr, flush=True))
     metas = sorted(glob.glob(os.path.join(folder, "ckpt-*.json")), reverse=True)
-    for meta in metas:
+    for index, meta in enumerate(metas):
         try:
             return read(meta)
         except CheckpointError as error:
-            warn(f"checkpoint {error}; falling back to the previous one")
+            last = index == len(metas) - 1
+            warn(f"checkpoint {error}; " + ("no usable checkpoint is left: the level restarts from its first step"
+                                            if last else "falling back to the previous one"))
     return None
 
 

@@ -308,6 +308,20 @@ def _fraction(flag: str, value: Any) -> None:
         raise ConfigError(flag, f"expected a fraction in (0, 1), got {value!r}")
 
 
+def _number(flag: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False,
+            what: str = "a number") -> None:
+    """A finite number in [low, high] (open ends where asked); NaN, infinity and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(flag, f"expected {what} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, got {value!r}")
+    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        raise ConfigError(flag, f"expected {what} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, got {value!r}")
+
+
+# Upper bounds that no recipe needs and a typo easily gives (1e3 for 1e-3).
+MAX_LEARNING_RATE = 100.0
+MAX_WEIGHT_DECAY = 1.0
+
+
 def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> None:
     """Checks every setting that can be checked before training.
 
@@ -344,14 +358,11 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
 
     if training.optimizer not in OPTIMIZERS:
         raise ConfigError("optimizer", f"unknown optimizer {training.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    if not training.learning_rate > 0:
-        raise ConfigError("learning_rate", f"expected a number > 0, got {training.learning_rate!r}")
-    if not 0 <= training.momentum < 1:
-        raise ConfigError("momentum", f"expected a number in [0, 1), got {training.momentum!r}")
+    _number("learning_rate", training.learning_rate, 0, MAX_LEARNING_RATE, low_open=True)
+    _number("momentum", training.momentum, 0, 1, high_open=True)
     if training.weight_decay_mode not in ("decoupled", "l2"):
         raise ConfigError("weight_decay_mode", f"expected decoupled or l2, got {training.weight_decay_mode!r}")
-    if training.weight_decay < 0:
-        raise ConfigError("weight_decay", f"expected a number >= 0, got {training.weight_decay!r}")
+    _number("weight_decay", training.weight_decay, 0, MAX_WEIGHT_DECAY, high_open=True)
     if training.optimizer == "adamw" and training.weight_decay_mode == "l2":
         raise ConfigError("weight_decay_mode", "l2 cannot be combined with --optimizer=adamw, whose weight decay is decoupled by definition; use --optimizer=adam --weight_decay_mode=l2 for Adam with L2")
     _integer("batch_size", training.batch_size, 1)
@@ -363,13 +374,11 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     for milestone in training.lr_milestones:
         if isinstance(milestone, bool) or not isinstance(milestone, int) or not 0 < milestone < training.iterations:
             raise ConfigError("lr_milestones", f"expected steps in (0, --iterations={training.iterations}), got {milestone!r}")
-    if not 0 < training.lr_gamma <= 1:
-        raise ConfigError("lr_gamma", f"expected a factor in (0, 1], got {training.lr_gamma!r}")
+    _number("lr_gamma", training.lr_gamma, 0, 1, low_open=True, what="a factor")
     _integer("warmup_iterations", training.warmup_iterations, 0)
     if training.warmup_iterations >= training.iterations:
         raise ConfigError("warmup_iterations", f"must be below --iterations={training.iterations}; got {training.warmup_iterations}")
-    if not 0 <= training.label_smoothing < 1:
-        raise ConfigError("label_smoothing", f"expected a number in [0, 1), got {training.label_smoothing!r}")
+    _number("label_smoothing", training.label_smoothing, 0, 1, high_open=True)
     if training.mixed_precision not in PRECISIONS:
         raise ConfigError("mixed_precision", f"expected one of mixed_float16, mixed_bfloat16 (or empty), got {training.mixed_precision!r}")
     if training.iterations % training.eval_every:
@@ -420,8 +429,7 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
         raise ConfigError("branch_rewind_step", f"must be a multiple of --steps_per_execution={steps}; got {b.rewind_step}")
     if b.optimizer and b.optimizer not in OPTIMIZERS:
         raise ConfigError("branch_optimizer", f"unknown optimizer {b.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    if b.learning_rate < 0:
-        raise ConfigError("branch_learning_rate", f"expected a number > 0 (or 0 = main's), got {b.learning_rate!r}")
+    _number("branch_learning_rate", b.learning_rate, 0, MAX_LEARNING_RATE, what="a number (0 = the main line's)")
     _integer("branch_iterations", b.iterations, 0)
     _integer("branch_batch_size", b.batch_size, 0)
     if b.iterations and (b.iterations % training.eval_every or b.iterations % steps or b.iterations <= pruning.rewind_step):
@@ -434,6 +442,9 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
         raise ConfigError("output_dir", f"{r.output_dir!r} exists and is not a folder")
     _integer("replicates", r.replicates, 1)
     _integer("replicate", r.replicate, -1)
+    if r.replicate >= r.replicates:
+        raise ConfigError("replicate", f"replicate {r.replicate} does not exist with --replicates={r.replicates}; "
+                          f"replicates are numbered 0..{r.replicates - 1} (pass --replicates={r.replicate + 1} or more)")
     _integer("checkpoint_every", r.checkpoint_every, 0)
     if r.strategy not in STRATEGIES:
         raise ConfigError("strategy", f"unknown strategy {r.strategy!r}; expected one of {', '.join(STRATEGIES)}")

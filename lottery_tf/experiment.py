@@ -47,6 +47,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import time
 
 import tensorflow as tf
@@ -220,15 +221,22 @@ def _finish_level(ctx: Context, level: int, branch: str, metrics: dict) -> None:
     barrier(ctx.strategy)  # what the chief wrote is on disk before any worker goes on
 
 
-def _train_lineage(ctx: Context, model, imp: PruneRewindCallback, name: str, levels, origin_of, info=None) -> None:
+def _train_lineage(ctx: Context, model, imp: PruneRewindCallback, name: str, levels, origin_of, info=None,
+                   load_level=None) -> None:
     """Trains ``levels`` of one lineage with one model; ``imp`` prunes and rewinds between them.
 
     Each level's masks are written before it trains, and the next level's masks
     (the pruning decision) before the level is declared done, so a crash in
-    between loses nothing.
+    between loses nothing. A finished level's files are never written again:
+    when the next level is already done (this level's metrics were missing or
+    damaged), its masks stay as they are, and ``load_level(level)`` sets up
+    the model for a level that does not follow the one just trained.
     """
     config = ctx.config
+    previous = None
     for level in levels:
+        if previous is not None and level != previous + 1:
+            load_level(level)
         folder = level_dir(ctx.folder, level, name)
         if info is not None:
             atomic.write_json(os.path.join(folder, "branch.json"), {**info, "level": level})
@@ -238,8 +246,24 @@ def _train_lineage(ctx: Context, model, imp: PruneRewindCallback, name: str, lev
             ctx, model, level, name, origin, config.training.iterations - origin,
             extra_callbacks=[_SaveTrainedState(os.path.join(folder, "final_weights.npz")), imp],
         )
-        atomic.write_npz(os.path.join(level_dir(ctx.folder, level + 1, name), "masks.npz"), get_masks(model))
+        if not is_done(ctx.folder, level + 1, name):
+            atomic.write_npz(os.path.join(level_dir(ctx.folder, level + 1, name), "masks.npz"), get_masks(model))
         _finish_level(ctx, level, name, metrics)
+        previous = level
+
+
+def _todo(ctx: Context, name: str, levels) -> list[int]:
+    """Levels of a lineage still to train; a damaged ``metrics.json`` is named and its level trained again."""
+    todo = []
+    for level in levels:
+        if is_done(ctx.folder, level, name):
+            continue
+        problem = run_dir.damaged_metrics(ctx.folder, level, name)
+        if problem:
+            print(f"warning: {problem}; level {level} [{name}] is trained again (finished levels are not touched)",
+                  file=sys.stderr, flush=True)
+        todo.append(level)
+    return todo
 
 
 def _agreement(ctx: Context):
@@ -256,9 +280,10 @@ def run_main_line(ctx: Context) -> bool:
     if not todo():
         return False
     with locks.hold(ctx.folder, MAIN, config.run.wait_for_lock):
-        if not todo():  # another process finished it while we waited
+        levels = _todo(ctx, MAIN, range(p.levels + 1))
+        if not levels:  # another process finished it while we waited
             return False
-        first = todo()[0]
+        first = levels[0]
         rewind_path = os.path.join(ctx.folder, "rewind_point.npz")
         optimizer_path = os.path.join(ctx.folder, "rewind_optimizer.npz")
         model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
@@ -275,14 +300,18 @@ def run_main_line(ctx: Context) -> bool:
         if os.path.exists(rewind_path):
             imp.rewind_point = rewind.load(rewind_path)
             imp.optimizer_point = _dense_optimizer_at(ctx, p.rewind_step)
-        if first > 0:
+        def load_level(level):
             if imp.rewind_point is None:
-                raise FileNotFoundError(f"{rewind_path} is missing; the run cannot continue at level {first}")
+                raise FileNotFoundError(f"{rewind_path} is missing; the run cannot continue at level {level}")
             # Masks of this level were written when the previous level ended.
-            set_masks(model, atomic.read_npz(os.path.join(level_dir(ctx.folder, first, MAIN), "masks.npz")))
-            imp.level = first
+            set_masks(model, atomic.read_npz(os.path.join(level_dir(ctx.folder, level, MAIN), "masks.npz")))
+            imp.level = level
             imp.rewind()
-        _train_lineage(ctx, model, imp, MAIN, range(first, p.levels + 1), lambda level: p.rewind_step if level > 0 else 0)
+
+        if first > 0:
+            load_level(first)
+        _train_lineage(ctx, model, imp, MAIN, levels, lambda level: p.rewind_step if level > 0 else 0,
+                       load_level=load_level)
     return True
 
 
@@ -311,28 +340,32 @@ def run_lr_rewind_lineage(ctx: Context, last_level: int) -> bool:
     if not todo():
         return False
     with locks.hold(ctx.folder, name, config.run.wait_for_lock):
-        if not todo():
+        levels = _todo(ctx, name, range(1, last_level + 1))
+        if not levels:
             return False
-        first = todo()[0]
-        if first == 1:
-            masks_path = os.path.join(level_dir(ctx.folder, 1, MAIN), "masks.npz")
-            weights_path = os.path.join(level_dir(ctx.folder, 0, MAIN), "final_weights.npz")
-        else:
-            masks_path = os.path.join(level_dir(ctx.folder, first, name), "masks.npz")
-            weights_path = os.path.join(level_dir(ctx.folder, first - 1, name), "final_weights.npz")
         model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
-        set_masks(model, atomic.read_npz(masks_path))
-        rewind.restore(model, rewind.load(weights_path))
         mode = config.pruning.rewind_optimizer
         imp = PruneRewindCallback(pruning_spec(config), rewind_step=k, rewind_optimizer=mode, rewind_weights=False,
                                   agree_on_masks=_agreement(ctx))
         imp.set_model(model)
         imp.optimizer_point = _dense_optimizer_at(ctx, k)
-        imp.level = first
-        rewind.reset_optimizer(model.optimizer, k, mode, imp.optimizer_point)
+
+        def load_level(level):
+            if level == 1:
+                masks_path = os.path.join(level_dir(ctx.folder, 1, MAIN), "masks.npz")
+                weights_path = os.path.join(level_dir(ctx.folder, 0, MAIN), "final_weights.npz")
+            else:
+                masks_path = os.path.join(level_dir(ctx.folder, level, name), "masks.npz")
+                weights_path = os.path.join(level_dir(ctx.folder, level - 1, name), "final_weights.npz")
+            set_masks(model, atomic.read_npz(masks_path))
+            rewind.restore(model, rewind.load(weights_path))
+            imp.level = level
+            rewind.reset_optimizer(model.optimizer, k, mode, imp.optimizer_point)
+
+        load_level(levels[0])
         info = {"type": "lr_rewind", "start_step": k, "seed": ctx.seed, "rewind_optimizer": mode,
                 "starts_from": "the previous lr_rewind level's trained weights (level 1: main level 0's)"}
-        _train_lineage(ctx, model, imp, name, range(first, last_level + 1), lambda level: k, info)
+        _train_lineage(ctx, model, imp, name, levels, lambda level: k, info, load_level=load_level)
     return True
 
 
@@ -471,7 +504,7 @@ def run_branch(ctx: Context, name: str, level: int) -> bool:
     if is_done(ctx.folder, level, folder_name):
         return False
     with locks.hold(ctx.folder, f"{folder_name}_level_{level:02d}", ctx.config.run.wait_for_lock):
-        if is_done(ctx.folder, level, folder_name):
+        if not _todo(ctx, folder_name, [level]):
             return False
         start = prepare_branch(ctx, name, level)
         folder = level_dir(ctx.folder, level, start.name)
@@ -565,6 +598,28 @@ def run(config: ExperimentConfig) -> list[dict]:
     return entries
 
 
+def check_model(config: ExperimentConfig, splits) -> None:
+    """Settings that need the model (layers to exclude, per-layer fractions), checked before anything is written.
+
+    Raises:
+        ConfigError: Naming the flag and the valid names.
+    """
+    from lottery_tf.models import build_model
+    from lottery_tf.masking import wrap_model
+
+    try:
+        model = wrap_model(build_model(config.model, splits.input_shape, splits.num_classes),
+                           exclude=config.pruning.exclude_layers)
+    except ValueError as error:
+        raise ConfigError("exclude_layers", str(error).rstrip(".")) from None
+    try:
+        mask_names(model)
+    except ValueError:
+        raise ConfigError("exclude_layers", f"{','.join(config.pruning.exclude_layers)} leaves nothing to prune in "
+                          f"{config.model.name}; exclude fewer layers") from None
+    check_layer_names(config, model)
+
+
 def check_data(config: ExperimentConfig, splits) -> dict | None:
     """The data must be what the run was trained on.
 
@@ -591,6 +646,7 @@ def check_data(config: ExperimentConfig, splits) -> dict | None:
 
 def _run_replicates(config: ExperimentConfig, strategy) -> bool:
     splits = get_splits(config.data)
+    check_model(config, splits)
     record = check_data(config, splits)
     run_dir.prepare(config)  # only now: a command whose data fails writes nothing
     if record is not None:

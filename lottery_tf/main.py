@@ -34,7 +34,8 @@ from absl import app, flags  # noqa: E402
 from lottery_tf import config as config_lib  # noqa: E402
 from lottery_tf import run_dir  # noqa: E402
 from lottery_tf.atomic import CorruptFileError  # noqa: E402
-from lottery_tf.data import DATASETS, DataUnavailableError, train_examples  # noqa: E402  (no TensorFlow)
+from lottery_tf.data import DATASETS, DataUnavailableError, train_examples  # noqa: E402
+from lottery_tf.data.registry import check_sizes  # noqa: E402
 from lottery_tf.models import MODELS  # noqa: E402  (no TensorFlow until a model is built)
 
 FLAGS = flags.FLAGS
@@ -137,9 +138,9 @@ def _length(flag: str, text: str, steps_per_epoch: int) -> int:
     value = str(text).strip()
     try:
         if value.endswith("ep"):
-            return int(round(float(value[:-2]) * steps_per_epoch))
+            return int(round(float(value[:-2]) * steps_per_epoch))  # inf/nan raise Overflow/ValueError
         return int(value[:-2] if value.endswith("it") else value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise config_lib.ConfigError(flag, f"expected a length in steps (500 or 500it) or epochs (2ep), got {text!r}") from None
 
 
@@ -242,6 +243,8 @@ def main(argv):
         config = config_from_flags()
         # Every check that needs no TensorFlow runs before it is imported.
         config_lib.validate(config, DATASETS.names(), MODELS)
+        check_sizes(config.data, config.training.batch_size)
+        _check_initializer(config.model.initializer)
         if FLAGS.dry_run:
             print(config.to_json(), end="")
             print(f"run folder: {run_dir.experiment_dir(config)}")
@@ -265,10 +268,28 @@ def main(argv):
         _fail(str(error))
     except OSError as error:  # disk full, permissions: earlier files are intact
         _fail(f"cannot write {error.filename or 'a run file'}: {error.strerror or error}")
+    except ValueError as error:  # the library's checks on what the user asked for
+        _fail(str(error))
     except Exception as error:  # the library's one-line errors (divergence, locks), by type name
-        if type(error).__name__ in ("DivergedError", "LockedError"):
+        if type(error).__name__ in ("DivergedError", "LockedError", "ReportError"):
             _fail(str(error))
-        raise
+        # Anything else is our bug, not the user's mistake: the traceback, and a line saying so.
+        import traceback
+
+        traceback.print_exc()
+        _fail(f"{type(error).__name__}: {error}. This is a bug in lottery_tf, not in your settings; please "
+              "report it with the command line and the traceback above")
+
+
+def _check_initializer(name: str) -> None:
+    from lottery_tf.keras_compat import keras
+
+    try:
+        keras.initializers.get(name)
+    except (ValueError, TypeError):
+        raise config_lib.ConfigError(
+            "initializer", f"unknown Keras initializer {name!r}; expected a name such as glorot_normal, "
+            "glorot_uniform, he_normal, he_uniform, lecun_normal") from None
 
 
 def _duration(seconds: float) -> str:

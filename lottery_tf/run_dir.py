@@ -46,9 +46,32 @@ def level_dir(replicate_folder: str, level: int, branch: str) -> str:
     return os.path.join(replicate_folder, f"level_{level:02d}", branch)
 
 
+REQUIRED_METRICS = ("level", "branch", "density", "iterations", "curves")
+
+
+def metrics_problem(path: str) -> str | None:
+    """What is wrong with a ``metrics.json`` (None if it is a complete record)."""
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError) as error:
+        return f"{path} is unreadable ({error})"
+    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_METRICS):
+        missing = [k for k in REQUIRED_METRICS if not isinstance(record, dict) or k not in record]
+        return f"{path} is incomplete (no {', '.join(missing)})"
+    return None
+
+
 def is_done(replicate_folder: str, level: int, branch: str) -> bool:
-    """Whether that level's metrics were written (the last file a level writes)."""
-    return os.path.isfile(os.path.join(level_dir(replicate_folder, level, branch), "metrics.json"))
+    """Whether that level's metrics were written (the last file a level writes) and are a complete record."""
+    path = os.path.join(level_dir(replicate_folder, level, branch), "metrics.json")
+    return os.path.isfile(path) and metrics_problem(path) is None
+
+
+def damaged_metrics(replicate_folder: str, level: int, branch: str) -> str | None:
+    """The problem of a level's ``metrics.json`` that exists but is not a complete record."""
+    path = os.path.join(level_dir(replicate_folder, level, branch), "metrics.json")
+    return metrics_problem(path) if os.path.isfile(path) else None
 
 
 def levels_with(replicate_folder: str, branch: str, filename: str) -> list[int]:

@@ -23,6 +23,8 @@ import sys
 from collections import defaultdict
 
 from lottery_tf import atomic, checkpoint, run_dir
+from lottery_tf.config import ExperimentConfig
+from lottery_tf.pruning import fingerprint
 
 
 def _ranges(levels) -> str:
@@ -67,13 +69,22 @@ def check_replicate(folder: str) -> dict:
                     corrupted.append(str(error))
             corrupted.extend(checkpoint.verify_all(checkpoints))
             if os.path.exists(metrics):
-                try:
-                    with open(metrics) as handle:
-                        record = json.load(handle)
-                    done[branch].append(level)
-                except (OSError, ValueError) as error:
-                    corrupted.append(f"{metrics} is unreadable ({error})")
+                problem = run_dir.metrics_problem(metrics)
+                if problem:
+                    corrupted.append(problem)
                     continue
+                with open(metrics) as handle:
+                    record = json.load(handle)
+                done[branch].append(level)
+                masks_path = os.path.join(branch_folder, "masks.npz")
+                if os.path.exists(masks_path) and record.get("masks_sha256"):
+                    try:
+                        found = fingerprint(atomic.read_npz(masks_path))
+                    except atomic.CorruptFileError:
+                        found = None  # reported below as unreadable
+                    if found is not None and found != record["masks_sha256"]:
+                        corrupted.append(f"{masks_path} has mask fingerprint {found}, but {metrics} says its level "
+                                         f"trained with {record['masks_sha256']}: the masks were changed")
                 bad = _non_finite_curves(record)
                 if bad:
                     corrupted.append(f"{metrics}: {', '.join(bad)} contain NaN or infinity: the level diverged and "
@@ -90,6 +101,19 @@ def check_replicate(folder: str) -> dict:
             atomic.read_npz(npz)
         except atomic.CorruptFileError as error:
             corrupted.append(str(error))
+    main_done = sorted(done.get(run_dir.MAIN, []))
+    if main_done:
+        gaps = sorted(set(range(main_done[-1] + 1)) - set(main_done))
+        for level in gaps:
+            corrupted.append(f"{run_dir.level_dir(folder, level, run_dir.MAIN)}/metrics.json is missing, but later "
+                             f"levels are done (the next run trains level {level} again)")
+        if not os.path.exists(os.path.join(folder, "rewind_point.npz")):
+            corrupted.append(f"{os.path.join(folder, 'rewind_point.npz')} is missing: levels after 0 cannot be "
+                             "trained or extended")
+    locked = os.path.isdir(os.path.join(folder, ".locks")) and os.listdir(os.path.join(folder, ".locks"))
+    for leftover in glob.glob(os.path.join(folder, "**", ".tmp-*"), recursive=True):
+        if not locked:  # a running process may be writing it
+            corrupted.append(f"{leftover} is a leftover temporary file (an interrupted write); delete it")
     return {"done": dict(done), "incomplete": incomplete, "corrupted": corrupted}
 
 
@@ -104,6 +128,13 @@ def check(root: str) -> list[dict]:
                 record["settings"] = json.load(handle)
         except (OSError, ValueError) as error:
             record["corrupted"].append(f"{os.path.join(experiment, 'identity.json')} is unreadable ({error})")
+        settings_path = os.path.join(experiment, "settings.json")
+        if os.path.exists(settings_path):
+            try:
+                with open(settings_path) as handle:
+                    ExperimentConfig.from_dict(json.load(handle))
+            except (OSError, ValueError) as error:
+                record["corrupted"].append(f"{settings_path} is not a lottery_tf settings file ({error})")
         for replicate in run_dir.replicates_of(experiment):
             record["replicates"][os.path.basename(replicate)] = check_replicate(replicate)
         records.append(record)

@@ -156,6 +156,8 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
         ("--checkpoint_every=7", "--checkpoint_every: must be a multiple of --steps_per_execution=50; got 7"),
         ("--data_dir=/no/such/folder", "--data_dir: '/no/such/folder' is not a readable folder of MNIST-format IDX files"),
         ("--flagfile=flags/nope.flags", "--flagfile: 'flags/nope.flags' does not exist or is not readable"),
+        ("--validation_examples=0", "--validation_examples: must be >= 1: early stopping picks the step of lowest validation loss, which needs a validation set"),
+        ("--rewind_optimizer=zero", "--rewind_optimizer: expected one of fresh, reset, restore, got 'zero'"),
     ],
 )
 def test_bad_input_one_line_error_nothing_written(tmp_path, flag, message):

@@ -8,7 +8,7 @@ import pytest
 
 from lottery_tf import run_dir
 from lottery_tf.config import (
-    BranchConfig, ConfigError, ExperimentConfig, RunConfig, TrainingConfig, experiment_hash,
+    BranchConfig, ConfigError, ExperimentConfig, PruningConfig, RunConfig, TrainingConfig, experiment_hash,
     non_default_identity, parse_levels, replicate_seed, validate,
 )
 
@@ -133,3 +133,20 @@ def test_run_folder_identity_checked(tmp_path):
         json.dump({"seed": 3}, handle)
     with pytest.raises(ConfigError, match="does not match these settings"):
         run_dir.prepare(config)
+
+
+def test_adamw_with_l2_is_refused():
+    config = ExperimentConfig(training=TrainingConfig(optimizer="adamw", weight_decay=1e-4, weight_decay_mode="l2"))
+    with pytest.raises(ConfigError, match=r"--weight_decay_mode: l2 cannot be combined with --optimizer=adamw"):
+        validate(config)
+
+
+def test_rewind_optimizer_is_in_the_identity_only_when_it_matters():
+    at_zero = {mode: experiment_hash(ExperimentConfig(pruning=PruningConfig(rewind_optimizer=mode)))
+               for mode in ("fresh", "reset", "restore")}
+    assert len(set(at_zero.values())) == 1  # at step 0 all three compute the same thing
+    assert at_zero["fresh"] == experiment_hash(ExperimentConfig())  # old k = 0 runs keep their folder
+    at_k = {mode: non_default_identity(ExperimentConfig(pruning=PruningConfig(rewind_step=500, rewind_optimizer=mode)))
+            for mode in ("fresh", "reset", "restore")}
+    assert at_k["fresh"]["pruning.rewind_optimizer"] == "fresh"  # recorded even at its default
+    assert len({json.dumps(v, sort_keys=True) for v in at_k.values()}) == 3

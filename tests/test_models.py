@@ -67,3 +67,18 @@ def test_unknown_and_malformed_names_list_the_families():
     assert "keras.applications.EfficientNetB0" in MODELS and "keras.applications.nope" not in MODELS
     with pytest.raises(ValueError, match=r"unknown model 'cifar_resnet_21'; expected one of: .*cifar_resnet_<depth 6n\+2>"):
         MODELS.get("cifar_resnet_21")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "keras.applications.MobileNetV2"])
+def test_initializer_is_applied_to_keras_applications(name):
+    """--initializer is part of the run's identity, so it must change the weights of these models too."""
+    stds = {}
+    for initializer in ("zeros", "he_normal"):
+        keras.utils.set_random_seed(0)
+        model = build_model(ModelConfig(name=name, initializer=initializer), (32, 32, 3), 10)
+        kernels = [v.numpy() for v in model.weights if v.path.endswith("kernel")]
+        stds[initializer] = kernels
+    assert all(not np.any(k) for k in stds["zeros"])  # every kernel from the configured initializer
+    first = stds["he_normal"][0]  # the stem convolution: He normal, std sqrt(2 / fan_in)
+    fan_in = int(np.prod(first.shape[:-1]))
+    assert np.std(first) == pytest.approx(np.sqrt(2 / fan_in), rel=0.15)

@@ -29,11 +29,12 @@ def cli(*args, timeout=300):
 
 def test_diverged_level_stops_with_one_line_and_is_not_done(tmp_path):
     out = str(tmp_path / "run")
-    result = cli("--flagfile=flags/smoke.flags", "--learning_rate=1e9", "--branch=", f"--output_dir={out}")
+    result = cli("--flagfile=flags/smoke.flags", "--optimizer=sgd", "--momentum=0.99", "--learning_rate=50", "--branch=",
+                 f"--output_dir={out}")
     assert result.returncode == 2, result.stderr[-1500:]
     errors = [l for l in result.stderr.splitlines() if l.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: replicate 0 level  0 [main]"), errors
-    assert "diverged at step" in errors[0] and "likely cause" in errors[0] and "learning rate (1e+09)" in errors[0]
+    assert "diverged at step" in errors[0] and "likely cause" in errors[0] and "learning rate (50)" in errors[0]
     assert not glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_*", "*", "metrics.json"))
 
 

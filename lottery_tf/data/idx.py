@@ -71,8 +71,11 @@ def has_idx_files(folder: str) -> bool:
     return True
 
 
-def load_folder(folder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_folder(folder: str, classes: int = 10, image_shape: tuple = (28, 28)) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Loads ``{"train": (images, labels), "test": (images, labels)}``.
+
+    Checks what the MNIST family promises: images of ``image_shape``, as many
+    labels as images, label values in ``[0, classes)``.
 
     Raises:
         IdxError: Naming the folder or file that is missing or malformed.
@@ -81,13 +84,19 @@ def load_folder(folder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise IdxError(f"{folder} is not a readable folder")
     out = {}
     for split, (images_stem, labels_stem) in SPLITS.items():
-        images = read_idx(find_file(folder, images_stem))
-        labels = read_idx(find_file(folder, labels_stem))
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise IdxError(
-                f"{folder}: {split} images {images.shape} and labels {labels.shape} "
-                "do not form an MNIST-style split"
-            )
+        images_path, labels_path = find_file(folder, images_stem), find_file(folder, labels_stem)
+        images = read_idx(images_path)
+        labels = read_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1:
+            raise IdxError(f"{images_path}: images {images.shape} and labels {labels.shape} do not form an MNIST-style split")
+        if tuple(images.shape[1:]) != tuple(image_shape):
+            raise IdxError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}; expected "
+                           f"{image_shape[0]}x{image_shape[1]}")
+        if len(images) != len(labels):
+            raise IdxError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")
+        if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            raise IdxError(f"{labels_path}: label values {int(labels.min())}..{int(labels.max())} are outside "
+                           f"0..{classes - 1}")
         out[split] = (images, labels.astype(np.int64))
     return out
 

@@ -75,8 +75,27 @@ TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "ima
 def train_examples(config: DataConfig) -> int:
     """Examples left for training after the validation split."""
     if config.name == "synthetic":
-        return config.synthetic_train_examples - min(config.validation_examples, config.synthetic_train_examples // 4)
+        return config.synthetic_train_examples - config.validation_examples
     return TRAIN_EXAMPLES[config.name] - config.validation_examples
+
+
+def check_sizes(config: DataConfig, batch_size: int) -> None:
+    """The validation split must leave training data, and a batch must fit in it.
+
+    Raises:
+        ConfigError: Naming the flag, with the dataset's size.
+    """
+    from lottery_tf.config import ConfigError
+
+    total = config.synthetic_train_examples if config.name == "synthetic" else TRAIN_EXAMPLES.get(config.name)
+    if total is None:
+        return
+    if config.validation_examples >= total:
+        raise ConfigError("validation_examples", f"{config.validation_examples} leaves no training data: "
+                          f"{config.name} has {total} training examples")
+    if batch_size > total - config.validation_examples:
+        raise ConfigError("batch_size", f"{batch_size} is larger than the {total - config.validation_examples} "
+                          f"training examples left after --validation_examples={config.validation_examples}")
 
 
 def hold_out_validation(x, y, n_val: int, seed: int = 0):

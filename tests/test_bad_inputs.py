@@ -1,0 +1,213 @@
+"""Every bad input is one line, and nothing finished is ever overwritten.
+
+The table runs the CLI's own entry point (lottery_tf.main.run, absl flags and
+all) in-process, so 70 cases take seconds: each must exit with status 2 and
+print exactly one line on stderr, starting with ``error:`` and naming the flag
+or file, while a finished run in the same --output_dir stays byte-identical.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+
+from conftest import REPO
+from lottery_tf import main as cli_main
+from lottery_tf.data import idx
+from test_data import write_idx_folder
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+BASE = ["--flagfile=flags/smoke.flags", "--branch=", "--levels=1"]
+
+
+def snapshot(root):
+    return {p: open(p, "rb").read() for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if os.path.isfile(p)}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("finished") / "runs")
+    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", *BASE, f"--output_dir={out}"], cwd=REPO,
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-1500:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def idx_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idx")
+    folders = {}
+    for name in ("labels_out_of_range", "count_mismatch", "image_size"):
+        folder = str(root / name)
+        os.makedirs(folder)
+        write_idx_folder(folder, n_train=120, n_test=40)
+        folders[name] = folder
+    idx.write_idx(os.path.join(folders["labels_out_of_range"], "train-labels-idx1-ubyte.gz"), np.arange(120) % 12)
+    idx.write_idx(os.path.join(folders["count_mismatch"], "t10k-labels-idx1-ubyte.gz"), np.arange(39) % 10)
+    idx.write_idx(os.path.join(folders["image_size"], "t10k-images-idx3-ubyte.gz"), np.zeros((40, 32, 32)))
+    return folders
+
+
+CASES = [
+    # Floats: NaN, infinity, negative, out of range, huge.
+    (["--learning_rate=inf"], "--learning_rate"), (["--learning_rate=nan"], "--learning_rate"),
+    (["--learning_rate=-1"], "--learning_rate"), (["--learning_rate=0"], "--learning_rate"),
+    (["--learning_rate=1e9"], "--learning_rate"), (["--momentum=nan"], "--momentum"), (["--momentum=1"], "--momentum"),
+    (["--momentum=-0.1"], "--momentum"), (["--weight_decay=nan"], "--weight_decay"), (["--weight_decay=inf"], "--weight_decay"),
+    (["--weight_decay=-1"], "--weight_decay"), (["--weight_decay=5"], "--weight_decay"),
+    (["--label_smoothing=nan"], "--label_smoothing"), (["--label_smoothing=1"], "--label_smoothing"),
+    (["--label_smoothing=-0.1"], "--label_smoothing"), (["--lr_gamma=nan"], "--lr_gamma"), (["--lr_gamma=0"], "--lr_gamma"),
+    (["--lr_gamma=2"], "--lr_gamma"), (["--pruning_fraction=nan"], "--pruning_fraction"),
+    (["--pruning_fraction=0"], "--pruning_fraction"), (["--pruning_fraction=1"], "--pruning_fraction"),
+    (["--output_pruning_fraction=nan"], "--output_pruning_fraction"),
+    (["--output_pruning_fraction=1.5"], "--output_pruning_fraction"),
+    (["--layer_pruning_fractions=fc1/kernel=nan"], "--layer_pruning_fractions"),
+    (["--layer_pruning_fractions=fc1/kernel"], "--layer_pruning_fractions"),
+    (["--layer_pruning_fractions=nope/kernel=0.2"], "--layer_pruning_fractions"),
+    (["--branch_learning_rate=nan"], "--branch_learning_rate"), (["--branch_learning_rate=-1"], "--branch_learning_rate"),
+    # Lengths.
+    (["--warmup=infep"], "--warmup"), (["--iterations=infep"], "--iterations"), (["--iterations=nanep"], "--iterations"),
+    (["--iterations=0"], "--iterations"), (["--iterations=abc"], "--iterations"), (["--eval_every=0"], "--eval_every"),
+    (["--eval_every=7"], "--eval_every"), (["--steps_per_execution=-1"], "--steps_per_execution"),
+    (["--checkpoint_every=7"], "--checkpoint_every"), (["--rewind_step=-1"], "--rewind_step"),
+    (["--rewind_step=500"], "--rewind_step"), (["--rewind_step=7", "--steps_per_execution=50"], "--rewind_step"),
+    # Sizes.
+    (["--batch_size=0"], "--batch_size"), (["--batch_size=100000"], "--batch_size"),
+    (["--validation_examples=0"], "--validation_examples"), (["--validation_examples=-5"], "--validation_examples"),
+    (["--validation_examples=5000"], "--validation_examples"),
+    (["--dataset=fashion_mnist", "--validation_examples=60000"], "--validation_examples"),
+    (["--synthetic_shape=32,x"], "--synthetic_shape"), (["--synthetic_classes=1"], "--synthetic_classes"),
+    (["--replicate=5"], "--replicate"), (["--replicates=0"], "--replicates"), (["--seed=-1"], "--seed"),
+    (["--levels=-1"], "--levels"),
+    # Names.
+    (["--initializer=bogus"], "--initializer"), (["--exclude_layers=fc1,fc2,output"], "--exclude_layers"),
+    (["--exclude_layers=nope"], "--exclude_layers"), (["--rewind_optimizer=zero"], "--rewind_optimizer"),
+    (["--optimizer=nadam"], "--optimizer"), (["--optimizer=adamw", "--weight_decay_mode=l2"], "--weight_decay_mode"),
+    (["--weight_decay_mode=l1"], "--weight_decay_mode"), (["--lr_schedule=linear"], "--lr_schedule"),
+    (["--lr_milestones=500"], "--lr_milestones"), (["--mixed_precision=fp8"], "--mixed_precision"),
+    (["--strategy=gpus"], "--strategy"), (["--tpu=x"], "--tpu"), (["--model=resnet"], "--model"),
+    (["--dataset=cifar"], "--dataset"), (["--pruning_method=random"], "--pruning_method"),
+    (["--random_prune_scope=bad", "--branch=random_prune", "--branch_levels=1"], "--random_prune_scope"),
+    (["--branch=shuffle", "--branch_levels=1"], "--branch"), (["--branch=reinit", "--branch_levels=9"], "--branch_levels"),
+    (["--branch=lr_rewind", "--branch_levels=0"], "--branch_levels"), (["--branch=rewind", "--branch_levels=1"], "--branch_rewind_step"),
+    (["--branch=reinit", "--branch_levels=a-b"], "--branch_levels"),
+    # Files.
+    (["--data_dir=/no/such/folder"], "--data_dir"), (["--flagfile=flags/nope.flags"], "--flagfile"),
+    (["--dataset=mnist", "--data_dir={labels_out_of_range}", "--validation_examples=20", "--batch_size=20"], "train-labels-idx1-ubyte.gz: label values 0..11 are outside 0..9"),
+    (["--dataset=mnist", "--data_dir={count_mismatch}", "--validation_examples=20", "--batch_size=20"], "t10k-labels-idx1-ubyte.gz: 39 labels for 40 images"),
+    (["--dataset=mnist", "--data_dir={image_size}", "--validation_examples=20", "--batch_size=20"], "t10k-images-idx3-ubyte.gz: images are 32x32; expected 28x28"),
+]
+
+
+def test_at_least_sixty_bad_inputs():
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("extra, named", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+def test_bad_input_is_one_line_and_leaves_finished_work_alone(finished, idx_folders, capfd, extra, named):
+    extra = [e.format(**idx_folders) for e in extra]
+    before = snapshot(finished)
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.run(["lottery_tf.main", *BASE, *extra, f"--output_dir={finished}"])
+    captured = capfd.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2, captured.err[-1500:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert named in lines[0], lines[0]
+    assert snapshot(finished) == before
+    assert not [p for p in glob.glob(os.path.join(os.path.dirname(finished), "**", "lottery_*"), recursive=True)
+                if not glob.glob(os.path.join(p, "replicate_*"))]  # no empty run folders left behind
+
+
+# -- damaged run stores -----------------------------------------------------------------
+
+
+def _run(out, *extra):
+    return subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=",
+                           f"--output_dir={out}", *extra], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def three_levels(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("three") / "runs")
+    assert _run(out).returncode == 0
+    return out
+
+
+def _level_files(root, level):
+    (rep,) = glob.glob(os.path.join(root, "lottery_*", "replicate_0"))
+    return {p: open(p, "rb").read() for p in glob.glob(os.path.join(rep, f"level_{level:02d}", "main", "*"))}
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "empty_object"])
+def test_damaged_middle_level_is_retrained_alone(three_levels, tmp_path, damage):
+    root = str(tmp_path / "runs")
+    shutil.copytree(three_levels, root)
+    (path,) = glob.glob(os.path.join(root, "lottery_*", "replicate_0", "level_01", "main", "metrics.json"))
+    if damage == "missing":
+        os.remove(path)
+    else:
+        with open(path, "w") as handle:
+            handle.write('{"level": 1, "bra' if damage == "truncated" else "{}")
+    level0, level2, level3_masks = _level_files(root, 0), _level_files(root, 2), _level_files(root, 3)
+    health = subprocess.run([sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert health.returncode == 1 and path in health.stdout
+    result = _run(root)
+    assert result.returncode == 0, result.stderr[-1500:]
+    if damage != "missing":
+        assert f"warning: {path} is " in result.stderr and "level 1 [main] is trained again" in result.stderr
+    assert "level  1 [main] done" in result.stdout and "level  2 [main] done" not in result.stdout
+    assert _level_files(root, 0) == level0 and _level_files(root, 2) == level2 and _level_files(root, 3) == level3_masks
+    assert json.load(open(path))["level"] == 1
+
+
+def test_both_checkpoints_corrupted_says_the_level_restarts(tmp_path):
+    out = str(tmp_path / "runs")
+    env = {**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:3"}
+    subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=",
+                    f"--output_dir={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    for npz in glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_00", "main", "checkpoints", "*.npz")):
+        with open(npz, "r+b") as handle:
+            handle.truncate(10)
+    result = _run(out)
+    assert result.returncode == 0
+    warnings = [l for l in result.stderr.splitlines() if l.startswith("warning: checkpoint")]
+    assert len(warnings) == 2 and warnings[0].endswith("falling back to the previous one")
+    assert warnings[1].endswith("no usable checkpoint is left: the level restarts from its first step")
+
+
+def test_health_check_names_every_damage(three_levels, tmp_path):
+    root = str(tmp_path / "runs")
+    shutil.copytree(three_levels, root)
+    (experiment,) = glob.glob(os.path.join(root, "lottery_*"))
+    rep = os.path.join(experiment, "replicate_0")
+    os.remove(os.path.join(rep, "level_01", "main", "metrics.json"))  # a gap between done levels
+    with open(os.path.join(rep, "level_00", "main", "metrics.json"), "w") as handle:
+        handle.write("{}")
+    masks = dict(np.load(os.path.join(rep, "level_02", "main", "masks.npz")))
+    first = next(iter(masks))
+    masks[first] = masks[first].copy()
+    masks[first].flat[0] = 1 - masks[first].flat[0]
+    np.savez(os.path.join(rep, "level_02", "main", "masks.npz"), **masks)
+    os.remove(os.path.join(rep, "rewind_point.npz"))
+    open(os.path.join(rep, "level_00", "main", ".tmp-abc123"), "w").close()
+    with open(os.path.join(experiment, "settings.json"), "w") as handle:
+        handle.write('{"no": "settings"}')
+    health = subprocess.run([sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert health.returncode == 1
+    out = health.stdout
+    assert "level_01/main/metrics.json is missing, but later levels are done" in out
+    assert "level_00/main/metrics.json is incomplete (no level, branch, density, iterations, curves)" in out
+    assert "level_02/main/masks.npz has mask fingerprint" in out
+    assert "rewind_point.npz is missing" in out
+    assert ".tmp-abc123 is a leftover temporary file" in out
+    assert "settings.json is not a lottery_tf settings file" in out
