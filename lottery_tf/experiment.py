@@ -62,7 +62,7 @@ from lottery_tf.distribute import (barrier, broadcast_from_chief, is_chief, is_m
 from lottery_tf.keras_compat import keras
 from lottery_tf.masking import apply_masks, get_masks, layer_densities, mask_names, overall_density, set_masks
 from lottery_tf.monitor import PeriodicEvaluation, summarize_curves
-from lottery_tf.pruning import PruningSpec, fingerprint, random_masks_like, resolve_mask_name
+from lottery_tf.pruning import PruningSpec, fingerprint, random_masks_like
 from lottery_tf.recipe import (build_masked_model, compiled_fast_path, evaluation_splits, make_loss,  # noqa: F401
                                train_pipeline, training_batches)
 from lottery_tf.optimizers import make_optimizer  # noqa: F401  (re-exported for callers of experiment)
