@@ -110,7 +110,8 @@ def test_at_least_sixty_bad_inputs():
 
 
 @pytest.mark.parametrize("extra, named", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
-def test_bad_input_is_one_line_and_leaves_finished_work_alone(finished, idx_folders, capfd, extra, named):
+def test_bad_input_is_one_line_and_leaves_finished_work_alone(finished, idx_folders, capfd, monkeypatch, extra, named):
+    monkeypatch.chdir(REPO)  # flagfiles are relative to the repository
     extra = [e.format(**idx_folders) for e in extra]
     before = snapshot(finished)
     flags.FLAGS.unparse_flags()

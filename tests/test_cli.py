@@ -160,11 +160,21 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
         ("--rewind_optimizer=zero", "--rewind_optimizer: expected one of fresh, reset, restore, got 'zero'"),
     ],
 )
-def test_bad_input_one_line_error_nothing_written(tmp_path, flag, message):
+def test_bad_input_one_line_error_nothing_written(tmp_path, capfd, monkeypatch, flag, message):
+    # The CLI's entry point in-process (absl flags and all): a process per case would
+    # spend most of its time importing TensorFlow. test_output_dir_that_is_a_file and
+    # test_trust.py run the same path in real processes.
+    from absl import flags
+
+    from lottery_tf import main as cli_main
+
+    monkeypatch.chdir(REPO)
     out = str(tmp_path / "run")
-    result = smoke(out, flag)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {message}"]
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.run(["lottery_tf.main", "--flagfile=flags/smoke.flags", f"--output_dir={out}", flag])
+    assert exit_info.value.code == 2
+    assert capfd.readouterr().err.strip().splitlines() == [f"error: {message}"]
     assert not os.path.exists(out)
 
 
@@ -213,11 +223,19 @@ def test_helpfull_lists_every_flag_with_help():
 
 
 @pytest.mark.parametrize("flagfile", sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "flags", "*.flags"))))
-def test_every_flagfile_validates(flagfile, tmp_path):
-    result = cli(f"--flagfile=flags/{flagfile}", "--dry_run", f"--output_dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    settings = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
-    assert result.stdout.strip().splitlines()[-1].startswith(f"run folder: {tmp_path}/lottery_")
+def test_every_flagfile_validates(flagfile, tmp_path, capfd, monkeypatch):
+    from absl import flags
+
+    from lottery_tf import main as cli_main
+
+    monkeypatch.chdir(REPO)
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exit_info:  # absl's app.run exits after main returns
+        cli_main.run(["lottery_tf.main", f"--flagfile=flags/{flagfile}", "--dry_run", f"--output_dir={tmp_path}"])
+    captured = capfd.readouterr()
+    assert exit_info.value.code in (0, None), captured.err[-2000:]
+    settings = json.loads(captured.out[: captured.out.rindex("}") + 1])
+    assert captured.out.strip().splitlines()[-1].startswith(f"run folder: {tmp_path}/lottery_")
     assert not os.listdir(tmp_path)  # a dry run writes nothing
     if settings["pruning"]["layer_fractions"]:
         from lottery_tf.config import ModelConfig
