@@ -62,7 +62,7 @@ from lottery_tf.distribute import (barrier, broadcast_from_chief, is_chief, is_m
 from lottery_tf.keras_compat import keras
 from lottery_tf.masking import apply_masks, get_masks, layer_densities, mask_names, overall_density, set_masks
 from lottery_tf.monitor import PeriodicEvaluation, summarize_curves
-from lottery_tf.pruning import PruningSpec, fingerprint, random_masks_like
+from lottery_tf.pruning import PruningSpec, fingerprint, random_masks_like, resolve_mask_name
 from lottery_tf.recipe import (build_masked_model, compiled_fast_path, evaluation_splits, make_loss,  # noqa: F401
                                train_pipeline, training_batches)
 from lottery_tf.optimizers import make_optimizer  # noqa: F401  (re-exported for callers of experiment)
@@ -370,15 +370,17 @@ def run_lr_rewind_lineage(ctx: Context, last_level: int) -> bool:
 
 
 def check_layer_names(config: ExperimentConfig, model) -> None:
-    """Per-layer fractions must name masked weights of the model.
+    """Per-layer fractions must name masked weights of the model (or layers with one mask).
 
     Raises:
         ConfigError: Naming the flag and the valid names.
     """
     names = mask_names(model)
-    unknown = [name for name, _ in config.pruning.layer_fractions if name not in names]
-    if unknown:
-        raise ConfigError("layer_pruning_fractions", f"{', '.join(unknown)} match no masked weight; the model has {', '.join(names)}")
+    for name, _ in config.pruning.layer_fractions:
+        try:
+            resolve_mask_name(name, names, "layer_pruning_fractions")
+        except ValueError as error:
+            raise ConfigError("layer_pruning_fractions", str(error).split(": ", 1)[1].rstrip(".")) from None
 
 
 # -- branches ---------------------------------------------------------------------

@@ -258,5 +258,15 @@ def test_unknown_layer_fraction_names_the_flag(tmp_path):
     result = smoke(str(tmp_path / "run"), "--layer_pruning_fractions=conv9/kernel=0.1")
     assert result.returncode == 2
     (line,) = error_lines(result)
-    assert line == ("error: --layer_pruning_fractions: conv9/kernel match no masked weight; "
+    assert line == ("error: --layer_pruning_fractions: 'conv9/kernel' matches no masked weight; "
                     "the model has fc1/kernel, fc2/kernel, output/kernel")
+    assert not os.path.exists(tmp_path / "run")  # checked before the run folder is written
+
+
+def test_layer_fraction_may_name_a_layer_with_one_mask(tmp_path):
+    """`fc1=0.5` means fc1/kernel, as in the library."""
+    result = smoke(str(tmp_path / "run"), "--layer_pruning_fractions=fc1=0.5", "--levels=1", "--branch=")
+    assert result.returncode == 0, result.stderr[-1500:]
+    (metrics,) = glob.glob(os.path.join(str(tmp_path / "run"), "lottery_*", "replicate_0", "level_01", "main", "metrics.json"))
+    densities = json.load(open(metrics))["layer_densities"]
+    assert densities["fc1/kernel"] == 0.5 and densities["fc2/kernel"] == 0.8
