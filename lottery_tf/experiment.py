@@ -274,10 +274,7 @@ def run_main_line(ctx: Context) -> bool:
     """Trains main levels 0..levels not yet done. Returns whether it trained any."""
     config, p = ctx.config, ctx.config.pruning
 
-    def todo():
-        return [lvl for lvl in range(p.levels + 1) if not is_done(ctx.folder, lvl, MAIN)]
-
-    if not todo():
+    if all(is_done(ctx.folder, level, MAIN) for level in range(p.levels + 1)):
         return False
     with locks.hold(ctx.folder, MAIN, config.run.wait_for_lock):
         levels = _todo(ctx, MAIN, range(p.levels + 1))
@@ -300,6 +297,7 @@ def run_main_line(ctx: Context) -> bool:
         if os.path.exists(rewind_path):
             imp.rewind_point = rewind.load(rewind_path)
             imp.optimizer_point = _dense_optimizer_at(ctx, p.rewind_step)
+
         def load_level(level):
             if imp.rewind_point is None:
                 raise FileNotFoundError(f"{rewind_path} is missing; the run cannot continue at level {level}")
@@ -334,10 +332,7 @@ def run_lr_rewind_lineage(ctx: Context, last_level: int) -> bool:
     name = branch_folder_name(config, "lr_rewind")
     k = lr_rewind_step(config)
 
-    def todo():
-        return [lvl for lvl in range(1, last_level + 1) if not is_done(ctx.folder, lvl, name)]
-
-    if not todo():
+    if all(is_done(ctx.folder, level, name) for level in range(1, last_level + 1)):
         return False
     with locks.hold(ctx.folder, name, config.run.wait_for_lock):
         levels = _todo(ctx, name, range(1, last_level + 1))
