@@ -617,19 +617,18 @@ def check_model(config: ExperimentConfig, splits) -> None:
     check_layer_names(config, model)
 
 
-def check_data(config: ExperimentConfig, splits) -> dict | None:
-    """The data must be what the run was trained on.
+def check_data(config: ExperimentConfig, record: dict) -> bool:
+    """The data (``record``: source, fingerprint, sizes) must be what the run was trained on.
 
     Returns:
-        The data record to write (``data.json``) if the run has none yet.
+        Whether the run has no data record yet (``data.json`` is to be written).
 
     Raises:
         ConfigError: Naming both sources, if the run's data fingerprint differs.
     """
     path = os.path.join(run_dir.experiment_dir(config), "data.json")
-    record = {"source": splits.source, "fingerprint": splits_fingerprint(splits), "sizes": list(splits.sizes())}
     if not os.path.exists(path):
-        return record
+        return True
     previous = run_dir.read_json(path, "data record")
     if previous.get("fingerprint") != record["fingerprint"]:
         raise ConfigError(
@@ -638,18 +637,19 @@ def check_data(config: ExperimentConfig, splits) -> dict | None:
             f"but the data found now is {record['source']} (fingerprint {record['fingerprint']}); point "
             "--data_dir or --tfds_data_dir at the run's data, or use another --output_dir",
         )
-    return None
+    return False
 
 
 def _run_replicates(config: ExperimentConfig, strategy) -> bool:
     splits = get_splits(config.data)
     check_model(config, splits)
-    record = check_data(config, splits)
+    record = {"source": splits.source, "fingerprint": splits_fingerprint(splits), "sizes": list(splits.sizes())}
+    new_data_record = check_data(config, record)
     run_dir.prepare(config)  # only now: a command whose data fails writes nothing
-    if record is not None:
+    if new_data_record:
         atomic.write_json(os.path.join(run_dir.experiment_dir(config), "data.json"), record)
     train, val, test = splits.sizes()
-    print(f"data: {splits.source}  train {train}  val {val}  test {test}  fingerprint {splits_fingerprint(splits)}", flush=True)
+    print(f"data: {splits.source}  train {train}  val {val}  test {test}  fingerprint {record['fingerprint']}", flush=True)
     trained = False
     for r in replicates(config):
         ctx = Context(config, splits, r, replicate_seed(config.seed, r), run_dir.replicate_dir(config, r), strategy)
