@@ -103,12 +103,14 @@ class TrainingConfig:
     label_smoothing: float = 0.0
     mixed_precision: str = ""  # "", mixed_float16, mixed_bfloat16
 
-    def resolved_steps_per_execution(self, rewind_step: int) -> int:
+    def resolved_steps_per_execution(self, *start_steps: int) -> int:
+        """The steps per execution, or (0 = auto) the largest that divides every length and start step."""
         if self.steps_per_execution:
             return self.steps_per_execution
         steps = math.gcd(self.eval_every, self.iterations)
-        if rewind_step:
-            steps = math.gcd(steps, rewind_step)
+        for start in start_steps:
+            if start and start > 0:
+                steps = math.gcd(steps, start)
         return steps
 
 
@@ -126,7 +128,10 @@ class PruningConfig:
     rewind_optimizer: str = "fresh"  # fresh, reset or restore (lottery_tf.rewind.reset_optimizer)
 
 
-BRANCHES = ("reinit", "random_prune", "rewind", "lr_rewind", "lr_rewind_oneshot", "retrain")
+BRANCHES = ("reinit", "random_prune", "rewind", "lr_rewind", "lr_rewind_oneshot", "retrain", "instability", "stability")
+ANALYSIS_BRANCHES = ("instability", "stability")
+ANALYSIS_CONTROLS = ("random_prune", "reinit")
+BATCHNORM_STATISTICS = ("reestimate", "interpolate")
 REWIND_OPTIMIZER = ("fresh", "reset", "restore")
 RANDOM_PRUNE_SCOPES = ("layerwise", "global")
 
@@ -152,6 +157,20 @@ class BranchConfig:
             main line's rewind step).
         optimizer, learning_rate, iterations, batch_size: ``retrain``'s
             overrides; empty / 0 = the main line's value.
+        analysis_rewind_steps: ``instability`` and ``stability``: the steps k
+            the analysed networks start from (empty = the main line's
+            ``rewind_step``).
+        interpolation_points: Points on the linear path (>= 2, both ends).
+        instability_pairs: Pairs of copies per network and step (>= 1).
+        analysis_controls: Controls analysed beside the ticket at levels >= 1:
+            ``random_prune`` (random mask, same per-layer density) and/or
+            ``reinit`` (the mask, a fresh initialization started at k).
+        batchnorm_statistics: ``reestimate`` (default) recomputes BatchNorm's
+            running statistics at every point of a path from fixed training
+            batches; ``interpolate`` interpolates them like the weights.
+        batchnorm_batches: Training batches used to re-estimate them.
+        analysis_train_examples: Size of the fixed training subset the path's
+            train error is measured on (the first examples of the training split).
     """
 
     names: tuple = ()
@@ -162,6 +181,13 @@ class BranchConfig:
     learning_rate: float = 0.0
     iterations: int = 0
     batch_size: int = 0
+    analysis_rewind_steps: tuple = ()
+    interpolation_points: int = 30
+    instability_pairs: int = 2
+    analysis_controls: tuple = ("random_prune",)
+    batchnorm_statistics: str = "reestimate"
+    batchnorm_batches: int = 20
+    analysis_train_examples: int = 10000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +426,7 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
         raise ConfigError("rewind_optimizer", f"expected one of {', '.join(REWIND_OPTIMIZER)}, got {pruning.rewind_optimizer!r}")
     if pruning.rewind_step >= training.iterations:
         raise ConfigError("rewind_step", f"must be below --iterations={training.iterations}; got {pruning.rewind_step}")
-    steps = training.resolved_steps_per_execution(pruning.rewind_step)
+    steps = training.resolved_steps_per_execution(*start_steps(config))
     for flag, value in (("eval_every", training.eval_every), ("iterations", training.iterations), ("rewind_step", pruning.rewind_step)):
         if value % steps:
             raise ConfigError(flag, f"must be a multiple of --steps_per_execution={steps}; got {value}")
@@ -435,6 +461,22 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     if b.iterations and (b.iterations % training.eval_every or b.iterations % steps or b.iterations <= pruning.rewind_step):
         raise ConfigError("branch_iterations", f"must be a multiple of --eval_every and above --rewind_step; got {b.iterations}")
 
+    if any(name in ANALYSIS_BRANCHES for name in b.names):
+        for k in b.analysis_rewind_steps:
+            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < training.iterations:
+                raise ConfigError("analysis_rewind_steps", f"step {k!r} is beyond the training: expected steps in [0, --iterations={training.iterations})")
+            if k % steps:
+                raise ConfigError("analysis_rewind_steps", f"must be multiples of --steps_per_execution={steps}; got {k}")
+        _integer("interpolation_points", b.interpolation_points, 2)
+        _integer("instability_pairs", b.instability_pairs, 1)
+        for control in b.analysis_controls:
+            if control not in ANALYSIS_CONTROLS:
+                raise ConfigError("analysis_controls", f"unknown control {control!r}; expected some of {', '.join(ANALYSIS_CONTROLS)}")
+        if b.batchnorm_statistics not in BATCHNORM_STATISTICS:
+            raise ConfigError("batchnorm_statistics", f"expected one of {', '.join(BATCHNORM_STATISTICS)}, got {b.batchnorm_statistics!r}")
+        _integer("batchnorm_batches", b.batchnorm_batches, 1)
+        _integer("analysis_train_examples", b.analysis_train_examples, 1)
+
     r = config.run
     if not r.output_dir:
         raise ConfigError("output_dir", "expected a folder path, got an empty string")
@@ -455,6 +497,15 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     _integer("cpu_devices", r.cpu_devices, 0)
     if r.checkpoint_every and r.checkpoint_every % steps:
         raise ConfigError("checkpoint_every", f"must be a multiple of --steps_per_execution={steps}; got {r.checkpoint_every}")
+
+
+def start_steps(config: ExperimentConfig) -> tuple:
+    """Every step a level or branch of this invocation starts training at (for the steps per execution)."""
+    b = config.branches
+    steps = [config.pruning.rewind_step, b.rewind_step]
+    if any(name in ANALYSIS_BRANCHES for name in b.names):
+        steps.extend(b.analysis_rewind_steps)
+    return tuple(s for s in steps if isinstance(s, int) and not isinstance(s, bool) and s > 0)
 
 
 def replicate_seed(seed: int, replicate: int) -> int:

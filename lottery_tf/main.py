@@ -7,6 +7,7 @@ any file written) and handed to lottery_tf.experiment.run.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -88,7 +89,8 @@ flags.DEFINE_string(
     "counter at the rewind step) or restore (the optimizer state saved at the rewind step).")
 flags.DEFINE_integer("seed", 0, "Base seed; each replicate derives its own seed for initialization and data order.")
 # Branches (controls) at chosen levels of the main line
-flags.DEFINE_list("branch", [], "Branches to run: reinit, random_prune, rewind, lr_rewind (its own lineage), lr_rewind_oneshot, retrain (comma-separated).")
+flags.DEFINE_list("branch", [], "Branches to run: reinit, random_prune, rewind, lr_rewind (its own lineage), lr_rewind_oneshot, retrain, "
+                  "and the analyses instability (linear mode connectivity), stability (distances; levels >= 1) (comma-separated).")
 flags.DEFINE_string("branch_levels", "", "Levels to run the branches at, e.g. 0-3,7,11 (must be within 0..--levels).")
 flags.DEFINE_string("random_prune_scope", "layerwise", "random_prune: keep each layer's density (layerwise) or only the overall density (global).")
 flags.DEFINE_string("branch_rewind_step", "-1", "rewind: the step k to rewind to (0 = reset to init; steps or e.g. 2ep); lr_rewind: -1 = the main line's --rewind_step.")
@@ -96,6 +98,18 @@ flags.DEFINE_string("branch_optimizer", "", "retrain: optimizer (empty = the mai
 flags.DEFINE_float("branch_learning_rate", 0.0, "retrain: learning rate (0 = the main line's).")
 flags.DEFINE_string("branch_iterations", "0", "retrain: training length, steps or epochs (0 = the main line's).")
 flags.DEFINE_integer("branch_batch_size", 0, "retrain: batch size (0 = the main line's).")
+flags.DEFINE_list("analysis_rewind_steps", [], "instability, stability: the steps k the analysed networks start from, "
+                  "steps or epochs, e.g. 0,25,100,500,2000 (empty = --rewind_step).")
+flags.DEFINE_integer("interpolation_points", 30, "instability: points on the linear path between two copies (>= 2, both ends).")
+flags.DEFINE_integer("instability_pairs", 2, "instability: pairs of copies per network and step k (>= 1).")
+flags.DEFINE_list("analysis_controls", ["random_prune"], "instability, stability: controls beside the ticket at levels >= 1: "
+                  "random_prune, reinit (instability only); empty = none.")
+flags.DEFINE_string("batchnorm_statistics", "reestimate", "instability: reestimate BatchNorm statistics at every point of a path "
+                    "from --batchnorm_batches training batches, or interpolate them like the weights.")
+flags.DEFINE_integer("batchnorm_batches", 20, "instability: training batches used to re-estimate BatchNorm statistics.")
+flags.DEFINE_list("sweep_rewind_steps", [], "Runs the whole experiment once per rewind step k (steps or epochs, e.g. "
+                  "0,100,500,2000), each in its own run folder, one after another; replaces --rewind_step.")
+flags.DEFINE_integer("analysis_train_examples", 10000, "instability: size of the fixed training subset the path's train error uses.")
 # Run
 flags.DEFINE_string("output_dir", "runs", "Root folder; the run goes to <output_dir>/lottery_<hash of non-default settings>/.")
 flags.DEFINE_integer("replicates", 1, "Number of replicates (independent seeds) to run: 0..N-1.")
@@ -215,6 +229,13 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             learning_rate=FLAGS.branch_learning_rate,
             iterations=length("branch_iterations"),
             batch_size=FLAGS.branch_batch_size,
+            analysis_rewind_steps=tuple(_length("analysis_rewind_steps", k, epoch) for k in FLAGS.analysis_rewind_steps),
+            interpolation_points=FLAGS.interpolation_points,
+            instability_pairs=FLAGS.instability_pairs,
+            analysis_controls=tuple(FLAGS.analysis_controls),
+            batchnorm_statistics=FLAGS.batchnorm_statistics,
+            batchnorm_batches=FLAGS.batchnorm_batches,
+            analysis_train_examples=FLAGS.analysis_train_examples,
         ),
         run=config_lib.RunConfig(
             output_dir=FLAGS.output_dir,
@@ -231,6 +252,21 @@ def config_from_flags() -> config_lib.ExperimentConfig:
     )
 
 
+def _sweep(config) -> list:
+    """One config per ``--sweep_rewind_steps`` value (the config itself without a sweep)."""
+    if not FLAGS.sweep_rewind_steps:
+        return [config]
+    epoch = max(1, train_examples(config.data) // config.training.batch_size) if config.training.batch_size > 0 else 0
+    steps = []
+    for text in FLAGS.sweep_rewind_steps:
+        step = _length("sweep_rewind_steps", text, epoch)
+        if not 0 <= step < config.training.iterations:
+            raise config_lib.ConfigError("sweep_rewind_steps", f"expected steps in [0, --iterations={config.training.iterations}), got {text!r}")
+        if step not in steps:
+            steps.append(step)
+    return [dataclasses.replace(config, pruning=dataclasses.replace(config.pruning, rewind_step=k)) for k in steps]
+
+
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -240,23 +276,30 @@ def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; all settings are --flags")
     try:
-        config = config_from_flags()
+        configs = _sweep(config_from_flags())
         # Every check that needs no TensorFlow runs before it is imported.
-        config_lib.validate(config, DATASETS.names(), MODELS)
+        for config in configs:
+            config_lib.validate(config, DATASETS.names(), MODELS)
         check_sizes(config.data, config.training.batch_size)
         _check_initializer(config.model.initializer)
         if FLAGS.dry_run:
-            print(config.to_json(), end="")
-            print(f"run folder: {run_dir.experiment_dir(config)}")
+            for config in configs:
+                print(config.to_json(), end="")
+                print(f"run folder: {run_dir.experiment_dir(config)}")
             return
         _quiet_python_logging()
         from lottery_tf import experiment
         from lottery_tf.distribute import describe_devices
 
         started = time.time()
-        print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
-        print(f"device: {describe_devices()}", flush=True)
-        experiment.run(config)
+        for number, config in enumerate(configs):
+            print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
+            if number == 0:
+                print(f"device: {describe_devices()}", flush=True)
+            experiment.run(config)
+        if len(configs) > 1:
+            print(f"sweep over rewind steps {', '.join(str(c.pruning.rewind_step) for c in configs)}: "
+                  f"{', '.join(run_dir.experiment_dir(c) for c in configs)}", flush=True)
         print(f"total wall time: {_duration(time.time() - started)}", flush=True)
     except config_lib.ConfigError as error:
         _fail(str(error))

@@ -11,7 +11,7 @@ import contextlib
 
 import tensorflow as tf
 
-from lottery_tf.config import ExperimentConfig
+from lottery_tf.config import ExperimentConfig, start_steps
 from lottery_tf.data import Splits, StreamingSplits
 from lottery_tf.keras_compat import keras
 from lottery_tf.masking import wrap_model
@@ -133,7 +133,7 @@ def compiled_fast_path(config, training, strategy) -> tuple[int, bool]:
     distributed = strategy is not None and strategy.num_replicas_in_sync > 1
     if distributed:
         return 1, False
-    steps = training.resolved_steps_per_execution(config.pruning.rewind_step)
+    steps = training.resolved_steps_per_execution(*start_steps(config))
     return steps, training.jit_compile and not config.run.deterministic
 
 

@@ -17,7 +17,10 @@ replicate folder. Writes to FOLDER:
 * ``early_stop_vs_weights.png``: early-stopping iteration vs percent of weights
   remaining;
 * ``curves_<experiment>.png``: test accuracy over training iterations for the
-  selected levels of the main line (mean over replicates).
+  selected levels of the main line (mean over replicates);
+* where the runs hold instability / stability results: their tables and
+  figures (:mod:`lottery_tf.report_analysis`), and ``rewind_sweep.png`` for
+  the experiments of a rewinding sweep.
 """
 
 from __future__ import annotations
@@ -323,6 +326,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for the tables and plots")
     parser.add_argument("--curve_levels", default="", help="main-line levels in the curves plot, e.g. 0,3,7,11 (default: all)")
     parser.add_argument("--no_plots", action="store_true", help="write only the tables")
+    parser.add_argument("--matching_tolerance", type=float, default=None,
+                        help="instability table: a network is matching when its test accuracy is at least the dense "
+                             "network's minus this many percentage points (default: the dense accuracy's std over "
+                             "replicates, at least 0.2)")
     args = parser.parse_args(argv)
     try:
         from lottery_tf.config import parse_levels
@@ -339,6 +346,11 @@ def main(argv=None) -> int:
             plot_early_stop_vs_weights(entries, os.path.join(args.out, "early_stop_vs_weights.png"))
             for experiment in _experiments(args.paths):
                 plot_curves(experiment, levels, os.path.join(args.out, f"curves_{os.path.basename(experiment)}.png"))
+        from lottery_tf import report_analysis
+
+        tolerance = None if args.matching_tolerance is None else args.matching_tolerance / 100
+        analysis_files = report_analysis.write_analysis_report(_experiments(args.paths), args.out, entries,
+                                                               plots=not args.no_plots, tolerance=tolerance)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -346,6 +358,8 @@ def main(argv=None) -> int:
         print(f"error: cannot write to {args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
     print(format_markdown(entries))
+    if analysis_files:
+        print(f"analyses: {', '.join(analysis_files)}")
     print(f"wrote tables and plots to {args.out}")
     return 0
 

@@ -53,6 +53,33 @@ def _non_finite_curves(record) -> list[str]:
     return bad
 
 
+ANALYSES = ("instability", "stability")
+
+
+def _check_analysis(level: int, folder: str, done, incomplete: list, corrupted: list) -> None:
+    """An analysis folder: its result files (done), copies still training (incomplete), unreadable files."""
+    branch = os.path.basename(folder)
+    results = sorted(glob.glob(os.path.join(folder, "**", f"{branch}.json"), recursive=True))
+    for path in results:
+        try:
+            with open(path) as handle:
+                json.load(handle)
+        except (OSError, ValueError) as error:
+            corrupted.append(f"{path} is unreadable ({error}); delete it to compute it again")
+    if results:
+        done[branch].append(level)
+    for info in sorted(glob.glob(os.path.join(folder, "**", "branch.json"), recursive=True)):
+        copy = os.path.dirname(info)
+        corrupted.extend(checkpoint.verify_all(os.path.join(copy, "checkpoints")))
+        for npz in glob.glob(os.path.join(copy, "*.npz")):
+            try:
+                atomic.read_npz(npz)
+            except atomic.CorruptFileError as error:
+                corrupted.append(str(error))
+        if not run_dir.is_done(os.path.dirname(os.path.dirname(folder)), level, os.path.relpath(copy, os.path.dirname(folder))):
+            incomplete.append(f"level {level} {os.path.relpath(copy, os.path.dirname(folder))}")
+
+
 def check_replicate(folder: str) -> dict:
     """Done, incomplete and corrupted items of one replicate folder."""
     done, incomplete, corrupted = defaultdict(list), [], []
@@ -60,6 +87,9 @@ def check_replicate(folder: str) -> dict:
         level = int(os.path.basename(level_folder).split("_")[1])
         for branch_folder in sorted(glob.glob(os.path.join(level_folder, "*"))):
             branch = os.path.basename(branch_folder)
+            if branch in ANALYSES:
+                _check_analysis(level, branch_folder, done, incomplete, corrupted)
+                continue
             metrics = os.path.join(branch_folder, "metrics.json")
             checkpoints = os.path.join(branch_folder, "checkpoints")
             for npz in glob.glob(os.path.join(branch_folder, "*.npz")):

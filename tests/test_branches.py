@@ -236,3 +236,26 @@ def test_lr_rewind_is_its_own_lineage(main_line_k):
     assert m1["iterations"][0] == m2["iterations"][0] == K and m2["density"] < m1["density"]
     assert json.load(open(os.path.join(level2, "branch.json")))["type"] == "lr_rewind"
     assert not experiment.run_lr_rewind_lineage(ctx, 2)  # done: nothing to train
+
+
+def test_the_registry_holds_every_branch_the_flags_accept():
+    from lottery_tf import branches
+    from lottery_tf.config import BRANCHES
+
+    assert sorted(branches.BRANCH_TYPES.names()) == sorted(BRANCHES)
+    with pytest.raises(ValueError, match="unknown branch 'shuffle'; expected one of: instability, lr_rewind"):
+        branches.branch_type("shuffle")
+    # One-level branches have a start; lineages and analyses organise their own levels.
+    assert {n for n in BRANCHES if branches.branch_type(n).start is None} == {"lr_rewind", "instability", "stability"}
+    with pytest.raises(ValueError, match="organises its own levels"):
+        branches.prepare_branch(None, "instability", 1)
+
+
+def test_missing_inputs_are_named_from_the_registry(main_line):
+    ctx = _ctx(main_line, names=("stability",), levels=(1,))
+    os.rename(os.path.join(ctx.folder, "level_00", "main", "final_weights.npz"), os.path.join(ctx.folder, "moved.npz"))
+    try:
+        with pytest.raises(FileNotFoundError, match=r"branch stability at level 1 needs .*level_00/main/final_weights.npz"):
+            experiment.check_branch_inputs(ctx)
+    finally:
+        os.rename(os.path.join(ctx.folder, "moved.npz"), os.path.join(ctx.folder, "level_00", "main", "final_weights.npz"))

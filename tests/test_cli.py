@@ -150,7 +150,7 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
         ("--levels=-1", "--levels: expected an integer >= 0, got -1"),
         ("--branch_levels=7", "--branch_levels: level 7 does not exist: the main line has levels 0-2 (--levels)"),
         ("--branch_levels=a-b", "--branch_levels: expected levels like 0-3,7,11, got 'a-b' (invalid literal for int() with base 10: 'a')"),
-        ("--branch=shuffle", "--branch: unknown branch 'shuffle'; expected one of reinit, random_prune, rewind, lr_rewind, lr_rewind_oneshot, retrain"),
+        ("--branch=shuffle", "--branch: unknown branch 'shuffle'; expected one of reinit, random_prune, rewind, lr_rewind, lr_rewind_oneshot, retrain, instability, stability"),
         ("--branch=rewind", "--branch_rewind_step: the rewind branch needs the step to rewind to (an integer >= 0)"),
         ("--replicates=0", "--replicates: expected an integer >= 1, got 0"),
         ("--checkpoint_every=7", "--checkpoint_every: must be a multiple of --steps_per_execution=50; got 7"),
@@ -234,7 +234,7 @@ def test_every_flagfile_validates(flagfile, tmp_path, capfd, monkeypatch):
         cli_main.run(["lottery_tf.main", f"--flagfile=flags/{flagfile}", "--dry_run", f"--output_dir={tmp_path}"])
     captured = capfd.readouterr()
     assert exit_info.value.code in (0, None), captured.err[-2000:]
-    settings = json.loads(captured.out[: captured.out.rindex("}") + 1])
+    settings, _ = json.JSONDecoder().raw_decode(captured.out)  # a sweep prints one config per rewind step
     assert captured.out.strip().splitlines()[-1].startswith(f"run folder: {tmp_path}/lottery_")
     assert not os.listdir(tmp_path)  # a dry run writes nothing
     if settings["pruning"]["layer_fractions"]:
