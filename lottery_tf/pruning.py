@@ -162,6 +162,55 @@ def prune_by_magnitude(
     return {name: new_masks[name] for name in weights}
 
 
+SCOPES = ("global", "layerwise")
+
+
+def prune_to_density(
+    scores: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    density: float,
+    scope: str = "global",
+) -> dict[str, np.ndarray]:
+    """One-shot pruning to a density by importance scores (higher = keep).
+
+    Args:
+        scores: Name -> importance, the shapes of ``masks``.
+        masks: Name -> current masks; pruned weights stay pruned.
+        density: Fraction of the weights (pruned ones included) to keep, in (0, 1].
+        scope: ``global``: one ranking over all named weights (the output layer
+            included); ``layerwise``: every layer keeps ``density`` of its own.
+
+    Returns:
+        Name -> float32 mask keeping round(density · size) weights (fewer where
+        fewer are alive). Equal scores keep positional order (first kept).
+
+    Raises:
+        ValueError: For a density outside (0, 1], an unknown scope, or
+            mismatched names or shapes.
+    """
+    _check_matching(scores, masks)
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    groups = [list(masks)] if scope == "global" else [[name] for name in masks]
+    out = {}
+    for names in groups:
+        values = np.concatenate([np.asarray(scores[n], np.float64).ravel() for n in names])
+        alive = np.concatenate([np.asarray(masks[n]).ravel() != 0 for n in names])
+        keep_count = min(int(round(density * values.size)), int(alive.sum()))
+        candidates = np.flatnonzero(alive)
+        order = np.argsort(-values[candidates], kind="stable")
+        keep = np.zeros(values.size, bool)
+        keep[candidates[order[:keep_count]]] = True
+        offset = 0
+        for n in names:
+            size = np.asarray(masks[n]).size
+            out[n] = keep[offset:offset + size].reshape(np.shape(masks[n])).astype(np.float32)
+            offset += size
+    return {name: out[name] for name in masks}
+
+
 def random_masks_like(
     masks: Mapping[str, np.ndarray], seed: int, per_layer: bool = True
 ) -> dict[str, np.ndarray]:
