@@ -23,6 +23,9 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "report": ["matplotlib>=3.7"],
+        # TFMOT's own PolynomialDecay for --gmp_schedule=tfmot and the comparison test. It needs legacy
+        # Keras (tf_keras), so lottery_tf only ever runs it in a subprocess.
+        "tfmot": ["tensorflow-model-optimization>=0.8", "tf-keras>=2.16"],
     },
     entry_points={"console_scripts": ["lottery_tf=lottery_tf.main:run"]},
 )
