@@ -28,7 +28,8 @@ The training branches are registered here:
 * ``retrain``: the ticket (mask + rewind point) trained with other settings.
 
 The analyses (``instability``, ``stability``) register in
-:mod:`lottery_tf.analysis_branches`. The optimizer is rewound as
+:mod:`lottery_tf.analysis_branches`, the baselines (``pai_*``, ``gmp``) in
+:mod:`lottery_tf.baseline_branches`. The optimizer is rewound as
 ``--rewind_optimizer`` says (:func:`lottery_tf.rewind.reset_optimizer`).
 """
 
@@ -61,6 +62,8 @@ class BranchStart:
     origin: int  # the training step it starts at (learning-rate schedule, data order)
     training: object  # TrainingConfig
     info: dict  # written to branch.json
+    callbacks: tuple = ()  # extra Keras callbacks while it trains (e.g. gradual pruning)
+    finish: Callable | None = None  # finish(model, metrics) -> metrics, before metrics.json is written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +145,8 @@ def _retrain_overrides(config: ExperimentConfig) -> dict:
                               ("iterations", b.iterations), ("batch_size", b.batch_size)) if v}
 
 
-def _start(ctx: Context, name: str, level: int, origin: int, masks=None, state=None, seed=None, training=None,
-           mode=None) -> BranchStart:
+def branch_start(ctx: Context, name: str, level: int, origin: int, masks=None, state=None, seed=None, training=None,
+           mode=None, folder=None) -> BranchStart:
     """The model of a one-level branch: the level's mask (or ``masks``), ``state`` (None = the fresh
     initialization from ``seed``), optimizer rewound to ``origin``."""
     config = ctx.config
@@ -159,7 +162,7 @@ def _start(ctx: Context, name: str, level: int, origin: int, masks=None, state=N
     rewind.reset_optimizer(model.optimizer, origin, mode, dense_optimizer_at(ctx, origin) if mode == "restore" else None)
     info = {"type": name, "level": level, "start_step": origin, "seed": seed, "rewind_optimizer": mode,
             "training": dataclasses.asdict(training), "random_prune_scope": config.branches.random_prune_scope}
-    return BranchStart(branch_folder_name(config, name), model, origin, training, info)
+    return BranchStart(folder or branch_folder_name(config, name), model, origin, training, info)
 
 
 @register_branch("reinit", needs=level_masks)
@@ -167,7 +170,7 @@ def start_reinit(ctx: Context, level: int) -> BranchStart:
     # Same start step and length as the ticket it controls (open_lth starts it at k too). "restore"
     # would need the optimizer state of these weights' history, which does not exist: fresh instead.
     mode = "fresh" if ctx.config.pruning.rewind_optimizer == "restore" else None
-    return _start(ctx, "reinit", level, ctx.config.pruning.rewind_step,
+    return branch_start(ctx, "reinit", level, ctx.config.pruning.rewind_step,
                   seed=derived_seed(ctx.seed, "reinit", level), mode=mode)
 
 
@@ -177,21 +180,21 @@ def start_random_prune(ctx: Context, level: int) -> BranchStart:
     masks = random_masks_like(atomic.read_npz(os.path.join(ctx.folder, _masks(level))),
                               derived_seed(ctx.seed, "random_prune", level),
                               per_layer=ctx.config.branches.random_prune_scope == "layerwise")
-    return _start(ctx, "random_prune", level, ctx.config.pruning.rewind_step, masks=masks,
+    return branch_start(ctx, "random_prune", level, ctx.config.pruning.rewind_step, masks=masks,
                   state=rewind.load(os.path.join(ctx.folder, "rewind_point.npz")))
 
 
 @register_branch("rewind", needs=level_masks, folder=lambda config: f"rewind_{config.branches.rewind_step}")
 def start_rewind(ctx: Context, level: int) -> BranchStart:
     origin = ctx.config.branches.rewind_step
-    return _start(ctx, "rewind", level, origin, state=replayed_state(ctx, origin))
+    return branch_start(ctx, "rewind", level, origin, state=replayed_state(ctx, origin))
 
 
 @register_branch("lr_rewind_oneshot", folder=lambda config: f"lr_rewind_oneshot_{lr_rewind_step(config)}",
                  needs=lambda config, level: [_masks(level), os.path.join(f"level_{level - 1:02d}", MAIN, "final_weights.npz")])
 def start_lr_rewind_oneshot(ctx: Context, level: int) -> BranchStart:
     state = rewind.load(os.path.join(level_dir(ctx.folder, level - 1, MAIN), "final_weights.npz"))
-    return _start(ctx, "lr_rewind_oneshot", level, lr_rewind_step(ctx.config), state=state)
+    return branch_start(ctx, "lr_rewind_oneshot", level, lr_rewind_step(ctx.config), state=state)
 
 
 def _retrain_folder(config: ExperimentConfig) -> str:
@@ -205,7 +208,7 @@ def start_retrain(ctx: Context, level: int) -> BranchStart:
     training = dataclasses.replace(config.training, **_retrain_overrides(config))
     # "restore" needs the dense run's optimizer state: only for the same optimizer and batch size.
     mode = "fresh" if config.pruning.rewind_optimizer == "restore" and (config.branches.optimizer or config.branches.batch_size) else None
-    return _start(ctx, "retrain", level, config.pruning.rewind_step, training=training, mode=mode,
+    return branch_start(ctx, "retrain", level, config.pruning.rewind_step, training=training, mode=mode,
                   state=rewind.load(os.path.join(ctx.folder, "rewind_point.npz")))
 
 
@@ -274,18 +277,29 @@ def prepare_branch(ctx: Context, name: str, level: int) -> BranchStart:
 
 def run_branch(ctx: Context, name: str, level: int) -> bool:
     """Runs one one-level branch at one level unless done. Returns whether it trained."""
-    folder_name = branch_folder_name(ctx.config, name)
+    return train_start(ctx, level, branch_folder_name(ctx.config, name), lambda: prepare_branch(ctx, name, level))
+
+
+def train_start(ctx: Context, level: int, folder_name: str, make_start: Callable[[], BranchStart]) -> bool:
+    """Trains the branch ``make_start()`` builds in ``level_LL/<folder_name>`` unless done; locked, resumable.
+
+    Returns:
+        Whether it trained.
+    """
     if is_done(ctx.folder, level, folder_name):
         return False
     with locks.hold(ctx.folder, f"{folder_name}_level_{level:02d}", ctx.config.run.wait_for_lock):
         if not todo(ctx, folder_name, [level]):
             return False
-        start = prepare_branch(ctx, name, level)
+        start = make_start()
         folder = level_dir(ctx.folder, level, start.name)
         atomic.write_json(os.path.join(folder, "branch.json"), start.info)
         atomic.write_npz(os.path.join(folder, "masks.npz"), get_masks(start.model))
         metrics = train_level(ctx, start.model, level, start.name, start.origin,
-                              start.training.iterations - start.origin, start.training)
+                              start.training.iterations - start.origin, start.training,
+                              extra_callbacks=start.callbacks)
+        if start.finish is not None:
+            metrics = start.finish(start.model, metrics)
         finish_level(ctx, level, start.name, metrics)
     return True
 

@@ -128,7 +128,12 @@ class PruningConfig:
     rewind_optimizer: str = "fresh"  # fresh, reset or restore (lottery_tf.rewind.reset_optimizer)
 
 
-BRANCHES = ("reinit", "random_prune", "rewind", "lr_rewind", "lr_rewind_oneshot", "retrain", "instability", "stability")
+PAI_METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
+BRANCHES = ("reinit", "random_prune", "rewind", "lr_rewind", "lr_rewind_oneshot", "retrain", "instability", "stability",
+            *(f"pai_{m}" for m in PAI_METHODS), "gmp")
+PAI_ABLATIONS = ("shuffle", "reinit", "invert")
+PAI_SCOPES = ("global", "layerwise")
+GMP_SCHEDULES = ("lottery_tf", "tfmot")
 ANALYSIS_BRANCHES = ("instability", "stability")
 ANALYSIS_CONTROLS = ("random_prune", "reinit")
 BATCHNORM_STATISTICS = ("reestimate", "interpolate")
@@ -171,6 +176,19 @@ class BranchConfig:
         batchnorm_batches: Training batches used to re-estimate them.
         analysis_train_examples: Size of the fixed training subset the path's
             train error is measured on (the first examples of the training split).
+        pai_scope: ``pai_*`` branches: ``global`` (one threshold over every
+            prunable weight, the output layer included) or ``layerwise``.
+        pai_ablations: ``pai_*`` branches also run these ablations, each in
+            its own folder: ``shuffle`` (each layer's mask shuffled),
+            ``reinit`` (fresh initialization after pruning), ``invert``
+            (prune the highest scores).
+        scoring_examples_per_class: Class-balanced scoring examples (SNIP, GraSP).
+        synflow_rounds: SynFlow's pruning rounds.
+        gmp_begin_step, gmp_end_step, gmp_frequency: ``gmp``: the (1-based)
+            steps pruning begins and ends and its period; -1 = 10% and 50% of
+            ``iterations``, and ``eval_every``.
+        gmp_schedule: ``lottery_tf`` or ``tfmot`` (TFMOT's own
+            ``PolynomialDecay``, needs the ``tfmot`` extra).
     """
 
     names: tuple = ()
@@ -188,6 +206,14 @@ class BranchConfig:
     batchnorm_statistics: str = "reestimate"
     batchnorm_batches: int = 20
     analysis_train_examples: int = 10000
+    pai_scope: str = "global"
+    pai_ablations: tuple = ()
+    scoring_examples_per_class: int = 10
+    synflow_rounds: int = 100
+    gmp_begin_step: int = -1
+    gmp_end_step: int = -1
+    gmp_frequency: int = -1
+    gmp_schedule: str = "lottery_tf"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -477,6 +503,30 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
         _integer("batchnorm_batches", b.batchnorm_batches, 1)
         _integer("analysis_train_examples", b.analysis_train_examples, 1)
 
+    if any(name.startswith("pai_") for name in b.names):
+        if b.pai_scope not in PAI_SCOPES:
+            raise ConfigError("pai_scope", f"expected one of {', '.join(PAI_SCOPES)}, got {b.pai_scope!r}")
+        for ablation in b.pai_ablations:
+            if ablation not in PAI_ABLATIONS:
+                raise ConfigError("pai_ablations", f"unknown ablation {ablation!r}; expected some of {', '.join(PAI_ABLATIONS)}")
+        _integer("scoring_examples_per_class", b.scoring_examples_per_class, 1)
+        _integer("synflow_rounds", b.synflow_rounds, 1)
+    if "gmp" in b.names:
+        for flag in ("gmp_begin_step", "gmp_end_step", "gmp_frequency"):
+            value = getattr(b, flag)
+            if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and value < 1):
+                raise ConfigError(flag, f"expected an integer >= 1 (or -1 for the default), got {value!r}")
+        begin, end, frequency = gmp_steps(config)
+        if not 1 <= begin <= end <= training.iterations:
+            raise ConfigError("gmp_end_step", f"pruning must begin and end within the training: expected "
+                              f"1 <= --gmp_begin_step ({begin}) <= --gmp_end_step ({end}) <= --iterations={training.iterations}")
+        if (end - begin) % frequency:
+            raise ConfigError("gmp_end_step", f"{end} - --gmp_begin_step {begin} is not a multiple of --gmp_frequency "
+                              f"{frequency}: the schedule would never reach its final sparsity (TFMOT prunes only at "
+                              "begin + n * frequency)")
+        if b.gmp_schedule not in GMP_SCHEDULES:
+            raise ConfigError("gmp_schedule", f"expected one of {', '.join(GMP_SCHEDULES)}, got {b.gmp_schedule!r}")
+
     r = config.run
     if not r.output_dir:
         raise ConfigError("output_dir", "expected a folder path, got an empty string")
@@ -497,6 +547,16 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> 
     _integer("cpu_devices", r.cpu_devices, 0)
     if r.checkpoint_every and r.checkpoint_every % steps:
         raise ConfigError("checkpoint_every", f"must be a multiple of --steps_per_execution={steps}; got {r.checkpoint_every}")
+
+
+def gmp_steps(config: ExperimentConfig) -> tuple:
+    """(begin, end, frequency) of gradual magnitude pruning, defaults resolved (10% and 50% of the training)."""
+    b, iterations = config.branches, config.training.iterations
+    frequency = b.gmp_frequency if b.gmp_frequency > 0 else config.training.eval_every
+    begin = b.gmp_begin_step if b.gmp_begin_step > 0 else max(1, iterations // 10)
+    # The default end: the last pruning step at or before half the training, so the final sparsity is reached.
+    end = b.gmp_end_step if b.gmp_end_step > 0 else begin + frequency * max(0, (iterations // 2 - begin) // frequency)
+    return begin, end, frequency
 
 
 def start_steps(config: ExperimentConfig) -> tuple:

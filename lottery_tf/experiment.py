@@ -14,7 +14,7 @@ import os
 
 import tensorflow as tf
 
-from lottery_tf import analysis_branches  # noqa: F401  (registers the analysis branches)
+from lottery_tf import analysis_branches, baseline_branches  # noqa: F401  (register the analyses and baselines)
 from lottery_tf import atomic, locks, report, rewind, run_dir
 from lottery_tf.branches import (BranchStart, branch_folder_name, check_branch_inputs, lr_rewind_step,  # noqa: F401
                                  prepare_branch, run_branch, run_branches, run_lr_rewind_lineage)
@@ -141,6 +141,22 @@ def check_model(config: ExperimentConfig, splits) -> None:
         raise ConfigError("exclude_layers", f"{','.join(config.pruning.exclude_layers)} leaves nothing to prune in "
                           f"{config.model.name}; exclude fewer layers") from None
     check_layer_names(config, model)
+    check_baselines(config)
+
+
+def check_baselines(config: ExperimentConfig) -> None:
+    """``--gmp_schedule=tfmot`` needs TFMOT (run in a subprocess): checked before anything is written.
+
+    Raises:
+        ConfigError: Naming the flag and how to install the extra.
+    """
+    if "gmp" in config.branches.names and config.branches.gmp_schedule == "tfmot":
+        from lottery_tf.gradual import TfmotUnavailableError, tfmot_schedule_table
+
+        try:
+            tfmot_schedule_table(0.0, 0.5, 1, 2, 1, 2)
+        except TfmotUnavailableError as error:
+            raise ConfigError("gmp_schedule", str(error)) from None
 
 
 def check_data(config: ExperimentConfig, record: dict) -> bool:

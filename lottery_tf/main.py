@@ -89,8 +89,10 @@ flags.DEFINE_string(
     "counter at the rewind step) or restore (the optimizer state saved at the rewind step).")
 flags.DEFINE_integer("seed", 0, "Base seed; each replicate derives its own seed for initialization and data order.")
 # Branches (controls) at chosen levels of the main line
-flags.DEFINE_list("branch", [], "Branches to run: reinit, random_prune, rewind, lr_rewind (its own lineage), lr_rewind_oneshot, retrain, "
-                  "and the analyses instability (linear mode connectivity), stability (distances; levels >= 1) (comma-separated).")
+flags.DEFINE_list("branch", [], "Branches to run: reinit, random_prune, rewind, lr_rewind (its own lineage), lr_rewind_oneshot, retrain; "
+                  "the analyses instability (linear mode connectivity), stability (distances); the baselines pai_magnitude, "
+                  "pai_random, pai_snip, pai_grasp, pai_synflow (pruning at initialization), gmp (gradual magnitude pruning) "
+                  "(comma-separated).")
 flags.DEFINE_string("branch_levels", "", "Levels to run the branches at, e.g. 0-3,7,11 (must be within 0..--levels).")
 flags.DEFINE_string("random_prune_scope", "layerwise", "random_prune: keep each layer's density (layerwise) or only the overall density (global).")
 flags.DEFINE_string("branch_rewind_step", "-1", "rewind: the step k to rewind to (0 = reset to init; steps or e.g. 2ep); lr_rewind: -1 = the main line's --rewind_step.")
@@ -107,6 +109,17 @@ flags.DEFINE_list("analysis_controls", ["random_prune"], "instability, stability
 flags.DEFINE_string("batchnorm_statistics", "reestimate", "instability: reestimate BatchNorm statistics at every point of a path "
                     "from --batchnorm_batches training batches, or interpolate them like the weights.")
 flags.DEFINE_integer("batchnorm_batches", 20, "instability: training batches used to re-estimate BatchNorm statistics.")
+flags.DEFINE_string("pai_scope", "global", "pai_*: prune with one global threshold over every prunable weight "
+                    "(the output layer included, as Frankle et al. 2021) or layerwise.")
+flags.DEFINE_list("pai_ablations", [], "pai_*: also run these ablations, each in its own folder: shuffle (each layer's "
+                  "mask shuffled), reinit (fresh initialization after pruning), invert (prune the highest scores).")
+flags.DEFINE_integer("scoring_examples_per_class", 10, "pai_snip, pai_grasp: class-balanced scoring examples per class.")
+flags.DEFINE_integer("synflow_rounds", 100, "pai_synflow: pruning rounds (exponential schedule).")
+flags.DEFINE_string("gmp_begin_step", "-1", "gmp: first (1-based) pruning step, steps or epochs (-1 = 10% of --iterations).")
+flags.DEFINE_string("gmp_end_step", "-1", "gmp: last pruning step, steps or epochs (-1 = 50% of --iterations).")
+flags.DEFINE_string("gmp_frequency", "-1", "gmp: prune every this many steps (-1 = --eval_every).")
+flags.DEFINE_string("gmp_schedule", "lottery_tf", "gmp: sparsity values from lottery_tf's polynomial schedule or "
+                    "TFMOT's own PolynomialDecay (tfmot; needs pip install 'lottery_tf[tfmot]').")
 flags.DEFINE_list("sweep_rewind_steps", [], "Runs the whole experiment once per rewind step k (steps or epochs, e.g. "
                   "0,100,500,2000), each in its own run folder, one after another; replaces --rewind_step.")
 flags.DEFINE_integer("analysis_train_examples", 10000, "instability: size of the fixed training subset the path's train error uses.")
@@ -156,6 +169,12 @@ def _length(flag: str, text: str, steps_per_epoch: int) -> int:
         return int(value[:-2] if value.endswith("it") else value)
     except (ValueError, OverflowError):
         raise config_lib.ConfigError(flag, f"expected a length in steps (500 or 500it) or epochs (2ep), got {text!r}") from None
+
+
+def _optional_length(flag: str, steps_per_epoch: int) -> int:
+    """A length flag whose -1 means "the default"."""
+    text = str(getattr(FLAGS, flag)).strip()
+    return -1 if text == "-1" else _length(flag, text, steps_per_epoch)
 
 
 def _shape(values) -> tuple:
@@ -236,6 +255,14 @@ def config_from_flags() -> config_lib.ExperimentConfig:
             batchnorm_statistics=FLAGS.batchnorm_statistics,
             batchnorm_batches=FLAGS.batchnorm_batches,
             analysis_train_examples=FLAGS.analysis_train_examples,
+            pai_scope=FLAGS.pai_scope,
+            pai_ablations=tuple(FLAGS.pai_ablations),
+            scoring_examples_per_class=FLAGS.scoring_examples_per_class,
+            synflow_rounds=FLAGS.synflow_rounds,
+            gmp_begin_step=_optional_length("gmp_begin_step", epoch),
+            gmp_end_step=_optional_length("gmp_end_step", epoch),
+            gmp_frequency=_optional_length("gmp_frequency", epoch),
+            gmp_schedule=FLAGS.gmp_schedule,
         ),
         run=config_lib.RunConfig(
             output_dir=FLAGS.output_dir,

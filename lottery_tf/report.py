@@ -164,6 +164,13 @@ def branch_label(branch: str) -> str:
         return f"rewound to iteration {branch[len('rewind_'):]}"
     if branch.startswith("retrain_"):
         return f"ticket retrained with other settings ({branch})"
+    if branch == "gmp":
+        return "gradual magnitude pruning (TFMOT's schedule)"
+    if branch.startswith("pai_"):
+        method, _, ablation = branch[len("pai_"):].partition("_")
+        names = {"snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "magnitude": "magnitude", "random": "random"}
+        words = {"shuffled": ", layer masks shuffled", "reinit": ", reinitialized", "inverted": ", scores inverted"}
+        return f"{names.get(method, method)} at initialization{words.get(ablation, '')}"
     return branch
 
 

@@ -110,6 +110,17 @@ CASES = [
     (["--branch=instability", "--branch_levels=1", "--batchnorm_statistics=mean"], "--batchnorm_statistics"),
     (["--branch=instability", "--branch_levels=1", "--batchnorm_batches=0"], "--batchnorm_batches"),
     (["--branch=instability", "--branch_levels=1", "--analysis_train_examples=0"], "--analysis_train_examples"),
+    # The baselines: an unknown method or ablation, scoring examples or rounds < 1, GMP outside the training.
+    (["--branch=pai_obd", "--branch_levels=1"], "--branch"),
+    (["--branch=pai_snip", "--branch_levels=1", "--pai_ablations=flip"], "--pai_ablations"),
+    (["--branch=pai_snip", "--branch_levels=1", "--pai_scope=row"], "--pai_scope"),
+    (["--branch=pai_snip", "--branch_levels=1", "--scoring_examples_per_class=0"], "--scoring_examples_per_class"),
+    (["--branch=pai_synflow", "--branch_levels=1", "--synflow_rounds=0"], "--synflow_rounds"),
+    (["--branch=gmp", "--branch_levels=1", "--gmp_end_step=500"], "--gmp_end_step"),
+    (["--branch=gmp", "--branch_levels=1", "--gmp_frequency=0"], "--gmp_frequency"),
+    (["--branch=gmp", "--branch_levels=1", "--gmp_begin_step=0"], "--gmp_begin_step"),
+    (["--branch=gmp", "--branch_levels=1", "--gmp_begin_step=150", "--gmp_end_step=100"], "--gmp_end_step"),
+    (["--branch=gmp", "--branch_levels=1", "--gmp_schedule=cubic"], "--gmp_schedule"),
     (["--sweep_rewind_steps=0,500"], "--sweep_rewind_steps"), (["--sweep_rewind_steps=0,x"], "--sweep_rewind_steps"),
     # Files.
     (["--data_dir=/no/such/folder"], "--data_dir"), (["--flagfile=flags/nope.flags"], "--flagfile"),
@@ -139,6 +150,22 @@ def test_bad_input_is_one_line_and_leaves_finished_work_alone(finished, idx_fold
     assert snapshot(finished) == before
     assert not [p for p in glob.glob(os.path.join(os.path.dirname(finished), "**", "lottery_*"), recursive=True)
                 if not glob.glob(os.path.join(p, "replicate_*"))]  # no empty run folders left behind
+
+
+def test_tfmot_schedule_without_the_extra_is_one_line_before_anything_trains(finished, capfd, monkeypatch):
+    from lottery_tf import gradual
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(gradual, "_TFMOT_TABLE", "import tensorflow_model_optimization_not_installed")
+    before = snapshot(finished)
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.run(["lottery_tf.main", *BASE, "--branch=gmp", "--branch_levels=1", "--gmp_schedule=tfmot",
+                      f"--output_dir={finished}"])
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: --gmp_schedule: ") and "lottery_tf[tfmot]" in lines[0]
+    assert snapshot(finished) == before
 
 
 # -- damaged run stores -----------------------------------------------------------------
