@@ -215,18 +215,28 @@ def plot_error_along_path(entries: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def _by_network(mine: list[dict]):
+    """(level, network, entries sorted by k) for every network of one experiment."""
+    for level, network in sorted({(e["level"], e["network"]) for e in mine}):
+        yield level, network, sorted((e for e in mine if (e["level"], e["network"]) == (level, network)),
+                                     key=lambda e: e["rewind_step"])
+
+
+def _close(plt, fig, path, experiments, entries, note=""):
+    if len(experiments) == 1:
+        fig.suptitle(entries[0]["title"] + note, fontsize=9)
+    report._save(fig, path)
+    plt.close(fig)
+
+
 def plot_instability_vs_step(entries: list[dict], path: str) -> None:
     """Instability vs k: test and train panels per experiment, a line per (level, network), the 2% line."""
-    plt = report._figure()
-    experiments = sorted({e["experiment"] for e in entries})
-    fig, axes = plt.subplots(len(experiments), 2, figsize=(13, 4.8 * len(experiments)), squeeze=False)
+    plt, fig, axes, experiments, _ = report._grid(entries, 2, 13, 4.8)
     for row, experiment in enumerate(experiments):
         mine = [e for e in entries if e["experiment"] == experiment]
-        lines = sorted({(e["level"], e["network"]) for e in mine})
         for col, split in enumerate(("test", "train")):
             ax = axes[row][col]
-            for level, network in lines:
-                series = sorted((e for e in mine if (e["level"], e["network"]) == (level, network)), key=lambda e: e["rewind_step"])
+            for level, network, series in _by_network(mine):
                 spread = ([100 * e[f"instability_{split}_std"] for e in series] if any(e["samples"] > 1 for e in series) else None)
                 ax.errorbar([e["rewind_step"] for e in series], [100 * e[f"instability_{split}_mean"] for e in series],
                             yerr=spread, marker="o", markersize=4, capsize=3, label=_label(series[0]),
@@ -238,24 +248,18 @@ def plot_instability_vs_step(entries: list[dict], path: str) -> None:
             heading = f"{split} instability, mean ± std over {samples} pair(s) x replicates"
             ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}", fontsize=10)
             ax.legend(fontsize=7)
-    if len(experiments) == 1:
-        fig.suptitle(entries[0]["title"], fontsize=10)
-    report._save(fig, path)
-    plt.close(fig)
+    _close(plt, fig, path, experiments, entries)
 
 
 def plot_stability_vs_step(entries: list[dict], path: str) -> None:
     """Normalized L2 distance and angle vs k, to pruning (solid) and to data order (dashed)."""
-    plt = report._figure()
-    experiments = sorted({e["experiment"] for e in entries})
-    fig, axes = plt.subplots(len(experiments), 2, figsize=(13, 4.8 * len(experiments)), squeeze=False)
+    plt, fig, axes, experiments, _ = report._grid(entries, 2, 13, 4.8)
     for row, experiment in enumerate(experiments):
         mine = [e for e in entries if e["experiment"] == experiment]
         for col, (key, words) in enumerate((("normalized_l2_distance", "normalized L2 distance ‖m⊙a − m⊙b‖ / ‖m⊙a‖"),
                                             ("angle_degrees", "angle between m⊙a and m⊙b (degrees)"))):
             ax = axes[row][col]
-            for number, (level, network) in enumerate(sorted({(e["level"], e["network"]) for e in mine})):
-                series = sorted((e for e in mine if (e["level"], e["network"]) == (level, network)), key=lambda e: e["rewind_step"])
+            for number, (level, network, series) in enumerate(_by_network(mine)):
                 for kind, style, what in (("to_pruning", "-", "to pruning"), ("to_data_order", "--", "to data order")):
                     points = [(e["rewind_step"], e[f"{kind}_{key}_mean"], e[f"{kind}_{key}_std"]) for e in series
                               if e[f"{kind}_{key}_mean"] is not None]
@@ -269,11 +273,8 @@ def plot_stability_vs_step(entries: list[dict], path: str) -> None:
             heading = f"stability: {key.replace('_', ' ')} vs rewind step"
             ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}", fontsize=10)
             ax.legend(fontsize=6)
-    if len(experiments) == 1:
-        fig.suptitle(entries[0]["title"] + "\nto pruning: dense network vs subnetwork trained from m⊙W_k (same data "
-                     "order); to data order: the subnetwork under two data orders", fontsize=9)
-    report._save(fig, path)
-    plt.close(fig)
+    _close(plt, fig, path, experiments, entries, "\nto pruning: dense network vs subnetwork trained from m⊙W_k (same "
+           "data order); to data order: the subnetwork under two data orders")
 
 
 def _rewind_step(experiment_folder: str):

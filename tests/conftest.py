@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -14,3 +16,22 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures lottery_tf.report draws (matplotlib objects), by file name; the files are still written."""
+    from lottery_tf import report
+
+    figures = {}
+    real_save = report._save
+
+    def save(fig, path):
+        figures[os.path.basename(path)] = fig
+        real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)  # keep the figures to inspect them
+    return figures

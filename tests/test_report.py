@@ -87,23 +87,6 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["x.json"]  # no temporary file left behind
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures the report draws (matplotlib objects), by file name; the files are still written."""
-    figures = {}
-    real_save = report._save
-
-    def save(fig, path):
-        figures[os.path.basename(path)] = fig
-        real_save(fig, path)
-
-    monkeypatch.setattr(report, "_save", save)
-    import matplotlib.pyplot as plt
-
-    monkeypatch.setattr(plt, "close", lambda fig=None: None)  # keep the figures to inspect them
-    return figures
-
-
 def test_accuracy_plot_draws_what_it_says(two_replicates, tmp_path, drawn):
     _, experiment = two_replicates
     assert report.main([experiment, "--out", str(tmp_path / "out")]) == 0

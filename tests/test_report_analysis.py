@@ -1,6 +1,5 @@
 """The analysis report: literal means over pairs and replicates, matching/stable, what the figures draw."""
 
-import json
 import os
 
 import numpy as np
@@ -63,22 +62,6 @@ def study(tmp_path):
         _stability(folder, replicate, 7, "ticket", 0, 4.0 + replicate, 30.0, 0.21)
         _stability(folder, replicate, 7, "ticket", 100, 2.0, 10.0, 0.21)
     return root, folder
-
-
-@pytest.fixture
-def drawn(monkeypatch):
-    figures = {}
-    real_save = report._save
-
-    def save(fig, path):
-        figures[os.path.basename(path)] = fig
-        real_save(fig, path)
-
-    monkeypatch.setattr(report, "_save", save)
-    import matplotlib.pyplot as plt
-
-    monkeypatch.setattr(plt, "close", lambda fig=None: None)
-    return figures
 
 
 def _table(path):
