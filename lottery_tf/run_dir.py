@@ -14,6 +14,8 @@ so adding a new flag with a default never moves an old run. Layout::
     .../replicate_<r>/level_<LL>/<branch>/final_weights.npz  trained state (main line)
     .../replicate_<r>/level_<LL>/<branch>/checkpoints/ckpt-<step>.{npz,json}  while running
     .../replicate_<r>/level_<LL>/<branch>/branch.json  the branch's settings
+    .../replicate_<r>/level_<LL>/instability/<network>_k<k>/pair_<p>/instability.json  (copies beside it)
+    .../replicate_<r>/level_<LL>/stability/<network>_k<k>/stability.json
     .../replicate_<r>/tensorboard/level_<LL>_<branch>/  TensorBoard events
 
 A level whose ``metrics.json`` exists is done and is never trained again.
