@@ -211,6 +211,7 @@ def plot_error_along_path(entries: list[dict], path: str) -> None:
         axes[index // columns][index % columns].set_visible(False)
     fig.suptitle(f"Test error along the linear path between two copies trained from step k with different data orders "
                  f"(mean over {max(e['samples'] for e in entries)} pair(s) x replicates)\n{entries[0]['title']}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))  # room for the titles between rows
     report._save(fig, path)
     plt.close(fig)
 

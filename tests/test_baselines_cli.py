@@ -20,10 +20,10 @@ METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("baselines") / "runs")
     result = subprocess.run(
-        [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--levels=1", "--iterations=100",
+        [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--levels=1", "--iterations=50",
          "--eval_every=50", "--branch=" + ",".join(f"pai_{m}" for m in METHODS) + ",gmp", "--branch_levels=1",
-         "--pai_ablations=shuffle,reinit,invert", "--synflow_rounds=5", "--gmp_begin_step=11", "--gmp_frequency=10",
-         "--gmp_end_step=51", f"--output_dir={out}"],
+         "--pai_ablations=shuffle,reinit,invert", "--synflow_rounds=3", "--gmp_begin_step=11", "--gmp_frequency=10",
+         "--gmp_end_step=41", f"--output_dir={out}"],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (rep,) = glob.glob(os.path.join(out, "lottery_*", "replicate_0"))
@@ -92,7 +92,7 @@ def test_gmp_ends_at_the_levels_density_and_records_its_schedule(run):
     target = _density(_read(rep, "main", "masks.npz"))
     assert metrics["target_density"] == pytest.approx(target)
     assert metrics["density"] == pytest.approx(target, abs=0.01)  # each layer rounded on its own, as TFMOT
-    assert metrics["gmp"] == {"final_sparsity": pytest.approx(1 - target), "begin_step": 11, "end_step": 51,
+    assert metrics["gmp"] == {"final_sparsity": pytest.approx(1 - target), "begin_step": 11, "end_step": 41,
                               "frequency": 10, "power": 3, "schedule": "lottery_tf"}
     assert _density(_read(rep, "gmp", "masks.npz")) == pytest.approx(metrics["density"])
 

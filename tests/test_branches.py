@@ -243,10 +243,11 @@ def test_the_registry_holds_every_branch_the_flags_accept():
     from lottery_tf.config import BRANCHES
 
     assert sorted(branches.BRANCH_TYPES.names()) == sorted(BRANCHES)
-    with pytest.raises(ValueError, match="unknown branch 'shuffle'; expected one of: instability, lr_rewind"):
+    with pytest.raises(ValueError, match="unknown branch .shuffle.; expected one of: gmp, instability, lr_rewind"):
         branches.branch_type("shuffle")
     # One-level branches have a start; lineages and analyses organise their own levels.
-    assert {n for n in BRANCHES if branches.branch_type(n).start is None} == {"lr_rewind", "instability", "stability"}
+    assert {n for n in BRANCHES if branches.branch_type(n).start is None} == {
+        "lr_rewind", "instability", "stability", "pai_magnitude", "pai_random", "pai_snip", "pai_grasp", "pai_synflow"}
     with pytest.raises(ValueError, match="organises its own levels"):
         branches.prepare_branch(None, "instability", 1)
 

@@ -150,7 +150,8 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
         ("--levels=-1", "--levels: expected an integer >= 0, got -1"),
         ("--branch_levels=7", "--branch_levels: level 7 does not exist: the main line has levels 0-2 (--levels)"),
         ("--branch_levels=a-b", "--branch_levels: expected levels like 0-3,7,11, got 'a-b' (invalid literal for int() with base 10: 'a')"),
-        ("--branch=shuffle", "--branch: unknown branch 'shuffle'; expected one of reinit, random_prune, rewind, lr_rewind, lr_rewind_oneshot, retrain, instability, stability"),
+        ("--branch=shuffle", "--branch: unknown branch 'shuffle'; expected one of reinit, random_prune, rewind, lr_rewind, lr_rewind_oneshot, retrain, instability, stability, "
+         "pai_magnitude, pai_random, pai_snip, pai_grasp, pai_synflow, gmp"),
         ("--branch=rewind", "--branch_rewind_step: the rewind branch needs the step to rewind to (an integer >= 0)"),
         ("--replicates=0", "--replicates: expected an integer >= 1, got 0"),
         ("--checkpoint_every=7", "--checkpoint_every: must be a multiple of --steps_per_execution=50; got 7"),

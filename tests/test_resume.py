@@ -72,7 +72,7 @@ def reference(tmp_path_factory):
         "checkpoint_write:2",  # level 0, while the second checkpoint's .npz is being written
         "checkpoint_between_files:4",  # level 1: .npz renamed, its .json never written
         "atomic_write:9",  # at a level boundary (masks / metrics files)
-        "checkpoint_write:8",  # in a branch's level
+        # (a branch's level: in the k > 0 cases below)
     ],
 )
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, crash):
@@ -153,8 +153,7 @@ def test_uninterrupted_run_evaluates_at_the_same_steps_from_k(reference_k):
 @pytest.mark.parametrize(
     "crash",
     [
-        "checkpoint_write:2",  # level 0 at step 60: not an evaluation step
-        "checkpoint_write:8",  # level 1 (from k = 20) at step 110
+        "checkpoint_write:8",  # level 1 (from k = 20) at step 110: not an evaluation step
         "checkpoint_write:20",  # in a branch
         "checkpoint_write:30",  # in the learning-rate-rewinding lineage
     ],

@@ -17,7 +17,7 @@ for part in ${parts[@]}; do
       python -m lottery_tf.report "$RUNS/lottery_a71fc729df" --out=results/instability/lenet --curve_levels=0,7,15 ;;
     resnet8)
       python -m lottery_tf.main --flagfile=flags/fashion_mnist_resnet8_instability.flags --output_dir="$RUNS"
-      python -m lottery_tf.report "$RUNS/lottery_d0b1c49640" --out=results/instability/resnet8 --curve_levels=0,4 ;;
+      python -m lottery_tf.report "$RUNS/lottery_f3e046d843" --out=results/instability/resnet8 --curve_levels=0,4 ;;
     sweep)
       python -m lottery_tf.main --flagfile=flags/lenet300_fashion_mnist_rewind_sweep.flags --output_dir="$RUNS"
       python -m lottery_tf.report "$RUNS/lottery_a71fc729df" "$RUNS/lottery_7730fb6aa2" "$RUNS/lottery_2e10f35a2f" \
