@@ -233,8 +233,11 @@ def _stability_one(ctx: Context, level: int, name: str, k: int) -> bool:
         return False
     network = _network(ctx, level, name, k)
     main_final = os.path.join(level_dir(ctx.folder, level, MAIN), "final_weights.npz")
-    if name in ("ticket", "dense") and k == config.pruning.rewind_step and is_done(ctx.folder, level, MAIN) and os.path.exists(main_final):
-        same = rewind.load(main_final)  # the main line trained exactly this network with this data order
+    # The main line trained exactly this network with this data order: the ticket at the main rewind step
+    # (rewound there with the same optimizer reset), and the dense network at k = 0 (nothing to reset).
+    reusable = (name == "ticket" and k == config.pruning.rewind_step) or (name == "dense" and k == 0)
+    if reusable and is_done(ctx.folder, level, MAIN) and os.path.exists(main_final):
+        same = rewind.load(main_final)
         same_source = "main"
     else:
         same = train_copy(ctx, level, os.path.join(base, "same_order"), network, k, ctx.seed)
