@@ -104,7 +104,7 @@ def test_rewinding_sweep_runs_one_experiment_per_step_and_reports_them(tmp_path)
     result = subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--levels=1",
                              "--iterations=100", "--eval_every=50", "--sweep_rewind_steps=0,50", "--branch=instability",
                              "--branch_levels=1", "--interpolation_points=3", "--instability_pairs=1",
-                             "--analysis_controls=", f"--output_dir={out}"],
+                             "--analysis_controls=reinit", f"--output_dir={out}"],
                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     experiments = sorted(glob.glob(os.path.join(out, "lottery_*")))
@@ -113,7 +113,14 @@ def test_rewinding_sweep_runs_one_experiment_per_step_and_reports_them(tmp_path)
     # Each run's analysis starts at its own rewind step.
     found = sorted(os.path.relpath(p, out).split(os.sep)[-3] for p in
                    glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_01", "instability", "*", "*", "instability.json")))
-    assert found == ["ticket_k0", "ticket_k50"]
+    assert found == ["reinit_k0", "reinit_k50", "ticket_k0", "ticket_k50"]
+    # The reinit control: the same mask on a fresh initialization (another seed), started at k like the ticket.
+    for experiment in experiments:
+        level = os.path.join(experiment, "replicate_0", "level_01", "instability")
+        (ticket,) = glob.glob(os.path.join(level, "ticket_k*", "pair_0", "copy_a", "branch.json"))
+        (reinit,) = glob.glob(os.path.join(level, "reinit_k*", "pair_0", "copy_a", "branch.json"))
+        ticket, reinit = json.load(open(ticket)), json.load(open(reinit))
+        assert reinit["init_seed"] != ticket["init_seed"] and reinit["start_step"] == ticket["start_step"]
     assert "sweep over rewind steps 0, 50" in result.stdout
     assert report.main([out, "--out", str(tmp_path / "report")]) == 0
     assert os.path.exists(tmp_path / "report" / "rewind_sweep.png")
