@@ -43,7 +43,7 @@ from lottery_tf.branches import level_masks, register_branch
 from lottery_tf.config import ExperimentConfig, derived_seed
 from lottery_tf.levels import Context, SaveTrainedState, dense_optimizer_at, finish_level, replayed_state, train_level
 from lottery_tf.masking import get_masks, get_prunable_weights, set_masks
-from lottery_tf.pruning import random_masks_like
+from lottery_tf.pruning import density, random_masks_like
 from lottery_tf.recipe import build_masked_model, training_batches
 from lottery_tf.run_dir import MAIN, is_done, level_dir
 
@@ -140,7 +140,6 @@ class PathEvaluator(ModelEvaluator):
         super().__init__(model, _evaluation_sets(ctx), batches, b.batchnorm_statistics)
         train = self.datasets["train"]
         self.train_examples = len(train[0]) if isinstance(train, tuple) else None  # streamed: batches of 256
-        self.bn_batches = self.batches
 
 
 def _evaluation_sets(ctx: Context) -> dict:
@@ -151,11 +150,6 @@ def _evaluation_sets(ctx: Context) -> dict:
     sets = {name: make(256) for name, make in splits.eval_batches.items() if name == "test"}
     sets["train"] = training_batches(splits, 256, derived_seed(ctx.seed, "analysis_train"), 0).take(max(1, n // 256))
     return sets
-
-
-def _density(masks: dict) -> float:
-    total = sum(np.size(m) for m in masks.values())
-    return float(sum(np.sum(m) for m in masks.values()) / total)
 
 
 def _tensorboard(ctx: Context, level: int, run: str, scalars: dict, steps) -> None:
@@ -187,7 +181,7 @@ def _instability_one(ctx: Context, level: int, name: str, k: int, pair: int) -> 
         weights.append(get_prunable_weights(evaluator.model))
     record = {
         "analysis": "instability", "network": name, "level": level, "replicate": ctx.replicate, "rewind_step": k,
-        "pair": pair, "density": _density(network.masks), "data_seeds": seeds,
+        "pair": pair, "density": density(network.masks), "data_seeds": seeds,
         "interpolation_points": b.interpolation_points, "alphas": path["alphas"],
         "batchnorm_statistics": path["batchnorm_statistics"], "test": path["test"], "train": path["train"],
         "train_examples": evaluator.train_examples,
@@ -253,7 +247,7 @@ def _stability_one(ctx: Context, level: int, name: str, k: int) -> bool:
         weights[key] = get_prunable_weights(model)
     record = {
         "analysis": "stability", "network": name, "level": level, "replicate": ctx.replicate, "rewind_step": k,
-        "density": _density(network.masks), "data_seeds": {"same_order": ctx.seed, "other_order": other_seed},
+        "density": density(network.masks), "data_seeds": {"same_order": ctx.seed, "other_order": other_seed},
         "same_order_from": same_source,
         # m ⊙ W of the dense network trained from the start vs the subnetwork trained from m ⊙ W_k (same data
         # order); at level 0 the "subnetwork" is the dense network restarted at k (0 apart from the optimizer reset).

@@ -36,7 +36,7 @@ from lottery_tf.config import PAI_METHODS, derived_seed, gmp_steps
 from lottery_tf.gradual import GradualPruningCallback
 from lottery_tf.levels import Context
 from lottery_tf.masking import get_masks, layer_densities, overall_density
-from lottery_tf.pruning import fingerprint, prune_to_density, random_masks_like
+from lottery_tf.pruning import density, fingerprint, prune_to_density, random_masks_like
 from lottery_tf.recipe import build_masked_model
 from lottery_tf.run_dir import MAIN, level_dir
 
@@ -50,8 +50,7 @@ def pai_folder(method: str, ablation: str | None = None) -> str:
 
 def level_density(ctx: Context, level: int) -> float:
     """The overall density of a main-line level's masks (fraction of masked weights kept)."""
-    masks = atomic.read_npz(os.path.join(level_dir(ctx.folder, level, MAIN), "masks.npz"))
-    return float(sum(np.count_nonzero(m) for m in masks.values()) / sum(np.size(m) for m in masks.values()))
+    return density(atomic.read_npz(os.path.join(level_dir(ctx.folder, level, MAIN), "masks.npz")))
 
 
 def pai_masks(ctx: Context, method: str, level: int, invert: bool = False):
@@ -60,14 +59,14 @@ def pai_masks(ctx: Context, method: str, level: int, invert: bool = False):
     state = rewind.load(os.path.join(ctx.folder, "rewind_point.npz"))
     model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
     rewind.restore(model, state)
-    density = level_density(ctx, level)
+    target = level_density(ctx, level)
 
     def prune(importance, masks, target):
         return prune_to_density(saliency.invert(importance) if invert else importance, masks, target, scope=b.pai_scope)
 
-    info = {"method": method, "target_density": density, "scope": b.pai_scope, "inverted": invert}
+    info = {"method": method, "target_density": target, "scope": b.pai_scope, "inverted": invert}
     if method == "synflow":
-        masks = saliency.synflow_masks(model, ctx.splits.input_shape, density, b.synflow_rounds, prune=prune)
+        masks = saliency.synflow_masks(model, ctx.splits.input_shape, target, b.synflow_rounds, prune=prune)
         info["synflow_rounds"] = b.synflow_rounds
         return masks, state, info
     batches = ()
@@ -79,7 +78,7 @@ def pai_masks(ctx: Context, method: str, level: int, invert: bool = False):
         batches = saliency.balanced_batches(ctx.splits.x_train, ctx.splits.y_train, b.scoring_examples_per_class, seed)
         info.update(scoring_examples_per_class=b.scoring_examples_per_class, scoring_seed=seed)
     importance = saliency.scores(method, model, batches, seed=derived_seed(ctx.seed, "pai_random", level))
-    return prune(importance, get_masks(model), density), state, info
+    return prune(importance, get_masks(model), target), state, info
 
 
 def start_pai(ctx: Context, method: str, level: int, ablation: str | None) -> BranchStart:
@@ -114,23 +113,23 @@ def start_gmp(ctx: Context, level: int) -> BranchStart:
     """Gradual magnitude pruning to the level's density in one run from the dense initialization."""
     config, b = ctx.config, ctx.config.branches
     begin, end, frequency = gmp_steps(config)
-    density = level_density(ctx, level)
+    target = level_density(ctx, level)
     # The callback sees the model between executions: every pruning step must start one.
     steps = math.gcd(math.gcd(frequency, begin - 1 or frequency), config.training.resolved_steps_per_execution())
     training = dataclasses.replace(config.training, steps_per_execution=steps)
-    callback = GradualPruningCallback(1.0 - density, begin, end, frequency, schedule=b.gmp_schedule)
+    callback = GradualPruningCallback(1.0 - target, begin, end, frequency, schedule=b.gmp_schedule)
     start = branch_start(ctx, "gmp", level, 0, masks={n: np.ones_like(m) for n, m in
                                                       atomic.read_npz(os.path.join(level_dir(ctx.folder, level, MAIN), "masks.npz")).items()},
                          training=training)
-    schedule = {"final_sparsity": 1.0 - density, "begin_step": begin, "end_step": end, "frequency": frequency,
+    schedule = {"final_sparsity": 1.0 - target, "begin_step": begin, "end_step": end, "frequency": frequency,
                 "power": 3, "schedule": b.gmp_schedule}
-    start.info.update(target_density=density, gmp=schedule)
+    start.info.update(target_density=target, gmp=schedule)
 
     def finish(model, metrics):
         masks = get_masks(model)
         atomic.write_npz(os.path.join(level_dir(ctx.folder, level, "gmp"), "masks.npz"), masks)  # the masks it ended with
         return {**metrics, "density": overall_density(model), "layer_densities": layer_densities(model),
-                "masks_sha256": fingerprint(masks), "target_density": density, "gmp": schedule}
+                "masks_sha256": fingerprint(masks), "target_density": target, "gmp": schedule}
 
     return dataclasses.replace(start, callbacks=(callback,), finish=finish)
 

@@ -159,7 +159,7 @@ def test_the_path_evaluator_reestimates_batchnorm_statistics_or_keeps_them(tmp_p
     masks = {name: np.where(np.arange(m.size).reshape(m.shape) % 2, 1.0, 0.0).astype(m.dtype)
              for name, m in get_masks(build_masked_model(config, ctx.splits, 1)).items()}
     evaluator = PathEvaluator(ctx, masks)
-    assert evaluator.batchnorm == "reestimate" and len(evaluator.bn_batches) == 2 and evaluator.train_examples == 50
+    assert evaluator.batchnorm == "reestimate" and len(evaluator.batches) == 2 and evaluator.train_examples == 50
     statistics = batchnorm.statistic_paths(evaluator.model)
     assert statistics and not statistics & evaluator.interpolated_keys  # re-estimated, not interpolated
     state = rewind.capture(evaluator.model)
