@@ -20,7 +20,12 @@ replicate folder. Writes to FOLDER:
   selected levels of the main line (mean over replicates);
 * where the runs hold instability / stability results: their tables and
   figures (:mod:`lottery_tf.report_analysis`), and ``rewind_sweep.png`` for
-  the experiments of a rewinding sweep.
+  the experiments of a rewinding sweep;
+* where the runs hold baselines (``pai_*``, ``gmp``): ``baselines_table.md``,
+  ``baselines_table.csv``, ``baselines_layer_densities.md`` and
+  ``baselines_vs_weights.png``
+  (:mod:`lottery_tf.report_baselines`); the two figures above then leave the
+  baselines out.
 """
 
 from __future__ import annotations
@@ -348,9 +353,13 @@ def main(argv=None) -> int:
     try:
         entries = aggregate(args.paths)
         write_tables(args.out, entries)
+        from lottery_tf import report_baselines
+
         if not args.no_plots:
-            plot_accuracy_vs_weights(entries, os.path.join(args.out, "accuracy_vs_weights.png"))
-            plot_early_stop_vs_weights(entries, os.path.join(args.out, "early_stop_vs_weights.png"))
+            # With the baselines' 20-odd folders one panel would be unreadable: they get their own figure.
+            core = [e for e in entries if not report_baselines.is_baseline(e["branch"])]
+            plot_accuracy_vs_weights(core, os.path.join(args.out, "accuracy_vs_weights.png"))
+            plot_early_stop_vs_weights(core, os.path.join(args.out, "early_stop_vs_weights.png"))
             for experiment in _experiments(args.paths):
                 plot_curves(experiment, levels, os.path.join(args.out, f"curves_{os.path.basename(experiment)}.png"))
         from lottery_tf import report_analysis
@@ -358,6 +367,8 @@ def main(argv=None) -> int:
         tolerance = None if args.matching_tolerance is None else args.matching_tolerance / 100
         analysis_files = report_analysis.write_analysis_report(_experiments(args.paths), args.out, entries,
                                                                plots=not args.no_plots, tolerance=tolerance)
+        analysis_files += report_baselines.write_report(entries, args.out, plots=not args.no_plots,
+                                                         experiment_folders=_experiments(args.paths))
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -103,4 +103,8 @@ def test_the_report_compares_every_method(run, tmp_path):
     table = open(tmp_path / "report" / "table.md").read()
     for folder in ["gmp"] + [f"pai_{m}{s}" for m in METHODS for s in ("", "_shuffled", "_reinit", "_inverted")]:
         assert f"| {folder} | 1 |" in table, folder
+    comparison = open(tmp_path / "report" / "baselines_table.md").read()
+    for folder in ["main", "gmp"] + [f"pai_{m}{s}" for m in METHODS for s in ("", "_shuffled", "_reinit", "_inverted")]:
+        assert f"| {folder} | " in comparison, folder
+    assert (tmp_path / "report" / "baselines_vs_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.branch_label("pai_grasp_shuffled") == "GraSP at initialization, layer masks shuffled"

@@ -122,3 +122,101 @@ def test_curves_plot_lines_and_missing_level_warning(two_replicates, tmp_path, d
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [10.0, 90.0, 89.0])
     assert "first evaluation, below" in ax.get_ylabel()  # the 10% start is off the axis, and it says so
     assert "warning: --curve_levels: level(s) 11 not found" in capsys.readouterr().err
+
+
+@pytest.fixture
+def baselines(tmp_path):
+    """Main levels 0-2 and, at level 2 only, IMP's controls, two PaI methods with ablations and GMP."""
+    experiment = str(tmp_path / "root" / "lottery_base")
+    for r, shift in ((0, 0.0), (1, 0.02)):
+        _write(experiment, r, 0, "main", 1.0, 0.90 + shift, 1000, 0.91)
+        _write(experiment, r, 1, "main", 0.8, 0.91 + shift, 900, 0.92)
+        _write(experiment, r, 2, "main", 0.64, 0.92 + shift, 900, 0.93)
+        _write(experiment, r, 2, "random_prune_layerwise", 0.64, 0.85 + shift, 900, 0.86)
+        _write(experiment, r, 2, "reinit", 0.64, 0.86 + shift, 900, 0.87)
+        _write(experiment, r, 2, "pai_snip", 0.64, 0.88 + shift, 900, 0.89)
+        _write(experiment, r, 2, "pai_snip_shuffled", 0.64, 0.87 + shift, 900, 0.88)
+        _write(experiment, r, 2, "pai_snip_inverted", 0.64, 0.30 + shift, 900, 0.31)
+        _write(experiment, r, 2, "pai_synflow", 0.64, 0.89 + shift, 900, 0.90)
+        _write(experiment, r, 2, "gmp", 0.6391, 0.93 + shift, 900, 0.94)
+    return experiment
+
+
+def test_baselines_table_compares_methods_at_the_baseline_levels(baselines, tmp_path):
+    out = tmp_path / "out"
+    assert report.main([baselines, "--out", str(out), "--no_plots"]) == 0
+    table = (out / "baselines_table.md").read_text()
+    final = table.split("Test accuracy at early stopping")[0]
+    assert "| method | branch folder | level 2: 64.0% |" in final and "level 1" not in final  # only baseline levels
+    rows = [line for line in final.splitlines() if line.startswith("| ") and "branch folder" not in line]
+    # IMP, its controls, each PaI method followed by its ablations, GMP; mean ± sample std of (x, x + 0.02) = x + 0.01 ± 0.0141.
+    assert rows == [
+        "| lottery ticket (IMP main line) | main | 93.00 ± 1.41 |",
+        "| random reinitialization (same mask) | reinit | 87.00 ± 1.41 |",
+        "| random pruning (layerwise density kept) | random_prune_layerwise | 86.00 ± 1.41 |",
+        "| SNIP at initialization | pai_snip | 89.00 ± 1.41 |",
+        "| SNIP at initialization, layer masks shuffled | pai_snip_shuffled | 88.00 ± 1.41 |",
+        "| SNIP at initialization, scores inverted | pai_snip_inverted | 31.00 ± 1.41 |",
+        "| SynFlow at initialization | pai_synflow | 90.00 ± 1.41 |",
+        "| gradual magnitude pruning (TFMOT's schedule) | gmp | 94.00 ± 1.41 (at 63.91%) |",
+    ]
+    assert "Dense network: 91.00 ± 1.41." in final
+    early = table.split("Test accuracy at early stopping")[1]
+    assert "| SNIP at initialization, scores inverted | pai_snip_inverted | 31.00 ± 0.00 |" in early
+    csv_rows = (out / "baselines_table.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("experiment,branch,method,pai_method,ablation,level,density,replicates,")
+    assert any(line.startswith("lottery_base,pai_snip_shuffled,") and ",snip,shuffled,2,0.64,2," in line
+               for line in csv_rows)
+
+
+def test_baselines_figure_draws_every_method_and_each_methods_ablations(baselines, tmp_path, drawn):
+    assert report.main([baselines, "--out", str(tmp_path / "out")]) == 0
+    every, snip, synflow, *hidden = drawn["baselines_vs_weights.png"].axes
+    assert all(not ax.get_visible() for ax in hidden)
+
+    def lines(ax):
+        return {c.get_label(): c for c in ax.containers}
+
+    assert set(lines(every)) == {report.branch_label(b) for b in (
+        "main", "random_prune_layerwise", "reinit", "pai_snip", "pai_synflow", "gmp")}
+    gmp = lines(every)[report.branch_label("gmp")]
+    np.testing.assert_allclose(np.asarray(gmp.lines[0].get_xdata(), float), [63.91])
+    np.testing.assert_allclose(np.asarray(gmp.lines[0].get_ydata(), float), [94.0])  # final test accuracy, mean of 93 and 95
+    assert gmp.has_yerr
+    assert set(lines(snip)) == {report.branch_label(b) for b in (
+        "main", "random_prune_layerwise", "pai_snip", "pai_snip_shuffled", "pai_snip_inverted")}
+    assert lines(snip)[report.branch_label("pai_snip_shuffled")].lines[0].get_linestyle() == "--"
+    assert lines(snip)[report.branch_label("pai_snip_inverted")].lines[0].get_linestyle() == "-."
+    inverted = lines(snip)[report.branch_label("pai_snip_inverted")].lines[0]
+    np.testing.assert_allclose(np.asarray(inverted.get_ydata(), float), [31.0])
+    assert report.branch_label("pai_snip") not in lines(synflow)
+    for ax in (every, snip, synflow):
+        assert ax.get_xscale() == "log" and ax.get_ylabel() == "final test accuracy (%)"
+        assert any(l.get_label().startswith("dense network (91.00%") for l in ax.get_lines())
+    # The general figure leaves the baselines to this one.
+    for ax in drawn["accuracy_vs_weights.png"].axes:
+        assert not any(c.get_label().startswith(("SNIP", "SynFlow", "gradual")) for c in ax.containers)
+
+
+def test_no_baselines_no_baselines_files(two_replicates, tmp_path):
+    _, experiment = two_replicates
+    assert report.main([experiment, "--out", str(tmp_path / "out"), "--no_plots"]) == 0
+    assert not (tmp_path / "out" / "baselines_table.md").exists()
+
+
+def test_baselines_layer_densities_from_the_trained_masks(baselines, tmp_path):
+    for replicate, kept in ((0, 1), (1, 3)):  # fc: 1 and 3 of 4 kept -> mean 50%; out: all of 2 -> 100%
+        fc = np.array([[1, 0], [0, 0]], np.float32) if kept == 1 else np.array([[1, 1], [1, 0]], np.float32)
+        for branch in ("pai_snip", "pai_snip_inverted"):
+            folder = os.path.join(baselines, f"replicate_{replicate}", "level_02", branch)
+            masks = {"fc/kernel": fc if branch == "pai_snip" else np.zeros_like(fc), "out/kernel": np.ones(2, np.float32)}
+            atomic.write_npz(os.path.join(folder, "masks.npz"), masks)
+    untrained = os.path.join(baselines, "replicate_0", "level_02", "pai_grasp")  # a mask without metrics.json
+    atomic.write_npz(os.path.join(untrained, "masks.npz"), {"fc/kernel": np.zeros(4, np.float32)})
+    out = tmp_path / "out"
+    assert report.main([baselines, "--out", str(out), "--no_plots"]) == 0
+    text = (out / "baselines_layer_densities.md").read_text()
+    assert "Level 2 (64.0% of weights):" in text and "| method | branch folder | fc/kernel | out/kernel |" in text
+    assert "| SNIP at initialization | pai_snip | 50.0 | 100.0 |" in text
+    assert "| SNIP at initialization, scores inverted | pai_snip_inverted | 0.0 | 100.0 |" in text
+    assert "pai_grasp" not in text
