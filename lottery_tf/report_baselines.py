@@ -203,6 +203,30 @@ def _line(ax, by_level, levels, label, key="final_test_accuracy", **style):
                 yerr=spread, capsize=3, markersize=4, label=label, **style)
 
 
+def _focus(ax, gap: float = 10.0) -> None:
+    """Keeps the y axis on the lines within ``gap`` points of the best one and names the points left below.
+
+    A collapsed network (an inverted score cutting a layer away ends at 10%) would
+    otherwise flatten every other line of its panel into one.
+    """
+    drawn = [(c.get_label(), np.asarray(c.lines[0].get_xdata(), float), np.asarray(c.lines[0].get_ydata(), float))
+             for c in ax.containers]
+    if not drawn:
+        return
+    top = max(float(y.max()) for _, _, y in drawn)
+    bottom = min(float(v) for _, _, y in drawn for v in y if v >= top - gap) - 0.5
+    below = []
+    for label, x, y in drawn:
+        points = [(a, b) for a, b in zip(x, y) if b < bottom]
+        if points:
+            accuracies = ", ".join(f"{b:.1f}" for _, b in points)
+            weights = ", ".join(f"{a:.1f}" for a, _ in points)
+            below.append(f"{label.split(', ')[-1]}: {accuracies}% at {weights}% of weights")
+    if below:
+        ax.set_ylim(bottom=bottom)
+        ax.set_title(ax.get_title() + "\nbelow the axis: " + "; ".join(below), fontsize=8)
+
+
 def _reference_lines(ax, table, levels):
     _line(ax, table.get("main", {}), levels, report.branch_label("main"), color="black", marker="o", linewidth=2)
     for branch in table:
@@ -223,7 +247,8 @@ def plot(entries: list[dict], experiment: str, path: str, title: str) -> None:
     columns = min(3, panels)
     rows = -(-panels // columns)
     plt = report._figure()
-    fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.8 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.42)  # room for two-line panel titles under the row above's axis label
     flat = [ax for row in axes for ax in row]
     series = {b: [e for level, e in by_level.items() if level in levels] for b, by_level in table.items()}
 
@@ -251,6 +276,7 @@ def plot(entries: list[dict], experiment: str, path: str, title: str) -> None:
         report._weights_axis(ax, {b: s for b, s in series.items() if s})
         ax.set_ylabel("final test accuracy (%)")
         ax.legend(fontsize=7)
+        _focus(ax)
     for ax in flat[panels:]:
         ax.set_visible(False)
     replicates = max(e["replicates"] for s in series.values() for e in s)

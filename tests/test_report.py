@@ -190,6 +190,10 @@ def test_baselines_figure_draws_every_method_and_each_methods_ablations(baseline
     inverted = lines(snip)[report.branch_label("pai_snip_inverted")].lines[0]
     np.testing.assert_allclose(np.asarray(inverted.get_ydata(), float), [31.0])
     assert report.branch_label("pai_snip") not in lines(synflow)
+    # The collapsed inverted SNIP (31%) is named, not drawn: the axis stays on the lines near the top.
+    assert snip.get_ylim()[0] == pytest.approx(86.0 - 0.5)
+    assert snip.get_title().endswith("below the axis: scores inverted: 31.0% at 64.0% of weights")
+    assert "below the axis" not in every.get_title() and every.get_ylim()[0] < 86.0  # nothing collapsed there
     for ax in (every, snip, synflow):
         assert ax.get_xscale() == "log" and ax.get_ylabel() == "final test accuracy (%)"
         assert any(l.get_label().startswith("dense network (91.00%") for l in ax.get_lines())
