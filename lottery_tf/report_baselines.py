@@ -241,8 +241,8 @@ def _reference_lines(ax, table, levels):
 def plot(entries: list[dict], experiment: str, path: str, title: str) -> None:
     """``baselines_vs_weights.png`` for one experiment (see the module docstring)."""
     levels, table = comparison(entries, experiment)
-    methods = [m for m in PAI_METHODS if f"pai_{m}" in table or any(
-        (pai_parts(b) or ("",))[0] == m for b in table)]
+    run = {pai_parts(b)[0] for b in table if pai_parts(b)}
+    methods = [m for m in PAI_METHODS if m in run]
     panels = 1 + len(methods)
     columns = min(3, panels)
     rows = -(-panels // columns)
