@@ -196,11 +196,8 @@ def _line(ax, by_level, levels, label, key="final_test_accuracy", **style):
     points = [by_level[level] for level in levels if level in by_level]
     if not points:
         return
-    spread = None
-    if any(e["replicates"] > 1 for e in points):
-        spread = [100 * e[f"{key}_std"] if e["replicates"] > 1 else 0.0 for e in points]
     ax.errorbar([100 * e["density_mean"] for e in points], [100 * e[f"{key}_mean"] for e in points],
-                yerr=spread, capsize=3, markersize=4, label=label, **style)
+                yerr=report._spread(points, key, 100), capsize=3, markersize=4, label=label, **style)
 
 
 def _focus(ax, gap: float = 10.0) -> None:
