@@ -26,6 +26,8 @@ setup(
         # TFMOT's own PolynomialDecay for --gmp_schedule=tfmot and the comparison test. It needs legacy
         # Keras (tf_keras), so lottery_tf only ever runs it in a subprocess.
         "tfmot": ["tensorflow-model-optimization>=0.8", "tf-keras>=2.16"],
+        # keras-hub backbones (BERT, GPT-2, ViT, ResNet) for the tests of models with repeated inner names.
+        "hub": ["keras-hub>=0.32"],
     },
     entry_points={"console_scripts": ["lottery_tf=lottery_tf.main:run"]},
 )

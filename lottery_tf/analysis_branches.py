@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 
 import numpy as np
 import tensorflow as tf
 
-from lottery_tf import atomic, locks, rewind
+from lottery_tf import atomic, locks, rewind, store
 from lottery_tf.analysis import batchnorm, compare_weights
 from lottery_tf.analysis.evaluation import ModelEvaluator, linear_path
-from lottery_tf.branches import level_masks, register_branch
+from lottery_tf.branches import files_damaged, level_masks, rebuild_start_files, register_branch, structure
 from lottery_tf.config import ExperimentConfig, derived_seed
 from lottery_tf.levels import Context, SaveTrainedState, dense_optimizer_at, finish_level, replayed_state, train_level
 from lottery_tf.masking import get_masks, get_prunable_weights, set_masks
@@ -84,7 +85,8 @@ def _network(ctx: Context, level: int, name: str, k: int) -> _Network:
         return _Network(masks, None, derived_seed(ctx.seed, "reinit", level), "fresh" if mode == "restore" else mode)
     if name == "random_prune":
         masks = random_masks_like(masks, derived_seed(ctx.seed, "random_prune", level),
-                                  per_layer=ctx.config.branches.random_prune_scope == "layerwise")
+                                  per_layer=ctx.config.branches.random_prune_scope == "layerwise",
+                                  **structure(ctx.config))
     return _Network(masks, replayed_state(ctx, k), ctx.seed, mode)
 
 
@@ -104,12 +106,15 @@ def train_copy(ctx: Context, level: int, folder: str, network: _Network, k: int,
     ``folder`` is relative to ``level_LL/``. A finished copy is read back, not retrained.
     """
     path = os.path.join(level_dir(ctx.folder, level, folder), "final_weights.npz")
-    if is_done(ctx.folder, level, folder) and os.path.exists(path):
+    info = {"start_step": k, "data_seed": data_seed, "init_seed": network.seed, "rewind_optimizer": network.mode}
+    if is_done(ctx.folder, level, folder) and store.npz_problem(path) is None:
+        if files_damaged(level_dir(ctx.folder, level, folder)):
+            rebuild_start_files(level_dir(ctx.folder, level, folder), _build(ctx, network, k),
+                                lambda: types.SimpleNamespace(info=info))
         return rewind.load(path)
     copy_ctx = dataclasses.replace(ctx, seed=data_seed)  # the data order (and augmentation) of this copy
     model = _build(ctx, network, k)
-    atomic.write_json(os.path.join(level_dir(ctx.folder, level, folder), "branch.json"),
-                      {"start_step": k, "data_seed": data_seed, "init_seed": network.seed, "rewind_optimizer": network.mode})
+    atomic.write_json(os.path.join(level_dir(ctx.folder, level, folder), "branch.json"), info)
     atomic.write_npz(os.path.join(level_dir(ctx.folder, level, folder), "masks.npz"), get_masks(model))
     total = ctx.config.training.iterations - k
     # The copies are endpoints: evaluated where they start and end only.
@@ -167,10 +172,12 @@ def _instability_one(ctx: Context, level: int, name: str, k: int, pair: int) -> 
     b = ctx.config.branches
     base = os.path.join("instability", f"{name}_k{k}", f"pair_{pair}")
     result_path = os.path.join(level_dir(ctx.folder, level, base), "instability.json")
-    if os.path.exists(result_path):
-        return False
     network = _network(ctx, level, name, k)
     seeds = [derived_seed(ctx.seed, "instability", level, name, k, pair, copy) for copy in ("a", "b")]
+    if store.analysis_done(result_path):
+        for copy, seed in zip(("a", "b"), seeds):  # finished copies: only their damaged files are written again
+            train_copy(ctx, level, os.path.join(base, f"copy_{copy}"), network, k, seed)
+        return False
     states = [train_copy(ctx, level, os.path.join(base, f"copy_{copy}"), network, k, seed)
               for copy, seed in zip(("a", "b"), seeds)]
     evaluator = PathEvaluator(ctx, network.masks)
@@ -209,8 +216,9 @@ def run_instability(ctx: Context, levels) -> bool:
     b = ctx.config.branches
     todo = [(level, name, k, pair) for level in levels for name in networks(ctx.config, level, "instability")
             for k in analysis_steps(ctx.config) for pair in range(b.instability_pairs)]
-    if all(os.path.exists(os.path.join(level_dir(ctx.folder, level, os.path.join("instability", f"{name}_k{k}", f"pair_{pair}")),
-                                       "instability.json")) for level, name, k, pair in todo):
+    if all(store.analysis_complete(os.path.join(level_dir(ctx.folder, level, os.path.join("instability", f"{name}_k{k}",
+                                                                                     f"pair_{pair}")), "instability.json"))
+           for level, name, k, pair in todo):
         return False
     trained = False
     with locks.hold(ctx.folder, "instability", ctx.config.run.wait_for_lock):
@@ -223,9 +231,12 @@ def _stability_one(ctx: Context, level: int, name: str, k: int) -> bool:
     config = ctx.config
     base = os.path.join("stability", f"{name}_k{k}")
     result_path = os.path.join(level_dir(ctx.folder, level, base), "stability.json")
-    if os.path.exists(result_path):
-        return False
     network = _network(ctx, level, name, k)
+    if store.analysis_done(result_path):
+        for copy, seed in (("same_order", ctx.seed), ("other_order", derived_seed(ctx.seed, "stability", level, name, k))):
+            if os.path.isdir(level_dir(ctx.folder, level, os.path.join(base, copy))):  # same_order may be the main line
+                train_copy(ctx, level, os.path.join(base, copy), network, k, seed)
+        return False
     main_final = os.path.join(level_dir(ctx.folder, level, MAIN), "final_weights.npz")
     # The main line trained exactly this network with this data order: the ticket at the main rewind step
     # (rewound there with the same optimizer reset), and the dense network at k = 0 (nothing to reset).
@@ -273,7 +284,8 @@ def run_stability(ctx: Context, levels) -> bool:
     """Stability to pruning and to data order at every requested level, network and step k."""
     todo = [(level, name, k) for level in levels for name in networks(ctx.config, level, "stability")
             for k in analysis_steps(ctx.config)]
-    if all(os.path.exists(os.path.join(level_dir(ctx.folder, level, os.path.join("stability", f"{name}_k{k}")), "stability.json"))
+    if all(store.analysis_complete(os.path.join(level_dir(ctx.folder, level, os.path.join("stability", f"{name}_k{k}")),
+                                            "stability.json"))
            for level, name, k in todo):
         return False
     trained = False

@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from lottery_tf import atomic, rewind, saliency
-from lottery_tf.branches import (BranchStart, branch_start, level_masks, level_masks_and_rewind_point, register_branch,
+from lottery_tf.branches import (BranchStart, branch_start, level_masks, level_masks_and_rewind_point, register_branch, structure,
                                  train_start)
 from lottery_tf.config import PAI_METHODS, derived_seed, gmp_steps
 from lottery_tf.gradual import GradualPruningCallback
@@ -61,8 +61,9 @@ def pai_masks(ctx: Context, method: str, level: int, invert: bool = False):
     rewind.restore(model, state)
     target = level_density(ctx, level)
 
-    def prune(importance, masks, target):
-        return prune_to_density(saliency.invert(importance) if invert else importance, masks, target, scope=b.pai_scope)
+    def prune(importance, masks, target):  # with the run's structure (blocks, N:M), if any
+        return prune_to_density(saliency.invert(importance) if invert else importance, masks, target, scope=b.pai_scope,
+                                **structure(config))
 
     info = {"method": method, "target_density": target, "scope": b.pai_scope, "inverted": invert}
     if method == "synflow":
@@ -86,12 +87,14 @@ def start_pai(ctx: Context, method: str, level: int, ablation: str | None) -> Br
     masks, state, info = pai_masks(ctx, method, level, invert=ablation == "invert")
     seed = ctx.seed
     if ablation == "shuffle":
-        masks = random_masks_like(masks, derived_seed(ctx.seed, "pai_shuffle", method, level), per_layer=True)
+        masks = random_masks_like(masks, derived_seed(ctx.seed, "pai_shuffle", method, level), per_layer=True,
+                                  **structure(ctx.config))
     if ablation == "reinit":
         seed, state = derived_seed(ctx.seed, "pai_reinit", method, level), None
     mode = "fresh" if ctx.config.pruning.rewind_optimizer == "restore" and ablation == "reinit" else None
     start = branch_start(ctx, f"pai_{method}", level, ctx.config.pruning.rewind_step, masks=masks, state=state,
-                         seed=seed, mode=mode, folder=pai_folder(method, ablation))
+                         seed=seed, mode=mode, folder=pai_folder(method, ablation),
+                         state_file=None if state is None else "rewind_point.npz")
     start.info.update(info, ablation=ablation or "none", density=overall_density(start.model))
     return start
 

@@ -41,13 +41,13 @@ import json
 import os
 from typing import Callable
 
-from lottery_tf import atomic, locks, rewind
+from lottery_tf import atomic, locks, rewind, store
 from lottery_tf.callbacks import PruneRewindCallback
 from lottery_tf.config import ExperimentConfig, derived_seed
-from lottery_tf.levels import (Context, agreement, dense_optimizer_at, finish_level, pruning_spec, replayed_state,
-                               todo, train_level, train_lineage)
+from lottery_tf.levels import (Context, SaveTrainedState, agreement, dense_optimizer_at, finish_level, pruning_spec,
+                               replayed_state, replayed_state_file, todo, train_level, train_lineage)
 from lottery_tf.masking import get_masks, set_masks
-from lottery_tf.pruning import random_masks_like
+from lottery_tf.pruning import fingerprint, random_masks_like
 from lottery_tf.recipe import build_masked_model
 from lottery_tf.registry import Registry
 from lottery_tf.run_dir import MAIN, is_done, level_dir
@@ -133,6 +133,11 @@ def level_masks_and_rewind_point(config: ExperimentConfig, level: int) -> list:
     return [_masks(level), "rewind_point.npz"]
 
 
+def structure(config: ExperimentConfig) -> dict:
+    """The pruning structure (``block``, ``n_m``) controls and baselines keep, as keyword arguments."""
+    return {"block": tuple(config.pruning.block) or None, "n_m": tuple(config.pruning.n_m) or None}
+
+
 def lr_rewind_step(config: ExperimentConfig) -> int:
     """The step learning-rate rewinding rewinds the schedule to."""
     b = config.branches
@@ -146,9 +151,13 @@ def _retrain_overrides(config: ExperimentConfig) -> dict:
 
 
 def branch_start(ctx: Context, name: str, level: int, origin: int, masks=None, state=None, seed=None, training=None,
-           mode=None, folder=None) -> BranchStart:
+           mode=None, folder=None, state_file: str | None = None) -> BranchStart:
     """The model of a one-level branch: the level's mask (or ``masks``), ``state`` (None = the fresh
-    initialization from ``seed``), optimizer rewound to ``origin``."""
+    initialization from ``seed``), optimizer rewound to ``origin``.
+
+    ``state_file`` names the run file ``state`` came from (relative to the replicate folder): it goes into
+    ``branch.json`` as ``start_state``, so :func:`lottery_tf.load_ticket` can give the ticket's start weights.
+    """
     config = ctx.config
     training = training or config.training
     seed = ctx.seed if seed is None else seed
@@ -161,7 +170,8 @@ def branch_start(ctx: Context, name: str, level: int, origin: int, masks=None, s
         rewind.restore(model, state)
     rewind.reset_optimizer(model.optimizer, origin, mode, dense_optimizer_at(ctx, origin) if mode == "restore" else None)
     info = {"type": name, "level": level, "start_step": origin, "seed": seed, "rewind_optimizer": mode,
-            "training": dataclasses.asdict(training), "random_prune_scope": config.branches.random_prune_scope}
+            "training": dataclasses.asdict(training), "random_prune_scope": config.branches.random_prune_scope,
+            "start_state": {"init_seed": seed} if state is None else {"file": state_file}}
     return BranchStart(folder or branch_folder_name(config, name), model, origin, training, info)
 
 
@@ -179,22 +189,25 @@ def start_reinit(ctx: Context, level: int) -> BranchStart:
 def start_random_prune(ctx: Context, level: int) -> BranchStart:
     masks = random_masks_like(atomic.read_npz(os.path.join(ctx.folder, _masks(level))),
                               derived_seed(ctx.seed, "random_prune", level),
-                              per_layer=ctx.config.branches.random_prune_scope == "layerwise")
+                              per_layer=ctx.config.branches.random_prune_scope == "layerwise",
+                              **structure(ctx.config))
     return branch_start(ctx, "random_prune", level, ctx.config.pruning.rewind_step, masks=masks,
-                  state=rewind.load(os.path.join(ctx.folder, "rewind_point.npz")))
+                        state=rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), state_file="rewind_point.npz")
 
 
 @register_branch("rewind", needs=level_masks, folder=lambda config: f"rewind_{config.branches.rewind_step}")
 def start_rewind(ctx: Context, level: int) -> BranchStart:
     origin = ctx.config.branches.rewind_step
-    return branch_start(ctx, "rewind", level, origin, state=replayed_state(ctx, origin))
+    return branch_start(ctx, "rewind", level, origin, state=replayed_state(ctx, origin),
+                        state_file=replayed_state_file(ctx, origin))
 
 
 @register_branch("lr_rewind_oneshot", folder=lambda config: f"lr_rewind_oneshot_{lr_rewind_step(config)}",
                  needs=lambda config, level: [_masks(level), os.path.join(f"level_{level - 1:02d}", MAIN, "final_weights.npz")])
 def start_lr_rewind_oneshot(ctx: Context, level: int) -> BranchStart:
-    state = rewind.load(os.path.join(level_dir(ctx.folder, level - 1, MAIN), "final_weights.npz"))
-    return branch_start(ctx, "lr_rewind_oneshot", level, lr_rewind_step(ctx.config), state=state)
+    source = os.path.join(f"level_{level - 1:02d}", MAIN, "final_weights.npz")
+    return branch_start(ctx, "lr_rewind_oneshot", level, lr_rewind_step(ctx.config),
+                        state=rewind.load(os.path.join(ctx.folder, source)), state_file=source)
 
 
 def _retrain_folder(config: ExperimentConfig) -> str:
@@ -209,7 +222,7 @@ def start_retrain(ctx: Context, level: int) -> BranchStart:
     # "restore" needs the dense run's optimizer state: only for the same optimizer and batch size.
     mode = "fresh" if config.pruning.rewind_optimizer == "restore" and (config.branches.optimizer or config.branches.batch_size) else None
     return branch_start(ctx, "retrain", level, config.pruning.rewind_step, training=training, mode=mode,
-                  state=rewind.load(os.path.join(ctx.folder, "rewind_point.npz")))
+                        state=rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), state_file="rewind_point.npz")
 
 
 @register_branch("lr_rewind", lineage=True, folder=lambda config: f"lr_rewind_{lr_rewind_step(config)}",
@@ -230,7 +243,9 @@ def run_lr_rewind_lineage(ctx: Context, last_level: int) -> bool:
     config = ctx.config
     name = branch_folder_name(config, "lr_rewind")
     k = lr_rewind_step(config)
-
+    info = {"type": "lr_rewind", "start_step": k, "seed": ctx.seed, "rewind_optimizer": config.pruning.rewind_optimizer,
+            "starts_from": "the previous lr_rewind level's trained weights (level 1: main level 0's)"}
+    _rebuild_lineage_files(ctx, name, range(1, last_level + 1), info)
     if all(is_done(ctx.folder, level, name) for level in range(1, last_level + 1)):
         return False
     with locks.hold(ctx.folder, name, config.run.wait_for_lock):
@@ -257,10 +272,26 @@ def run_lr_rewind_lineage(ctx: Context, last_level: int) -> bool:
             rewind.reset_optimizer(model.optimizer, k, mode, imp.optimizer_point)
 
         load_level(levels[0])
-        info = {"type": "lr_rewind", "start_step": k, "seed": ctx.seed, "rewind_optimizer": mode,
-                "starts_from": "the previous lr_rewind level's trained weights (level 1: main level 0's)"}
         train_lineage(ctx, model, imp, name, levels, lambda level: k, info, load_level=load_level)
     return True
+
+
+def _rebuild_lineage_files(ctx: Context, name: str, levels, info: dict) -> None:
+    """A branch lineage's finished levels: damaged masks rebuilt (checked), damaged ``branch.json`` written again."""
+    from lottery_tf import repair
+
+    for level in levels:
+        folder = level_dir(ctx.folder, level, name)
+        if not is_done(ctx.folder, level, name) or not files_damaged(folder):
+            continue
+        with locks.hold(ctx.folder, name, ctx.config.run.wait_for_lock):
+            masks = os.path.join(folder, "masks.npz")
+            expected = store.read_json(os.path.join(folder, "metrics.json")).get("masks_sha256")
+            if store.npz_problem(masks) or fingerprint(store.read_npz(masks)) != expected:
+                repair.rebuild_masks(ctx, name, level)
+            if store.json_problem(os.path.join(folder, "branch.json")):
+                atomic.write_json(os.path.join(folder, "branch.json"), {**info, "level": level})
+                print(f"rebuilt {os.path.join(folder, 'branch.json')}", flush=True)
 
 
 def prepare_branch(ctx: Context, name: str, level: int) -> BranchStart:
@@ -287,6 +318,10 @@ def train_start(ctx: Context, level: int, folder_name: str, make_start: Callable
         Whether it trained.
     """
     if is_done(ctx.folder, level, folder_name):
+        if files_damaged(level_dir(ctx.folder, level, folder_name)):
+            with locks.hold(ctx.folder, f"{folder_name}_level_{level:02d}", ctx.config.run.wait_for_lock):
+                start = make_start()
+                rebuild_start_files(level_dir(ctx.folder, level, folder_name), start.model, lambda: start)
         return False
     with locks.hold(ctx.folder, f"{folder_name}_level_{level:02d}", ctx.config.run.wait_for_lock):
         if not todo(ctx, folder_name, [level]):
@@ -295,13 +330,51 @@ def train_start(ctx: Context, level: int, folder_name: str, make_start: Callable
         folder = level_dir(ctx.folder, level, start.name)
         atomic.write_json(os.path.join(folder, "branch.json"), start.info)
         atomic.write_npz(os.path.join(folder, "masks.npz"), get_masks(start.model))
+        trained = SaveTrainedState(os.path.join(folder, "final_weights.npz"))  # the ticket's final weights
         metrics = train_level(ctx, start.model, level, start.name, start.origin,
                               start.training.iterations - start.origin, start.training,
-                              extra_callbacks=start.callbacks)
+                              extra_callbacks=(*start.callbacks, trained))
         if start.finish is not None:
             metrics = start.finish(start.model, metrics)
         finish_level(ctx, level, start.name, metrics)
     return True
+
+
+def files_damaged(folder: str) -> bool:
+    """Whether a finished branch level's masks or ``branch.json`` are damaged (see :mod:`lottery_tf.store`)."""
+    metrics = store.read_json(os.path.join(folder, "metrics.json"))
+    masks = os.path.join(folder, "masks.npz")
+    return bool(store.npz_problem(masks) or store.json_problem(os.path.join(folder, "branch.json"))
+                or (metrics.get("masks_sha256") and fingerprint(store.read_npz(masks)) != metrics["masks_sha256"]))
+
+
+def rebuild_start_files(folder: str, model, make_info) -> None:
+    """Writes a finished level's masks and ``branch.json`` again from its start, if they match what it trained with.
+
+    Args:
+        folder: The level's folder.
+        model: The model at the level's start (its masks are the level's).
+        make_info: ``make_info()`` -> an object with ``info`` (the ``branch.json`` content).
+
+    Raises:
+        RepairError: If the start's masks are not the ones ``metrics.json`` recorded.
+    """
+    from lottery_tf.repair import RepairError
+
+    masks_path, info_path = os.path.join(folder, "masks.npz"), os.path.join(folder, "branch.json")
+    expected = store.read_json(os.path.join(folder, "metrics.json")).get("masks_sha256")
+    masks = get_masks(model)
+    if expected and fingerprint(masks) != expected:
+        raise RepairError(f"{masks_path}: rebuilt from the branch's start, its masks have fingerprint {fingerprint(masks)}, "
+                          f"but metrics.json says it trained with {expected} (a branch whose masks change while it "
+                          f"trains, such as gmp, cannot be rebuilt); delete {folder} to train it again")
+    damaged_masks = store.npz_problem(masks_path) or (expected and fingerprint(store.read_npz(masks_path)) != expected)
+    if damaged_masks:
+        atomic.write_npz(masks_path, masks)
+        print(f"rebuilt {masks_path} (fingerprint {fingerprint(masks)})", flush=True)
+    if store.json_problem(info_path):
+        atomic.write_json(info_path, make_info().info)
+        print(f"rebuilt {info_path}", flush=True)
 
 
 def check_branch_inputs(ctx: Context) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Mapping
 
 import numpy as np
@@ -127,14 +128,14 @@ class PruneRewindCallback(keras.callbacks.Callback):
     def _model_built(self) -> bool:
         return all(layer.built for layer in self.model._flatten_layers(include_self=False, recursive=True))
 
-    def _check_model(self) -> None:
+    def check_model(self) -> None:
         """Masks exist and every name the spec uses is one of them (resolved to mask names)."""
         names = mask_names(self.model)  # ValueError if the model has nothing masked
         if self.output_layer is not None:
             self.output_layer = resolve_mask_name(self.output_layer, names, "output_layer")
         fractions = {resolve_mask_name(n, names, "layer_fractions"): f for n, f in self.spec.layer_fractions.items()}
         if fractions != self.spec.layer_fractions:
-            self.spec = PruningSpec(self.spec.method, self.spec.fraction, self.spec.output_fraction, fractions)
+            self.spec = dataclasses.replace(self.spec, layer_fractions=fractions)
         if self.rewind_optimizer == "fresh" and rewind.install_offset_schedule(self.model.optimizer):
             self.model.make_train_function(force=True)  # trace again with the offsettable schedule
         self._checked = True
@@ -142,7 +143,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         built = self._model_built()
         if built and not self._checked:
-            self._check_model()
+            self.check_model()
         if self.rewind_point is not None or not self.rewind_weights:
             return  # learning-rate rewinding keeps the trained weights: nothing to record
         per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
@@ -170,7 +171,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._checked:
-            self._check_model()
+            self.check_model()
         if self.rewind_point is None and self.rewind_weights and self._step() == self.rewind_step:
             self._capture()
 
@@ -207,11 +208,9 @@ class PruneRewindCallback(keras.callbacks.Callback):
         """
         if self.rewind_weights:
             rewind.check_matches(self.model, self.rewind_point)
-        names = mask_names(self.model)
-        output = self.output_layer or names[-1]
         old_masks = get_masks(self.model)
         old_state = rewind.capture(self.model)
-        masks = prune_by_magnitude(get_prunable_weights(self.model), old_masks, self.spec, output)
+        masks = self.next_masks()
         if self.agree_on_masks is not None:
             masks = self.agree_on_masks(masks)
         try:
@@ -228,6 +227,18 @@ class PruneRewindCallback(keras.callbacks.Callback):
         if self.verbose:
             print(f"PruneRewindCallback: level {self.level}, density {alive / total:.4f}")
         return masks
+
+    def next_masks(self) -> dict:
+        """The pruning decision from the model's current weights and masks (nothing is changed).
+
+        Raises:
+            ValueError: If a name in the spec matches no masked weight.
+        """
+        if not self._checked:
+            self.check_model()
+        names = mask_names(self.model)
+        return prune_by_magnitude(get_prunable_weights(self.model), get_masks(self.model), self.spec,
+                                  self.output_layer or names[-1])
 
     def rewind(self) -> None:
         """Restores the rewind point (or keeps the weights) under the current masks; rewinds the optimizer.

@@ -5,9 +5,12 @@ A checkpoint is two files in ``<level>/<branch>/checkpoints/``:
 * ``ckpt-<step>.npz``: every model variable (weights, masks, BatchNorm
   statistics, seed-generator state) by path, and every optimizer variable
   (slots, step counter: the learning-rate schedule position) by index;
-* ``ckpt-<step>.json``: the step, the SHA-256 of the ``.npz``, and the caller's
-  state (evaluation curves so far). Written after the ``.npz``: a checkpoint
-  without its ``.json`` is incomplete and ignored.
+* ``ckpt-<step>.json``: the step, the SHA-256 of the ``.npz``, whose
+  checkpoint it is (replicate, level, branch, start step, mask fingerprint)
+  and the caller's state (evaluation curves so far). Written after the
+  ``.npz``: a checkpoint without its ``.json`` is incomplete and ignored. A
+  checkpoint of another level or branch (copied by hand, or left behind) is
+  refused by name, and the previous one, or the level's start, is used.
 
 The input pipeline's position is the step itself (batches are a deterministic
 function of seed and step), so it needs no file. Both files are written
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from lottery_tf import atomic, faults
+from lottery_tf import atomic, faults, naming
 
 KEEP = 2  # checkpoints kept: the newest and one to fall back to
 
@@ -44,19 +47,22 @@ class Checkpoint:
     optimizer: list  # arrays in optimizer.variables order
     state: dict  # caller's JSON state
     path: str
+    owner: dict = dataclasses.field(default_factory=dict)  # whose checkpoint it is (see save)
 
 
 def _model_variables(model) -> dict:
-    out = {}
-    for variable in model.variables:
-        if variable.path in out:
-            raise CheckpointError(f"two model variables share the path {variable.path!r}; give layers unique names")
-        out[variable.path] = variable
-    return out
+    """Unique name (:mod:`lottery_tf.naming`) -> variable, masks included."""
+    try:
+        return naming.variable_names(model)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
 
 
-def save(folder: str, model, step: int, state: dict[str, Any]) -> str:
+def save(folder: str, model, step: int, state: dict[str, Any], owner: dict | None = None) -> str:
     """Writes a checkpoint of ``model`` and its optimizer at ``step``; prunes old ones.
+
+    ``owner`` says whose checkpoint it is (replicate, level, branch, start step,
+    mask fingerprint); :func:`latest` refuses a checkpoint whose owner differs.
 
     Returns:
         The path of the ``.json`` file.
@@ -73,7 +79,8 @@ def save(folder: str, model, step: int, state: dict[str, Any]) -> str:
     base = os.path.join(folder, f"ckpt-{step:09d}")
     atomic.write_bytes(base + ".npz", payload, crash_point="checkpoint_write")
     faults.crash_point("checkpoint_between_files")
-    meta = {"step": step, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload), "state": state}
+    meta = {"step": step, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload), "owner": owner or {},
+            "state": state}
     atomic.write_json(base + ".json", meta)
     _prune_old(folder)
     return base + ".json"
@@ -113,20 +120,65 @@ def read(meta_path: str) -> Checkpoint:
     with np.load(io.BytesIO(payload)) as data:
         model = {k[len("model/"):]: data[k] for k in data.files if k.startswith("model/")}
         optimizer = [data[k] for k in sorted(k for k in data.files if k.startswith("optimizer/"))]
-    return Checkpoint(step, model, optimizer, meta.get("state", {}), meta_path)
+    return Checkpoint(step, model, optimizer, meta.get("state", {}), meta_path, meta.get("owner") or {})
 
 
-def latest(folder: str, warn=None) -> Checkpoint | None:
-    """The newest checkpoint that verifies; corrupted ones are reported and skipped."""
+def mask_variable_names(model) -> dict:
+    """``{"mask_names": [...], "mask_variables": [...]}``: each mask's name and its variable's name in a checkpoint."""
+    from lottery_tf.masking import masked_weights
+
+    names = {id(v): name for name, v in _model_variables(model).items()}
+    triples = masked_weights(model)
+    return {"mask_names": [name for name, _, _ in triples], "mask_variables": [names[id(m)] for _, m, _ in triples]}
+
+
+def mismatch(found: Checkpoint, owner: dict) -> str | None:
+    """Why ``found`` is not a checkpoint of ``owner`` (None if it is).
+
+    Checks the identity it recorded (replicate, level, branch, start step, mask
+    fingerprint) and, for checkpoints that recorded none, that its step lies
+    within the level and that its masks are the level's masks.
+    """
+    recorded = found.owner
+    for key in ("replicate", "level", "branch", "start_step", "masks_sha256"):
+        if key in recorded and key in owner and recorded[key] != owner[key]:
+            return f"it belongs to {_describe(recorded)}, not to {_describe(owner)}"
+    if "start_step" in owner and "steps" in owner and not owner["start_step"] < found.step < owner["start_step"] + owner["steps"]:
+        return f"its step {found.step} is outside this level's steps {owner['start_step']}..{owner['start_step'] + owner['steps']}"
+    if "mask_names" in owner:
+        expected = dict(zip(owner["mask_names"], owner["mask_variables"]))
+        held = {name: found.model[variable] for name, variable in expected.items() if variable in found.model}
+        if len(held) == len(expected):
+            from lottery_tf.pruning import fingerprint
+
+            if fingerprint(held) != owner.get("masks_sha256"):
+                return "its masks are not this level's masks"
+    return None
+
+
+def _describe(owner: dict) -> str:
+    return (f"replicate {owner.get('replicate', '?')} level {owner.get('level', '?')} [{owner.get('branch', '?')}] "
+            f"from step {owner.get('start_step', '?')} with masks {owner.get('masks_sha256', '?')}")
+
+
+def latest(folder: str, warn=None, owner: dict | None = None) -> Checkpoint | None:
+    """The newest checkpoint that verifies and belongs to ``owner``; others are reported and skipped."""
     warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr, flush=True))
     metas = sorted(glob.glob(os.path.join(folder, "ckpt-*.json")), reverse=True)
     for index, meta in enumerate(metas):
+        last = index == len(metas) - 1
+        fallback = ("no usable checkpoint is left: the level restarts from its first step" if last
+                    else "falling back to the previous one")
         try:
-            return read(meta)
+            found = read(meta)
         except CheckpointError as error:
-            last = index == len(metas) - 1
-            warn(f"checkpoint {error}; " + ("no usable checkpoint is left: the level restarts from its first step"
-                                            if last else "falling back to the previous one"))
+            warn(f"checkpoint {error}; {fallback}")
+            continue
+        problem = mismatch(found, owner) if owner else None
+        if problem:
+            warn(f"checkpoint {meta} is refused: {problem}; {fallback}")
+            continue
+        return found
     return None
 
 
@@ -148,14 +200,16 @@ def restore(model, checkpoint: Checkpoint) -> None:
         CheckpointError: If the checkpoint does not match the model.
     """
     variables = _model_variables(model)
-    if sorted(variables) != sorted(checkpoint.model):
-        raise CheckpointError(f"{checkpoint.path}: does not match the model's variables")
+    try:  # checkpoints written before names were unique are keyed by Keras paths
+        values = naming.rename_keys(checkpoint.model, variables, "checkpoint")
+    except ValueError:
+        raise CheckpointError(f"{checkpoint.path}: does not match the model's variables") from None
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     if len(model.optimizer.variables) != len(checkpoint.optimizer):
         raise CheckpointError(f"{checkpoint.path}: does not match the optimizer's variables")
-    for path, variable in variables.items():
-        variable.assign(checkpoint.model[path])
+    for name, variable in variables.items():
+        variable.assign(values[name])
     for variable, value in zip(model.optimizer.variables, checkpoint.optimizer):
         variable.assign(value)
 

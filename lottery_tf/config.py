@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
@@ -126,6 +126,8 @@ class PruningConfig:
     levels: int = 12  # levels 0 (dense) .. levels are trained
     rewind_step: int = 0
     rewind_optimizer: str = "fresh"  # fresh, reset or restore (lottery_tf.rewind.reset_optimizer)
+    block: tuple = ()  # (R, C): blocks of R outputs x C inputs pruned as units (lottery_tf.pruning)
+    n_m: tuple = ()  # (N, M): at most N of every M consecutive inputs kept
 
 
 PAI_METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
@@ -266,11 +268,7 @@ class ExperimentConfig:
         try:
             for name, value in data.items():
                 if isinstance(value, dict):
-                    section_cls = {
-                        "data": DataConfig, "model": ModelConfig, "training": TrainingConfig,
-                        "pruning": PruningConfig, "branches": BranchConfig, "run": RunConfig,
-                    }[name]
-                    kwargs[name] = section_cls(**{k: tuples(v) for k, v in value.items()})
+                    kwargs[name] = SECTIONS[name](**{k: tuples(v) for k, v in value.items()})
                 elif name in sections:
                     kwargs[name] = tuples(value)
                 else:
@@ -280,30 +278,416 @@ class ExperimentConfig:
             raise ValueError(f"not a lottery_tf settings file: {error}") from None
 
 
-# Fields that do not change what is computed: left out of the experiment's hash.
-NOT_IDENTITY = {
-    "data": ("data_dir", "tfds_data_dir", "tfds_download", "tfds_manual_dir"),
-    "training": ("steps_per_execution", "jit_compile"),
-    "pruning": ("levels",),
-    "branches": "*",
-    "run": "*",
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "pruning": PruningConfig,
+            "branches": BranchConfig, "run": RunConfig}
+
+
+# -- every setting, declared once ------------------------------------------------------------------------
+#
+# Each setting says its flag, its type and range, which component reads it, and whether it is part of
+# the run's identity (the hash that names the run folder). Range checks, "set but not used" and the
+# identity all come from these declarations; :func:`validate` adds only the rules that relate settings
+# to each other (a length that must divide another, a level the main line must have).
+
+
+@dataclasses.dataclass(frozen=True)
+class Reader:
+    """Which component reads a setting: ``reads(config, study)`` says whether this run does.
+
+    ``study`` holds what a whole invocation adds to one config: ``{"start_steps": ...}`` (the sweep's
+    rewind steps).
+    """
+
+    description: str
+    reads: Callable[[Any, dict], bool]
+    now: Callable[[Any], str] = lambda config: ""
+
+
+ALWAYS = Reader("every run", lambda config, study: True)
+
+
+def _optimizer_is(name: str) -> Reader:
+    return Reader(f"--optimizer={name}", lambda c, s: c.training.optimizer == name,
+                  lambda c: f"--optimizer={c.training.optimizer}")
+
+
+def _datasets(*names: str) -> Reader:
+    return Reader(f"--dataset={' or '.join(names)}", lambda c, s: c.data.name in names,
+                  lambda c: f"--dataset={c.data.name}")
+
+
+def _branch_matches(name: str, pattern: str) -> bool:
+    return name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
+
+
+def _branches(*patterns: str, description: str = "") -> Reader:
+    return Reader(description or f"--branch={' or '.join(patterns)}",
+                  lambda c, s: any(_branch_matches(n, p) for n in c.branches.names for p in patterns),
+                  lambda c: f"--branch={','.join(c.branches.names) or '(none)'}")
+
+
+def _analysis_controls_read(config, study) -> bool:
+    b = config.branches
+    return any(n in ANALYSIS_BRANCHES for n in b.names) and any(level >= 1 for level in b.levels)
+
+
+def _random_prune_scope_read(config, study) -> bool:
+    b = config.branches
+    return "random_prune" in b.names or ("random_prune" in b.analysis_controls and _analysis_controls_read(config, study))
+
+
+def _rewinds_somewhere(config, study) -> bool:
+    return bool(start_steps(config)) or any(k > 0 for k in study.get("start_steps", ()))
+
+
+def _branch_names(config) -> str:
+    return f"--branch={','.join(config.branches.names) or '(none)'}"
+
+
+SGD = _optimizer_is("sgd")
+READERS = {
+    "sgd_momentum": Reader("--optimizer=sgd with --momentum above 0",
+                           lambda c, s: c.training.optimizer == "sgd" and c.training.momentum > 0,
+                           lambda c: f"--optimizer={c.training.optimizer} --momentum={c.training.momentum:g}"),
+    "weight_decay": Reader("a --weight_decay above 0", lambda c, s: c.training.weight_decay > 0,
+                           lambda c: "--weight_decay=0"),
+    "step_schedule": Reader("--lr_schedule=step", lambda c, s: c.training.lr_schedule == "step",
+                            lambda c: f"--lr_schedule={c.training.lr_schedule}"),
+    "rewind": Reader("a rewind step above 0 (--rewind_step, --branch_rewind_step, --analysis_rewind_steps or "
+                     "--sweep_rewind_steps)", _rewinds_somewhere, lambda c: "every rewind step is 0"),
+    "tpu": Reader("--strategy=tpu", lambda c, s: c.run.strategy == "tpu", lambda c: f"--strategy={c.run.strategy}"),
+    "any_branch": Reader("a --branch", lambda c, s: bool(c.branches.names), lambda c: "no --branch"),
+    "analysis_controls": Reader("--branch=instability or stability at a level >= 1", _analysis_controls_read,
+                                lambda c: f"{_branch_names(c)} --branch_levels={','.join(map(str, c.branches.levels))}"),
+    "random_prune_scope": Reader("--branch=random_prune, or an analysis with --analysis_controls=random_prune",
+                                 _random_prune_scope_read, _branch_names),
+    "batchnorm_batches": Reader("--branch=instability with --batchnorm_statistics=reestimate",
+                                lambda c, s: "instability" in c.branches.names
+                                and c.branches.batchnorm_statistics == "reestimate", _branch_names),
 }
+TFDS_DATASETS = _datasets("mnist", "fashion_mnist", "cifar10", "imagenet2012")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting: its flag, where it lives in :class:`ExperimentConfig`, its type and range, who reads it.
+
+    Args:
+        flag: The command-line flag (without ``--``).
+        field: ``"section.name"`` in :class:`ExperimentConfig` (``"seed"`` for the top-level field).
+        kind: ``int``, ``float``, ``bool``, ``str``, ``length`` (steps, or epochs as ``2ep``),
+            ``lengths`` (a list of those), ``names`` (a list of words), ``levels`` (``0-3,7``),
+            ``fractions`` (``NAME=F`` items) or ``shape`` (``32,32,3``).
+        help: The flag's help.
+        low, high: The range of a number (of each item of a list); ``None`` = unbounded.
+        low_open, high_open: Whether the range excludes its ends.
+        choices: The allowed values (of each item of a list).
+        default_means: A special value that means "the default" and skips the range (``-1``, ``0``).
+        reader: Which component reads the setting; a value other than the default is refused where
+            nothing reads it.
+        identity: Whether it is part of the run's identity (changes what is computed).
+    """
+
+    flag: str
+    field: str
+    kind: str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple | None = None
+    default_means: Any = None
+    reader: Reader = ALWAYS
+    identity: bool = False
+
+    def value(self, config) -> Any:
+        section, _, name = self.field.partition(".")
+        return getattr(getattr(config, section), name) if name else getattr(config, section)
+
+    def default(self) -> Any:
+        return self.value(ExperimentConfig())
+
+    def check(self, config) -> None:
+        """Type, range and choices of this setting's value in ``config``.
+
+        Raises:
+            ConfigError: Naming the flag and what was expected.
+        """
+        value = self.value(config)
+        if self.kind in ("block", "n_m"):
+            if value == ():
+                return
+            from lottery_tf import pruning
+
+            try:
+                (pruning.check_block if self.kind == "block" else pruning.check_n_m)(value)
+            except ValueError as error:
+                if self.kind == "block":
+                    raise ConfigError(self.flag, f"expected positive integers RxC like 1x4, got {value[0]}x{value[1]}") from None
+                raise ConfigError(self.flag, str(error).split(": ", 1)[-1].rstrip(".")) from None
+            return
+        if self.kind in ("lengths", "names", "shape", "levels"):
+            items = value
+            if not isinstance(items, tuple):
+                raise ConfigError(self.flag, f"expected a comma-separated list, got {value!r}")
+            if self.kind != "shape" and len(set(items)) != len(items):
+                repeated = sorted({str(v) for v in items if items.count(v) > 1})
+                raise ConfigError(self.flag, f"{', '.join(repeated)} given twice; give each once")
+        elif self.kind == "fractions":
+            items = tuple(v for _, v in value)
+            names = [n for n, _ in value]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ConfigError(self.flag, f"{', '.join(repeated)} given twice; give each weight one fraction")
+        else:
+            items = (value,)
+        for item in items:
+            if self.default_means is not None and item == self.default_means and not isinstance(item, bool):
+                continue
+            self._check_item(item)
+
+    def _check_item(self, item) -> None:
+        kind = {"length": "int", "lengths": "int", "levels": "int", "shape": "int", "fractions": "float",
+                "names": "str"}.get(self.kind, self.kind)
+        if kind == "bool":
+            if not isinstance(item, bool):
+                raise ConfigError(self.flag, f"expected true or false, got {item!r}")
+            return
+        if kind == "str":
+            if not isinstance(item, str):
+                raise ConfigError(self.flag, f"expected a word, got {item!r}")
+            if self.choices is not None and item not in self.choices:
+                shown = ", ".join(c or "(empty)" for c in self.choices)
+                raise ConfigError(self.flag, f"unknown value {item!r}; expected {'one or more' if self.kind == 'names' else 'one'} of {shown}")
+            return
+        is_int = isinstance(item, int) and not isinstance(item, bool)
+        if kind == "int" and not is_int:
+            raise ConfigError(self.flag, f"expected an integer{self._range()}, got {item!r}")
+        if kind == "float" and (isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item)):
+            raise ConfigError(self.flag, f"expected a number{self._range()}, got {item!r}")
+        if kind == "float" and item != 0 and abs(item) < TINY:
+            raise ConfigError(self.flag, f"{item!r} is below {TINY:g}: too small to mean anything (a typo?)")
+        below = self.low is not None and (item < self.low or (self.low_open and item == self.low))
+        above = self.high is not None and (item > self.high or (self.high_open and item == self.high))
+        if below or above:
+            what = "an integer" if kind == "int" else "a number"
+            raise ConfigError(self.flag, f"expected {what}{self._range()}, got {item!r}")
+
+    def _range(self) -> str:
+        if self.low is None and self.high is None:
+            return ""
+        if self.high is None:
+            return f" {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f" {'<' if self.high_open else '<='} {self.high:g}"
+        return f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def is_set(self, config) -> bool:
+        """Whether the value differs from the default."""
+        return self.value(config) != self.default()
+
+    def shown(self, config) -> str:
+        value = self.value(config)
+        if self.kind in ("block", "n_m") and value:
+            return f"{value[0]}{'x' if self.kind == 'block' else ':'}{value[1]}"
+        if self.kind == "fractions":
+            return ",".join(f"{n}={v:g}" for n, v in value)
+        if isinstance(value, tuple):
+            return ",".join(map(str, value)) or "(empty)"
+        return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# A non-zero float below this is a typo or an overflow of a unit, never a setting (1e-320).
+TINY = 1e-30
+# Upper bounds that no recipe needs and a typo easily gives (1e3 for 1e-3, 100000000 points).
+MAX_LEARNING_RATE = 100.0
+MAX_WEIGHT_DECAY = 1.0
+# The smallest per-level pruning fraction: below it a study needs thousands of levels to prune anything.
+MIN_PRUNING_FRACTION = 1e-3
+_LENGTH = "steps (500 or 500it) or epochs (2ep)"
+
+S = Setting  # short, for the table
+SETTINGS: tuple[Setting, ...] = (
+    # Data
+    S("dataset", "data.name", "str", "Dataset: mnist, fashion_mnist, cifar10, imagenet2012 or synthetic.", identity=True),
+    S("data_dir", "data.data_dir", "str", "Folder of MNIST-format IDX files (.gz or not). Empty: use TFDS, then known "
+      "local folders.", reader=_datasets("mnist", "fashion_mnist")),
+    S("tfds_data_dir", "data.tfds_data_dir", "str", "TFDS data folder. Empty: TFDS's default (~/tensorflow_datasets).",
+      reader=TFDS_DATASETS),
+    S("tfds_download", "data.tfds_download", "bool", "Try a TFDS download (only if the network answers within "
+      "seconds) when no local copy exists.", reader=_datasets("mnist", "fashion_mnist", "cifar10")),
+    S("tfds_manual_dir", "data.tfds_manual_dir", "str", "imagenet2012: folder with ILSVRC2012_img_train.tar and "
+      "ILSVRC2012_img_val.tar (TFDS prepares them once into --tfds_data_dir).", reader=_datasets("imagenet2012")),
+    S("image_size", "data.image_size", "int", "imagenet2012: side of the square training and evaluation crops.",
+      low=8, high=1024, reader=_datasets("imagenet2012"), identity=True),
+    S("validation_examples", "data.validation_examples", "int", "Training examples held out for validation (early "
+      "stopping).", low=1, identity=True),
+    S("synthetic_train_examples", "data.synthetic_train_examples", "int", "Training examples of the synthetic dataset.",
+      low=1, high=10_000_000, reader=_datasets("synthetic"), identity=True),
+    S("synthetic_test_examples", "data.synthetic_test_examples", "int", "Test examples of the synthetic dataset.",
+      low=1, high=10_000_000, reader=_datasets("synthetic"), identity=True),
+    S("synthetic_shape", "data.synthetic_shape", "shape", "Image shape of the synthetic dataset, e.g. 32,32,3.",
+      low=1, high=4096, reader=_datasets("synthetic"), identity=True),
+    S("synthetic_classes", "data.synthetic_classes", "int", "Classes of the synthetic dataset.", low=2, high=100_000,
+      reader=_datasets("synthetic"), identity=True),
+    # Model
+    S("model", "model.name", "str", "Model name from the registry.", identity=True),
+    S("initializer", "model.initializer", "str", "Keras initializer of the prunable weights.", identity=True),
+    # Training
+    S("optimizer", "training.optimizer", "str", "Optimizer: adam, adamw or sgd.", choices=OPTIMIZERS, identity=True),
+    S("learning_rate", "training.learning_rate", "float", "Learning rate.", low=0, high=MAX_LEARNING_RATE,
+      low_open=True, identity=True),
+    S("momentum", "training.momentum", "float", "SGD momentum.", low=0, high=1, high_open=True, reader=SGD,
+      identity=True),
+    S("nesterov", "training.nesterov", "bool", "SGD: Nesterov momentum.", reader=READERS["sgd_momentum"], identity=True),
+    S("weight_decay", "training.weight_decay", "float", "Weight decay coefficient (see --weight_decay_mode).", low=0,
+      high=MAX_WEIGHT_DECAY, high_open=True, identity=True),
+    S("weight_decay_mode", "training.weight_decay_mode", "str", "decoupled (Keras: w -= lr * wd * w) or l2 (wd * w "
+      "added to the gradient, as PyTorch's SGD/Adam weight_decay and the papers).", choices=("decoupled", "l2"),
+      reader=READERS["weight_decay"], identity=True),
+    S("lr_schedule", "training.lr_schedule", "str", "Learning-rate schedule: constant, step (x lr_gamma at each "
+      "milestone) or cosine (to 0).", choices=SCHEDULES, identity=True),
+    S("lr_milestones", "training.lr_milestones", "lengths", "step schedule: lengths at which the rate is multiplied by "
+      "--lr_gamma, e.g. 80ep,120ep.", low=1, reader=READERS["step_schedule"], identity=True),
+    S("lr_gamma", "training.lr_gamma", "float", "step schedule: factor at each milestone.", low=0, high=1,
+      low_open=True, reader=READERS["step_schedule"], identity=True),
+    S("warmup", "training.warmup_iterations", "length", "Linear learning-rate warmup length (steps, or e.g. 5ep).",
+      low=0, identity=True),
+    S("label_smoothing", "training.label_smoothing", "float", "Label smoothing of the cross-entropy loss, in [0, 1).",
+      low=0, high=1, high_open=True, identity=True),
+    S("mixed_precision", "training.mixed_precision", "str", "Empty, mixed_float16 or mixed_bfloat16 (masks and "
+      "weights stay float32).", choices=PRECISIONS, identity=True),
+    S("batch_size", "training.batch_size", "int", "Global batch size (split across replicas).", low=1, identity=True),
+    S("iterations", "training.iterations", "length", "Training length per level: steps (50000 or 50000it) or epochs "
+      "(160ep). Rewound levels train iterations - rewind_step.", low=1, identity=True),
+    S("eval_every", "training.eval_every", "length", "Evaluate validation and test sets every this many steps (or "
+      "e.g. 1ep).", low=1, identity=True),
+    S("steps_per_execution", "training.steps_per_execution", "int", "Steps per compiled call. 0: the largest that "
+      "divides eval_every, iterations and rewind_step.", low=0),
+    S("jit_compile", "training.jit_compile", "bool", "Compile training and evaluation with XLA."),
+    # Pruning
+    S("pruning_method", "pruning.method", "str", "layerwise (each layer prunes its fraction) or global (one pool by "
+      "raw magnitude).", choices=PRUNING_METHODS, identity=True),
+    S("pruning_fraction", "pruning.fraction", "float", "Fraction of the remaining weights pruned per level, in "
+      "[0.001, 1).", low=MIN_PRUNING_FRACTION, high=1, high_open=True, identity=True),
+    S("output_pruning_fraction", "pruning.output_fraction", "float", "Fraction for the output layer, in [0.001, 1); "
+      "0 = same rule as other layers.", low=MIN_PRUNING_FRACTION, high=1, high_open=True, default_means=0.0,
+      identity=True),
+    S("layer_pruning_fractions", "pruning.layer_fractions", "fractions", "Per-weight overrides, e.g. "
+      "fc1/kernel=0.2,fc2/kernel=0.2.", low=MIN_PRUNING_FRACTION, high=1, high_open=True, identity=True),
+    S("exclude_layers", "pruning.exclude_layers", "names", "Layers never pruned (a layer name, or a path such as "
+      "block_a/fc).", identity=True),
+    S("levels", "pruning.levels", "int", "Pruning levels: levels 0 (dense) to --levels are trained.", low=0, high=200),
+    S("rewind_step", "pruning.rewind_step", "length", "Step the survivors are rewound to (0 = reset to "
+      "initialization), or e.g. 5ep.", low=0, identity=True),
+    S("rewind_optimizer", "pruning.rewind_optimizer", "str", "How the optimizer is rewound with the weights: fresh (a "
+      "new optimizer state with its own step counter at 0, the learning-rate schedule offset to the rewind step, as "
+      "open_lth), reset (the same state with its step counter at the rewind step) or restore (the optimizer state "
+      "saved at the rewind step).", choices=REWIND_OPTIMIZER, reader=READERS["rewind"], identity=True),
+    S("pruning_block", "pruning.block", "block", "Prune blocks of R outputs x C inputs as units, RxC in the runtime's "
+      "weight layout (rows = units, columns = inputs): 1x4 = four consecutive input weights of one unit, the block "
+      "TFLite's sparse FULLY_CONNECTED kernel runs for float weights (1x16 for int8). Empty = single weights.",
+      identity=True),
+    S("pruning_n_m", "pruning.n_m", "n_m", "N:M: keep at most N of every M consecutive input weights of a unit (2:4 "
+      "is what sparse tensor cores run), from the first level whose kept fraction is at most N/M (earlier levels "
+      "prune single weights). Empty = no N:M.", identity=True),
+    S("seed", "seed", "int", "Base seed; each replicate derives its own seed for initialization and data order.",
+      low=0, high=2**31 - 1, identity=True),
+    # Branches (controls, analyses, baselines) at chosen levels of the main line
+    S("branch", "branches.names", "names", "Branches to run: reinit, random_prune, rewind, lr_rewind (its own "
+      "lineage), lr_rewind_oneshot, retrain; the analyses instability (linear mode connectivity), stability "
+      "(distances); the baselines pai_magnitude, pai_random, pai_snip, pai_grasp, pai_synflow (pruning at "
+      "initialization), gmp (gradual magnitude pruning) (comma-separated).", choices=BRANCHES),
+    S("branch_levels", "branches.levels", "levels", "Levels to run the branches at, e.g. 0-3,7,11 (must be within "
+      "0..--levels).", low=0, reader=READERS["any_branch"]),
+    S("random_prune_scope", "branches.random_prune_scope", "str", "random_prune: keep each layer's density "
+      "(layerwise) or only the overall density (global).", choices=RANDOM_PRUNE_SCOPES,
+      reader=READERS["random_prune_scope"]),
+    S("branch_rewind_step", "branches.rewind_step", "length", "rewind: the step k to rewind to (0 = reset to init; "
+      "steps or e.g. 2ep); lr_rewind, lr_rewind_oneshot: -1 = the main line's --rewind_step.", low=0,
+      default_means=-1, reader=_branches("rewind", "lr_rewind", "lr_rewind_oneshot")),
+    S("branch_optimizer", "branches.optimizer", "str", "retrain: optimizer (empty = the main line's).",
+      choices=("", *OPTIMIZERS), reader=_branches("retrain")),
+    S("branch_learning_rate", "branches.learning_rate", "float", "retrain: learning rate (0 = the main line's).",
+      low=0, high=MAX_LEARNING_RATE, low_open=True, default_means=0.0, reader=_branches("retrain")),
+    S("branch_iterations", "branches.iterations", "length", "retrain: training length, steps or epochs (0 = the main "
+      "line's).", low=1, default_means=0, reader=_branches("retrain")),
+    S("branch_batch_size", "branches.batch_size", "int", "retrain: batch size (0 = the main line's).", low=1,
+      default_means=0, reader=_branches("retrain")),
+    S("analysis_rewind_steps", "branches.analysis_rewind_steps", "lengths", "instability, stability: the steps k the "
+      "analysed networks start from, steps or epochs, e.g. 0,25,100,500,2000 (empty = --rewind_step).", low=0,
+      reader=_branches(*ANALYSIS_BRANCHES)),
+    S("interpolation_points", "branches.interpolation_points", "int", "instability: points on the linear path "
+      "between two copies (2..1000, both ends).", low=2, high=1000, reader=_branches("instability")),
+    S("instability_pairs", "branches.instability_pairs", "int", "instability: pairs of copies per network and step k "
+      "(1..100).", low=1, high=100, reader=_branches("instability")),
+    S("analysis_controls", "branches.analysis_controls", "names", "instability, stability: controls beside the "
+      "ticket at levels >= 1: random_prune, reinit (instability only); empty = none.", choices=ANALYSIS_CONTROLS,
+      reader=READERS["analysis_controls"]),
+    S("batchnorm_statistics", "branches.batchnorm_statistics", "str", "instability: reestimate BatchNorm statistics "
+      "at every point of a path from --batchnorm_batches training batches, or interpolate them like the weights.",
+      choices=BATCHNORM_STATISTICS, reader=_branches("instability")),
+    S("batchnorm_batches", "branches.batchnorm_batches", "int", "instability: training batches used to re-estimate "
+      "BatchNorm statistics (1..10000).", low=1, high=10_000, reader=READERS["batchnorm_batches"]),
+    S("analysis_train_examples", "branches.analysis_train_examples", "int", "instability: size of the fixed training "
+      "subset the path's train error uses.", low=1, reader=_branches("instability")),
+    S("pai_scope", "branches.pai_scope", "str", "pai_*: prune with one global threshold over every prunable weight "
+      "(the output layer included, as Frankle et al. 2021) or layerwise.", choices=PAI_SCOPES,
+      reader=_branches("pai_*", description="a --branch=pai_*")),
+    S("pai_ablations", "branches.pai_ablations", "names", "pai_*: also run these ablations, each in its own folder: "
+      "shuffle (each layer's mask shuffled), reinit (fresh initialization after pruning), invert (prune the highest "
+      "scores).", choices=PAI_ABLATIONS, reader=_branches("pai_*", description="a --branch=pai_*")),
+    S("scoring_examples_per_class", "branches.scoring_examples_per_class", "int", "pai_snip, pai_grasp: "
+      "class-balanced scoring examples per class.", low=1, reader=_branches("pai_snip", "pai_grasp")),
+    S("synflow_rounds", "branches.synflow_rounds", "int", "pai_synflow: pruning rounds (exponential schedule, "
+      "1..10000).", low=1, high=10_000, reader=_branches("pai_synflow")),
+    S("gmp_begin_step", "branches.gmp_begin_step", "length", "gmp: first (1-based) pruning step, steps or epochs (-1 = "
+      "10% of --iterations).", low=1, default_means=-1, reader=_branches("gmp")),
+    S("gmp_end_step", "branches.gmp_end_step", "length", "gmp: last pruning step, steps or epochs (-1 = 50% of "
+      "--iterations).", low=1, default_means=-1, reader=_branches("gmp")),
+    S("gmp_frequency", "branches.gmp_frequency", "length", "gmp: prune every this many steps (-1 = --eval_every).",
+      low=1, default_means=-1, reader=_branches("gmp")),
+    S("gmp_schedule", "branches.gmp_schedule", "str", "gmp: sparsity values from lottery_tf's polynomial schedule or "
+      "TFMOT's own PolynomialDecay (tfmot; needs pip install 'lottery_tf[tfmot]').", choices=GMP_SCHEDULES,
+      reader=_branches("gmp")),
+    # Run
+    S("output_dir", "run.output_dir", "str", "Root folder; the run goes to <output_dir>/lottery_<hash of non-default "
+      "settings>/ (~ is expanded)."),
+    S("replicates", "run.replicates", "int", "Number of replicates (independent seeds) to run: 0..N-1.", low=1,
+      high=10_000),
+    S("replicate", "run.replicate", "int", "Run only this replicate index (>= 0), e.g. one per machine.", low=0,
+      default_means=-1),
+    S("checkpoint_every", "run.checkpoint_every", "length", "Checkpoint every this many steps (or e.g. 1ep) within a "
+      "level (0 = only between levels).", low=0),
+    S("deterministic", "run.deterministic", "bool", "Enable TensorFlow op determinism so a resumed run matches an "
+      "uninterrupted one bit for bit."),
+    S("tensorboard", "run.tensorboard", "bool", "Write TensorBoard event files under <run>/replicate_<r>/tensorboard."),
+    S("strategy", "run.strategy", "str", "tf.distribute strategy: default, one_device, mirrored (all local GPUs, or "
+      "--cpu_devices logical CPUs), multi_worker_mirrored (cluster from TF_CONFIG; every worker runs the same command) "
+      "or tpu (see --tpu).", choices=STRATEGIES),
+    S("tpu", "run.tpu", "str", "With --strategy=tpu: the TPU's name, grpc://host:port address, or 'local' on a TPU "
+      "VM.", reader=READERS["tpu"]),
+    S("cpu_devices", "run.cpu_devices", "int", "Split the CPU into this many logical devices (for mirrored runs "
+      "without GPUs).", low=0, high=256),
+    S("wait_for_lock", "run.wait_for_lock", "bool", "If another process is training the same levels, wait for it "
+      "instead of exiting."),
+)
+del S
+SETTING = {s.flag: s for s in SETTINGS}
+
+
+def setting_for_field(field: str) -> Setting:
+    return next(s for s in SETTINGS if s.field == field)
 
 
 def identity(config: ExperimentConfig) -> dict[str, Any]:
-    """The settings that define the experiment, flattened ``section.field``."""
-    flat = {}
-    for section, value in dataclasses.asdict(config).items():
-        skip = NOT_IDENTITY.get(section, ())
-        if skip == "*":
-            continue
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if key not in skip:
-                    flat[f"{section}.{key}"] = item
-        else:
-            flat[section] = value
-    return flat
+    """The settings that define the experiment, flattened ``section.field`` (declared with ``identity=True``)."""
+    return {s.field: _plain(s.value(config)) for s in SETTINGS if s.identity}
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 def non_default_identity(config: ExperimentConfig) -> dict[str, Any]:
@@ -327,7 +711,12 @@ def non_default_identity(config: ExperimentConfig) -> dict[str, Any]:
 
 def experiment_hash(config: ExperimentConfig) -> str:
     """A short stable hash of the non-default identity settings."""
-    canonical = json.dumps(non_default_identity(config), sort_keys=True, separators=(",", ":"))
+    return experiment_hash_of(non_default_identity(config))
+
+
+def experiment_hash_of(non_default: dict) -> str:
+    """The hash of an identity record (what ``identity.json`` holds)."""
+    canonical = json.dumps(non_default, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
@@ -335,218 +724,167 @@ def parse_levels(text: str) -> tuple:
     """``"0-3,7,11"`` -> ``(0, 1, 2, 3, 7, 11)``.
 
     Raises:
-        ValueError: If an item is not an integer or a range ``a-b`` with a <= b.
+        ValueError: If an item is not an integer or a range ``a-b`` with a <= b,
+            or a level is given twice.
     """
     levels = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
         first, sep, last = item.partition("-")
-        if sep:
+        if sep and first:
             a, b = int(first), int(last)
             if a > b:
                 raise ValueError(f"range {item!r} is empty")
             levels.extend(range(a, b + 1))
         else:
             levels.append(int(item))
-    return tuple(sorted(set(levels)))
+    repeated = sorted({level for level in levels if levels.count(level) > 1})
+    if repeated:
+        raise ValueError(f"level {', '.join(map(str, repeated))} given twice")
+    return tuple(sorted(levels))
 
 
-def _integer(flag: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(flag, f"expected an integer >= {minimum}, got {value!r}")
+# Branch types that need a pruned level: at level 0 they would compute the dense main line again
+# (random_prune: the same dense mask and weights) or nothing at all (lr_rewind: no previous level).
+BRANCH_MIN_LEVEL = {"lr_rewind": 1, "lr_rewind_oneshot": 1, "random_prune": 1, "gmp": 1,
+                    **{f"pai_{m}": 1 for m in PAI_METHODS}}
 
 
-def _fraction(flag: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ConfigError(flag, f"expected a fraction in (0, 1), got {value!r}")
-
-
-def _number(flag: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False,
-            what: str = "a number") -> None:
-    """A finite number in [low, high] (open ends where asked); NaN, infinity and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(flag, f"expected {what} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, got {value!r}")
-    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-        raise ConfigError(flag, f"expected {what} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, got {value!r}")
-
-
-# Upper bounds that no recipe needs and a typo easily gives (1e3 for 1e-3).
-MAX_LEARNING_RATE = 100.0
-MAX_WEIGHT_DECAY = 1.0
-
-
-def validate(config: ExperimentConfig, dataset_names=None, model_names=None) -> None:
+def validate(config: ExperimentConfig, dataset_names=None, model_names=None, study: dict | None = None) -> None:
     """Checks every setting that can be checked before training.
+
+    First every declared setting (type, range, choices), then every setting
+    set to a value other than its default that nothing in this run reads,
+    then the rules that relate settings to each other.
 
     Args:
         config: The settings.
         dataset_names: Valid dataset names (from the registry), if known.
         model_names: Valid model names (from the registry), if known.
+        study: What the whole invocation adds (``{"start_steps": (...)}``: the sweep's rewind steps).
 
     Raises:
         ConfigError: Naming the flag and what was expected.
     """
-    data, training, pruning = config.data, config.training, config.pruning
-    if dataset_names is not None and data.name not in dataset_names:
-        raise ConfigError("dataset", f"unknown dataset {data.name!r}; expected one of {', '.join(dataset_names)}")
+    study = study or {}
+    if dataset_names is not None and config.data.name not in dataset_names:
+        raise ConfigError("dataset", f"unknown dataset {config.data.name!r}; expected one of {', '.join(dataset_names)}")
     if model_names is not None and config.model.name not in model_names:
         # model_names may be a Registry (name families such as cifar_resnet_<depth>).
         listed = model_names.names() if hasattr(model_names, "names") else model_names
         raise ConfigError("model", f"unknown model {config.model.name!r}; expected one of {', '.join(listed)}")
-    if data.data_dir and not os.path.isdir(data.data_dir):
-        raise ConfigError("data_dir", f"{data.data_dir!r} is not a readable folder of MNIST-format IDX files")
-    if data.data_dir and not os.access(data.data_dir, os.R_OK | os.X_OK):
-        raise ConfigError("data_dir", f"{data.data_dir!r} is not readable")
-    if data.validation_examples == 0:
-        raise ConfigError("validation_examples", "must be >= 1: early stopping picks the step of lowest validation loss, which needs a validation set")
-    _integer("validation_examples", data.validation_examples, 1)
-    _integer("image_size", data.image_size, 8)
-    if data.tfds_manual_dir and not os.path.isdir(data.tfds_manual_dir):
-        raise ConfigError("tfds_manual_dir", f"{data.tfds_manual_dir!r} is not a folder (expected one holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)")
-    _integer("synthetic_train_examples", data.synthetic_train_examples, 1)
-    _integer("synthetic_test_examples", data.synthetic_test_examples, 1)
-    if not data.synthetic_shape or not all(isinstance(d, int) and d > 0 for d in data.synthetic_shape):
-        raise ConfigError("synthetic_shape", f"expected positive integers like 32,32,3, got {data.synthetic_shape!r}")
-    _integer("synthetic_classes", data.synthetic_classes, 2)
+    for setting in SETTINGS:
+        setting.check(config)
+    for setting in SETTINGS:
+        if setting.is_set(config) and not setting.reader.reads(config, study):
+            now = setting.reader.now(config)
+            raise ConfigError(setting.flag, f"{setting.shown(config)} is set, but only {setting.reader.description} "
+                              f"reads it{f' (this run has {now})' if now else ''}; remove it")
+    for rule in _RULES:
+        rule(config)
 
-    if training.optimizer not in OPTIMIZERS:
-        raise ConfigError("optimizer", f"unknown optimizer {training.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    _number("learning_rate", training.learning_rate, 0, MAX_LEARNING_RATE, low_open=True)
-    _number("momentum", training.momentum, 0, 1, high_open=True)
-    if training.weight_decay_mode not in ("decoupled", "l2"):
-        raise ConfigError("weight_decay_mode", f"expected decoupled or l2, got {training.weight_decay_mode!r}")
-    _number("weight_decay", training.weight_decay, 0, MAX_WEIGHT_DECAY, high_open=True)
-    if training.optimizer == "adamw" and training.weight_decay_mode == "l2":
-        raise ConfigError("weight_decay_mode", "l2 cannot be combined with --optimizer=adamw, whose weight decay is decoupled by definition; use --optimizer=adam --weight_decay_mode=l2 for Adam with L2")
-    _integer("batch_size", training.batch_size, 1)
-    _integer("iterations", training.iterations, 1)
-    _integer("eval_every", training.eval_every, 1)
-    _integer("steps_per_execution", training.steps_per_execution, 0)
-    if training.lr_schedule not in SCHEDULES:
-        raise ConfigError("lr_schedule", f"unknown schedule {training.lr_schedule!r}; expected one of {', '.join(SCHEDULES)}")
-    for milestone in training.lr_milestones:
-        if isinstance(milestone, bool) or not isinstance(milestone, int) or not 0 < milestone < training.iterations:
-            raise ConfigError("lr_milestones", f"expected steps in (0, --iterations={training.iterations}), got {milestone!r}")
-    _number("lr_gamma", training.lr_gamma, 0, 1, low_open=True, what="a factor")
-    _integer("warmup_iterations", training.warmup_iterations, 0)
-    if training.warmup_iterations >= training.iterations:
-        raise ConfigError("warmup_iterations", f"must be below --iterations={training.iterations}; got {training.warmup_iterations}")
-    _number("label_smoothing", training.label_smoothing, 0, 1, high_open=True)
-    if training.mixed_precision not in PRECISIONS:
-        raise ConfigError("mixed_precision", f"expected one of mixed_float16, mixed_bfloat16 (or empty), got {training.mixed_precision!r}")
-    if training.iterations % training.eval_every:
-        raise ConfigError("eval_every", f"must divide --iterations={training.iterations}; got {training.eval_every}")
 
-    if pruning.method not in PRUNING_METHODS:
-        raise ConfigError("pruning_method", f"unknown method {pruning.method!r}; expected one of {', '.join(PRUNING_METHODS)}")
-    _fraction("pruning_fraction", pruning.fraction)
-    if pruning.output_fraction != 0:
-        _fraction("output_pruning_fraction", pruning.output_fraction)
-    for name, value in pruning.layer_fractions:
-        try:
-            _fraction("layer_pruning_fractions", value)
-        except ConfigError:
-            raise ConfigError("layer_pruning_fractions", f"{name}={value!r}: expected a fraction in (0, 1)") from None
-    _integer("levels", pruning.levels, 0)
-    _integer("rewind_step", pruning.rewind_step, 0)
-    if pruning.rewind_optimizer not in REWIND_OPTIMIZER:
-        raise ConfigError("rewind_optimizer", f"expected one of {', '.join(REWIND_OPTIMIZER)}, got {pruning.rewind_optimizer!r}")
-    if pruning.rewind_step >= training.iterations:
-        raise ConfigError("rewind_step", f"must be below --iterations={training.iterations}; got {pruning.rewind_step}")
-    steps = training.resolved_steps_per_execution(*start_steps(config))
-    for flag, value in (("eval_every", training.eval_every), ("iterations", training.iterations), ("rewind_step", pruning.rewind_step)):
+def _data_rules(config) -> None:
+    data = config.data
+    for flag, folder in (("data_dir", data.data_dir), ("tfds_manual_dir", data.tfds_manual_dir)):
+        if folder and not os.path.isdir(folder):
+            expected = ("a readable folder of MNIST-format IDX files" if flag == "data_dir"
+                        else "a folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar")
+            raise ConfigError(flag, f"{folder!r} is not a folder (expected {expected})")
+        if folder and not os.access(folder, os.R_OK | os.X_OK):
+            raise ConfigError(flag, f"{folder!r} is not readable")
+
+
+def _training_rules(config) -> None:
+    t, p = config.training, config.pruning
+    if t.optimizer == "adamw" and t.weight_decay_mode == "l2":
+        raise ConfigError("weight_decay_mode", "l2 cannot be combined with --optimizer=adamw, whose weight decay is "
+                          "decoupled by definition; use --optimizer=adam --weight_decay_mode=l2 for Adam with L2")
+    if t.iterations % t.eval_every:
+        raise ConfigError("eval_every", f"must divide --iterations={t.iterations}; got {t.eval_every}")
+    if t.lr_schedule == "step":
+        if not t.lr_milestones:
+            raise ConfigError("lr_milestones", "--lr_schedule=step needs the steps at which the rate drops, e.g. "
+                              "--lr_milestones=80ep,120ep")
+        for milestone in t.lr_milestones:
+            if not 0 < milestone < t.iterations:
+                raise ConfigError("lr_milestones", f"expected steps in (0, --iterations={t.iterations}), got {milestone!r}")
+        if list(t.lr_milestones) != sorted(t.lr_milestones):
+            raise ConfigError("lr_milestones", f"expected increasing steps, got {','.join(map(str, t.lr_milestones))}")
+    if t.warmup_iterations >= t.iterations:
+        raise ConfigError("warmup", f"must be below --iterations={t.iterations}; got {t.warmup_iterations}")
+    if p.rewind_step >= t.iterations:
+        raise ConfigError("rewind_step", f"must be below --iterations={t.iterations}; got {p.rewind_step}")
+    steps = t.resolved_steps_per_execution(*start_steps(config))
+    for flag, value in (("eval_every", t.eval_every), ("iterations", t.iterations), ("rewind_step", p.rewind_step),
+                        ("checkpoint_every", config.run.checkpoint_every)):
         if value % steps:
             raise ConfigError(flag, f"must be a multiple of --steps_per_execution={steps}; got {value}")
 
-    _integer("seed", config.seed, 0)
 
-    b = config.branches
-    for name in b.names:
-        if name not in BRANCHES:
-            raise ConfigError("branch", f"unknown branch {name!r}; expected one of {', '.join(BRANCHES)}")
+def _branch_rules(config) -> None:
+    b, t, p = config.branches, config.training, config.pruning
+    steps = t.resolved_steps_per_execution(*start_steps(config))
     if b.names and not b.levels:
         raise ConfigError("branch_levels", "expected the levels to run the branches at, e.g. 0-3,7,11")
-    for level in b.levels if b.names else ():
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= pruning.levels:
-            raise ConfigError("branch_levels", f"level {level!r} does not exist: the main line has levels 0-{pruning.levels} (--levels)")
-    for name in ("lr_rewind", "lr_rewind_oneshot"):
-        if name in b.names and 0 in b.levels:
-            raise ConfigError("branch_levels", f"{name} starts from the previous level's trained weights, so it needs levels >= 1")
-    if b.random_prune_scope not in RANDOM_PRUNE_SCOPES:
-        raise ConfigError("random_prune_scope", f"expected one of {', '.join(RANDOM_PRUNE_SCOPES)}, got {b.random_prune_scope!r}")
+    for level in b.levels:
+        if level > p.levels:
+            raise ConfigError("branch_levels", f"level {level!r} does not exist: the main line has levels "
+                              f"0-{p.levels} (--levels)")
+    for name in b.names:
+        low = BRANCH_MIN_LEVEL.get(name, 0)
+        if low and min(b.levels) < low:
+            why = ("starts from the previous level's trained weights" if name.startswith("lr_rewind")
+                   else "at level 0 has nothing to prune (the dense network)")
+            raise ConfigError("branch_levels", f"{name} {why}, so it needs levels >= {low}; got "
+                              f"{','.join(map(str, b.levels))}")
     if "rewind" in b.names and b.rewind_step < 0:
         raise ConfigError("branch_rewind_step", "the rewind branch needs the step to rewind to (an integer >= 0)")
-    if b.rewind_step >= training.iterations:
-        raise ConfigError("branch_rewind_step", f"must be below --iterations={training.iterations}; got {b.rewind_step}")
+    if b.rewind_step >= t.iterations:
+        raise ConfigError("branch_rewind_step", f"must be below --iterations={t.iterations}; got {b.rewind_step}")
     if b.rewind_step > 0 and b.rewind_step % steps:
         raise ConfigError("branch_rewind_step", f"must be a multiple of --steps_per_execution={steps}; got {b.rewind_step}")
-    if b.optimizer and b.optimizer not in OPTIMIZERS:
-        raise ConfigError("branch_optimizer", f"unknown optimizer {b.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    _number("branch_learning_rate", b.learning_rate, 0, MAX_LEARNING_RATE, what="a number (0 = the main line's)")
-    _integer("branch_iterations", b.iterations, 0)
-    _integer("branch_batch_size", b.batch_size, 0)
-    if b.iterations and (b.iterations % training.eval_every or b.iterations % steps or b.iterations <= pruning.rewind_step):
+    if b.iterations and (b.iterations % t.eval_every or b.iterations % steps or b.iterations <= p.rewind_step):
         raise ConfigError("branch_iterations", f"must be a multiple of --eval_every and above --rewind_step; got {b.iterations}")
-
     if any(name in ANALYSIS_BRANCHES for name in b.names):
         for k in b.analysis_rewind_steps:
-            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < training.iterations:
-                raise ConfigError("analysis_rewind_steps", f"step {k!r} is beyond the training: expected steps in [0, --iterations={training.iterations})")
+            if k >= t.iterations:
+                raise ConfigError("analysis_rewind_steps", f"step {k!r} is beyond the training: expected steps in "
+                                  f"[0, --iterations={t.iterations})")
             if k % steps:
                 raise ConfigError("analysis_rewind_steps", f"must be multiples of --steps_per_execution={steps}; got {k}")
-        _integer("interpolation_points", b.interpolation_points, 2)
-        _integer("instability_pairs", b.instability_pairs, 1)
-        for control in b.analysis_controls:
-            if control not in ANALYSIS_CONTROLS:
-                raise ConfigError("analysis_controls", f"unknown control {control!r}; expected some of {', '.join(ANALYSIS_CONTROLS)}")
-        if b.batchnorm_statistics not in BATCHNORM_STATISTICS:
-            raise ConfigError("batchnorm_statistics", f"expected one of {', '.join(BATCHNORM_STATISTICS)}, got {b.batchnorm_statistics!r}")
-        _integer("batchnorm_batches", b.batchnorm_batches, 1)
-        _integer("analysis_train_examples", b.analysis_train_examples, 1)
-
-    if any(name.startswith("pai_") for name in b.names):
-        if b.pai_scope not in PAI_SCOPES:
-            raise ConfigError("pai_scope", f"expected one of {', '.join(PAI_SCOPES)}, got {b.pai_scope!r}")
-        for ablation in b.pai_ablations:
-            if ablation not in PAI_ABLATIONS:
-                raise ConfigError("pai_ablations", f"unknown ablation {ablation!r}; expected some of {', '.join(PAI_ABLATIONS)}")
-        _integer("scoring_examples_per_class", b.scoring_examples_per_class, 1)
-        _integer("synflow_rounds", b.synflow_rounds, 1)
+    if "reinit" in b.analysis_controls and "stability" in b.names and "instability" not in b.names:
+        raise ConfigError("analysis_controls", "reinit is analysed by --branch=instability only; the stability "
+                          "analysis compares the ticket and random_prune (add --branch=instability, or remove reinit)")
+    if p.block and p.n_m:
+        raise ConfigError("pruning_n_m", "--pruning_block and --pruning_n_m are two structures; give one of them")
+    if "gmp" in b.names and (p.block or p.n_m):
+        raise ConfigError("branch", "gmp prunes single weights on TFMOT's schedule; it cannot follow "
+                          f"--pruning_{'block' if p.block else 'n_m'}: run it in an experiment without a structure")
     if "gmp" in b.names:
-        for flag in ("gmp_begin_step", "gmp_end_step", "gmp_frequency"):
-            value = getattr(b, flag)
-            if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and value < 1):
-                raise ConfigError(flag, f"expected an integer >= 1 (or -1 for the default), got {value!r}")
         begin, end, frequency = gmp_steps(config)
-        if not 1 <= begin <= end <= training.iterations:
-            raise ConfigError("gmp_end_step", f"pruning must begin and end within the training: expected "
-                              f"1 <= --gmp_begin_step ({begin}) <= --gmp_end_step ({end}) <= --iterations={training.iterations}")
+        if not 1 <= begin < end <= t.iterations:
+            raise ConfigError("gmp_end_step", f"pruning must begin before it ends, within the training: expected "
+                              f"1 <= --gmp_begin_step ({begin}) < --gmp_end_step ({end}) <= --iterations={t.iterations}")
         if (end - begin) % frequency:
             raise ConfigError("gmp_end_step", f"{end} - --gmp_begin_step {begin} is not a multiple of --gmp_frequency "
                               f"{frequency}: the schedule would never reach its final sparsity (TFMOT prunes only at "
                               "begin + n * frequency)")
-        if b.gmp_schedule not in GMP_SCHEDULES:
-            raise ConfigError("gmp_schedule", f"expected one of {', '.join(GMP_SCHEDULES)}, got {b.gmp_schedule!r}")
 
+
+def _run_rules(config) -> None:
     r = config.run
     if not r.output_dir:
         raise ConfigError("output_dir", "expected a folder path, got an empty string")
     if os.path.exists(r.output_dir) and not os.path.isdir(r.output_dir):
         raise ConfigError("output_dir", f"{r.output_dir!r} exists and is not a folder")
-    _integer("replicates", r.replicates, 1)
-    _integer("replicate", r.replicate, -1)
     if r.replicate >= r.replicates:
         raise ConfigError("replicate", f"replicate {r.replicate} does not exist with --replicates={r.replicates}; "
                           f"replicates are numbered 0..{r.replicates - 1} (pass --replicates={r.replicate + 1} or more)")
-    _integer("checkpoint_every", r.checkpoint_every, 0)
-    if r.strategy not in STRATEGIES:
-        raise ConfigError("strategy", f"unknown strategy {r.strategy!r}; expected one of {', '.join(STRATEGIES)}")
     if r.strategy == "tpu" and not r.tpu:
         raise ConfigError("tpu", "--strategy=tpu needs --tpu: the TPU's name, grpc://host:port address, or 'local' on a TPU VM")
-    if r.tpu and r.strategy != "tpu":
-        raise ConfigError("tpu", f"--tpu={r.tpu!r} is only used with --strategy=tpu; got --strategy={r.strategy}")
-    _integer("cpu_devices", r.cpu_devices, 0)
-    if r.checkpoint_every and r.checkpoint_every % steps:
-        raise ConfigError("checkpoint_every", f"must be a multiple of --steps_per_execution={steps}; got {r.checkpoint_every}")
+
+
+_RULES = (_data_rules, _training_rules, _branch_rules, _run_rules)
 
 
 def gmp_steps(config: ExperimentConfig) -> tuple:

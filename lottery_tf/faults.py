@@ -3,7 +3,9 @@
 ``LOTTERY_TF_CRASH_AT=<name>:<n>`` makes the n-th (1-based) pass through
 ``crash_point(<name>)`` kill the process with SIGKILL, as a power cut or an OOM
 killer would. ``LOTTERY_TF_CRASH_AT=<name>:<n>:enospc`` raises the OSError a
-full disk raises instead. Without the variable, ``crash_point`` does nothing.
+full disk raises instead, and ``<name>:<n>:pause=<seconds>`` sleeps there (a
+slow process holding its locks). Without the variable, ``crash_point`` does
+nothing.
 """
 
 import errno
@@ -24,6 +26,11 @@ def crash_point(name: str) -> None:
     count, _, kind = rest.partition(":")
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] != int(count or 1):
+        return
+    if kind.startswith("pause="):
+        import time
+
+        time.sleep(float(kind.split("=", 1)[1]))
         return
     if kind == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<simulated full disk at {name}>")

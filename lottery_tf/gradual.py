@@ -26,7 +26,7 @@ import numpy as np
 
 from lottery_tf import rewind
 from lottery_tf.keras_compat import keras
-from lottery_tf.masking import _named_pairs, get_masks, set_masks
+from lottery_tf.masking import masked_weights, get_masks, set_masks
 
 SCHEDULES = ("lottery_tf", "tfmot")
 
@@ -153,7 +153,7 @@ class GradualPruningCallback(keras.callbacks.Callback):
                                           self.end_step, self.power)))
 
     def on_train_begin(self, logs=None):
-        _named_pairs(self.model)  # a clear error now if nothing is masked
+        masked_weights(self.model)  # a clear error now if nothing is masked
         steps = getattr(self.model, "steps_per_execution", 1)
         steps = int(steps.numpy()) if hasattr(steps, "numpy") else int(steps or 1)
         if steps > 1 and (self.frequency % steps or (self.begin_step - 1) % steps):
@@ -169,6 +169,6 @@ class GradualPruningCallback(keras.callbacks.Callback):
         if not prune:
             return
         masks = get_masks(self.model)
-        weights = {name: weight.numpy() for name, _, weight in _named_pairs(self.model)}
+        weights = {name: weight.numpy() for name, _, weight in masked_weights(self.model)}
         set_masks(self.model, {name: tfmot_mask(weights[name], sparsity) for name in masks})
         self.updates.append((step, sparsity))

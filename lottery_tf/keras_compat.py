@@ -18,7 +18,7 @@ if os.environ.get("TF_USE_LEGACY_KERAS", "0").lower() in ("1", "true"):
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
+def quiet_native_output():
     """Sends file descriptor 2 to /dev/null inside the block (C++ start-up lines;
     Python exceptions are raised after it is restored, so they still show)."""
     sys.stderr.flush()
@@ -39,7 +39,7 @@ if "tensorflow" not in sys.modules:
     # whatever TF_CPP_MIN_LOG_LEVEL says; TF_CPP_MIN_LOG_LEVEL=0 shows them all.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
-        with _native_stderr_silenced():
+        with quiet_native_output():
             import tensorflow  # noqa: F401
 
 import keras  # noqa: E402
@@ -57,4 +57,4 @@ from keras.src.models.functional import Functional  # noqa: E402  (no public ali
 
 ops = keras.ops
 
-__all__ = ["Functional", "keras", "ops"]
+__all__ = ["Functional", "keras", "ops", "quiet_native_output"]

@@ -53,6 +53,8 @@ def pruning_spec(config: ExperimentConfig) -> PruningSpec:
         fraction=p.fraction,
         output_fraction=p.output_fraction or None,
         layer_fractions=dict(p.layer_fractions),
+        block=tuple(p.block) or None,
+        n_m=tuple(p.n_m) or None,
     )
 
 
@@ -81,10 +83,11 @@ def fit(ctx: Context, model, batch_size: int, start_step: int, steps: int, callb
 
 
 class _CheckpointSaver(keras.callbacks.Callback):
-    def __init__(self, folder, every, monitor, origin, end, wall_before):
+    def __init__(self, folder, every, monitor, origin, end, wall_before, owner):
         super().__init__()
         self.folder, self.every, self.monitor = folder, every, monitor
         self.origin, self.end, self.wall_before = origin, end, wall_before
+        self.owner = {k: owner[k] for k in ("replicate", "level", "branch", "start_step", "masks_sha256")}
 
     def on_train_begin(self, logs=None):
         self.start = time.time()
@@ -93,7 +96,7 @@ class _CheckpointSaver(keras.callbacks.Callback):
         step = _step(self.model)
         if self.every and (step - self.origin) % self.every == 0 and step < self.end:
             state = {"monitor": self.monitor.state(), "wall_seconds": self.wall_before + time.time() - self.start}
-            checkpoint.save(self.folder, self.model, step, state)  # the chief's; dropped on other workers
+            checkpoint.save(self.folder, self.model, step, state, self.owner)  # the chief's; dropped on other workers
             faults.crash_point("after_checkpoint")  # every worker passes here: a whole-cluster preemption
 
 
@@ -142,8 +145,10 @@ def train_level(ctx: Context, model, level: int, branch: str, origin: int, total
     )
     densities = layer_densities(model)
     masks_sha256 = fingerprint(get_masks(model))
+    owner = {"replicate": ctx.replicate, "level": level, "branch": branch, "start_step": origin, "steps": total_steps,
+             "masks_sha256": masks_sha256, **checkpoint.mask_variable_names(model)}
     wall_before = 0.0
-    found = checkpoint.latest(checkpoints)
+    found = checkpoint.latest(checkpoints, owner=owner)
     if found:
         checkpoint.restore(model, found)
         monitor.restore(found.state["monitor"])
@@ -151,7 +156,7 @@ def train_level(ctx: Context, model, level: int, branch: str, origin: int, total
         print(f"{label}: resuming from {found.path}", flush=True)
     start_step = _step(model)
     end = origin + total_steps
-    saver = _CheckpointSaver(checkpoints, config.run.checkpoint_every, monitor, origin, end, wall_before)
+    saver = _CheckpointSaver(checkpoints, config.run.checkpoint_every, monitor, origin, end, wall_before, owner)
     start = time.time()
     fit(ctx, model, training.batch_size, start_step, end - start_step, [monitor, saver, *extra_callbacks])
     return {
@@ -240,11 +245,16 @@ def check_layer_names(config: ExperimentConfig, model) -> None:
         ConfigError: Naming the flag and the valid names.
     """
     names = mask_names(model)
+    resolved = {}
     for name, _ in config.pruning.layer_fractions:
         try:
-            resolve_mask_name(name, names, "layer_pruning_fractions")
+            mask = resolve_mask_name(name, names, "layer_pruning_fractions")
         except ValueError as error:
             raise ConfigError("layer_pruning_fractions", str(error).split(": ", 1)[1].rstrip(".")) from None
+        if mask in resolved:
+            raise ConfigError("layer_pruning_fractions", f"{resolved[mask]} and {name} both name {mask}; give each "
+                              "weight one fraction")
+        resolved[mask] = name
 
 
 def replay(ctx: Context, step: int) -> tuple[dict, list]:
@@ -271,6 +281,13 @@ def replayed_state(ctx: Context, step: int) -> dict:
     if os.path.exists(path):
         return rewind.load(path)
     return replay(ctx, step)[0]
+
+
+def replayed_state_file(ctx: Context, step: int) -> str:
+    """The run file (relative to the replicate folder) :func:`replayed_state` reads the state at ``step`` from."""
+    if step == ctx.config.pruning.rewind_step and os.path.exists(os.path.join(ctx.folder, "rewind_point.npz")):
+        return "rewind_point.npz"
+    return os.path.join("rewind_points", f"step_{step}.npz")
 
 
 def dense_optimizer_at(ctx: Context, step: int):

@@ -9,9 +9,13 @@ Different replicates, and different branches of one replicate, take different
 locks, so they run in parallel from several processes or machines.
 
 A lock whose owner is a process of this host that no longer exists is stale
-and taken over; a lock held by a live process, or by another host, makes the
-second process exit with one line naming the holder, or wait
-(``--wait_for_lock``).
+and taken over, as is an unreadable lock older than a few seconds (a kill
+between creating the file and writing it); a lock held by a live process, or
+by another host, makes the second process exit with one line naming the
+holder, or wait (``--wait_for_lock``). A process that asks for branches waits
+for a main line another process is training (it needs those levels), then runs
+its branches. Lock states are read by :mod:`lottery_tf.store`, which the
+health check reports from.
 """
 
 from __future__ import annotations
@@ -22,53 +26,63 @@ import os
 import socket
 import time
 
-from lottery_tf import atomic
+from lottery_tf import atomic, store
 
 
 class LockedError(RuntimeError):
     """Another process holds the lock; the message names it."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _holder(path: str) -> dict | None:
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}  # being written, or damaged: treated as held
-
-
 def _try_acquire(path: str) -> dict | None:
-    """Takes the lock; returns None on success, else what the holder wrote."""
+    """Takes the lock; returns None on success, else what the holder wrote.
+
+    A lock whose process is gone (same host), or that is unreadable and older
+    than :data:`lottery_tf.store.STALE_LOCK_SECONDS` (a kill between creating
+    and writing it), is stale and taken over.
+    """
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            holder = _holder(path)
-            if holder is None:
+            state = store.lock_state(path)
+            if state is None:
                 continue  # released meanwhile
-            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+            if state.state in ("stale", "unreadable"):
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)  # stale: its process is gone
+                    os.remove(path)
                 continue
-            return holder
+            return state.holder
         with os.fdopen(fd, "w") as handle:
             json.dump(me, handle)
         return None
-    return _holder(path) or {}
+    state = store.lock_state(path)
+    return state.holder if state else {}
+
+
+def is_held(replicate_folder: str, name: str) -> bool:
+    """Whether another live process holds ``name``'s lock."""
+    state = store.lock_state(os.path.join(replicate_folder, ".locks", f"{name}.lock"))
+    return state is not None and state.state == "live" and state.holder.get("pid") != os.getpid()
+
+
+def wait_until_free(replicate_folder: str, name: str, why: str, poll_seconds: float = 2.0) -> None:
+    """Waits while another process holds ``name``'s lock (it is producing what this process needs).
+
+    Does nothing where this process does not write (a worker that is not the chief follows the chief).
+    """
+    if not atomic.writes_enabled():
+        return
+    announced = False
+    while is_held(replicate_folder, name):
+        if not announced:
+            state = store.lock_state(os.path.join(replicate_folder, ".locks", f"{name}.lock"))
+            holder = state.holder if state else {}
+            print(f"waiting for pid {holder.get('pid', '?')} on {holder.get('host', '?')} to finish the {name} "
+                  f"lineage ({why})", flush=True)
+            announced = True
+        time.sleep(poll_seconds)
 
 
 @contextlib.contextmanager

@@ -40,104 +40,37 @@ from lottery_tf.data.registry import check_sizes  # noqa: E402
 from lottery_tf.models import MODELS  # noqa: E402  (no TensorFlow until a model is built)
 
 FLAGS = flags.FLAGS
+_PATH_FLAGS = ("output_dir", "data_dir", "tfds_data_dir", "tfds_manual_dir")  # "~" expanded, as a shell would
 
-# Data
-flags.DEFINE_string("dataset", "fashion_mnist", "Dataset: mnist, fashion_mnist, cifar10, imagenet2012 or synthetic.")
-flags.DEFINE_string("data_dir", "", "Folder of MNIST-format IDX files (.gz or not). Empty: use TFDS, then known local folders.")
-flags.DEFINE_string("tfds_data_dir", "", "TFDS data folder. Empty: TFDS's default (~/tensorflow_datasets).")
-flags.DEFINE_bool("tfds_download", True, "Try a TFDS download (only if the network answers within seconds) when no local copy exists.")
-flags.DEFINE_string("tfds_manual_dir", "", "imagenet2012: folder with ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (TFDS prepares them once into --tfds_data_dir).")
-flags.DEFINE_integer("image_size", 224, "imagenet2012: side of the square training and evaluation crops.")
-flags.DEFINE_integer("validation_examples", 5000, "Training examples held out for validation (early stopping).")
-flags.DEFINE_integer("synthetic_train_examples", 2048, "Training examples of the synthetic dataset.")
-flags.DEFINE_integer("synthetic_test_examples", 512, "Test examples of the synthetic dataset.")
-flags.DEFINE_list("synthetic_shape", ["28", "28", "1"], "Image shape of the synthetic dataset, e.g. 32,32,3.")
-flags.DEFINE_integer("synthetic_classes", 10, "Classes of the synthetic dataset.")
-# Model
-flags.DEFINE_string("model", "lenet_300_100", "Model name from the registry.")
-flags.DEFINE_string("initializer", "glorot_normal", "Keras initializer of the prunable weights.")
-# Training
-flags.DEFINE_string("optimizer", "adam", "Optimizer: adam, adamw or sgd.")
-flags.DEFINE_float("learning_rate", 1.2e-3, "Learning rate.")
-flags.DEFINE_float("momentum", 0.0, "SGD momentum.")
-flags.DEFINE_bool("nesterov", False, "SGD: Nesterov momentum.")
-flags.DEFINE_float("weight_decay", 0.0, "Weight decay coefficient (see --weight_decay_mode).")
-flags.DEFINE_string("weight_decay_mode", "decoupled", "decoupled (Keras: w -= lr * wd * w) or l2 (wd * w added to the gradient, as PyTorch's SGD/Adam weight_decay and the papers).")
-flags.DEFINE_string("lr_schedule", "constant", "Learning-rate schedule: constant, step (x lr_gamma at each milestone) or cosine (to 0).")
-flags.DEFINE_list("lr_milestones", [], "step schedule: lengths at which the rate is multiplied by --lr_gamma, e.g. 80ep,120ep.")
-flags.DEFINE_float("lr_gamma", 0.1, "step schedule: factor at each milestone.")
-flags.DEFINE_string("warmup", "0", "Linear learning-rate warmup length (steps, or e.g. 5ep).")
-flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy loss, in [0, 1).")
-flags.DEFINE_string("mixed_precision", "", "Empty, mixed_float16 or mixed_bfloat16 (masks and weights stay float32).")
-flags.DEFINE_integer("batch_size", 60, "Global batch size (split across replicas).")
-flags.DEFINE_string("iterations", "50000", "Training length per level: steps (50000 or 50000it) or epochs (160ep). Rewound levels train iterations - rewind_step.")
-flags.DEFINE_string("eval_every", "100", "Evaluate validation and test sets every this many steps (or e.g. 1ep).")
-flags.DEFINE_integer("steps_per_execution", 0, "Steps per compiled call. 0: the largest that divides eval_every, iterations and rewind_step.")
-flags.DEFINE_bool("jit_compile", True, "Compile training and evaluation with XLA.")
-# Pruning
-flags.DEFINE_string("pruning_method", "layerwise", "layerwise (each layer prunes its fraction) or global (one pool by raw magnitude).")
-flags.DEFINE_float("pruning_fraction", 0.2, "Fraction of the remaining weights pruned per level, in (0, 1).")
-flags.DEFINE_float("output_pruning_fraction", 0.1, "Fraction for the output layer, in (0, 1); 0 = same rule as other layers.")
-flags.DEFINE_list("layer_pruning_fractions", [], "Per-weight overrides, e.g. fc1/kernel=0.2,fc2/kernel=0.2.")
-flags.DEFINE_list("exclude_layers", [], "Layers never pruned (by layer name).")
-flags.DEFINE_integer("levels", 12, "Pruning levels: levels 0 (dense) to --levels are trained.")
-flags.DEFINE_string("rewind_step", "0", "Step the survivors are rewound to (0 = reset to initialization), or e.g. 5ep.")
-flags.DEFINE_string(
-    "rewind_optimizer", "fresh",
-    "How the optimizer is rewound with the weights: fresh (a new optimizer state with its own step counter at 0, "
-    "the learning-rate schedule offset to the rewind step, as open_lth), reset (the same state with its step "
-    "counter at the rewind step) or restore (the optimizer state saved at the rewind step).")
-flags.DEFINE_integer("seed", 0, "Base seed; each replicate derives its own seed for initialization and data order.")
-# Branches (controls) at chosen levels of the main line
-flags.DEFINE_list("branch", [], "Branches to run: reinit, random_prune, rewind, lr_rewind (its own lineage), lr_rewind_oneshot, retrain; "
-                  "the analyses instability (linear mode connectivity), stability (distances); the baselines pai_magnitude, "
-                  "pai_random, pai_snip, pai_grasp, pai_synflow (pruning at initialization), gmp (gradual magnitude pruning) "
-                  "(comma-separated).")
-flags.DEFINE_string("branch_levels", "", "Levels to run the branches at, e.g. 0-3,7,11 (must be within 0..--levels).")
-flags.DEFINE_string("random_prune_scope", "layerwise", "random_prune: keep each layer's density (layerwise) or only the overall density (global).")
-flags.DEFINE_string("branch_rewind_step", "-1", "rewind: the step k to rewind to (0 = reset to init; steps or e.g. 2ep); lr_rewind: -1 = the main line's --rewind_step.")
-flags.DEFINE_string("branch_optimizer", "", "retrain: optimizer (empty = the main line's).")
-flags.DEFINE_float("branch_learning_rate", 0.0, "retrain: learning rate (0 = the main line's).")
-flags.DEFINE_string("branch_iterations", "0", "retrain: training length, steps or epochs (0 = the main line's).")
-flags.DEFINE_integer("branch_batch_size", 0, "retrain: batch size (0 = the main line's).")
-flags.DEFINE_list("analysis_rewind_steps", [], "instability, stability: the steps k the analysed networks start from, "
-                  "steps or epochs, e.g. 0,25,100,500,2000 (empty = --rewind_step).")
-flags.DEFINE_integer("interpolation_points", 30, "instability: points on the linear path between two copies (>= 2, both ends).")
-flags.DEFINE_integer("instability_pairs", 2, "instability: pairs of copies per network and step k (>= 1).")
-flags.DEFINE_list("analysis_controls", ["random_prune"], "instability, stability: controls beside the ticket at levels >= 1: "
-                  "random_prune, reinit (instability only); empty = none.")
-flags.DEFINE_string("batchnorm_statistics", "reestimate", "instability: reestimate BatchNorm statistics at every point of a path "
-                    "from --batchnorm_batches training batches, or interpolate them like the weights.")
-flags.DEFINE_integer("batchnorm_batches", 20, "instability: training batches used to re-estimate BatchNorm statistics.")
-flags.DEFINE_string("pai_scope", "global", "pai_*: prune with one global threshold over every prunable weight "
-                    "(the output layer included, as Frankle et al. 2021) or layerwise.")
-flags.DEFINE_list("pai_ablations", [], "pai_*: also run these ablations, each in its own folder: shuffle (each layer's "
-                  "mask shuffled), reinit (fresh initialization after pruning), invert (prune the highest scores).")
-flags.DEFINE_integer("scoring_examples_per_class", 10, "pai_snip, pai_grasp: class-balanced scoring examples per class.")
-flags.DEFINE_integer("synflow_rounds", 100, "pai_synflow: pruning rounds (exponential schedule).")
-flags.DEFINE_string("gmp_begin_step", "-1", "gmp: first (1-based) pruning step, steps or epochs (-1 = 10% of --iterations).")
-flags.DEFINE_string("gmp_end_step", "-1", "gmp: last pruning step, steps or epochs (-1 = 50% of --iterations).")
-flags.DEFINE_string("gmp_frequency", "-1", "gmp: prune every this many steps (-1 = --eval_every).")
-flags.DEFINE_string("gmp_schedule", "lottery_tf", "gmp: sparsity values from lottery_tf's polynomial schedule or "
-                    "TFMOT's own PolynomialDecay (tfmot; needs pip install 'lottery_tf[tfmot]').")
+
+def _define(setting: config_lib.Setting) -> None:
+    """One absl flag per declared setting (lottery_tf.config.SETTINGS): its name, default and help."""
+    default, kind = setting.default(), setting.kind
+    if kind == "int":
+        flags.DEFINE_integer(setting.flag, default, setting.help)
+    elif kind == "float":
+        flags.DEFINE_float(setting.flag, default, setting.help)
+    elif kind == "bool":
+        flags.DEFINE_bool(setting.flag, default, setting.help)
+    elif kind in ("str", "length"):
+        flags.DEFINE_string(setting.flag, str(default), setting.help)
+    elif kind == "levels":
+        flags.DEFINE_string(setting.flag, ",".join(map(str, default)), setting.help)
+    elif kind == "fractions":
+        flags.DEFINE_list(setting.flag, [f"{n}={v}" for n, v in default], setting.help)
+    elif kind in ("block", "n_m"):
+        flags.DEFINE_string(setting.flag, "", setting.help)
+    else:  # lengths, names, shape
+        flags.DEFINE_list(setting.flag, [str(v) for v in default], setting.help)
+
+
+for _setting in config_lib.SETTINGS:
+    _define(_setting)
 flags.DEFINE_list("sweep_rewind_steps", [], "Runs the whole experiment once per rewind step k (steps or epochs, e.g. "
                   "0,100,500,2000), each in its own run folder, one after another; replaces --rewind_step.")
-flags.DEFINE_integer("analysis_train_examples", 10000, "instability: size of the fixed training subset the path's train error uses.")
-# Run
-flags.DEFINE_string("output_dir", "runs", "Root folder; the run goes to <output_dir>/lottery_<hash of non-default settings>/.")
-flags.DEFINE_integer("replicates", 1, "Number of replicates (independent seeds) to run: 0..N-1.")
-flags.DEFINE_integer("replicate", -1, "Run only this replicate index (>= 0), e.g. one per machine.")
-flags.DEFINE_string("checkpoint_every", "5000", "Checkpoint every this many steps (or e.g. 1ep) within a level (0 = only between levels).")
-flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism so a resumed run matches an uninterrupted one bit for bit.")
-flags.DEFINE_bool("tensorboard", True, "Write TensorBoard event files under <run>/replicate_<r>/tensorboard.")
-flags.DEFINE_string(
-    "strategy", "default",
-    "tf.distribute strategy: default, one_device, mirrored (all local GPUs, or --cpu_devices logical CPUs), "
-    "multi_worker_mirrored (cluster from TF_CONFIG; every worker runs the same command) or tpu (see --tpu).")
-flags.DEFINE_string("tpu", "", "With --strategy=tpu: the TPU's name, grpc://host:port address, or 'local' on a TPU VM.")
-flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (for mirrored runs without GPUs).")
-flags.DEFINE_bool("wait_for_lock", False, "If another process is training the same levels, wait for it instead of exiting.")
 flags.DEFINE_bool("dry_run", False, "Validate the settings, print them resolved (lengths in steps) and the run folder, and exit.")
+flags.DEFINE_bool("rerecord_data", False, "Record the data found now as the run's data (data.json), for a run whose "
+                  "data.json was lost; only if you know it is the data the run was trained on.")
 
 
 def _levels(flag: str, text: str) -> tuple:
@@ -171,126 +104,89 @@ def _length(flag: str, text: str, steps_per_epoch: int) -> int:
         raise config_lib.ConfigError(flag, f"expected a length in steps (500 or 500it) or epochs (2ep), got {text!r}") from None
 
 
-def _optional_length(flag: str, steps_per_epoch: int) -> int:
-    """A length flag whose -1 means "the default"."""
-    text = str(getattr(FLAGS, flag)).strip()
-    return -1 if text == "-1" else _length(flag, text, steps_per_epoch)
-
-
-def _shape(values) -> tuple:
+def _shape(flag: str, values) -> tuple:
     try:
         return tuple(int(v) for v in values)
     except ValueError:
-        raise config_lib.ConfigError("synthetic_shape", f"expected integers like 32,32,3, got {','.join(values)!r}") from None
+        raise config_lib.ConfigError(flag, f"expected integers like 32,32,3, got {','.join(values)!r}") from None
+
+
+def _pair(flag: str, text: str, separator: str) -> tuple:
+    """``"1x4"`` -> (1, 4); ``"2:4"`` -> (2, 4); empty -> ()."""
+    text = str(text).strip().lower()
+    if not text:
+        return ()
+    parts = text.split(separator)
+    example = "1x4 (rows x columns)" if separator == "x" else "2:4 (N of every M)"
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        raise config_lib.ConfigError(flag, f"expected two integers like {example}, got {text!r}") from None
+
+
+def _value(setting: config_lib.Setting, epoch: int):
+    """A setting's value from its flag (lengths in steps)."""
+    raw, flag, kind = getattr(FLAGS, setting.flag), setting.flag, setting.kind
+    if kind == "length":
+        return -1 if str(raw).strip() == "-1" and setting.default_means == -1 else _length(flag, raw, epoch)
+    if kind == "lengths":
+        return tuple(_length(flag, item, epoch) for item in raw)
+    if kind == "levels":
+        return _levels(flag, raw)
+    if kind == "fractions":
+        return _layer_fractions(raw)
+    if kind == "shape":
+        return _shape(flag, raw)
+    if kind in ("block", "n_m"):
+        return _pair(flag, raw, "x" if kind == "block" else ":")
+    if kind == "names":
+        return tuple(item.strip() for item in raw)
+    if kind == "str" and flag in _PATH_FLAGS and raw:
+        return os.path.expanduser(raw)
+    return raw
 
 
 def config_from_flags() -> config_lib.ExperimentConfig:
-    """Builds the frozen config from parsed flags (no validation)."""
-    data = config_lib.DataConfig(
-        name=FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        tfds_data_dir=FLAGS.tfds_data_dir,
-        tfds_download=FLAGS.tfds_download,
-        validation_examples=FLAGS.validation_examples,
-        tfds_manual_dir=FLAGS.tfds_manual_dir,
-        image_size=FLAGS.image_size,
-        synthetic_train_examples=FLAGS.synthetic_train_examples,
-        synthetic_test_examples=FLAGS.synthetic_test_examples,
-        synthetic_shape=_shape(FLAGS.synthetic_shape),
-        synthetic_classes=FLAGS.synthetic_classes,
-    )
+    """Builds the frozen config from parsed flags (no validation): one value per declared setting."""
+    sections = {f.name: {} for f in dataclasses.fields(config_lib.ExperimentConfig)}
+    data_settings = [s for s in config_lib.SETTINGS if s.field.startswith("data.")]
+    for setting in data_settings:
+        sections["data"][setting.field.split(".", 1)[1]] = _value(setting, 0)
+    data = config_lib.DataConfig(**sections["data"])
     epoch = 0
     if data.name in DATASETS and FLAGS.batch_size > 0:
         epoch = max(1, train_examples(data) // FLAGS.batch_size)
-
-    def length(flag):
-        return _length(flag, getattr(FLAGS, flag), epoch)
-
-    return config_lib.ExperimentConfig(
-        data=data,
-        model=config_lib.ModelConfig(name=FLAGS.model, initializer=FLAGS.initializer),
-        training=config_lib.TrainingConfig(
-            optimizer=FLAGS.optimizer,
-            learning_rate=FLAGS.learning_rate,
-            momentum=FLAGS.momentum,
-            weight_decay=FLAGS.weight_decay,
-            weight_decay_mode=FLAGS.weight_decay_mode,
-            batch_size=FLAGS.batch_size,
-            iterations=length("iterations"),
-            eval_every=length("eval_every"),
-            steps_per_execution=FLAGS.steps_per_execution,
-            jit_compile=FLAGS.jit_compile,
-            nesterov=FLAGS.nesterov,
-            lr_schedule=FLAGS.lr_schedule,
-            lr_milestones=tuple(_length("lr_milestones", m, epoch) for m in FLAGS.lr_milestones),
-            lr_gamma=FLAGS.lr_gamma,
-            warmup_iterations=length("warmup"),
-            label_smoothing=FLAGS.label_smoothing,
-            mixed_precision=FLAGS.mixed_precision,
-        ),
-        pruning=config_lib.PruningConfig(
-            method=FLAGS.pruning_method,
-            fraction=FLAGS.pruning_fraction,
-            output_fraction=FLAGS.output_pruning_fraction,
-            layer_fractions=_layer_fractions(FLAGS.layer_pruning_fractions),
-            exclude_layers=tuple(FLAGS.exclude_layers),
-            levels=FLAGS.levels,
-            rewind_step=length("rewind_step"),
-            rewind_optimizer=FLAGS.rewind_optimizer,
-        ),
-        seed=FLAGS.seed,
-        branches=config_lib.BranchConfig(
-            names=tuple(FLAGS.branch),
-            levels=_levels("branch_levels", FLAGS.branch_levels),
-            random_prune_scope=FLAGS.random_prune_scope,
-            rewind_step=length("branch_rewind_step"),
-            optimizer=FLAGS.branch_optimizer,
-            learning_rate=FLAGS.branch_learning_rate,
-            iterations=length("branch_iterations"),
-            batch_size=FLAGS.branch_batch_size,
-            analysis_rewind_steps=tuple(_length("analysis_rewind_steps", k, epoch) for k in FLAGS.analysis_rewind_steps),
-            interpolation_points=FLAGS.interpolation_points,
-            instability_pairs=FLAGS.instability_pairs,
-            analysis_controls=tuple(FLAGS.analysis_controls),
-            batchnorm_statistics=FLAGS.batchnorm_statistics,
-            batchnorm_batches=FLAGS.batchnorm_batches,
-            analysis_train_examples=FLAGS.analysis_train_examples,
-            pai_scope=FLAGS.pai_scope,
-            pai_ablations=tuple(FLAGS.pai_ablations),
-            scoring_examples_per_class=FLAGS.scoring_examples_per_class,
-            synflow_rounds=FLAGS.synflow_rounds,
-            gmp_begin_step=_optional_length("gmp_begin_step", epoch),
-            gmp_end_step=_optional_length("gmp_end_step", epoch),
-            gmp_frequency=_optional_length("gmp_frequency", epoch),
-            gmp_schedule=FLAGS.gmp_schedule,
-        ),
-        run=config_lib.RunConfig(
-            output_dir=FLAGS.output_dir,
-            replicates=FLAGS.replicates,
-            replicate=FLAGS.replicate,
-            checkpoint_every=length("checkpoint_every"),
-            deterministic=FLAGS.deterministic,
-            tensorboard=FLAGS.tensorboard,
-            strategy=FLAGS.strategy,
-            tpu=FLAGS.tpu,
-            cpu_devices=FLAGS.cpu_devices,
-            wait_for_lock=FLAGS.wait_for_lock,
-        ),
-    )
+    top = {}
+    for setting in config_lib.SETTINGS:
+        if setting in data_settings:
+            continue
+        section, _, name = setting.field.partition(".")
+        if name:
+            sections[section][name] = _value(setting, epoch)
+        else:
+            top[section] = _value(setting, epoch)
+    built = {name: config_lib.SECTIONS[name](**values) for name, values in sections.items() if values}
+    return config_lib.ExperimentConfig(**built, **top)
 
 
 def _sweep(config) -> list:
     """One config per ``--sweep_rewind_steps`` value (the config itself without a sweep)."""
     if not FLAGS.sweep_rewind_steps:
         return [config]
+    if config.pruning.rewind_step:
+        raise config_lib.ConfigError("rewind_step", f"{config.pruning.rewind_step} is set, but --sweep_rewind_steps "
+                                     "replaces it (each run of the sweep rewinds to its own step); remove it")
     epoch = max(1, train_examples(config.data) // config.training.batch_size) if config.training.batch_size > 0 else 0
     steps = []
     for text in FLAGS.sweep_rewind_steps:
         step = _length("sweep_rewind_steps", text, epoch)
         if not 0 <= step < config.training.iterations:
             raise config_lib.ConfigError("sweep_rewind_steps", f"expected steps in [0, --iterations={config.training.iterations}), got {text!r}")
-        if step not in steps:
-            steps.append(step)
+        if step in steps:
+            raise config_lib.ConfigError("sweep_rewind_steps", f"step {step} given twice; give each once")
+        steps.append(step)
     return [dataclasses.replace(config, pruning=dataclasses.replace(config.pruning, rewind_step=k)) for k in steps]
 
 
@@ -303,11 +199,13 @@ def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; all settings are --flags")
     try:
-        configs = _sweep(config_from_flags())
+        config = config_from_flags()
+        configs = _sweep(config)
+        study = {"start_steps": tuple(c.pruning.rewind_step for c in configs)} if len(configs) > 1 else {}
         # Every check that needs no TensorFlow runs before it is imported.
         for config in configs:
-            config_lib.validate(config, DATASETS.names(), MODELS)
-        check_sizes(config.data, config.training.batch_size)
+            config_lib.validate(config, DATASETS.names(), MODELS, study)
+        check_sizes(config.data, config.training.batch_size, config.branches)
         _check_initializer(config.model.initializer)
         if FLAGS.dry_run:
             for config in configs:
@@ -319,11 +217,13 @@ def main(argv):
         from lottery_tf.distribute import describe_devices
 
         started = time.time()
-        for number, config in enumerate(configs):
+        # Every run of a sweep is checked (data, model, the run store, branch inputs) before any trains.
+        checked = [experiment.check(config, rerecord_data=FLAGS.rerecord_data) for config in configs]
+        for number, (config, ready) in enumerate(zip(configs, checked)):
             print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
             if number == 0:
                 print(f"device: {describe_devices()}", flush=True)
-            experiment.run(config)
+            experiment.run(config, ready)
         if len(configs) > 1:
             print(f"sweep over rewind steps {', '.join(str(c.pruning.rewind_step) for c in configs)}: "
                   f"{', '.join(run_dir.experiment_dir(c) for c in configs)}", flush=True)
@@ -341,7 +241,7 @@ def main(argv):
     except ValueError as error:  # the library's checks on what the user asked for
         _fail(str(error))
     except Exception as error:  # the library's one-line errors (divergence, locks), by type name
-        if type(error).__name__ in ("DivergedError", "LockedError", "ReportError"):
+        if type(error).__name__ in ("DivergedError", "LockedError", "ReportError", "StoreError", "RepairError"):
             _fail(str(error))
         # Anything else is our bug, not the user's mistake: the traceback, and a line saying so.
         import traceback
@@ -386,13 +286,65 @@ def _parse_flags(argv):
         sys.exit(0)
     for arg in argv[1:]:
         if arg.startswith("--flagfile="):
-            path = arg.split("=", 1)[1]
-            if not os.path.isfile(path) or not os.access(path, os.R_OK):
-                _fail(f"--flagfile: {path!r} does not exist or is not readable")
+            problem = flagfile_problem(arg.split("=", 1)[1])
+            if problem:
+                _fail(f"--flagfile: {problem}")
     try:
         return FLAGS(argv)
     except flags.Error as error:
-        _fail(str(error).splitlines()[0])
+        _fail(_flag_error(str(error).splitlines()[0]))
+
+
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def _flag_error(line: str) -> str:
+    """absl's "flag --levels=abc: invalid literal for int() ..." in the form every other flag error has."""
+    import re
+
+    match = re.match(r"flag --(\w+)=(.*?): ", line)
+    setting = config_lib.SETTING.get(match.group(1)) if match else None
+    if setting is None or setting.kind not in _EXPECTED:
+        return line
+    return f"--{setting.flag}: expected {_EXPECTED[setting.kind]}{setting._range()}, got {match.group(2)!r}"
+
+
+def flagfile_problem(path: str, seen=()) -> str | None:
+    """What is wrong with a flagfile (and the flagfiles it includes), or None.
+
+    absl reads flagfiles itself; a binary file, a byte-order mark or a line that
+    is not a flag would otherwise end in a traceback or an "unexpected arguments"
+    that names no file, and an empty file would silently run the defaults.
+    """
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        return f"{path!r} does not exist or is not readable"
+    if os.path.abspath(path) in seen:
+        return f"{path!r} includes itself"
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        return f"{path!r} starts with a UTF-8 byte-order mark; save it without one"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"{path!r} is not a text file of flags (byte {error.start} is not UTF-8)"
+    if "\x00" in text:
+        return f"{path!r} is not a text file of flags (it holds NUL bytes)"
+    flag_lines = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#") or line.startswith("//"):
+            continue
+        if not line.startswith("-"):
+            return f"{path!r} line {number}: expected --flag=value, got {line[:60]!r}"
+        flag_lines += 1
+        if line.startswith("--flagfile="):
+            problem = flagfile_problem(line.split("=", 1)[1], (*seen, os.path.abspath(path)))
+            if problem:
+                return problem
+    if not flag_lines:
+        return f"{path!r} holds no flags (only comments or blank lines); it would run the default experiment"
+    return None
 
 
 def run(argv=None) -> None:

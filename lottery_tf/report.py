@@ -63,6 +63,10 @@ def collect_rows(replicate_folder: str, with_curves: bool = False) -> list[dict]
     rows = []
     for path in sorted(glob.glob(os.path.join(replicate_folder, "level_*", "*", "metrics.json"))):
         metrics = read_metrics(path)
+        if not isinstance(metrics, dict) or any(k not in metrics for k in ("branch", "level", *STATS)):
+            raise ReportError(f"{path} is not a complete metrics record; check the run with python -m lottery_tf.runs")
+        iterations = metrics.get("iterations") or [None]
+        metrics["last_iteration"] = iterations[-1]
         if not with_curves:
             metrics = {k: v for k, v in metrics.items() if k not in ("curves", "iterations")}
         rows.append(metrics)
@@ -98,7 +102,10 @@ def aggregate(paths: list[str]) -> list[dict]:
             for key in STATS:
                 values = np.array([r[key] for r in rows], dtype=np.float64)
                 entry[f"{key}_mean"] = float(values.mean())
-                entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+                # One replicate has no spread: None (an empty CSV cell), not 0.0.
+                entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+            # An "early stop" at the last evaluation is no early stop: the validation loss was still falling.
+            entry["early_stop_at_last_iteration"] = sum(r["early_stop_iteration"] == r["last_iteration"] for r in rows)
             entry["title"] = title
             out.append(entry)
     if not out:
@@ -120,17 +127,27 @@ def format_markdown(entries: list[dict]) -> str:
         "| experiment | branch | level | weights remaining % | final test acc % | early-stop iteration | test acc at early stop % | replicates |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    at_last = False
     for e in entries:
         def cell(key, scale, digits):
             mean = f"{scale * e[f'{key}_mean']:.{digits}f}"
             # One replicate has no spread: print the value alone, not "± 0".
             return mean if e["replicates"] < 2 else f"{mean} ± {scale * e[f'{key}_std']:.{digits}f}"
 
+        stop = cell("early_stop_iteration", 1, 0)
+        if e.get("early_stop_at_last_iteration"):
+            at_last = True
+            count = e["early_stop_at_last_iteration"]
+            stop += " (last)" if count == e["replicates"] else f" ({count} of {e['replicates']} at last)"
         lines.append(
             f"| {e['experiment']} | {e['branch']} | {e['level']} | {100 * e['density_mean']:.2f} | "
-            f"{cell('final_test_accuracy', 100, 2)} | {cell('early_stop_iteration', 1, 0)} | "
+            f"{cell('final_test_accuracy', 100, 2)} | {stop} | "
             f"{cell('early_stop_test_accuracy', 100, 2)} | {e['replicates']} |"
         )
+    if at_last:
+        lines.append("")
+        lines.append("(last): the minimum validation loss was at the last evaluation, so the level did not stop "
+                     "early: its validation loss was still falling.")
     return "\n".join(lines) + "\n"
 
 
@@ -150,9 +167,13 @@ def _figure():
 
 
 def _save(fig, path):
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic.write_bytes(path, buffer.getvalue())
+    """Writes the figure as a PNG atomically, and closes it (also when writing fails)."""
+    try:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+        atomic.write_bytes(path, buffer.getvalue())
+    finally:
+        _figure().close(fig)
 
 
 def branch_label(branch: str) -> str:
@@ -203,11 +224,10 @@ def _series(entries, experiment):
 def _weights_axis(ax, series):
     ax.set_xscale("log")
     ax.invert_xaxis()  # dense on the left, sparser to the right, as in the papers
+    # Every density a level was measured at gets its label; many labels stand upright to stay readable.
     ticks = sorted({round(100 * e["density_mean"], 1) for rows in series.values() for e in rows}, reverse=True)
-    if len(ticks) > 8:  # readable horizontal labels: about eight of them, evenly spread in log space
-        ticks = [ticks[i] for i in sorted({round(j * (len(ticks) - 1) / 7) for j in range(8)})]
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=0, fontsize=8)
+    ax.set_xticklabels([f"{t:g}" for t in ticks], rotation=0 if len(ticks) <= 8 else 90, fontsize=8 if len(ticks) <= 8 else 7)
     ax.minorticks_off()
     ax.set_xlabel("percent of weights remaining (log scale)")
     ax.grid(True, alpha=0.3)
@@ -229,6 +249,21 @@ def _spread(rows, key, scale=1.0):
     return [scale * e[f"{key}_std"] if e["replicates"] > 1 else 0.0 for e in rows]
 
 
+def line_style(rows) -> tuple[str, str]:
+    """A line through a branch's points only where it was measured at consecutive levels.
+
+    A control measured at levels 5 and 10 only is drawn as markers: a line
+    between them would suggest values at the levels in between.
+
+    Returns:
+        (matplotlib linestyle, a note for the legend).
+    """
+    levels = sorted(e["level"] for e in rows)
+    if len(levels) < 2 or levels == list(range(levels[0], levels[-1] + 1)):
+        return "-", ""
+    return "none", f" (levels {', '.join(map(str, levels))} only)"
+
+
 def _over_replicates(series) -> str:
     count = _replicates(series)
     return "one replicate (no spread)" if count == 1 else f"mean ± std over {count} replicates"
@@ -244,8 +279,9 @@ def plot_accuracy_vs_weights(entries, path):
             for branch, rows in series.items():
                 x = [100 * e["density_mean"] for e in rows]
                 y = [100 * e[f"{key}_mean"] for e in rows]
+                style, note = line_style(rows)
                 ax.errorbar(x, y, yerr=_spread(rows, key, 100), marker="o", markersize=4, capsize=3,
-                            label=branch_label(branch))
+                            linestyle=style, label=branch_label(branch) + note)
             dense = [e for e in series.get("main", []) if e["level"] == 0]
             if dense:
                 ax.axhline(100 * dense[0][f"{key}_mean"], color="gray", linestyle="--", linewidth=1,
@@ -275,10 +311,20 @@ def plot_early_stop_vs_weights(entries, path):
     for row, experiment in enumerate(experiments):
         ax = axes[row][0]
         series = _series(entries, experiment)
+        at_last = []
         for branch, rows in series.items():
-            ax.errorbar([100 * e["density_mean"] for e in rows], [e["early_stop_iteration_mean"] for e in rows],
-                        yerr=_spread(rows, "early_stop_iteration"), marker="o", markersize=4, capsize=3,
-                        label=branch_label(branch))
+            style, note = line_style(rows)
+            line = ax.errorbar([100 * e["density_mean"] for e in rows], [e["early_stop_iteration_mean"] for e in rows],
+                               yerr=_spread(rows, "early_stop_iteration"), marker="o", markersize=4, capsize=3,
+                               linestyle=style, label=branch_label(branch) + note)
+            last = [e for e in rows if e.get("early_stop_at_last_iteration") == e["replicates"]]
+            if last:
+                at_last.append(ax.plot([100 * e["density_mean"] for e in last],
+                                       [e["early_stop_iteration_mean"] for e in last], linestyle="none", marker="o",
+                                       markersize=9, markerfacecolor="none",
+                                       markeredgecolor=line[0].get_color())[0])
+        if at_last:
+            at_last[0].set_label("ringed: stopped at the last evaluation (not an early stop)")
         _weights_axis(ax, series)
         ax.set_ylabel("early-stopping iteration\n(minimum validation loss; lower = learns faster)")
         ax.set_title(f"Iteration of minimum validation loss, {_over_replicates(series)}\n"
@@ -293,15 +339,21 @@ def plot_curves(experiment_folder, levels, path):
     plt = _figure()
     curves = defaultdict(list)
     densities = {}
+    available = set()
     for replicate in run_dir.replicates_of(experiment_folder):
         for row in collect_rows(replicate, with_curves=True):
-            if row["branch"] == "main" and (not levels or row["level"] in levels):
+            if row["branch"] != "main":
+                continue
+            available.add(row["level"])
+            if not levels or row["level"] in levels:
                 curves[row["level"]].append((row["iterations"], row["curves"]["test"]["accuracy"]))
                 densities[row["level"]] = row["density"]
     missing = sorted(set(levels) - set(curves))
     if missing:
+        from lottery_tf.runs import _ranges
+
         print(f"warning: --curve_levels: level(s) {', '.join(map(str, missing))} not found in {experiment_folder} "
-              f"(it has main levels {', '.join(map(str, sorted(curves))) or 'none'}); left out of the plot",
+              f"(it has main levels {_ranges(available) if available else 'none'}); left out of the plot",
               file=sys.stderr)
     if not curves:
         return False
@@ -324,7 +376,9 @@ def plot_curves(experiment_folder, levels, path):
     if clipped:
         ax.set_ylabel(f"test accuracy (%)\n(first evaluation, below {bottom:.0f}%, off the axis)")
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"Lottery tickets: test accuracy during training at selected levels (mean over replicates)\n"
+    count = max(len(runs) for runs in curves.values())
+    over = "one replicate" if count == 1 else f"mean over {count} replicates"
+    ax.set_title(f"Lottery tickets: test accuracy during training at selected levels ({over})\n"
                  f"{experiment_title(experiment_folder)}", fontsize=9)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -369,12 +423,18 @@ def main(argv=None) -> int:
                                                                plots=not args.no_plots, tolerance=tolerance)
         analysis_files += report_baselines.write_report(entries, args.out, plots=not args.no_plots,
                                                          experiment_folders=_experiments(args.paths))
+        from lottery_tf import report_deployment
+
+        analysis_files += report_deployment.write_report(_experiments(args.paths), args.out)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
         print(f"error: cannot write to {args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
+    finally:
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")  # nothing drawn stays open in the caller's process
     print(format_markdown(entries))
     if analysis_files:
         print(f"analyses: {', '.join(analysis_files)}")

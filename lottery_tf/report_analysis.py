@@ -29,7 +29,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from lottery_tf import atomic, report, run_dir
+from lottery_tf import atomic, report, run_dir, store
 
 STABLE = 0.02  # the LMC paper's threshold: instability below 2 percentage points
 MIN_MATCHING_TOLERANCE = 0.002  # 0.2 percentage points, when the dense accuracy has no spread to go by
@@ -49,6 +49,10 @@ def records(experiment_folder: str, analysis: str) -> list[dict]:
     found = []
     for replicate in run_dir.replicates_of(experiment_folder):
         for path in sorted(glob.glob(os.path.join(replicate, "level_*", analysis, "**", name), recursive=True)):
+            problem = store.result_problem(path)
+            if problem:
+                raise report.ReportError(f"{path} {problem}; the next run that includes the analysis recomputes it "
+                                         "(python -m lottery_tf.runs shows what else is damaged)")
             found.append(_read(path))
     return found
 
@@ -296,7 +300,8 @@ def plot_rewind_sweep(experiments: list[str], table_entries: list[dict], instabi
         rows = sorted((e for e in table_entries if e["experiment"] == name and e["branch"] == "main"),
                       key=lambda e: -e["density_mean"])
         if rows:
-            spread = [100 * e["final_test_accuracy_std"] for e in rows] if any(e["replicates"] > 1 for e in rows) else None
+            spread = ([100 * (e["final_test_accuracy_std"] or 0.0) for e in rows]
+                      if any(e["replicates"] > 1 for e in rows) else None)
             left.errorbar([100 * e["density_mean"] for e in rows], [100 * e["final_test_accuracy_mean"] for e in rows],
                           yerr=spread, marker="o", markersize=4, capsize=3, label=f"IMP, rewind to k = {k}")
     report._weights_axis(left, {"all": [e for e in table_entries if e["branch"] == "main"]})

@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from lottery_tf import atomic
+from lottery_tf import atomic, naming
 from lottery_tf.keras_compat import keras
 from lottery_tf.masking import apply_masks, masked_layers
 
@@ -46,34 +46,26 @@ def _mask_ids(model) -> set:
     return {id(m) for layer in masked_layers(model) for m in layer.masks.values()}
 
 
-def _state_variables(model):
+def state_variables(model) -> "collections.OrderedDict[str, keras.Variable]":
+    """Unique name (:mod:`lottery_tf.naming`) -> variable, for every non-mask model variable."""
     masks = _mask_ids(model)
-    return [v for v in model.variables if id(v) not in masks]
+    return collections.OrderedDict((name, v) for name, v in naming.variable_names(model).items() if id(v) not in masks)
 
 
 def capture(model) -> "collections.OrderedDict[str, np.ndarray]":
-    """Copies every non-mask model variable: path -> numpy array."""
-    state = collections.OrderedDict()
-    for variable in _state_variables(model):
-        if variable.path in state:
-            raise ValueError(
-                f"Two model variables share the path {variable.path!r}; give layers "
-                "unique names."
-            )
-        state[variable.path] = np.array(variable.numpy(), copy=True)
-    return state
+    """Copies every non-mask model variable: unique name -> numpy array."""
+    return collections.OrderedDict(
+        (name, np.array(variable.numpy(), copy=True)) for name, variable in state_variables(model).items()
+    )
 
 
-def check_matches(model, state: Mapping[str, np.ndarray]) -> None:
-    """Raises ValueError unless ``state`` covers exactly the model's non-mask variables."""
-    paths = [v.path for v in _state_variables(model)]
-    if sorted(paths) != sorted(state):
-        missing = sorted(set(paths) - set(state))
-        extra = sorted(set(state) - set(paths))
-        raise ValueError(
-            f"Rewind point does not match the model: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}."
-        )
+def check_matches(model, state: Mapping[str, np.ndarray]) -> dict:
+    """``state`` by unique name (files keyed by Keras paths, written before names were unique, are translated).
+
+    Raises:
+        ValueError: Unless ``state`` covers exactly the model's non-mask variables.
+    """
+    return naming.rename_keys(dict(state), state_variables(model), "Rewind point")
 
 
 def restore(model, state: Mapping[str, np.ndarray]) -> None:
@@ -82,9 +74,10 @@ def restore(model, state: Mapping[str, np.ndarray]) -> None:
     Raises:
         ValueError: If the state does not cover exactly the model's variables.
     """
-    check_matches(model, state)
-    for variable in _state_variables(model):
-        variable.assign(state[variable.path])
+    variables = state_variables(model)
+    state = naming.rename_keys(dict(state), variables, "Rewind point")
+    for name, variable in variables.items():
+        variable.assign(state[name])
     apply_masks(model)
 
 

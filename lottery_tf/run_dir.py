@@ -28,7 +28,7 @@ import json
 import os
 import re
 
-from lottery_tf import atomic
+from lottery_tf import atomic, store
 from lottery_tf.config import ConfigError, ExperimentConfig, experiment_hash, non_default_identity
 
 MAIN = "main"
@@ -48,26 +48,15 @@ def level_dir(replicate_folder: str, level: int, branch: str) -> str:
     return os.path.join(replicate_folder, f"level_{level:02d}", branch)
 
 
-REQUIRED_METRICS = ("level", "branch", "density", "iterations", "curves")
-
-
 def metrics_problem(path: str) -> str | None:
-    """What is wrong with a ``metrics.json`` (None if it is a complete record)."""
-    try:
-        with open(path) as handle:
-            record = json.load(handle)
-    except (OSError, ValueError) as error:
-        return f"{path} is unreadable ({error})"
-    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_METRICS):
-        missing = [k for k in REQUIRED_METRICS if not isinstance(record, dict) or k not in record]
-        return f"{path} is incomplete (no {', '.join(missing)})"
-    return None
+    """What is wrong with a ``metrics.json`` (None if it is a complete, finite record); see :mod:`lottery_tf.store`."""
+    problem = store.metrics_problem(path)
+    return f"{path} {problem}" if problem else None
 
 
 def is_done(replicate_folder: str, level: int, branch: str) -> bool:
-    """Whether that level's metrics were written (the last file a level writes) and are a complete record."""
-    path = os.path.join(level_dir(replicate_folder, level, branch), "metrics.json")
-    return os.path.isfile(path) and metrics_problem(path) is None
+    """Whether that level's metrics were written (the last file a level writes) and are a complete, finite record."""
+    return store.is_done(replicate_folder, level, branch)
 
 
 def damaged_metrics(replicate_folder: str, level: int, branch: str) -> str | None:

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from lottery_tf.keras_compat import keras
-from lottery_tf.masking import _named_pairs, get_masks, set_masks
+from lottery_tf.masking import masked_weights, get_masks, set_masks
 
 METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 GRASP_TEMPERATURE = 200.0
@@ -45,17 +45,17 @@ def _loss(logits, labels):
 
 def magnitude_scores(model) -> dict:
     """|w| for every masked weight."""
-    return {name: np.abs(np.asarray(weight.numpy(), np.float64)) for name, _, weight in _named_pairs(model)}
+    return {name: np.abs(np.asarray(weight.numpy(), np.float64)) for name, _, weight in masked_weights(model)}
 
 
 def random_scores(model, seed: int) -> dict:
     """Uniform noise in [0, 1), reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
-    return {name: rng.random(tuple(weight.shape)) for name, _, weight in _named_pairs(model)}
+    return {name: rng.random(tuple(weight.shape)) for name, _, weight in masked_weights(model)}
 
 
 def _mean_gradients(model, batches, transform=lambda logits: logits) -> list:
-    pairs = _named_pairs(model)
+    pairs = masked_weights(model)
     weights = [weight for _, _, weight in pairs]
     total, count = [tf.zeros_like(w, tf.float64) for w in weights], 0
     for x, y in batches:
@@ -77,7 +77,7 @@ def snip_scores(model, batches: Sequence) -> dict:
     """
     gradients = _mean_gradients(model, batches)
     return {name: np.abs(np.asarray(weight.numpy(), np.float64) * g.numpy())
-            for (name, _, weight), g in zip(_named_pairs(model), gradients)}
+            for (name, _, weight), g in zip(masked_weights(model), gradients)}
 
 
 def grasp_scores(model, batches: Sequence, temperature: float = GRASP_TEMPERATURE) -> dict:
@@ -89,7 +89,7 @@ def grasp_scores(model, batches: Sequence, temperature: float = GRASP_TEMPERATUR
     """
     scale = lambda logits: tf.cast(logits, tf.float32) / temperature  # noqa: E731
     g = _mean_gradients(model, batches, scale)
-    pairs = _named_pairs(model)
+    pairs = masked_weights(model)
     weights = [weight for _, _, weight in pairs]
     hg, count = [tf.zeros_like(w, tf.float64) for w in weights], 0
     for x, y in batches:
@@ -129,7 +129,7 @@ def synflow_scores(model64, input_shape: Sequence[int]) -> dict:
 
     R = sum of the outputs for one all-ones input; the score is |w ⊙ ∂R/∂w|.
     """
-    pairs = _named_pairs(model64)
+    pairs = masked_weights(model64)
     weights = [weight for _, _, weight in pairs]
     ones = tf.ones((1, *input_shape), tf.float64)
     with tf.GradientTape() as tape:

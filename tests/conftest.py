@@ -33,5 +33,8 @@ def drawn(monkeypatch):
     monkeypatch.setattr(report, "_save", save)
     import matplotlib.pyplot as plt
 
+    real_close = plt.close
     monkeypatch.setattr(plt, "close", lambda fig=None: None)  # keep the figures to inspect them
-    return figures
+    yield figures
+    for fig in figures.values():
+        real_close(fig)

@@ -134,14 +134,16 @@ def test_health_check_lists_analyses_copies_in_progress_and_unreadable_results(r
     out = str(tmp_path / "copy")
     shutil.copytree(reference[0], out)
     (record,) = runs.check(out)
-    health = record["replicates"]["replicate_0"]
-    assert health["done"]["instability"] == [0, 1] and health["done"]["stability"] == [0, 1]
-    assert not health["incomplete"] and not health["corrupted"]
+    health = record.replicates["replicate_0"]
+    assert health.done["instability"] == [0, 1] and health.done["stability"] == [0, 1]
+    assert not health.incomplete and not health.problems
     rep = glob.glob(os.path.join(out, "lottery_*", "replicate_0"))[0]
     os.remove(os.path.join(rep, "level_01", "instability", "ticket_k50", "pair_0", "copy_b", "metrics.json"))
     with open(os.path.join(rep, "level_01", "stability", "ticket_k0", "stability.json"), "w") as handle:
         handle.write("{")
     (record,) = runs.check(out)
-    health = record["replicates"]["replicate_0"]
-    assert health["incomplete"] == ["level 1 instability/ticket_k50/pair_0/copy_b"]
-    assert len(health["corrupted"]) == 1 and "stability/ticket_k0/stability.json is unreadable" in health["corrupted"][0]
+    health = record.replicates["replicate_0"]
+    assert health.incomplete == ["level 1 [instability/ticket_k50/pair_0/copy_b]"]
+    (problem,) = health.problems
+    assert problem.path.endswith("stability/ticket_k0/stability.json") and problem.what.startswith("is unreadable")
+    assert problem.fix == "the next run that includes the analysis recomputes it from its copies"

@@ -23,7 +23,7 @@ from lottery_tf.data import idx
 from test_data import write_idx_folder
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
-BASE = ["--flagfile=flags/smoke.flags", "--branch=", "--levels=1"]
+BASE = ["--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=", "--levels=1"]
 
 
 def snapshot(root):
@@ -51,6 +51,17 @@ def idx_folders(tmp_path_factory):
     idx.write_idx(os.path.join(folders["labels_out_of_range"], "train-labels-idx1-ubyte.gz"), np.arange(120) % 12)
     idx.write_idx(os.path.join(folders["count_mismatch"], "t10k-labels-idx1-ubyte.gz"), np.arange(39) % 10)
     idx.write_idx(os.path.join(folders["image_size"], "t10k-images-idx3-ubyte.gz"), np.zeros((40, 32, 32)))
+    for name in ("float_labels", "empty_test", "nan_images", "small"):
+        folder = str(root / name)
+        os.makedirs(folder)
+        write_idx_folder(folder, n_train=120, n_test=40)
+        folders[name] = folder
+    _write_float_idx(os.path.join(folders["float_labels"], "train-labels-idx1-ubyte.gz"), (np.arange(120) % 10) + 0.5)
+    idx.write_idx(os.path.join(folders["empty_test"], "t10k-images-idx3-ubyte.gz"), np.zeros((0, 28, 28)))
+    idx.write_idx(os.path.join(folders["empty_test"], "t10k-labels-idx1-ubyte.gz"), np.zeros((0,)))
+    images = np.zeros((120, 28, 28), np.float32)
+    images[3, 4, 5] = np.nan
+    _write_float_idx(os.path.join(folders["nan_images"], "train-images-idx3-ubyte.gz"), images)
     return folders
 
 
@@ -129,15 +140,97 @@ CASES = [
     (["--dataset=mnist", "--data_dir={image_size}", "--validation_examples=20", "--batch_size=20"], "t10k-images-idx3-ubyte.gz: images are 32x32; expected 28x28"),
 ]
 
+# Round 3: classes of bad input that ran silently, failed late or gave an unclear message.
+PAI1 = ["--branch_levels=1"]
+CASES_ROUND_3 = [
+    # A setting the chosen setup does not read: refused, whatever it would have changed.
+    (["--momentum=0.9"], "--momentum"), (["--nesterov"], "--nesterov"),
+    (["--optimizer=sgd", "--learning_rate=0.01", "--nesterov"], "--nesterov"),  # Nesterov without momentum
+    (["--interpolation_points=-4"], "--interpolation_points"), (["--interpolation_points=10"], "--interpolation_points"),
+    (["--instability_pairs=3"], "--instability_pairs"), (["--pai_scope=layerwise"], "--pai_scope"),
+    (["--branch=pai_synflow", *PAI1, "--scoring_examples_per_class=5"], "--scoring_examples_per_class"),
+    (["--branch=pai_snip", *PAI1, "--synflow_rounds=5"], "--synflow_rounds"),
+    (["--branch=stability", *PAI1, "--analysis_controls=reinit"], "--analysis_controls"),
+    (["--gmp_frequency=10"], "--gmp_frequency"), (["--branch=reinit", *PAI1, "--branch_rewind_step=50"], "--branch_rewind_step"),
+    (["--branch=reinit", *PAI1, "--branch_learning_rate=0.1"], "--branch_learning_rate"),
+    (["--branch=reinit", *PAI1, "--random_prune_scope=global"], "--random_prune_scope"),
+    (["--lr_gamma=0.5"], "--lr_gamma"), (["--weight_decay_mode=l2"], "--weight_decay_mode"),
+    (["--data_dir=/tmp"], "--data_dir"), (["--image_size=32"], "--image_size"), (["--tfds_download=false"], "--tfds_download"),
+    (["--branch=instability", *PAI1, "--batchnorm_statistics=interpolate", "--batchnorm_batches=5"], "--batchnorm_batches"),
+    (["--rewind_optimizer=restore"], "--rewind_optimizer"), (["--branch=gmp", *PAI1, "--pai_ablations=shuffle"], "--pai_ablations"),
+    (["--branch_levels=1"], "--branch_levels"),
+    # Contradictory or degenerate combinations.
+    (["--lr_schedule=step"], "--lr_milestones"), (["--lr_schedule=step", "--lr_milestones=150,100"], "--lr_milestones"),
+    (["--lr_schedule=step", "--lr_milestones=100,100"], "--lr_milestones"),
+    (["--layer_pruning_fractions=fc1=0.3,fc1=0.5"], "--layer_pruning_fractions"),
+    (["--layer_pruning_fractions=fc1=0.3,fc1/kernel=0.5"], "--layer_pruning_fractions"),
+    (["--branch=reinit,reinit", *PAI1], "--branch"), (["--branch=reinit", "--branch_levels=1,1"], "--branch_levels"),
+    (["--branch=gmp", "--branch_levels=0"], "--branch_levels"), (["--branch=pai_snip", "--branch_levels=0,1"], "--branch_levels"),
+    (["--branch=random_prune", "--branch_levels=0"], "--branch_levels"),
+    (["--branch=gmp", *PAI1, "--gmp_begin_step=101", "--gmp_end_step=101"], "--gmp_end_step"),
+    (["--branch=gmp", *PAI1, "--iterations=50", "--eval_every=50", "--checkpoint_every=50"], "--gmp_end_step"),
+    (["--branch=pai_snip", *PAI1, "--pai_ablations=shuffle,shuffle"], "--pai_ablations"),
+    (["--pruning_fraction=1e-320"], "--pruning_fraction"), (["--pruning_fraction=0.0001"], "--pruning_fraction"),
+    (["--learning_rate=1e-40"], "--learning_rate"),
+    (["--sweep_rewind_steps=0,50,50"], "--sweep_rewind_steps"), (["--sweep_rewind_steps=0,50", "--rewind_step=50"], "--rewind_step"),
+    (["--levels=100"], "--levels"),  # fc2 (30,000 weights) at 20% per level is empty by level 42
+    (["--levels=500"], "--levels"),
+    # Upper bounds where a value can only be a mistake.
+    (["--branch=instability", *PAI1, "--interpolation_points=100000000"], "--interpolation_points"),
+    (["--branch=pai_synflow", *PAI1, "--synflow_rounds=1000000000"], "--synflow_rounds"),
+    (["--branch=pai_snip", *PAI1, "--scoring_examples_per_class=1000"], "--scoring_examples_per_class"),
+    (["--branch=retrain", *PAI1, "--branch_batch_size=100000"], "--branch_batch_size"),
+    (["--branch=instability", *PAI1, "--instability_pairs=1000"], "--instability_pairs"),
+    (["--branch=instability", *PAI1, "--analysis_train_examples=100000"], "--analysis_train_examples"),
+    (["--replicates=100000"], "--replicates"),
+    # Files: flagfiles that are not text, not flags, or empty; data checked by what the arrays hold.
+    (["--flagfile={flagfiles}/binary.flags"], "--flagfile: '{flagfiles}/binary.flags' is not a text file"),
+    (["--flagfile={flagfiles}/bom.flags"], "--flagfile: '{flagfiles}/bom.flags' starts with a UTF-8 byte-order mark"),
+    (["--flagfile={flagfiles}/empty.flags"], "--flagfile: '{flagfiles}/empty.flags' holds no flags"),
+    (["--flagfile={flagfiles}/comments.flags"], "--flagfile: '{flagfiles}/comments.flags' holds no flags"),
+    (["--flagfile={flagfiles}/word.flags"], "--flagfile: '{flagfiles}/word.flags' line 2: expected --flag=value"),
+    (["--flagfile={flagfiles}/nested.flags"], "--flagfile: 'flags/missing.flags' does not exist"),
+    (["--dataset=mnist", "--data_dir={float_labels}", "--validation_examples=20", "--batch_size=20"], "train-labels-idx1-ubyte.gz: labels are >f4 values that are not all integers"),
+    (["--dataset=mnist", "--data_dir={empty_test}", "--validation_examples=20", "--batch_size=20"], "t10k-images-idx3-ubyte.gz: the test split holds no images"),
+    (["--dataset=mnist", "--data_dir={nan_images}", "--validation_examples=20", "--batch_size=20"], "train-images-idx3-ubyte.gz: 1 pixel values are NaN"),
+    (["--dataset=mnist", "--data_dir={count_mismatch}/../labels_out_of_range/..", "--validation_examples=20"], "--data_dir"),
+    (["--dataset=mnist", "--data_dir={small}", "--validation_examples=20", "--batch_size=110"], "--batch_size: 110 is larger than the 100 training examples"),
+]
+CASES = CASES + CASES_ROUND_3
 
-def test_at_least_sixty_bad_inputs():
-    assert len(CASES) >= 60
+
+def test_at_least_sixty_bad_inputs_and_forty_more_of_round_three():
+    assert len(CASES) >= 60 + 40 and len(CASES_ROUND_3) >= 40
+
+
+def _write_float_idx(path, array):
+    """An IDX file of big-endian float32 values (type 0x0D), gzipped."""
+    import gzip
+
+    array = np.ascontiguousarray(array, dtype=">f4")
+    header = bytes([0, 0, 0x0D, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+
+
+@pytest.fixture(scope="module")
+def flagfiles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flagfiles")
+    (root / "binary.flags").write_bytes(bytes(range(256)))
+    (root / "bom.flags").write_bytes(b"\xef\xbb\xbf--levels=1\n")
+    (root / "empty.flags").write_bytes(b"")
+    (root / "comments.flags").write_text("# a comment\n\n// another\n")
+    (root / "word.flags").write_text("--levels=1\nlevels=2\n")
+    (root / "nested.flags").write_text("--levels=1\n--flagfile=flags/missing.flags\n")
+    return str(root)
 
 
 @pytest.mark.parametrize("extra, named", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
-def test_bad_input_is_one_line_and_leaves_finished_work_alone(finished, idx_folders, capfd, monkeypatch, extra, named):
+def test_bad_input_is_one_line_and_leaves_finished_work_alone(finished, idx_folders, flagfiles, capfd, monkeypatch,
+                                                             extra, named):
     monkeypatch.chdir(REPO)  # flagfiles are relative to the repository
-    extra = [e.format(**idx_folders) for e in extra]
+    extra = [e.format(**idx_folders, flagfiles=flagfiles) for e in extra]
+    named = named.format(flagfiles=flagfiles)
     before = snapshot(finished)
     flags.FLAGS.unparse_flags()
     with pytest.raises(SystemExit) as exit_info:
@@ -172,7 +265,7 @@ def test_tfmot_schedule_without_the_extra_is_one_line_before_anything_trains(fin
 
 
 def _run(out, *extra):
-    return subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=",
+    return subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=",
                            f"--output_dir={out}", *extra], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -214,7 +307,7 @@ def test_damaged_middle_level_is_retrained_alone(three_levels, tmp_path, damage)
 def test_both_checkpoints_corrupted_says_the_level_restarts(tmp_path):
     out = str(tmp_path / "runs")
     env = {**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:3"}
-    subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=",
+    subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=",
                     f"--output_dir={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     for npz in glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_00", "main", "checkpoints", "*.npz")):
         with open(npz, "r+b") as handle:
@@ -247,9 +340,9 @@ def test_health_check_names_every_damage(three_levels, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert health.returncode == 1
     out = health.stdout
-    assert "level_01/main/metrics.json is missing, but later levels are done" in out
-    assert "level_00/main/metrics.json is incomplete (no level, branch, density, iterations, curves)" in out
-    assert "level_02/main/masks.npz has mask fingerprint" in out
-    assert "rewind_point.npz is missing" in out
-    assert ".tmp-abc123 is a leftover temporary file" in out
-    assert "settings.json is not a lottery_tf settings file" in out
+    assert "level_01/main/metrics.json: is missing, but later levels are done; the next run trains level 1 alone" in out
+    assert "level_00/main/metrics.json: is incomplete (no level, branch, density, iterations, curves)" in out
+    assert "level_02/main/masks.npz: has mask fingerprint" in out
+    assert "rewind_point.npz: is missing; the next run replays it" in out
+    assert ".tmp-abc123: is a leftover temporary file" in out
+    assert "settings.json: is not a lottery_tf settings file" in out and "the next run writes it again" in out

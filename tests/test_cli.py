@@ -120,7 +120,7 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
     out, _ = smoke_run
     copy = str(tmp_path / "copy")
     subprocess.run(["cp", "-r", out, copy], check=True)
-    result = smoke(copy, "--pruning_fraction=0.5", "--levels=0", "--branch=")
+    result = smoke(copy, "--pruning_fraction=0.5", "--levels=0", "--branch=", "--branch_levels=")
     assert result.returncode == 0
     folders = sorted(os.path.basename(f) for f in glob.glob(os.path.join(copy, "lottery_*")))
     assert len(folders) == 2
@@ -133,32 +133,34 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
         ("--model=resnet", "--model: unknown model 'resnet'; expected one of conv2, conv4, conv6, lenet_300_100, "
          "resnet20, resnet50, vgg11, vgg13, vgg16, vgg19, cifar_resnet_<depth 6n+2>[_<width>], "
          "keras.applications.<Name> (e.g. keras.applications.MobileNetV2)"),
-        ("--pruning_fraction=0", "--pruning_fraction: expected a fraction in (0, 1), got 0.0"),
-        ("--pruning_fraction=1.5", "--pruning_fraction: expected a fraction in (0, 1), got 1.5"),
-        ("--output_pruning_fraction=-0.2", "--output_pruning_fraction: expected a fraction in (0, 1), got -0.2"),
+        ("--pruning_fraction=0", "--pruning_fraction: expected a number in [0.001, 1), got 0.0"),
+        ("--pruning_fraction=1.5", "--pruning_fraction: expected a number in [0.001, 1), got 1.5"),
+        ("--output_pruning_fraction=-0.2", "--output_pruning_fraction: expected a number in [0.001, 1), got -0.2"),
         ("--iterations=-3", "--iterations: expected an integer >= 1, got -3"),
         ("--iterations=1.5", "--iterations: expected a length in steps (500 or 500it) or epochs (2ep), got '1.5'"),
-        ("--batch_size=1.5", "flag --batch_size=1.5: invalid literal for int() with base 10: '1.5'"),
-        ("--lr_schedule=linear", "--lr_schedule: unknown schedule 'linear'; expected one of constant, step, cosine"),
-        ("--lr_milestones=500", "--lr_milestones: expected steps in (0, --iterations=200), got 500"),
-        ("--warmup=10ep", "--warmup_iterations: must be below --iterations=200; got 250"),  # 1 epoch = 1536 // 60 = 25 steps
-        ("--mixed_precision=fp8", "--mixed_precision: expected one of mixed_float16, mixed_bfloat16 (or empty), got 'fp8'"),
-        ("--strategy=gpus", "--strategy: unknown strategy 'gpus'; expected one of default, one_device, mirrored, multi_worker_mirrored, tpu"),
+        ("--batch_size=1.5", "--batch_size: expected an integer >= 1, got '1.5'"),
+        ("--levels=abc", "--levels: expected an integer in [0, 200], got 'abc'"),
+        ("--learning_rate=fast", "--learning_rate: expected a number in (0, 100], got 'fast'"),
+        ("--lr_schedule=linear", "--lr_schedule: unknown value 'linear'; expected one of constant, step, cosine"),
+        ("--lr_milestones=500", "--lr_milestones: 500 is set, but only --lr_schedule=step reads it (this run has --lr_schedule=constant); remove it"),
+        ("--warmup=10ep", "--warmup: must be below --iterations=200; got 250"),  # 1 epoch = 1536 // 60 = 25 steps
+        ("--mixed_precision=fp8", "--mixed_precision: unknown value 'fp8'; expected one of (empty), mixed_float16, mixed_bfloat16"),
+        ("--strategy=gpus", "--strategy: unknown value 'gpus'; expected one of default, one_device, mirrored, multi_worker_mirrored, tpu"),
         ("--synthetic_shape=32,x", "--synthetic_shape: expected integers like 32,32,3, got '32,x'"),
         ("--rewind_step=-1", "--rewind_step: expected an integer >= 0, got -1"),
         ("--rewind_step=500", "--rewind_step: must be below --iterations=200; got 500"),
-        ("--levels=-1", "--levels: expected an integer >= 0, got -1"),
+        ("--levels=-1", "--levels: expected an integer in [0, 200], got -1"),
         ("--branch_levels=7", "--branch_levels: level 7 does not exist: the main line has levels 0-2 (--levels)"),
         ("--branch_levels=a-b", "--branch_levels: expected levels like 0-3,7,11, got 'a-b' (invalid literal for int() with base 10: 'a')"),
-        ("--branch=shuffle", "--branch: unknown branch 'shuffle'; expected one of reinit, random_prune, rewind, lr_rewind, lr_rewind_oneshot, retrain, instability, stability, "
+        ("--branch=shuffle", "--branch: unknown value 'shuffle'; expected one or more of reinit, random_prune, rewind, lr_rewind, lr_rewind_oneshot, retrain, instability, stability, "
          "pai_magnitude, pai_random, pai_snip, pai_grasp, pai_synflow, gmp"),
         ("--branch=rewind", "--branch_rewind_step: the rewind branch needs the step to rewind to (an integer >= 0)"),
-        ("--replicates=0", "--replicates: expected an integer >= 1, got 0"),
+        ("--replicates=0", "--replicates: expected an integer in [1, 10000], got 0"),
         ("--checkpoint_every=7", "--checkpoint_every: must be a multiple of --steps_per_execution=50; got 7"),
-        ("--data_dir=/no/such/folder", "--data_dir: '/no/such/folder' is not a readable folder of MNIST-format IDX files"),
+        ("--data_dir=/no/such/folder", "--data_dir: /no/such/folder is set, but only --dataset=mnist or fashion_mnist reads it (this run has --dataset=synthetic); remove it"),
         ("--flagfile=flags/nope.flags", "--flagfile: 'flags/nope.flags' does not exist or is not readable"),
-        ("--validation_examples=0", "--validation_examples: must be >= 1: early stopping picks the step of lowest validation loss, which needs a validation set"),
-        ("--rewind_optimizer=zero", "--rewind_optimizer: expected one of fresh, reset, restore, got 'zero'"),
+        ("--validation_examples=0", "--validation_examples: expected an integer >= 1, got 0"),
+        ("--rewind_optimizer=zero", "--rewind_optimizer: unknown value 'zero'; expected one of fresh, reset, restore"),
     ],
 )
 def test_bad_input_one_line_error_nothing_written(tmp_path, capfd, monkeypatch, flag, message):
@@ -199,7 +201,8 @@ def test_unreadable_settings_file_is_named(smoke_run, tmp_path):
     result = smoke(copy)
     assert result.returncode == 2
     (line,) = error_lines(result)
-    assert line.startswith(f"error: --output_dir: cannot read settings file {identity}")
+    assert line.startswith(f"error: {identity}: is unreadable") and line.endswith("a run refuses this folder: restore "
+                                                                                "identity.json or move the experiment aside")
     assert {p: os.path.getmtime(p) for p in glob.glob(os.path.join(copy, "**"), recursive=True)} == before
 
 
@@ -266,8 +269,24 @@ def test_unknown_layer_fraction_names_the_flag(tmp_path):
 
 def test_layer_fraction_may_name_a_layer_with_one_mask(tmp_path):
     """`fc1=0.5` means fc1/kernel, as in the library."""
-    result = smoke(str(tmp_path / "run"), "--layer_pruning_fractions=fc1=0.5", "--levels=1", "--branch=")
+    result = smoke(str(tmp_path / "run"), "--layer_pruning_fractions=fc1=0.5", "--levels=1", "--branch=", "--branch_levels=")
     assert result.returncode == 0, result.stderr[-1500:]
     (metrics,) = glob.glob(os.path.join(str(tmp_path / "run"), "lottery_*", "replicate_0", "level_01", "main", "metrics.json"))
     densities = json.load(open(metrics))["layer_densities"]
     assert densities["fc1/kernel"] == 0.5 and densities["fc2/kernel"] == 0.8
+
+
+def test_a_tilde_in_a_folder_flag_is_the_home_folder(tmp_path, capfd, monkeypatch):
+    from absl import flags
+
+    from lottery_tf import main as cli_main
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.run(["lottery_tf.main", "--flagfile=flags/smoke.flags", "--output_dir=~/runs", "--dry_run"])
+    assert exit_info.value.code in (0, None)
+    out = capfd.readouterr().out
+    assert f"run folder: {tmp_path}/runs/lottery_" in out and '"output_dir": "' + str(tmp_path / "runs") in out
+    assert not os.path.exists(os.path.join(REPO, "~"))

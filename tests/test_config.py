@@ -78,10 +78,13 @@ def test_json_round_trip():
 
 def test_parse_levels():
     assert parse_levels("0-3,7,11") == (0, 1, 2, 3, 7, 11)
-    assert parse_levels("5, 2,2") == (2, 5)
+    assert parse_levels("5, 2") == (2, 5)
     assert parse_levels("") == ()
     with pytest.raises(ValueError):
         parse_levels("3-1")
+    for repeated in ("2,2", "1-3,2"):  # a level given twice is a mistake, not a wish to train it twice
+        with pytest.raises(ValueError, match="level 2 given twice"):
+            parse_levels(repeated)
 
 
 def test_hash_covers_only_non_default_identity_settings():

@@ -12,7 +12,7 @@ from conftest import REPO
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 # Same compile settings for both runs (distributed runs use one step per call, no XLA).
-COMMON = ["--flagfile=flags/smoke.flags", "--branch=", "--levels=1", "--optimizer=sgd", "--learning_rate=0.01",
+COMMON = ["--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=", "--levels=1", "--optimizer=sgd", "--learning_rate=0.01",
           "--jit_compile=false", "--steps_per_execution=1"]
 
 

@@ -63,9 +63,14 @@ def _functional_with_nested():
 def test_wrap_model_wraps_nested_models_keeps_weights_and_function():
     model = _functional_with_nested()
     wrapped = wrap_model(model)
-    assert mask_names(wrapped) == ["fc1/kernel", "inner_fc/kernel", "out/kernel"]
+    # A nested model's layers are named through it (unique even if another nested model has an "inner_fc").
+    assert mask_names(wrapped) == ["fc1/kernel", "inner/inner_fc/kernel", "out/kernel"]
     x = RNG.normal(size=(4, 8)).astype("float32")
     np.testing.assert_allclose(wrapped(x), model(x), rtol=1e-6)
+    # Masks written before names were unique (<masked layer>/<attribute>) are still read.
+    old = {"fc1/kernel": np.ones((8, 6)), "inner_fc/kernel": np.zeros((6, 5)), "out/kernel": np.ones((5, 3))}
+    set_masks(wrapped, old)
+    assert get_masks(wrapped)["inner/inner_fc/kernel"].sum() == 0
     # Biases and BatchNorm are never masked.
     assert all("bias" not in n and "bn" not in n for n in mask_names(wrapped))
 

@@ -14,6 +14,41 @@ def test_count_is_ceil_of_fraction_of_remaining():
     assert count_to_prune(0.2, 0) == 0
 
 
+@pytest.mark.parametrize("fraction, remaining, expected", [
+    (1e-10, 5, 1),  # any positive fraction removes at least one weight: ceil(5e-10) = 1
+    (1e-320, 7, 1),  # a subnormal double too
+    (0.3, 10, 3),  # 0.3 * 10 is 3.0000000000000004 in floating point
+    (0.1, 30, 3),  # 0.1 * 30 is 3.0000000000000004
+    (0.7, 10, 7),  # 0.7 * 10 is 7.000000000000001
+    (0.29, 100, 29),  # 0.29 * 100 is 28.999999999999996: still exactly 29
+    (0.2, 235200, 47040),
+    (0.2, 235201, 47041),  # 47040.2 -> 47041
+    (0.999999, 10, 10),
+    (0.5, 3, 2),
+    (1.0, 4, 4),
+])
+def test_count_is_exact_near_integers_and_for_tiny_fractions(fraction, remaining, expected):
+    assert count_to_prune(fraction, remaining) == expected
+
+
+def test_output_fraction_without_output_name_applies_to_the_last_weight():
+    # The LTH rates on a 30-weight output layer: 10% of 30 is 3 pruned, 27 kept (not 20%: 24 kept).
+    weights = {"fc1": np.arange(1.0, 101.0), "out": np.arange(1.0, 31.0)}
+    masks = {name: np.ones_like(w) for name, w in weights.items()}
+    out = prune_by_magnitude(weights, masks, PruningSpec("layerwise", fraction=0.2, output_fraction=0.1))
+    assert int(out["out"].sum()) == 27
+    assert int(out["fc1"].sum()) == 80
+    # The global pool leaves the output layer out when it has its own fraction.
+    out = prune_by_magnitude(weights, masks, PruningSpec("global", fraction=0.5, output_fraction=0.1))
+    assert int(out["out"].sum()) == 27 and int(out["fc1"].sum()) == 50
+
+
+def test_unknown_output_name_is_refused():
+    weights = {"fc1": np.ones(4), "out": np.ones(4)}
+    with pytest.raises(ValueError, match=r"output_name 'output/kernel' is not one of the weights \(fc1, out\)"):
+        prune_by_magnitude(weights, {k: np.ones(4) for k in weights}, PruningSpec(output_fraction=0.1), "output/kernel")
+
+
 def test_layerwise_prunes_smallest_in_each_layer():
     weights = {"a": np.array([[0.5, -0.1], [0.3, -0.9]]), "b": np.array([0.01, 2.0, -3.0, 0.2, 0.05])}
     masks = {"a": np.ones((2, 2)), "b": np.ones(5)}
@@ -108,3 +143,121 @@ def test_random_masks_keep_density_per_layer_or_globally():
     pooled = random_masks_like(masks, seed=3, per_layer=False)
     assert sum(int(pooled[n].sum()) for n in masks) == 6
     assert density(masks) == 0.5
+
+
+# -- structured sparsity: blocks and N:M, in the runtime's layout (outputs x inputs) ----------------------
+
+from lottery_tf.pruning import (block_ids, check_block, check_n_m, from_runtime_view, prune_to_density,  # noqa: E402
+                                runtime_view, satisfies_n_m)
+
+
+def test_runtime_view_is_outputs_by_inputs():
+    dense = np.arange(6).reshape(3, 2)  # Keras Dense kernel: 3 inputs, 2 units
+    np.testing.assert_array_equal(runtime_view(dense), [[0, 2, 4], [1, 3, 5]])  # TFLite: (units, inputs) = k.T
+    conv = np.arange(2 * 2 * 3 * 4).reshape(2, 2, 3, 4)  # (kh, kw, in, out)
+    view = runtime_view(conv)
+    assert view.shape == (4, 12)  # TFLite's OHWI filter, flattened: (out, kh * kw * in)
+    np.testing.assert_array_equal(view[1], conv[..., 1].ravel())
+    np.testing.assert_array_equal(from_runtime_view(view, conv.shape), conv)
+
+
+def test_one_by_four_blocks_are_four_consecutive_inputs_of_one_unit():
+    # Keras kernel (inputs=8, units=2): unit 0's inputs 0..3 form block 0, inputs 4..7 block 1.
+    ids, count = block_ids((8, 2), (1, 4))
+    assert count == 4
+    np.testing.assert_array_equal(ids.T, [[0, 0, 0, 0, 1, 1, 1, 1], [2, 2, 2, 2, 3, 3, 3, 3]])
+    # So a 1x4 block is four consecutive *rows* of one column of the Keras kernel.
+    assert set(ids[0:4, 0]) == {0} and set(ids[4:8, 0]) == {1}
+
+
+def test_blocks_pruned_as_units_by_their_norm():
+    kernel = np.array([[0.1, 3.0], [0.1, 3.0], [0.1, 3.0], [0.1, 3.0],   # inputs 0-3: unit 0 small, unit 1 big
+                       [2.0, 0.2], [-2.0, 0.2], [2.0, 0.2], [2.0, 0.2]])  # inputs 4-7: unit 0 big, unit 1 small
+    out = prune_by_magnitude({"k": kernel}, {"k": np.ones((8, 2))}, PruningSpec("layerwise", 0.5, block=(1, 4)))
+    np.testing.assert_array_equal(out["k"].T, [[0, 0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0]])
+
+
+def test_edge_blocks_are_the_weights_that_are_there_and_ties_go_by_position():
+    # 6 inputs, 1 unit, blocks of 4: block 0 = inputs 0-3, block 1 = inputs 4-5 (the edge block).
+    kernel = np.array([[1.0], [1.0], [1.0], [1.0], [1.0], [1.0]])  # norms 2.0 and 1.414: the edge block goes
+    out = prune_by_magnitude({"k": kernel}, {"k": np.ones((6, 1))}, PruningSpec("layerwise", 0.5, block=(1, 4)))
+    np.testing.assert_array_equal(out["k"].ravel(), [1, 1, 1, 1, 0, 0])
+    tied = np.array([[1.0], [1.0], [0.0], [0.0], [1.0], [1.0], [0.0], [0.0]])  # two blocks of equal norm
+    out = prune_by_magnitude({"k": tied}, {"k": np.ones((8, 1))}, PruningSpec("layerwise", 0.5, block=(1, 4)))
+    np.testing.assert_array_equal(out["k"].ravel(), [0, 0, 0, 0, 1, 1, 1, 1])  # the first in position goes
+
+
+def test_two_by_two_blocks_and_global_pooling_of_blocks():
+    a = np.array([[1.0, 1.0], [1.0, 1.0]])  # one 2x2 block, norm 2
+    b = np.array([[0.5, 0.5, 3.0, 3.0], [0.5, 0.5, 3.0, 3.0]])  # (inputs=2, units=4): blocks of units 0-1 and 2-3
+    masks = {"a": np.ones((2, 2)), "b": np.ones((2, 4))}
+    out = prune_by_magnitude({"a": a, "b": b}, masks, PruningSpec("global", 0.5, block=(2, 2)))
+    # Three blocks pooled (norms 2, 1, 6): ceil(1.5) = 2 go, the two smallest: b's units 0-1 and a.
+    np.testing.assert_array_equal(out["a"], [[0, 0], [0, 0]])
+    np.testing.assert_array_equal(out["b"], [[0, 0, 1, 1], [0, 0, 1, 1]])
+
+
+def test_a_pruned_block_stays_pruned_and_the_fraction_counts_blocks():
+    kernel = np.arange(1.0, 17.0).reshape(16, 1)  # one unit, four 1x4 blocks with norms rising
+    masks = {"k": np.ones((16, 1))}
+    spec = PruningSpec("layerwise", 0.3, block=(1, 4))
+    first = prune_by_magnitude({"k": kernel}, masks, spec)  # ceil(0.3 * 4) = 2 blocks
+    np.testing.assert_array_equal(first["k"].ravel(), [0] * 8 + [1] * 8)
+    second = prune_by_magnitude({"k": kernel * first["k"]}, first, spec)  # ceil(0.3 * 2) = 1 of the 2 left
+    np.testing.assert_array_equal(second["k"].ravel(), [0] * 12 + [1] * 4)
+
+
+def test_n_m_applies_once_the_kept_count_fits():
+    # One unit, 8 inputs = two groups of 4. Magnitudes chosen so plain magnitude pruning would break 2:4.
+    kernel = np.array([[8.0], [7.0], [6.0], [0.1], [5.0], [0.2], [0.3], [0.4]])
+    masks = {"k": np.ones((8, 1))}
+    spec = PruningSpec("layerwise", 0.5, n_m=(2, 4))
+    out = prune_by_magnitude({"k": kernel}, masks, spec)  # keep 4 = the 2:4 capacity: the top 2 of each group
+    np.testing.assert_array_equal(out["k"].ravel(), [1, 1, 0, 0, 1, 0, 0, 1])
+    assert satisfies_n_m(out["k"], (2, 4))
+    # Denser than N/M (keep 6 of 8): no group can hold 2 of 4, so this level is plain magnitude pruning.
+    dense = prune_by_magnitude({"k": kernel}, masks, PruningSpec("layerwise", 0.25, n_m=(2, 4)))
+    np.testing.assert_array_equal(dense["k"].ravel(), [1, 1, 1, 0, 1, 0, 1, 1])
+    # Below N/M the kept weights are the largest among each group's top two: 3 of 8.
+    sparse = prune_by_magnitude({"k": kernel}, masks, PruningSpec("layerwise", 0.6, n_m=(2, 4)))
+    np.testing.assert_array_equal(sparse["k"].ravel(), [1, 1, 0, 0, 1, 0, 0, 0])
+
+
+def test_n_m_groups_are_consecutive_inputs_and_the_edge_group_is_shorter():
+    ids = block_ids((6, 2), (1, 4))[0]  # 6 inputs: groups {0-3} and {4, 5} for each unit
+    np.testing.assert_array_equal(ids.T, [[0, 0, 0, 0, 1, 1], [2, 2, 2, 2, 3, 3]])
+    assert satisfies_n_m(np.array([[1, 1], [1, 0], [0, 1], [0, 0], [1, 1], [1, 1]]), (2, 4))
+    assert not satisfies_n_m(np.array([[1, 0], [1, 0], [1, 0], [0, 0], [0, 0], [0, 0]]), (2, 4))
+
+
+def test_structure_checks():
+    assert check_block("1x4") == (1, 4) and check_n_m("2:4") == (2, 4)
+    for bad in ("0x4", "1x", (1, -2), (1.5, 4)):
+        with pytest.raises(ValueError, match="block must be"):
+            check_block(bad)
+    with pytest.raises(ValueError, match="N must be below M"):
+        check_n_m("4:4")
+    with pytest.raises(ValueError, match="two structures"):
+        PruningSpec(block=(1, 4), n_m=(2, 4))
+
+
+def test_random_controls_keep_the_structure():
+    mask = np.zeros((16, 3))
+    mask[0:4, 0] = mask[8:12, 2] = 1  # two 1x4 blocks alive
+    out = random_masks_like({"k": mask}, seed=3, block=(1, 4))["k"]
+    ids, _ = block_ids(mask.shape, (1, 4))
+    alive_blocks = np.unique(ids[out != 0])
+    assert alive_blocks.size == 2 and out.sum() == 8  # two whole blocks, drawn at random
+    assert all(np.all(out[ids == b] == 1) for b in alive_blocks)
+    nm = np.zeros((8, 4))
+    nm[[0, 1, 4, 5], :] = 1  # 2:4, 16 of 32 kept
+    random_nm = random_masks_like({"k": nm}, seed=5, n_m=(2, 4))["k"]
+    assert random_nm.sum() == 16 and satisfies_n_m(random_nm, (2, 4)) and not np.array_equal(random_nm, nm)
+
+
+def test_prune_to_density_with_structure():
+    scores = {"k": np.array([[9.0], [9.0], [9.0], [9.0], [1.0], [1.0], [1.0], [1.0]])}
+    out = prune_to_density(scores, {"k": np.ones((8, 1))}, 0.5, block=(1, 4))
+    np.testing.assert_array_equal(out["k"].ravel(), [1, 1, 1, 1, 0, 0, 0, 0])
+    out = prune_to_density(scores, {"k": np.ones((8, 1))}, 0.5, n_m=(2, 4))
+    np.testing.assert_array_equal(out["k"].ravel(), [1, 1, 0, 0, 1, 1, 0, 0])

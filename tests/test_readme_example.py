@@ -1,37 +1,39 @@
-"""The Keras example in README.md runs as written (on a small synthetic dataset)."""
+"""Every Python block in README.md runs exactly as printed, in order, in a fresh process (real Fashion-MNIST)."""
 
 import os
 import re
-
-import numpy as np
+import subprocess
+import sys
 
 from conftest import REPO
 
 
-def test_readme_keras_example_runs(tmp_path, monkeypatch):
-    readme = open(os.path.join(REPO, "README.md")).read()
-    section = readme[readme.index("## Using it from Keras"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    code = code.replace("range(10)", "range(3)").replace("epochs=10", "epochs=1")
-    rng = np.random.default_rng(0)
-    namespace = {
-        "x_train": rng.normal(size=(120, 28, 28, 1)).astype("float32"),
-        "y_train": rng.integers(0, 10, 120),
-        "x_val": rng.normal(size=(30, 28, 28, 1)).astype("float32"),
-        "y_val": rng.integers(0, 10, 30),
-    }
-    monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), namespace)
-    import lottery_tf
+def python_blocks(path):
+    """The ```python blocks of a Markdown file, dedented (a block inside a list item is indented)."""
+    text = open(path).read()
+    blocks = []
+    for indent, body in re.findall(r"^( *)```python\n(.*?)^\1```", text, re.S | re.M):
+        blocks.append("\n".join(line[len(indent):] for line in body.splitlines()))
+    return blocks
 
-    model = namespace["model"]
-    # Three fits, each followed by pruning: 20% of fc1 (ceil), 10% of the output layer.
-    # 235200 -> 188160 -> 150528 -> 120422;  1000 -> 900 -> 810 -> 729.
-    assert lottery_tf.layer_densities(model)["fc1/kernel"] == 120422 / 235200
-    assert lottery_tf.layer_densities(model)["output/kernel"] == 729 / 1000
-    assert os.path.exists(tmp_path / "ticket.keras")
-    plain = namespace["plain"]
-    assert not any("Masked" in type(layer).__name__ for layer in plain.layers)
-    # The README's load line gives back the ticket with its masks.
-    ticket = namespace["ticket"]
-    assert lottery_tf.get_masks(ticket)["fc1/kernel"].sum() == 120422
+
+def test_readme_python_blocks_run_as_printed(tmp_path):
+    blocks = python_blocks(os.path.join(REPO, "README.md"))
+    assert len(blocks) >= 2
+    for later in blocks[1:]:  # a block that uses an earlier one's names says so
+        assert later.lstrip().startswith("# Continues"), later[:80]
+    script = tmp_path / "readme.py"
+    script.write_text("\n\n".join(blocks))
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    # The LTH rates, exactly: 20% of fc1 and fc2 (ceil), 10% of the output layer, per level.
+    # 266,200 weights -> 213,060 -> 170,538 -> 136,511 -> 109,281.
+    keeps = [re.search(r"next level keeps ([\d.]+)%", line).group(1) for line in lines if line.startswith("level ")]
+    assert keeps == ["80.04", "64.06", "51.28", "41.05"]
+    assert all(float(re.search(r"val acc ([\d.]+)", line).group(1)) > 0.6 for line in lines if line.startswith("level "))
+    assert "loaded ticket: 41.05% of weights" in lines
+    assert (tmp_path / "ticket.keras").exists()
+    instability = [line for line in lines if line.startswith("instability ")]
+    assert len(instability) == 1 and instability[0].endswith("BatchNorm statistics: none")

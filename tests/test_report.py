@@ -224,3 +224,81 @@ def test_baselines_layer_densities_from_the_trained_masks(baselines, tmp_path):
     assert "| SNIP at initialization | pai_snip | 50.0 | 100.0 |" in text
     assert "| SNIP at initialization, scores inverted | pai_snip_inverted | 0.0 | 100.0 |" in text
     assert "pai_grasp" not in text
+
+
+# -- round 3: what the report says with one replicate, sparse controls and no early stop ----------------
+
+
+@pytest.fixture
+def one_replicate(tmp_path):
+    experiment = str(tmp_path / "root" / "lottery_one")
+    densities = [1.0, 0.8, 0.641, 0.513, 0.41, 0.329, 0.263, 0.21, 0.169, 0.135, 0.108]
+    for level, density in enumerate(densities):
+        # es_iter 200 = the last evaluation at levels 0 and 1: no early stop there.
+        _write(experiment, 0, level, "main", density, 0.9 - 0.01 * level, 200 if level < 2 else 100, 0.9)
+    for level in (5, 10):  # a control measured at two levels only
+        _write(experiment, 0, level, "reinit", densities[level], 0.8, 100, 0.8)
+    return str(tmp_path / "root"), experiment
+
+
+def test_one_replicate_has_no_spread_in_the_csv_and_the_titles_say_so(one_replicate, tmp_path, drawn):
+    root, experiment = one_replicate
+    out = str(tmp_path / "out")
+    assert report.main([root, "--out", out]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(os.path.join(out, "table.csv"))))
+    assert rows[0]["final_test_accuracy_std"] == "" and rows[0]["final_test_accuracy_mean"] == "0.9"
+    curves = drawn["curves_lottery_one.png"].axes[0]
+    assert "(one replicate)" in curves.get_title() and "mean over" not in curves.get_title()
+    ax = drawn["accuracy_vs_weights.png"].axes[0]
+    assert "one replicate (no spread)" in ax.get_title()
+
+
+def test_every_level_has_a_tick_label(one_replicate, tmp_path, drawn):
+    root, _ = one_replicate
+    assert report.main([root, "--out", str(tmp_path / "out")]) == 0
+    ax = drawn["accuracy_vs_weights.png"].axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["100", "80", "64.1", "51.3", "41", "32.9", "26.3", "21", "16.9", "13.5", "10.8"]
+    assert all(t.get_rotation() == 90 for t in ax.get_xticklabels())  # eleven labels stand upright
+
+
+def test_a_control_at_two_levels_is_markers_only_and_says_so(one_replicate, tmp_path, drawn):
+    root, _ = one_replicate
+    assert report.main([root, "--out", str(tmp_path / "out")]) == 0
+    for name in ("accuracy_vs_weights.png", "early_stop_vs_weights.png"):
+        ax = drawn[name].axes[0]
+        lines = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar containers hold the data lines
+        control = lines["random reinitialization (same mask) (levels 5, 10 only)"]
+        assert control.get_linestyle() == "None" and control.get_marker() == "o"
+        assert lines["lottery ticket (IMP main line)"].get_linestyle() == "-"  # consecutive levels: a line
+
+
+def test_an_early_stop_at_the_last_iteration_is_marked(one_replicate, tmp_path, drawn):
+    root, _ = one_replicate
+    out = str(tmp_path / "out")
+    assert report.main([root, "--out", out]) == 0
+    table = open(os.path.join(out, "table.md")).read()
+    assert "| lottery_one | main | 0 | 100.00 | 90.00 | 200 (last) | 90.00 | 1 |" in table
+    assert "| lottery_one | main | 2 | 64.10 | 88.00 | 100 | 90.00 | 1 |" in table
+    assert "(last): the minimum validation loss was at the last evaluation" in table
+    ax = drawn["early_stop_vs_weights.png"].axes[0]
+    ringed = [l for l in ax.get_lines() if l.get_label().startswith("ringed: stopped at the last evaluation")]
+    assert len(ringed) == 1 and list(ringed[0].get_xdata()) == [100.0, 80.0] and ringed[0].get_markerfacecolor() == "none"
+
+
+def test_missing_curve_levels_list_the_levels_the_run_has(one_replicate, tmp_path, capsys):
+    root, experiment = one_replicate
+    assert report.main([root, "--out", str(tmp_path / "out"), "--curve_levels=0,15"]) == 0
+    err = capsys.readouterr().err
+    assert f"level(s) 15 not found in {experiment} (it has main levels 0-10)" in err
+
+
+def test_no_figure_stays_open(one_replicate, tmp_path):
+    import matplotlib.pyplot as plt
+
+    root, _ = one_replicate
+    for _ in range(25):  # more than matplotlib's 20-figure warning
+        assert report.main([root, "--out", str(tmp_path / "out")]) == 0
+    assert plt.get_fignums() == []

@@ -139,3 +139,14 @@ def test_rewind_sweep_figure_from_experiments_with_different_rewind_steps(tmp_pa
     (ticket,) = instability_ax.containers
     np.testing.assert_allclose(np.asarray(ticket.lines[0].get_xdata(), float), [0, 500])
     np.testing.assert_allclose(np.asarray(ticket.lines[0].get_ydata(), float), [10.0, 0.5])
+
+
+@pytest.mark.parametrize("damage", ['{"analysis": "instabi', '{"analysis": "instability", "level": 7}'])
+def test_a_truncated_or_incomplete_result_is_one_line_naming_it(study, tmp_path, capsys, damage):
+    root, folder = study
+    path = os.path.join(folder, "replicate_0", "level_07", "instability", "ticket_k0", "pair_0", "instability.json")
+    with open(path, "w") as handle:
+        handle.write(damage)
+    assert report.main([root, "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path} is ") and "recomputes it" in lines[0]

@@ -35,8 +35,8 @@ def test_healthy_runs_listed(finished):
     (experiment,) = glob.glob(os.path.join(finished, "lottery_*"))
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"{os.path.basename(experiment)}  data.name=synthetic")
-    assert "  replicate_0: ok; main levels 0-2; branches reinit 2" in lines
-    assert "  replicate_1: ok; main levels 0-2; branches reinit 2" in lines
+    assert "  replicate_0: ok; main levels 0-2 (next: level 3); branches reinit 2" in lines
+    assert "  replicate_1: ok; main levels 0-2 (next: level 3); branches reinit 2" in lines
 
 
 def test_incomplete_and_corrupted(finished, tmp_path):
@@ -52,10 +52,12 @@ def test_incomplete_and_corrupted(finished, tmp_path):
     result = runs(root)
     assert result.returncode == 1
     out = result.stdout
-    assert "  replicate_0: CORRUPTED; main levels 0,2; branches -" in out
-    assert "    incomplete (will resume): level 2 reinit" in out
-    assert f"    CORRUPTED: {os.path.join(rep0, 'level_01', 'main', 'metrics.json')} is unreadable" in out
-    assert f"    CORRUPTED: {os.path.join(rep0, 'rewind_point.npz')} is unreadable or corrupted" in out
+    assert "  replicate_0: DAMAGED; main levels 0,2 (next: level 1); branches -" in out
+    assert "    in progress (a run continues it): level 2 [reinit]" in out
+    assert (f"    DAMAGED: {os.path.join(rep0, 'level_01', 'main', 'metrics.json')}: is unreadable" in out
+            and "the next run that includes level 1 [main] trains it again" in out)
+    assert (f"    DAMAGED: {os.path.join(rep0, 'rewind_point.npz')}: is unreadable or corrupted" in out
+            and "the next run replays it" in out)
     assert "  replicate_1: ok;" in out
 
 
@@ -68,8 +70,8 @@ def test_interrupted_run_shows_incomplete(tmp_path):
     assert killed.returncode == -signal.SIGKILL
     result = runs(root)
     assert result.returncode == 0
-    assert "  replicate_0: incomplete; main levels 0; branches -" in result.stdout
-    assert "    incomplete (will resume): level 1 main" in result.stdout
+    assert "  replicate_0: incomplete; main levels 0 (next: level 1); branches -" in result.stdout
+    assert "    in progress (a run continues it): level 1 [main]" in result.stdout
 
 
 def test_root_without_runs(tmp_path):

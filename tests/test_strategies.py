@@ -196,7 +196,7 @@ def cli(*args, env=None):
 
 @pytest.mark.parametrize("args, env, message", [
     (["--strategy=tpu"], None, "error: --tpu: --strategy=tpu needs --tpu"),
-    (["--tpu=local"], None, "error: --tpu: --tpu='local' is only used with --strategy=tpu"),
+    (["--tpu=local"], None, "error: --tpu: local is set, but only --strategy=tpu reads it (this run has --strategy=default); remove it"),
     (["--strategy=tpu", "--tpu=grpc://127.0.0.1:9"], None, "error: --tpu: cannot reach grpc://127.0.0.1:9"),
     (["--strategy=multi_worker_mirrored"], {"TF_CONFIG": '{"cluster": 3}'}, "error: TF_CONFIG: expected JSON like"),
     (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=61"], None,

@@ -29,7 +29,7 @@ def cli(*args, timeout=300):
 
 def test_diverged_level_stops_with_one_line_and_is_not_done(tmp_path):
     out = str(tmp_path / "run")
-    result = cli("--flagfile=flags/smoke.flags", "--optimizer=sgd", "--momentum=0.99", "--learning_rate=50", "--branch=",
+    result = cli("--flagfile=flags/smoke.flags", "--optimizer=sgd", "--momentum=0.99", "--learning_rate=50", "--branch=", "--branch_levels=",
                  f"--output_dir={out}")
     assert result.returncode == 2, result.stderr[-1500:]
     errors = [l for l in result.stderr.splitlines() if l.strip()]
@@ -49,7 +49,7 @@ def test_early_stopping_never_picks_a_nan():
 
 def test_health_check_flags_a_finished_level_with_nan_curves(tmp_path):
     out = str(tmp_path / "run")
-    assert cli("--flagfile=flags/smoke.flags", "--levels=1", "--branch=", f"--output_dir={out}").returncode == 0
+    assert cli("--flagfile=flags/smoke.flags", "--levels=1", "--branch=", "--branch_levels=", f"--output_dir={out}").returncode == 0
     (path,) = glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_01", "main", "metrics.json"))
     record = json.load(open(path))
     record["curves"]["val"]["loss"][2] = float("nan")
@@ -58,7 +58,8 @@ def test_health_check_flags_a_finished_level_with_nan_curves(tmp_path):
     health = subprocess.run([sys.executable, "-m", "lottery_tf.runs", out], cwd=REPO, env=ENV,
                             capture_output=True, text=True, timeout=120)
     assert health.returncode == 1
-    assert f"CORRUPTED: {path}: val loss contain NaN or infinity: the level diverged" in health.stdout
+    assert (f"DAMAGED: {path}: holds NaN or infinity in its val loss curves (a diverged or damaged result); the next "
+            "run that includes level 1 [main] trains it again") in health.stdout
 
 
 def _idx_run(folder, out, *extra):
@@ -102,7 +103,7 @@ def test_help_exits_zero_and_names_flagfiles():
 
 
 def test_first_lines_are_ours(tmp_path):
-    result = cli("--flagfile=flags/smoke.flags", "--levels=0", "--branch=", f"--output_dir={tmp_path}")
+    result = cli("--flagfile=flags/smoke.flags", "--levels=0", "--branch=", "--branch_levels=", f"--output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-1500:]
     assert "cuInit" not in result.stderr and "dataset_info.json" not in result.stderr
     assert "oneDNN" not in result.stderr
@@ -161,7 +162,7 @@ def test_wait_for_lock_waits_for_the_holder(tmp_path):
 
 def test_two_cli_processes_on_one_replicate(tmp_path):
     out = str(tmp_path / "run")
-    args = [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=", f"--output_dir={out}"]
+    args = [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=", f"--output_dir={out}"]
     first = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not glob.glob(os.path.join(out, "lottery_*", "replicate_0", ".locks", "main.lock")) and time.time() < deadline:

@@ -195,3 +195,150 @@ def test_failed_pruning_leaves_the_model_unchanged():
     for name in masks:
         np.testing.assert_array_equal(get_masks(model)[name], masks[name])
         np.testing.assert_array_equal(get_prunable_weights(model)[name], weights[name])
+
+
+# -- repeated inner names: masks named by the weights' unique paths ------------------------------------
+
+def _block(name):
+    inputs = keras.Input((6,))
+    return keras.Model(inputs, keras.layers.Dense(6, activation="relu", name="fc")(inputs), name=name)
+
+
+def _nested_copies():
+    inputs = keras.Input((6,))
+    x = _block("block_b")(_block("block_a")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+
+
+class ResidualBlock(keras.layers.Layer):
+    """A user's own block: Dense and Conv1D sub-layers with the same names in every copy."""
+
+    def __init__(self, units=6, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.fc = keras.layers.Dense(units, name="fc")
+        self.conv = keras.layers.Conv1D(units, 1, name="conv")
+
+    def build(self, input_shape):
+        self.fc.build(input_shape)
+        self.conv.build((*input_shape[:-1], self.units))
+
+    def call(self, x):
+        return x + self.conv(keras.ops.relu(self.fc(x)))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+keras.saving.register_keras_serializable(package="lottery_tf_tests")(ResidualBlock)
+
+
+def _residual_model():
+    inputs = keras.Input((4, 6))
+    x = ResidualBlock(name="res_b")(ResidualBlock(name="res_a")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(keras.layers.Flatten()(x)))
+
+
+def _two_levels(model, x, y):
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    imp = PruneRewindCallback(PruningSpec("layerwise", 0.5))
+    for _ in range(2):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[imp])
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    masks, weights = get_masks(model), get_prunable_weights(model)
+    for name in masks:
+        assert masks[name].mean() == pytest.approx(0.25, abs=0.05), name
+        assert np.all(weights[name][masks[name] == 0] == 0.0), name
+    return imp
+
+
+def test_two_nested_copies_of_one_block_are_masked_by_unique_path():
+    model = _nested_copies()
+    wrapped = wrap_model(model)
+    assert mask_names(wrapped) == ["block_a/fc/kernel", "block_b/fc/kernel", "out/kernel"]
+    x, y = RNG.normal(size=(8, 6)).astype("float32"), RNG.normal(size=(8, 3)).astype("float32")
+    np.testing.assert_allclose(wrapped(x), model(x), rtol=1e-6)
+    imp = _two_levels(wrapped, x, y)
+    assert overall_density(wrapped) == pytest.approx(0.25, abs=0.02)
+    assert {"block_a/fc/kernel", "block_b/fc/kernel", "block_a/fc/bias"} <= set(imp.rewind_point)
+
+
+def test_a_users_residual_block_is_masked_inside_and_round_trips(tmp_path):
+    model = _residual_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing stays dense: no warning
+        wrapped = wrap_model(model)
+    assert mask_names(wrapped) == ["res_a/fc/kernel", "res_a/conv/kernel", "res_b/fc/kernel", "res_b/conv/kernel",
+                                   "out/kernel"]
+    assert isinstance(wrapped.get_layer("res_a"), MaskedLayer)
+    x, y = RNG.normal(size=(8, 4, 6)).astype("float32"), RNG.normal(size=(8, 3)).astype("float32")
+    np.testing.assert_allclose(wrapped(x), model(x), rtol=1e-5, atol=1e-6)
+    _two_levels(wrapped, x, y)
+    # A block's own sub-layer left out by its unique path; the other copy is still masked.
+    partly = wrap_model(model, exclude=["res_b/conv"])
+    assert mask_names(partly) == ["res_a/fc/kernel", "res_a/conv/kernel", "res_b/fc/kernel", "out/kernel"]
+    path = str(tmp_path / "res.keras")
+    wrapped.save(path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.asarray(wrapped(x)))
+    code = (
+        "import numpy as np, keras, lottery_tf, sys; sys.path.insert(0, 'tests'); import test_user_models; "
+        f"m = keras.models.load_model({path!r}); "
+        f"np.testing.assert_allclose(m(np.load({str(tmp_path / 'x.npy')!r})), np.load({str(tmp_path / 'y.npy')!r}), rtol=1e-6); "
+        "print(','.join(lottery_tf.mask_names(m)), round(lottery_tf.overall_density(m), 3))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.split() == [",".join(mask_names(wrapped)), str(round(overall_density(wrapped), 3))]
+
+
+class Block(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = MaskedLayer(keras.layers.Dense(5, name="fc"))
+
+    def call(self, x):
+        return keras.ops.relu(self.fc(x))
+
+
+class ReusingNet(keras.Model):
+    """A subclassed model reusing one block class: both blocks hold a layer named "fc"."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = Block(name="first")
+        self.second = Block(name="second")
+        self.out = MaskedLayer(ResidualBlock(units=5, name="tail"))  # a whole block wrapped at once
+
+    def call(self, x):
+        return self.out(self.second(self.first(x)))
+
+
+def test_subclassed_model_reusing_a_block_class():
+    model = ReusingNet()
+    x, y = RNG.normal(size=(8, 4, 5)).astype("float32"), RNG.normal(size=(8, 4, 5)).astype("float32")
+    model(x[:1])
+    assert mask_names(model) == ["first/fc/kernel", "second/fc/kernel", "tail/fc/kernel", "tail/conv/kernel"]
+    _two_levels(model, x, y)
+
+
+def test_files_written_before_names_were_unique_are_read(tmp_path):
+    """Masks keyed <masked layer>/<attribute> and states keyed by Keras variable paths (runs made before)."""
+    from lottery_tf import rewind
+
+    wrapped = wrap_model(_nested_copies())
+    # Old mask names used the masked layer's own name; for a model that could be pruned then, they were unique.
+    flat = wrap_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc1"),
+                                        keras.layers.Dense(2, name="out")]))
+    old_masks = {"fc1/kernel": np.tile([1.0, 0.0, 1.0], (4, 1)), "out/kernel": np.ones((3, 2))}
+    set_masks(flat, old_masks)
+    assert get_masks(flat)["fc1/kernel"].sum() == 8
+    state = rewind.capture(flat)
+    by_keras_path = {v.path: value for (name, value), v in zip(state.items(), rewind.state_variables(flat).values())}
+    assert set(by_keras_path) != set(state)  # Keras paths ("sequential/fc1/fc1/kernel") differ from the names
+    rewind.restore(flat, by_keras_path)
+    np.testing.assert_array_equal(rewind.capture(flat)["fc1/kernel"], state["fc1/kernel"])
+    # With repeated Keras paths there is no old file to read: the old code refused such models.
+    with pytest.raises(ValueError, match="Rewind point does not match the model"):
+        rewind.restore(wrapped, {"fc/kernel": np.zeros((6, 6))})

@@ -8,6 +8,7 @@ statistics over the given batches, computed in training mode.
 
 from __future__ import annotations
 
+from lottery_tf import naming
 from lottery_tf.keras_compat import keras
 
 
@@ -18,8 +19,9 @@ def batchnorm_layers(model) -> list:
 
 
 def statistic_paths(model) -> set:
-    """Variable paths of the running statistics (moving mean and variance)."""
-    return {v.path for layer in batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)}
+    """Unique names (:mod:`lottery_tf.naming`) of the running statistics (moving mean and variance)."""
+    ids = {id(v) for layer in batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)}
+    return {name for name, v in naming.variable_names(model).items() if id(v) in ids}
 
 
 def reestimate(model, batches) -> int:

@@ -102,6 +102,8 @@ def linear_path(evaluator: ModelEvaluator, state_a: dict, state_b: dict, points:
         ``{"alphas": [...], "batchnorm_statistics": ..., <name>: {"error": [...],
         "endpoint_errors", "instability", "barrier", "max_error_alpha", "loss": [...]}}``.
     """
+    # States from older run folders are keyed by Keras paths: both ends by unique name.
+    state_a, state_b = (rewind.check_matches(evaluator.model, s) for s in (state_a, state_b))
     coefficients, values = error_along_path(state_a, state_b, evaluator, points, keys=evaluator.interpolated_keys)
     out = {"alphas": [float(a) for a in coefficients], "batchnorm_statistics": evaluator.batchnorm}
     for name in evaluator.datasets:

@@ -16,4 +16,33 @@ from lottery_tf.data import imagenet as _imagenet  # noqa: F401
 from lottery_tf.data import mnist as _mnist  # noqa: F401
 from lottery_tf.data import synthetic as _synthetic  # noqa: F401
 
-__all__ = ["DATASETS", "DataUnavailableError", "Splits", "StreamingSplits", "get_splits", "train_examples"]
+
+
+def load(name: str = "fashion_mnist", validation_examples: int = 5000, **settings) -> Splits:
+    """The train, validation and test arrays of a registered dataset, as the command line loads them.
+
+    Args:
+        name: A registered dataset (``fashion_mnist`` reads the IDX files Debian's
+            ``dataset-fashion-mnist`` installs; no network needed).
+        validation_examples: Training examples held out for validation.
+        **settings: Other :class:`lottery_tf.config.DataConfig` fields (``data_dir=...``).
+
+    Returns:
+        :class:`Splits`: ``x_train, y_train, x_val, y_val, x_test, y_test`` (float32
+        images standardized with the training set's statistics, int64 labels).
+
+    Raises:
+        DataUnavailableError: If the data cannot be found; the message says how to get it.
+
+    Example:
+
+    >>> data = lottery_tf.data.load("fashion_mnist")  # doctest: +SKIP
+    >>> data.x_train.shape, data.x_test.shape  # doctest: +SKIP
+    ((55000, 28, 28, 1), (10000, 28, 28, 1))
+    """
+    from lottery_tf.config import DataConfig
+
+    return get_splits(DataConfig(name=name, validation_examples=validation_examples, **settings))
+
+
+__all__ = ["DATASETS", "DataUnavailableError", "Splits", "StreamingSplits", "get_splits", "load", "train_examples"]

@@ -94,6 +94,14 @@ def load_folder(folder: str, classes: int = 10, image_shape: tuple = (28, 28)) -
                            f"{image_shape[0]}x{image_shape[1]}")
         if len(images) != len(labels):
             raise IdxError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")
+        if len(images) == 0:
+            raise IdxError(f"{images_path}: the {split} split holds no images")
+        if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
+            raise IdxError(f"{images_path}: {int(np.count_nonzero(~np.isfinite(images)))} pixel values are NaN or infinite")
+        if np.issubdtype(labels.dtype, np.floating):
+            if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+                raise IdxError(f"{labels_path}: labels are {labels.dtype} values that are not all integers "
+                               f"(e.g. {labels[labels != np.round(labels)][:1].tolist() or 'NaN'})")
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
             raise IdxError(f"{labels_path}: label values {int(labels.min())}..{int(labels.max())} are outside "
                            f"0..{classes - 1}")

@@ -79,23 +79,76 @@ def train_examples(config: DataConfig) -> int:
     return TRAIN_EXAMPLES[config.name] - config.validation_examples
 
 
-def check_sizes(config: DataConfig, batch_size: int) -> None:
-    """The validation split must leave training data, and a batch must fit in it.
+def check_sizes(config: DataConfig, batch_size: int, branches=None, train: int | None = None,
+                classes: int | None = None, class_counts=None) -> None:
+    """The validation split must leave training data, and every batch and subset must fit in it.
+
+    Before loading, the dataset's nominal size is used; after loading, pass
+    ``train`` (the training examples actually loaded, after the validation
+    split) and ``class_counts`` (training examples per class).
 
     Raises:
         ConfigError: Naming the flag, with the dataset's size.
     """
     from lottery_tf.config import ConfigError
 
-    total = config.synthetic_train_examples if config.name == "synthetic" else TRAIN_EXAMPLES.get(config.name)
-    if total is None:
+    if train is None:
+        total = config.synthetic_train_examples if config.name == "synthetic" else TRAIN_EXAMPLES.get(config.name)
+        if total is None:
+            return
+        if config.validation_examples >= total:
+            raise ConfigError("validation_examples", f"{config.validation_examples} leaves no training data: "
+                              f"{config.name} has {total} training examples")
+        train = total - config.validation_examples
+    where = f"the {train} training examples left after --validation_examples={config.validation_examples}"
+    if batch_size > train:
+        raise ConfigError("batch_size", f"{batch_size} is larger than {where}")
+    if branches is None:
         return
-    if config.validation_examples >= total:
-        raise ConfigError("validation_examples", f"{config.validation_examples} leaves no training data: "
-                          f"{config.name} has {total} training examples")
-    if batch_size > total - config.validation_examples:
-        raise ConfigError("batch_size", f"{batch_size} is larger than the {total - config.validation_examples} "
-                          f"training examples left after --validation_examples={config.validation_examples}")
+    if branches.batch_size > train:
+        raise ConfigError("branch_batch_size", f"{branches.batch_size} is larger than {where}")
+    # The default (10,000) means "up to 10,000": only a size asked for explicitly must fit.
+    default_subset = type(branches)().analysis_train_examples
+    if ("instability" in branches.names and branches.analysis_train_examples != default_subset
+            and branches.analysis_train_examples > train):
+        raise ConfigError("analysis_train_examples", f"{branches.analysis_train_examples} is more than {where}")
+    if class_counts is not None and any(n in ("pai_snip", "pai_grasp") for n in branches.names):
+        fewest = min(class_counts)
+        if branches.scoring_examples_per_class > fewest:
+            raise ConfigError("scoring_examples_per_class", f"{branches.scoring_examples_per_class} per class is more "
+                              f"than the training split has: its smallest class has {fewest} examples")
+
+
+def check_content(splits) -> None:
+    """What the loaded arrays must hold: examples in every split, finite inputs, integer labels in range.
+
+    Raises:
+        DataUnavailableError: Naming the split and where the data came from.
+    """
+    if not isinstance(splits, Splits):
+        return  # streamed: checked by the reader, batch by batch
+    for split, x, y in (("training", splits.x_train, splits.y_train), ("validation", splits.x_val, splits.y_val),
+                        ("test", splits.x_test, splits.y_test)):
+        where = f"the {split} split of {splits.source}"
+        if len(x) == 0:
+            raise DataUnavailableError(f"{where} is empty")
+        if len(x) != len(y):
+            raise DataUnavailableError(f"{where} has {len(y)} labels for {len(x)} examples")
+        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise DataUnavailableError(f"{where} holds {bad} NaN or infinite input values")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataUnavailableError(f"{where} has labels of type {y.dtype}; expected integers")
+        if y.size and (y.min() < 0 or y.max() >= splits.num_classes):
+            raise DataUnavailableError(f"{where} has label values {int(y.min())}..{int(y.max())}, outside "
+                                       f"0..{splits.num_classes - 1}")
+
+
+def class_counts(splits) -> list | None:
+    """Training examples per class (in-memory splits), or None for streamed ones."""
+    if not isinstance(splits, Splits):
+        return None
+    return [int(n) for n in np.bincount(splits.y_train, minlength=splits.num_classes)]
 
 
 def hold_out_validation(x, y, n_val: int, seed: int = 0):
@@ -114,9 +167,13 @@ def get_splits(config: DataConfig) -> Splits:
 
     Raises:
         ValueError: Unknown name (lists the valid names).
-        DataUnavailableError: The data cannot be found or obtained.
+        DataUnavailableError: The data cannot be found or obtained, or what
+            was found holds an empty split, NaN inputs or labels that are not
+            integers of the classes.
     """
-    return DATASETS.get(config.name)(config)
+    splits = DATASETS.get(config.name)(config)
+    check_content(splits)
+    return splits
 
 
 def splits_fingerprint(splits) -> str:
