@@ -66,6 +66,7 @@ def trained_lenet(epochs: int):
 def tickets(model, densities, splits):
     """(structure, density %, flatbuffer, storage) for the dense model and every structure x density."""
     weights = get_prunable_weights(model)
+    trained = model.get_weights()
     dense_masks = {name: np.ones_like(value) for name, value in weights.items()}
     scores = {name: np.abs(value) for name, value in weights.items()}
     found = []
@@ -77,7 +78,7 @@ def tickets(model, densities, splits):
         for density in densities:
             if "n_m" in kwargs and density / 100 > kwargs["n_m"][0] / kwargs["n_m"][1]:
                 continue  # N:M allows at most N/M of the weights
-            set_masks(model, dense_masks)
+            model.set_weights(trained)  # set_masks zeroes what it prunes: every ticket starts from the trained weights
             masks = prune_to_density(scores, dense_masks, density / 100, scope="layerwise", **kwargs)
             set_masks(model, masks)
             flat = litert.convert(strip_masks(model), quantize, splits.x_train[:256])
@@ -86,11 +87,11 @@ def tickets(model, densities, splits):
 
 
 def kernel_of(flat: bytes) -> str:
-    readers = {tuple(w["read_by"]) for w in litert.storage(flat) if w["shape"][0] in (300, 100, 10)}
-    if any("DENSIFY" in r for r in readers):
+    """How the interpreter runs the hidden layers' weights (the output layer is often left dense)."""
+    stored = [w for w in litert.storage(flat) if w["shape"][0] in (300, 100)]
+    if any("DENSIFY" in w["read_by"] for w in stored):
         return "densified at load (dense kernel)"
-    sparse = any(w["sparse"] for w in litert.storage(flat))
-    return "sparse FULLY_CONNECTED" if sparse else "dense FULLY_CONNECTED"
+    return "sparse FULLY_CONNECTED" if any(w["sparse"] for w in stored) else "dense FULLY_CONNECTED"
 
 
 def measure(found, splits, rounds: int, large_batch: int, runs_per_round: int) -> list[dict]:
