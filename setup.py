@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="lottery_tf",
-    version="0.1.0",
+    version="0.2.0",
     description="Lottery tickets for Keras 3: masked layers, IMP with rewinding inside model.fit, experiments.",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
@@ -21,13 +21,17 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "ruff>=0.6"],
         "report": ["matplotlib>=3.7"],
         # TFMOT's own PolynomialDecay for --gmp_schedule=tfmot and the comparison test. It needs legacy
         # Keras (tf_keras), so lottery_tf only ever runs it in a subprocess.
         "tfmot": ["tensorflow-model-optimization>=0.8", "tf-keras>=2.16"],
         # keras-hub backbones (BERT, GPT-2, ViT, ResNet) for the tests of models with repeated inner names.
         "hub": ["keras-hub>=0.32"],
+        # The LiteRT interpreter that python -m lottery_tf.export reads its files back with.
+        "litert": ["ai-edge-litert>=2.3"],
+        # The documentation site (tools/docs.sh, mkdocs.yml).
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.25"],
     },
     entry_points={"console_scripts": ["lottery_tf=lottery_tf.main:run"]},
 )

@@ -1,24 +1,52 @@
 """lottery_tf: lottery tickets (iterative magnitude pruning with rewinding) for Keras 3.
 
+Three parts, one package: the Keras library (:mod:`lottery_tf.core`: masks,
+the pruning decision, IMP with rewinding inside ``fit``), the experiment
+engine (:mod:`lottery_tf.engine` with the run store :mod:`lottery_tf.store`:
+``python -m lottery_tf.main``) and the reports (:mod:`lottery_tf.reports`:
+``python -m lottery_tf.report``, ``python -m lottery_tf.runs``); tickets leave
+through ``python -m lottery_tf.export``.
+
 Importing the package registers its Keras classes (the mask wrapper, the
 learning-rate schedules, the optimizers), so ``keras.models.load_model`` reads
 a saved ticket after a plain ``import lottery_tf``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from lottery_tf.callbacks import PruneRewindCallback  # noqa: E402
-from lottery_tf.masking import (  # noqa: E402
-    MaskedLayer, apply_masks, get_masks, layer_densities, mask_names, overall_density, set_masks, strip_masks,
+from lottery_tf.core import optimizers as _optimizers  # noqa: E402,F401  (registers the recipe's optimizers)
+from lottery_tf.core.callbacks import PruneRewindCallback  # noqa: E402
+from lottery_tf.core.masking import (  # noqa: E402
+    MaskedLayer,
+    apply_masks,
+    get_masks,
+    get_prunable_weights,
+    layer_densities,
+    mask_names,
+    overall_density,
+    set_masks,
+    strip_masks,
     wrap_model,
 )
-from lottery_tf import data  # noqa: E402,F401  (lottery_tf.data.load: a dataset's arrays)
-from lottery_tf import optimizers as _optimizers  # noqa: E402,F401  (registers the recipe's optimizers)
-from lottery_tf.pruning import PruningSpec, prune_by_magnitude  # noqa: E402
-from lottery_tf.ticket import TicketError, load_ticket  # noqa: E402
+from lottery_tf.core.pruning import PruningSpec, prune_by_magnitude  # noqa: E402
+from lottery_tf.engine.data import load as load_data  # noqa: E402
+from lottery_tf.engine.ticket import TicketError, load_ticket  # noqa: E402
 
-__all__ = sorted([
-    "MaskedLayer", "PruneRewindCallback", "PruningSpec", "apply_masks", "get_masks", "layer_densities",
-    "TicketError", "load_ticket", "mask_names", "overall_density", "prune_by_magnitude", "set_masks", "strip_masks",
+__all__ = [
+    "MaskedLayer",
+    "PruneRewindCallback",
+    "PruningSpec",
+    "TicketError",
+    "apply_masks",
+    "get_masks",
+    "get_prunable_weights",
+    "layer_densities",
+    "load_data",
+    "load_ticket",
+    "mask_names",
+    "overall_density",
+    "prune_by_magnitude",
+    "set_masks",
+    "strip_masks",
     "wrap_model",
-])
+]

@@ -60,7 +60,9 @@ def _parse(argv):
     parser.add_argument("experiment", help="a run folder <output_dir>/lottery_<hash>")
     parser.add_argument("--replicate", type=int, default=0)
     parser.add_argument("--level", type=int, required=True)
-    parser.add_argument("--branch", default="main", help="main, or a branch folder (reinit, random_prune_layerwise, ...)")
+    parser.add_argument(
+        "--branch", default="main", help="main, or a branch folder (reinit, random_prune_layerwise, ...)"
+    )
     parser.add_argument("--weights", default="final", help="final (as evaluated) or rewind (the ticket at its start)")
     parser.add_argument("--out", default="", help="folder to write (default: <experiment>/exports/<ticket>)")
     parser.add_argument("--formats", default="keras,litert", help=f"some of {', '.join(FORMATS)}")
@@ -115,7 +117,7 @@ def _latency(run, example, runs: int) -> dict:
 
 def _structure_satisfied(masks: dict, pruning) -> dict:
     """Per masked weight, whether its mask has the run's structure (whole blocks; at most N of every M)."""
-    from lottery_tf.pruning import block_ids, satisfies_n_m
+    from lottery_tf.core.pruning import block_ids, satisfies_n_m
 
     out = {}
     for name, mask in masks.items():
@@ -132,14 +134,17 @@ def _structure_satisfied(masks: dict, pruning) -> dict:
 
 def _weights_for(storage: list[dict], masks: dict) -> dict:
     """Which stored tensor holds which masked weight: the runtime's shape, then the closest count of nonzeros."""
-    from lottery_tf.pruning import runtime_view
+    from lottery_tf.core.pruning import runtime_view
 
     found, used = {}, set()
     for name, mask in masks.items():
         outputs = runtime_view(mask).shape[0]
         kept = int(np.count_nonzero(mask))
-        candidates = [i for i, t in enumerate(storage)
-                      if i not in used and int(np.prod(t["shape"])) == mask.size and t["shape"][0] == outputs]
+        candidates = [
+            i
+            for i, t in enumerate(storage)
+            if i not in used and int(np.prod(t["shape"])) == mask.size and t["shape"][0] == outputs
+        ]
         if candidates:
             best = min(candidates, key=lambda i: abs(storage[i]["nonzeros"] - kept))
             found[name] = best
@@ -149,8 +154,8 @@ def _weights_for(storage: list[dict], masks: dict) -> dict:
 
 def export(args) -> dict:
     """Checks every input, then writes the export folder. Returns what ``export.json`` holds."""
-    from lottery_tf import ticket as ticket_lib
-    from lottery_tf.data import DataUnavailableError, get_splits
+    from lottery_tf.engine import ticket as ticket_lib
+    from lottery_tf.engine.data import DataUnavailableError, get_splits
 
     formats = _items("formats", args.formats, FORMATS)
     quantize = _items("quantize", args.quantize, ("none", "dynamic", "int8"))
@@ -161,8 +166,11 @@ def export(args) -> dict:
     if args.latency_runs < 1:
         raise ExportError(f"--latency_runs: expected an integer >= 1, got {args.latency_runs}")
     experiment = os.path.normpath(os.path.expanduser(args.experiment))
-    out = os.path.normpath(os.path.expanduser(args.out)) if args.out else default_folder(
-        experiment, args.replicate, args.level, args.branch, args.weights)
+    out = (
+        os.path.normpath(os.path.expanduser(args.out))
+        if args.out
+        else default_folder(experiment, args.replicate, args.level, args.branch, args.weights)
+    )
     if os.path.exists(out) and not args.overwrite:
         raise ExportError(f"--out: {out} exists; pass --overwrite to replace it")
     if os.path.exists(out) and not os.path.isdir(out):
@@ -179,31 +187,47 @@ def export(args) -> dict:
         flag = "--quantize=int8" if "int8" in quantize else "the test accuracy"
         raise ExportError(f"{flag} needs the run's data ({config.data.name}): {error}") from None
     if not hasattr(splits, "x_test"):
-        raise ExportError(f"--dataset={config.data.name} is streamed: lottery_tf.export measures accuracy on data in "
-                          "memory (MNIST family, CIFAR-10, synthetic)")
+        raise ExportError(
+            f"--dataset={config.data.name} is streamed: lottery_tf.export measures accuracy on data in "
+            "memory (MNIST family, CIFAR-10, synthetic)"
+        )
     return _write(args, config, folder, model, splits, formats, quantize, out, experiment)
 
 
 def _write(args, config, folder, model, splits, formats, quantize, out, experiment) -> dict:
-    from lottery_tf import litert, masking, store
-    from lottery_tf.keras_compat import keras
+    from lottery_tf.core import litert, masking
+    from lottery_tf.core.keras_compat import keras
+    from lottery_tf.store import reader as store
 
     masks = masking.get_masks(model)
     plain = masking.strip_masks(model)
     x_test, y_test = splits.x_test, splits.y_test
     keras_logits = np.asarray(plain.predict(x_test, batch_size=256, verbose=0))
     metrics = store.read_json(os.path.join(folder, "metrics.json"))
-    run_accuracy = (metrics["final_test_accuracy"] if args.weights == "final"
-                    else metrics["curves"]["test"]["accuracy"][0])
+    run_accuracy = (
+        metrics["final_test_accuracy"] if args.weights == "final" else metrics["curves"]["test"]["accuracy"][0]
+    )
     record = {
-        "experiment": experiment, "replicate": args.replicate, "level": args.level, "branch": args.branch,
-        "weights": args.weights, "model": config.model.name, "dataset": config.data.name,
-        "structure": {"block": list(config.pruning.block), "n_m": list(config.pruning.n_m),
-                      "satisfied": _structure_satisfied(masks, config.pruning)},
-        "density": masking.overall_density(model), "layer_densities": masking.layer_densities(model),
+        "experiment": experiment,
+        "replicate": args.replicate,
+        "level": args.level,
+        "branch": args.branch,
+        "weights": args.weights,
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "structure": {
+            "block": list(config.pruning.block),
+            "n_m": list(config.pruning.n_m),
+            "satisfied": _structure_satisfied(masks, config.pruning),
+        },
+        "density": masking.overall_density(model),
+        "layer_densities": masking.layer_densities(model),
         "masks_sha256": metrics.get("masks_sha256"),
-        "run_test_accuracy": run_accuracy, "test_examples": int(len(y_test)),
-        "interpreter": litert.interpreter_name(), "artifacts": {}, "problems": [],
+        "run_test_accuracy": run_accuracy,
+        "test_examples": int(len(y_test)),
+        "interpreter": litert.interpreter_name(),
+        "artifacts": {},
+        "problems": [],
     }
     parent = os.path.dirname(out) or "."
     os.makedirs(parent, exist_ok=True)
@@ -221,10 +245,12 @@ def _write(args, config, folder, model, splits, formats, quantize, out, experime
             for mode in quantize:
                 name = "ticket.tflite" if mode == "none" else f"ticket_{mode}.tflite"
                 record["artifacts"][name] = _litert_artifact(
-                    scratch, name, plain, mode, splits, keras_logits, masks, args.latency_runs, record["problems"])
+                    scratch, name, plain, mode, splits, keras_logits, masks, args.latency_runs, record["problems"]
+                )
         if "saved_model" in formats:
-            record["artifacts"]["saved_model"] = _saved_model(scratch, plain, x_test, y_test, keras_logits,
-                                                              record["problems"])
+            record["artifacts"]["saved_model"] = _saved_model(
+                scratch, plain, x_test, y_test, keras_logits, record["problems"]
+            )
         with open(os.path.join(scratch, "export.json"), "w") as handle:
             json.dump(record, handle, indent=2)
             handle.write("\n")
@@ -243,7 +269,7 @@ def _write(args, config, folder, model, splits, formats, quantize, out, experime
 
 
 def _litert_artifact(scratch, name, plain, mode, splits, keras_logits, masks, runs, problems) -> dict:
-    from lottery_tf import litert
+    from lottery_tf.core import litert
 
     representative = splits.x_train[:256] if mode == "int8" else None
     flat = litert.convert(plain, mode, representative)
@@ -252,11 +278,18 @@ def _litert_artifact(scratch, name, plain, mode, splits, keras_logits, masks, ru
     entry = {"file": name, "quantize": mode, "bytes": len(flat), "gzip_bytes": _gzip_size(flat)}
     stored = litert.storage(flat)
     by_weight = _weights_for(stored, masks)
-    entry["weights"] = {weight: {**stored[i], "kept": int(np.count_nonzero(masks[weight])),
-                                 "kernel": ("dense (DENSIFY expands it when the interpreter loads the file)"
-                                            if "DENSIFY" in stored[i]["read_by"] else
-                                            f"{', '.join(stored[i]['read_by'])} on the stored format")}
-                        for weight, i in by_weight.items()}
+    entry["weights"] = {
+        weight: {
+            **stored[i],
+            "kept": int(np.count_nonzero(masks[weight])),
+            "kernel": (
+                "dense (DENSIFY expands it when the interpreter loads the file)"
+                if "DENSIFY" in stored[i]["read_by"]
+                else f"{', '.join(stored[i]['read_by'])} on the stored format"
+            ),
+        }
+        for weight, i in by_weight.items()
+    }
     sparse = [w for w in entry["weights"].values() if w["sparse"]]
     kept = sum(w["kept"] for w in entry["weights"].values())
     entry["weight_bytes"] = sum(w["value_bytes"] + w["index_bytes"] for w in entry["weights"].values())
@@ -266,10 +299,15 @@ def _litert_artifact(scratch, name, plain, mode, splits, keras_logits, masks, ru
         try:
             runner = litert.Runner(flat, default_delegates=delegates)
             logits = runner.predict(splits.x_test)
-            entry[label] = {"accuracy": _accuracy(logits, splits.y_test),
-                            "max_output_difference": float(np.max(np.abs(logits - keras_logits))),
-                            "latency": {"batch": 1, "runs": runs,
-                                        "median_ms": 1000 * float(np.median(runner.time(splits.x_test[:1], runs)))}}
+            entry[label] = {
+                "accuracy": _accuracy(logits, splits.y_test),
+                "max_output_difference": float(np.max(np.abs(logits - keras_logits))),
+                "latency": {
+                    "batch": 1,
+                    "runs": runs,
+                    "median_ms": 1000 * float(np.median(runner.time(splits.x_test[:1], runs))),
+                },
+            }
         except RuntimeError as error:
             entry[label] = {"error": str(error)}
             line = f"{name} with {label.replace('_', ' ')}: {error}"
@@ -287,9 +325,12 @@ def _saved_model(scratch, plain, x_test, y_test, keras_logits, problems) -> dict
     entry = {"file": "saved_model", "bytes": len(data), "gzip_bytes": _gzip_size(data)}
     try:
         served = tf.saved_model.load(path).signatures["serving_default"]
-        logits = np.concatenate([list(served(tf.constant(x_test[i:i + 256])).values())[0].numpy()
-                                 for i in range(0, len(x_test), 256)])
-        entry.update(accuracy=_accuracy(logits, y_test), max_output_difference=float(np.max(np.abs(logits - keras_logits))))
+        logits = np.concatenate(
+            [list(served(tf.constant(x_test[i : i + 256])).values())[0].numpy() for i in range(0, len(x_test), 256)]
+        )
+        entry.update(
+            accuracy=_accuracy(logits, y_test), max_output_difference=float(np.max(np.abs(logits - keras_logits)))
+        )
     except Exception as error:  # a SavedModel that TensorFlow cannot serve is reported, not fatal
         entry["error"] = str(error).splitlines()[0]
         problems.append(f"saved_model: {entry['error']}")
@@ -298,8 +339,10 @@ def _saved_model(scratch, plain, x_test, y_test, keras_logits, problems) -> dict
 
 def summary(record: dict) -> str:
     """A few lines for the console."""
-    lines = [f"{record['branch']} level {record['level']} ({100 * record['density']:.2f}% of weights), run test "
-             f"accuracy {100 * record['run_test_accuracy']:.2f}%"]
+    lines = [
+        f"{record['branch']} level {record['level']} ({100 * record['density']:.2f}% of weights), run test "
+        f"accuracy {100 * record['run_test_accuracy']:.2f}%"
+    ]
     for name, entry in record["artifacts"].items():
         accuracy = entry.get("accuracy", entry.get("without_default_delegates", {}).get("accuracy"))
         size = f"{entry['bytes']:,} bytes ({entry['gzip_bytes']:,} gzip)" if "bytes" in entry else "(not written)"
@@ -320,8 +363,9 @@ def main(argv=None) -> int:
         print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
     print(summary(record))
-    out = args.out or default_folder(os.path.normpath(args.experiment), args.replicate, args.level, args.branch,
-                                     args.weights)
+    out = args.out or default_folder(
+        os.path.normpath(args.experiment), args.replicate, args.level, args.branch, args.weights
+    )
     print(f"wrote {out}")
     return 0
 

@@ -32,12 +32,12 @@ Flags (--helpfull lists absl's own flags too):
 
 from absl import app, flags  # noqa: E402
 
-from lottery_tf import config as config_lib  # noqa: E402
-from lottery_tf import run_dir  # noqa: E402
-from lottery_tf.atomic import CorruptFileError  # noqa: E402
-from lottery_tf.data import DATASETS, DataUnavailableError, train_examples  # noqa: E402
-from lottery_tf.data.registry import check_sizes  # noqa: E402
-from lottery_tf.models import MODELS  # noqa: E402  (no TensorFlow until a model is built)
+from lottery_tf.engine import config as config_lib  # noqa: E402
+from lottery_tf.engine import run_dir  # noqa: E402
+from lottery_tf.engine.data import DATASETS, DataUnavailableError, train_examples  # noqa: E402
+from lottery_tf.engine.data.registry import check_sizes  # noqa: E402
+from lottery_tf.engine.models import MODELS  # noqa: E402  (no TensorFlow until a model is built)
+from lottery_tf.store.atomic import CorruptFileError  # noqa: E402
 
 FLAGS = flags.FLAGS
 _PATH_FLAGS = ("output_dir", "data_dir", "tfds_data_dir", "tfds_manual_dir")  # "~" expanded, as a shell would
@@ -66,11 +66,21 @@ def _define(setting: config_lib.Setting) -> None:
 
 for _setting in config_lib.SETTINGS:
     _define(_setting)
-flags.DEFINE_list("sweep_rewind_steps", [], "Runs the whole experiment once per rewind step k (steps or epochs, e.g. "
-                  "0,100,500,2000), each in its own run folder, one after another; replaces --rewind_step.")
-flags.DEFINE_bool("dry_run", False, "Validate the settings, print them resolved (lengths in steps) and the run folder, and exit.")
-flags.DEFINE_bool("rerecord_data", False, "Record the data found now as the run's data (data.json), for a run whose "
-                  "data.json was lost; only if you know it is the data the run was trained on.")
+flags.DEFINE_list(
+    "sweep_rewind_steps",
+    [],
+    "Runs the whole experiment once per rewind step k (steps or epochs, e.g. "
+    "0,100,500,2000), each in its own run folder, one after another; replaces --rewind_step.",
+)
+flags.DEFINE_bool(
+    "dry_run", False, "Validate the settings, print them resolved (lengths in steps) and the run folder, and exit."
+)
+flags.DEFINE_bool(
+    "rerecord_data",
+    False,
+    "Record the data found now as the run's data (data.json), for a run whose "
+    "data.json was lost; only if you know it is the data the run was trained on.",
+)
 
 
 def _levels(flag: str, text: str) -> tuple:
@@ -89,7 +99,9 @@ def _layer_fractions(values) -> tuple:
                 raise ValueError
             out.append((name.strip(), float(value)))
         except ValueError:
-            raise config_lib.ConfigError("layer_pruning_fractions", f"expected NAME=FRACTION items, got {item!r}") from None
+            raise config_lib.ConfigError(
+                "layer_pruning_fractions", f"expected NAME=FRACTION items, got {item!r}"
+            ) from None
     return tuple(out)
 
 
@@ -101,7 +113,9 @@ def _length(flag: str, text: str, steps_per_epoch: int) -> int:
             return int(round(float(value[:-2]) * steps_per_epoch))  # inf/nan raise Overflow/ValueError
         return int(value[:-2] if value.endswith("it") else value)
     except (ValueError, OverflowError):
-        raise config_lib.ConfigError(flag, f"expected a length in steps (500 or 500it) or epochs (2ep), got {text!r}") from None
+        raise config_lib.ConfigError(
+            flag, f"expected a length in steps (500 or 500it) or epochs (2ep), got {text!r}"
+        ) from None
 
 
 def _shape(flag: str, values) -> tuple:
@@ -176,14 +190,19 @@ def _sweep(config) -> list:
     if not FLAGS.sweep_rewind_steps:
         return [config]
     if config.pruning.rewind_step:
-        raise config_lib.ConfigError("rewind_step", f"{config.pruning.rewind_step} is set, but --sweep_rewind_steps "
-                                     "replaces it (each run of the sweep rewinds to its own step); remove it")
+        raise config_lib.ConfigError(
+            "rewind_step",
+            f"{config.pruning.rewind_step} is set, but --sweep_rewind_steps "
+            "replaces it (each run of the sweep rewinds to its own step); remove it",
+        )
     epoch = max(1, train_examples(config.data) // config.training.batch_size) if config.training.batch_size > 0 else 0
     steps = []
     for text in FLAGS.sweep_rewind_steps:
         step = _length("sweep_rewind_steps", text, epoch)
         if not 0 <= step < config.training.iterations:
-            raise config_lib.ConfigError("sweep_rewind_steps", f"expected steps in [0, --iterations={config.training.iterations}), got {text!r}")
+            raise config_lib.ConfigError(
+                "sweep_rewind_steps", f"expected steps in [0, --iterations={config.training.iterations}), got {text!r}"
+            )
         if step in steps:
             raise config_lib.ConfigError("sweep_rewind_steps", f"step {step} given twice; give each once")
         steps.append(step)
@@ -213,8 +232,8 @@ def main(argv):
                 print(f"run folder: {run_dir.experiment_dir(config)}")
             return
         _quiet_python_logging()
-        from lottery_tf import experiment
-        from lottery_tf.distribute import describe_devices
+        from lottery_tf.engine import experiment
+        from lottery_tf.engine.distribute import describe_devices
 
         started = time.time()
         # Every run of a sweep is checked (data, model, the run store, branch inputs) before any trains.
@@ -223,10 +242,15 @@ def main(argv):
             print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
             if number == 0:
                 print(f"device: {describe_devices()}", flush=True)
-            experiment.run(config, ready)
+            trained = experiment.run(config, ready)
+            if trained is not None:  # the chief (or the only process) writes the summary
+                _summary(run_dir.experiment_dir(config), trained)
         if len(configs) > 1:
-            print(f"sweep over rewind steps {', '.join(str(c.pruning.rewind_step) for c in configs)}: "
-                  f"{', '.join(run_dir.experiment_dir(c) for c in configs)}", flush=True)
+            print(
+                f"sweep over rewind steps {', '.join(str(c.pruning.rewind_step) for c in configs)}: "
+                f"{', '.join(run_dir.experiment_dir(c) for c in configs)}",
+                flush=True,
+            )
         print(f"total wall time: {_duration(time.time() - started)}", flush=True)
     except config_lib.ConfigError as error:
         _fail(str(error))
@@ -247,19 +271,36 @@ def main(argv):
         import traceback
 
         traceback.print_exc()
-        _fail(f"{type(error).__name__}: {error}. This is a bug in lottery_tf, not in your settings; please "
-              "report it with the command line and the traceback above")
+        _fail(
+            f"{type(error).__name__}: {error}. This is a bug in lottery_tf, not in your settings; please "
+            "report it with the command line and the traceback above"
+        )
+
+
+def _summary(folder: str, trained: bool) -> None:
+    """The experiment's table over replicates: printed, and written as summary.{csv,md} in its folder."""
+    from lottery_tf.reports import tables
+
+    entries = tables.aggregate([folder])
+    tables.write_tables(folder, entries, prefix="summary")
+    print(tables.format_markdown(entries), flush=True)
+    if not trained:
+        print(f"nothing to do: every requested level is done. Results: {folder}", flush=True)
+    else:
+        print(f"results: {folder}", flush=True)
 
 
 def _check_initializer(name: str) -> None:
-    from lottery_tf.keras_compat import keras
+    from lottery_tf.core.keras_compat import keras
 
     try:
         keras.initializers.get(name)
     except (ValueError, TypeError):
         raise config_lib.ConfigError(
-            "initializer", f"unknown Keras initializer {name!r}; expected a name such as glorot_normal, "
-            "glorot_uniform, he_normal, he_uniform, lecun_normal") from None
+            "initializer",
+            f"unknown Keras initializer {name!r}; expected a name such as glorot_normal, "
+            "glorot_uniform, he_normal, he_uniform, lecun_normal",
+        ) from None
 
 
 def _duration(seconds: float) -> str:

@@ -20,17 +20,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def drawn(monkeypatch):
-    """The figures lottery_tf.report draws (matplotlib objects), by file name; the files are still written."""
-    from lottery_tf import report
+    """The figures the reports draw (matplotlib objects), by file name; the files are still written."""
+    from lottery_tf.reports import plotting
 
     figures = {}
-    real_save = report._save
+    real_save = plotting.save
 
     def save(fig, path):
         figures[os.path.basename(path)] = fig
         real_save(fig, path)
 
-    monkeypatch.setattr(report, "_save", save)
+    monkeypatch.setattr(plotting, "save", save)
     import matplotlib.pyplot as plt
 
     real_close = plt.close

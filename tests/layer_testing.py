@@ -5,8 +5,8 @@ import tempfile
 
 import numpy as np
 
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import MaskedLayer, prunable_variables
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import MaskedLayer, prunable_variables
 
 
 def run_masked_layer_test(inner, input_data, expected_trainable, expected_masks):
@@ -54,6 +54,7 @@ def run_masked_layer_test(inner, input_data, expected_trainable, expected_masks)
     assert isinstance(loaded_masked, MaskedLayer)
     for attribute, mask in masked.masks.items():
         np.testing.assert_array_equal(loaded_masked.masks[attribute].numpy(), mask.numpy())
-        np.testing.assert_array_equal(loaded_masked.prunable_weights()[attribute].numpy(),
-                                      masked.prunable_weights()[attribute].numpy())
+        np.testing.assert_array_equal(
+            loaded_masked.prunable_weights()[attribute].numpy(), masked.prunable_weights()[attribute].numpy()
+        )
     return output, model

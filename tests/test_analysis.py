@@ -5,10 +5,20 @@ import math
 import numpy as np
 import pytest
 
-from lottery_tf.analysis import (alphas, angle_degrees, barrier, compare_weights, error_along_path, instability,
-                                 interpolate, l2_distance, normalized_l2_distance, summarize_path)
-from lottery_tf.analysis import batchnorm
-from lottery_tf.keras_compat import keras
+from lottery_tf.core.analysis import (
+    alphas,
+    angle_degrees,
+    barrier,
+    batchnorm,
+    compare_weights,
+    error_along_path,
+    instability,
+    interpolate,
+    l2_distance,
+    normalized_l2_distance,
+    summarize_path,
+)
+from lottery_tf.core.keras_compat import keras
 
 
 def test_alphas_include_both_ends():
@@ -67,13 +77,14 @@ def test_instability_is_max_minus_mean_of_the_endpoints():
 def _least_squares(state):
     """A linear model with a convex loss: mean squared error of X w against y (X = I, y = [1, 1])."""
     residual = np.asarray(state["w"]) - np.array([1.0, 1.0])
-    return {"train_loss": float(np.mean(residual ** 2))}
+    return {"train_loss": float(np.mean(residual**2))}
 
 
 def test_a_convex_loss_has_no_barrier_and_instability_half_the_endpoint_gap():
     # Loss along w(a) = [2a, a]: 2.5 a^2 - 3 a + 1, convex; endpoints 1 and 0.5.
-    coefficients, values = error_along_path({"w": np.array([0.0, 0.0])}, {"w": np.array([2.0, 1.0])},
-                                            _least_squares, points=5)
+    coefficients, values = error_along_path(
+        {"w": np.array([0.0, 0.0])}, {"w": np.array([2.0, 1.0])}, _least_squares, points=5
+    )
     np.testing.assert_allclose(values["train_loss"], [1.0, 0.40625, 0.125, 0.15625, 0.5])
     assert barrier(coefficients, values["train_loss"]) == pytest.approx(0.0)  # <= 0: never above the chord
     assert instability(values["train_loss"]) == pytest.approx(0.25)  # = |1 - 0.5| / 2, the maximum is an endpoint
@@ -81,8 +92,9 @@ def test_a_convex_loss_has_no_barrier_and_instability_half_the_endpoint_gap():
 
 def test_a_convex_loss_with_equal_endpoints_has_instability_at_most_zero():
     # w(a) = [2a, 2a]: loss (2a - 1)^2, both endpoints 1, minimum 0 in the middle.
-    coefficients, values = error_along_path({"w": np.array([0.0, 0.0])}, {"w": np.array([2.0, 2.0])},
-                                            _least_squares, points=5)
+    coefficients, values = error_along_path(
+        {"w": np.array([0.0, 0.0])}, {"w": np.array([2.0, 2.0])}, _least_squares, points=5
+    )
     np.testing.assert_allclose(values["train_loss"], [1.0, 0.25, 0.0, 0.25, 1.0])
     assert instability(values["train_loss"]) == pytest.approx(0.0)
     assert barrier(coefficients, values["train_loss"]) == pytest.approx(0.0)
@@ -141,23 +153,39 @@ def test_batchnorm_inside_nested_models_is_found():
 def test_the_path_evaluator_reestimates_batchnorm_statistics_or_keeps_them(tmp_path):
     import dataclasses
 
-    from lottery_tf import rewind
-    from lottery_tf.analysis_branches import PathEvaluator
-    from lottery_tf.config import BranchConfig, DataConfig, ExperimentConfig, ModelConfig, RunConfig, TrainingConfig
-    from lottery_tf.data import get_splits
-    from lottery_tf.levels import Context
-    from lottery_tf.masking import get_masks, get_prunable_weights
-    from lottery_tf.recipe import build_masked_model
+    from lottery_tf.core import rewind
+    from lottery_tf.core.masking import get_masks, get_prunable_weights
+    from lottery_tf.engine.branches.analyses import PathEvaluator
+    from lottery_tf.engine.config import (
+        BranchConfig,
+        DataConfig,
+        ExperimentConfig,
+        ModelConfig,
+        RunConfig,
+        TrainingConfig,
+    )
+    from lottery_tf.engine.data import get_splits
+    from lottery_tf.engine.levels import Context
+    from lottery_tf.engine.recipe import build_masked_model
 
     config = ExperimentConfig(
-        data=DataConfig(name="synthetic", synthetic_train_examples=256, synthetic_test_examples=64,
-                        validation_examples=64, synthetic_shape=(8, 8, 3)),
-        model=ModelConfig(name="cifar_resnet_8_4"), training=TrainingConfig(batch_size=32, iterations=10, eval_every=10),
+        data=DataConfig(
+            name="synthetic",
+            synthetic_train_examples=256,
+            synthetic_test_examples=64,
+            validation_examples=64,
+            synthetic_shape=(8, 8, 3),
+        ),
+        model=ModelConfig(name="cifar_resnet_8_4"),
+        training=TrainingConfig(batch_size=32, iterations=10, eval_every=10),
         branches=BranchConfig(batchnorm_batches=2, analysis_train_examples=50),
-        run=RunConfig(output_dir=str(tmp_path), tensorboard=False))
+        run=RunConfig(output_dir=str(tmp_path), tensorboard=False),
+    )
     ctx = Context(config, get_splits(config.data), 0, 123, str(tmp_path / "replicate_0"))
-    masks = {name: np.where(np.arange(m.size).reshape(m.shape) % 2, 1.0, 0.0).astype(m.dtype)
-             for name, m in get_masks(build_masked_model(config, ctx.splits, 1)).items()}
+    masks = {
+        name: np.where(np.arange(m.size).reshape(m.shape) % 2, 1.0, 0.0).astype(m.dtype)
+        for name, m in get_masks(build_masked_model(config, ctx.splits, 1)).items()
+    }
     evaluator = PathEvaluator(ctx, masks)
     assert evaluator.batchnorm == "reestimate" and len(evaluator.batches) == 2 and evaluator.train_examples == 50
     statistics = batchnorm.statistic_paths(evaluator.model)
@@ -172,17 +200,24 @@ def test_the_path_evaluator_reestimates_batchnorm_statistics_or_keeps_them(tmp_p
     for name, weight in get_prunable_weights(evaluator.model).items():
         assert np.all(weight[masks[name] == 0] == 0)
 
-    kept = PathEvaluator(dataclasses.replace(ctx, config=dataclasses.replace(
-        config, branches=dataclasses.replace(config.branches, batchnorm_statistics="interpolate"))), masks)
+    kept = PathEvaluator(
+        dataclasses.replace(
+            ctx,
+            config=dataclasses.replace(
+                config, branches=dataclasses.replace(config.branches, batchnorm_statistics="interpolate")
+            ),
+        ),
+        masks,
+    )
     assert kept.batchnorm == "interpolate" and statistics <= kept.interpolated_keys
     kept(state)
     np.testing.assert_array_equal(batchnorm.batchnorm_layers(kept.model)[0].moving_mean.numpy(), 1e3)
 
 
 def test_linear_path_of_a_plain_keras_model_with_a_known_error_profile():
-    from lottery_tf import rewind
-    from lottery_tf.analysis.evaluation import ModelEvaluator, linear_path
-    from lottery_tf.masking import wrap_model
+    from lottery_tf.core import rewind
+    from lottery_tf.core.analysis.evaluation import ModelEvaluator, linear_path
+    from lottery_tf.core.masking import wrap_model
 
     # A linear classifier on one feature: logits = [0, w * x]. Inputs +1 labelled 1, -1 labelled 0.
     inputs = keras.Input((1,))

@@ -8,28 +8,45 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
-ARGS = ["--flagfile=flags/smoke.flags", "--deterministic", "--levels=1", "--iterations=100", "--eval_every=50",
-        "--checkpoint_every=50", "--branch=instability,stability", "--branch_levels=0,1",
-        "--analysis_rewind_steps=0,50", "--interpolation_points=4", "--instability_pairs=1",
-        "--analysis_controls=random_prune"]
+ARGS = [
+    "--flagfile=flags/smoke.flags",
+    "--deterministic",
+    "--levels=1",
+    "--iterations=100",
+    "--eval_every=50",
+    "--checkpoint_every=50",
+    "--branch=instability,stability",
+    "--branch_levels=0,1",
+    "--analysis_rewind_steps=0,50",
+    "--interpolation_points=4",
+    "--instability_pairs=1",
+    "--analysis_controls=random_prune",
+]
 
 
 def run(out, crash=None):
     env = dict(ENV)
     if crash:
         env["LOTTERY_TF_CRASH_AT"] = crash
-    return subprocess.run([sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def analysis_results(out):
     found = {}
     for name in ("instability.json", "stability.json"):
-        for path in glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_*", "*", "**", name), recursive=True):
+        for path in glob.glob(
+            os.path.join(out, "lottery_*", "replicate_0", "level_*", "*", "**", name), recursive=True
+        ):
             found[os.path.relpath(path, out)] = json.load(open(path))
     return found
 
@@ -46,18 +63,27 @@ def test_both_analyses_at_two_levels_write_named_numbers(reference):
     out, stdout = reference
     found = analysis_results(out)
     names = sorted(os.path.relpath(p, "x").split("replicate_0/")[1] for p in found)
-    assert names == sorted([
-        "level_00/instability/dense_k0/pair_0/instability.json", "level_00/instability/dense_k50/pair_0/instability.json",
-        "level_01/instability/ticket_k0/pair_0/instability.json", "level_01/instability/ticket_k50/pair_0/instability.json",
-        "level_01/instability/random_prune_k0/pair_0/instability.json",
-        "level_01/instability/random_prune_k50/pair_0/instability.json",
-        "level_00/stability/dense_k0/stability.json", "level_00/stability/dense_k50/stability.json",
-        "level_01/stability/ticket_k0/stability.json", "level_01/stability/ticket_k50/stability.json",
-        "level_01/stability/random_prune_k0/stability.json", "level_01/stability/random_prune_k50/stability.json",
-    ])
+    assert names == sorted(
+        [
+            "level_00/instability/dense_k0/pair_0/instability.json",
+            "level_00/instability/dense_k50/pair_0/instability.json",
+            "level_01/instability/ticket_k0/pair_0/instability.json",
+            "level_01/instability/ticket_k50/pair_0/instability.json",
+            "level_01/instability/random_prune_k0/pair_0/instability.json",
+            "level_01/instability/random_prune_k50/pair_0/instability.json",
+            "level_00/stability/dense_k0/stability.json",
+            "level_00/stability/dense_k50/stability.json",
+            "level_01/stability/ticket_k0/stability.json",
+            "level_01/stability/ticket_k50/stability.json",
+            "level_01/stability/random_prune_k0/stability.json",
+            "level_01/stability/random_prune_k50/stability.json",
+        ]
+    )
     for path, record in found.items():
         if record["analysis"] == "instability":
-            assert len(record["alphas"]) == 4 and len(record["test"]["error"]) == 4 and len(record["train"]["error"]) == 4
+            assert (
+                len(record["alphas"]) == 4 and len(record["test"]["error"]) == 4 and len(record["train"]["error"]) == 4
+            )
             errors = record["test"]["error"]
             assert record["instability"] == pytest.approx(max(errors) - (errors[0] + errors[-1]) / 2)
             assert record["stable"] == (record["instability"] < 0.02)
@@ -93,26 +119,51 @@ def test_killed_in_a_copy_then_resumed_gives_the_same_numbers(tmp_path, referenc
     before = {p: open(p, "rb").read() for p in glob.glob(os.path.join(out, "**", "*.json"), recursive=True)}
     again = run(out)  # every result exists: nothing is trained or written again
     assert again.returncode == 0 and "nothing to do" in again.stdout
-    assert {p: open(p, "rb").read() for p in glob.glob(os.path.join(out, "**", "*.json"), recursive=True)
-            if "settings.json" not in p} == {p: b for p, b in before.items() if "settings.json" not in p}
+    assert {
+        p: open(p, "rb").read()
+        for p in glob.glob(os.path.join(out, "**", "*.json"), recursive=True)
+        if "settings.json" not in p
+    } == {p: b for p, b in before.items() if "settings.json" not in p}
 
 
 def test_rewinding_sweep_runs_one_experiment_per_step_and_reports_them(tmp_path):
-    from lottery_tf import report
+    from lottery_tf.reports import cli as report_cli
 
     out = str(tmp_path / "sweep")
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--levels=1",
-                             "--iterations=100", "--eval_every=50", "--sweep_rewind_steps=0,50", "--branch=instability",
-                             "--branch_levels=1", "--interpolation_points=3", "--instability_pairs=1",
-                             "--analysis_controls=reinit", f"--output_dir={out}"],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            "--flagfile=flags/smoke.flags",
+            "--levels=1",
+            "--iterations=100",
+            "--eval_every=50",
+            "--sweep_rewind_steps=0,50",
+            "--branch=instability",
+            "--branch_levels=1",
+            "--interpolation_points=3",
+            "--instability_pairs=1",
+            "--analysis_controls=reinit",
+            f"--output_dir={out}",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     experiments = sorted(glob.glob(os.path.join(out, "lottery_*")))
     steps = sorted(json.load(open(os.path.join(e, "settings.json")))["pruning"]["rewind_step"] for e in experiments)
     assert steps == [0, 50]
     # Each run's analysis starts at its own rewind step.
-    found = sorted(os.path.relpath(p, out).split(os.sep)[-3] for p in
-                   glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_01", "instability", "*", "*", "instability.json")))
+    found = sorted(
+        os.path.relpath(p, out).split(os.sep)[-3]
+        for p in glob.glob(
+            os.path.join(out, "lottery_*", "replicate_0", "level_01", "instability", "*", "*", "instability.json")
+        )
+    )
     assert found == ["reinit_k0", "reinit_k50", "ticket_k0", "ticket_k50"]
     # The reinit control: the same mask on a fresh initialization (another seed), started at k like the ticket.
     for experiment in experiments:
@@ -122,14 +173,14 @@ def test_rewinding_sweep_runs_one_experiment_per_step_and_reports_them(tmp_path)
         ticket, reinit = json.load(open(ticket)), json.load(open(reinit))
         assert reinit["init_seed"] != ticket["init_seed"] and reinit["start_step"] == ticket["start_step"]
     assert "sweep over rewind steps 0, 50" in result.stdout
-    assert report.main([out, "--out", str(tmp_path / "report")]) == 0
+    assert report_cli.main([out, "--out", str(tmp_path / "report")]) == 0
     assert os.path.exists(tmp_path / "report" / "rewind_sweep.png")
 
 
 def test_health_check_lists_analyses_copies_in_progress_and_unreadable_results(reference, tmp_path):
     import shutil
 
-    from lottery_tf import runs
+    from lottery_tf.reports import health as runs
 
     out = str(tmp_path / "copy")
     shutil.copytree(reference[0], out)

@@ -16,25 +16,33 @@ import sys
 import numpy as np
 import pytest
 from absl import flags
-
 from conftest import REPO
-from lottery_tf import main as cli_main
-from lottery_tf.data import idx
 from test_data import write_idx_folder
+
+from lottery_tf import main as cli_main
+from lottery_tf.engine.data import idx
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 BASE = ["--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=", "--levels=1"]
 
 
 def snapshot(root):
-    return {p: open(p, "rb").read() for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if os.path.isfile(p)}
+    return {
+        p: open(p, "rb").read() for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if os.path.isfile(p)
+    }
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("finished") / "runs")
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", *BASE, f"--output_dir={out}"], cwd=REPO,
-                            env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *BASE, f"--output_dir={out}"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-1500:]
     return out
 
@@ -67,46 +75,81 @@ def idx_folders(tmp_path_factory):
 
 CASES = [
     # Floats: NaN, infinity, negative, out of range, huge.
-    (["--learning_rate=inf"], "--learning_rate"), (["--learning_rate=nan"], "--learning_rate"),
-    (["--learning_rate=-1"], "--learning_rate"), (["--learning_rate=0"], "--learning_rate"),
-    (["--learning_rate=1e9"], "--learning_rate"), (["--momentum=nan"], "--momentum"), (["--momentum=1"], "--momentum"),
-    (["--momentum=-0.1"], "--momentum"), (["--weight_decay=nan"], "--weight_decay"), (["--weight_decay=inf"], "--weight_decay"),
-    (["--weight_decay=-1"], "--weight_decay"), (["--weight_decay=5"], "--weight_decay"),
-    (["--label_smoothing=nan"], "--label_smoothing"), (["--label_smoothing=1"], "--label_smoothing"),
-    (["--label_smoothing=-0.1"], "--label_smoothing"), (["--lr_gamma=nan"], "--lr_gamma"), (["--lr_gamma=0"], "--lr_gamma"),
-    (["--lr_gamma=2"], "--lr_gamma"), (["--pruning_fraction=nan"], "--pruning_fraction"),
-    (["--pruning_fraction=0"], "--pruning_fraction"), (["--pruning_fraction=1"], "--pruning_fraction"),
+    (["--learning_rate=inf"], "--learning_rate"),
+    (["--learning_rate=nan"], "--learning_rate"),
+    (["--learning_rate=-1"], "--learning_rate"),
+    (["--learning_rate=0"], "--learning_rate"),
+    (["--learning_rate=1e9"], "--learning_rate"),
+    (["--momentum=nan"], "--momentum"),
+    (["--momentum=1"], "--momentum"),
+    (["--momentum=-0.1"], "--momentum"),
+    (["--weight_decay=nan"], "--weight_decay"),
+    (["--weight_decay=inf"], "--weight_decay"),
+    (["--weight_decay=-1"], "--weight_decay"),
+    (["--weight_decay=5"], "--weight_decay"),
+    (["--label_smoothing=nan"], "--label_smoothing"),
+    (["--label_smoothing=1"], "--label_smoothing"),
+    (["--label_smoothing=-0.1"], "--label_smoothing"),
+    (["--lr_gamma=nan"], "--lr_gamma"),
+    (["--lr_gamma=0"], "--lr_gamma"),
+    (["--lr_gamma=2"], "--lr_gamma"),
+    (["--pruning_fraction=nan"], "--pruning_fraction"),
+    (["--pruning_fraction=0"], "--pruning_fraction"),
+    (["--pruning_fraction=1"], "--pruning_fraction"),
     (["--output_pruning_fraction=nan"], "--output_pruning_fraction"),
     (["--output_pruning_fraction=1.5"], "--output_pruning_fraction"),
     (["--layer_pruning_fractions=fc1/kernel=nan"], "--layer_pruning_fractions"),
     (["--layer_pruning_fractions=fc1/kernel"], "--layer_pruning_fractions"),
     (["--layer_pruning_fractions=nope/kernel=0.2"], "--layer_pruning_fractions"),
-    (["--branch_learning_rate=nan"], "--branch_learning_rate"), (["--branch_learning_rate=-1"], "--branch_learning_rate"),
+    (["--branch_learning_rate=nan"], "--branch_learning_rate"),
+    (["--branch_learning_rate=-1"], "--branch_learning_rate"),
     # Lengths.
-    (["--warmup=infep"], "--warmup"), (["--iterations=infep"], "--iterations"), (["--iterations=nanep"], "--iterations"),
-    (["--iterations=0"], "--iterations"), (["--iterations=abc"], "--iterations"), (["--eval_every=0"], "--eval_every"),
-    (["--eval_every=7"], "--eval_every"), (["--steps_per_execution=-1"], "--steps_per_execution"),
-    (["--checkpoint_every=7"], "--checkpoint_every"), (["--rewind_step=-1"], "--rewind_step"),
-    (["--rewind_step=500"], "--rewind_step"), (["--rewind_step=7", "--steps_per_execution=50"], "--rewind_step"),
+    (["--warmup=infep"], "--warmup"),
+    (["--iterations=infep"], "--iterations"),
+    (["--iterations=nanep"], "--iterations"),
+    (["--iterations=0"], "--iterations"),
+    (["--iterations=abc"], "--iterations"),
+    (["--eval_every=0"], "--eval_every"),
+    (["--eval_every=7"], "--eval_every"),
+    (["--steps_per_execution=-1"], "--steps_per_execution"),
+    (["--checkpoint_every=7"], "--checkpoint_every"),
+    (["--rewind_step=-1"], "--rewind_step"),
+    (["--rewind_step=500"], "--rewind_step"),
+    (["--rewind_step=7", "--steps_per_execution=50"], "--rewind_step"),
     # Sizes.
-    (["--batch_size=0"], "--batch_size"), (["--batch_size=100000"], "--batch_size"),
-    (["--validation_examples=0"], "--validation_examples"), (["--validation_examples=-5"], "--validation_examples"),
+    (["--batch_size=0"], "--batch_size"),
+    (["--batch_size=100000"], "--batch_size"),
+    (["--validation_examples=0"], "--validation_examples"),
+    (["--validation_examples=-5"], "--validation_examples"),
     (["--validation_examples=5000"], "--validation_examples"),
     (["--dataset=fashion_mnist", "--validation_examples=60000"], "--validation_examples"),
-    (["--synthetic_shape=32,x"], "--synthetic_shape"), (["--synthetic_classes=1"], "--synthetic_classes"),
-    (["--replicate=5"], "--replicate"), (["--replicates=0"], "--replicates"), (["--seed=-1"], "--seed"),
+    (["--synthetic_shape=32,x"], "--synthetic_shape"),
+    (["--synthetic_classes=1"], "--synthetic_classes"),
+    (["--replicate=5"], "--replicate"),
+    (["--replicates=0"], "--replicates"),
+    (["--seed=-1"], "--seed"),
     (["--levels=-1"], "--levels"),
     # Names.
-    (["--initializer=bogus"], "--initializer"), (["--exclude_layers=fc1,fc2,output"], "--exclude_layers"),
-    (["--exclude_layers=nope"], "--exclude_layers"), (["--rewind_optimizer=zero"], "--rewind_optimizer"),
-    (["--optimizer=nadam"], "--optimizer"), (["--optimizer=adamw", "--weight_decay_mode=l2"], "--weight_decay_mode"),
-    (["--weight_decay_mode=l1"], "--weight_decay_mode"), (["--lr_schedule=linear"], "--lr_schedule"),
-    (["--lr_milestones=500"], "--lr_milestones"), (["--mixed_precision=fp8"], "--mixed_precision"),
-    (["--strategy=gpus"], "--strategy"), (["--tpu=x"], "--tpu"), (["--model=resnet"], "--model"),
-    (["--dataset=cifar"], "--dataset"), (["--pruning_method=random"], "--pruning_method"),
+    (["--initializer=bogus"], "--initializer"),
+    (["--exclude_layers=fc1,fc2,output"], "--exclude_layers"),
+    (["--exclude_layers=nope"], "--exclude_layers"),
+    (["--rewind_optimizer=zero"], "--rewind_optimizer"),
+    (["--optimizer=nadam"], "--optimizer"),
+    (["--optimizer=adamw", "--weight_decay_mode=l2"], "--weight_decay_mode"),
+    (["--weight_decay_mode=l1"], "--weight_decay_mode"),
+    (["--lr_schedule=linear"], "--lr_schedule"),
+    (["--lr_milestones=500"], "--lr_milestones"),
+    (["--mixed_precision=fp8"], "--mixed_precision"),
+    (["--strategy=gpus"], "--strategy"),
+    (["--tpu=x"], "--tpu"),
+    (["--model=resnet"], "--model"),
+    (["--dataset=cifar"], "--dataset"),
+    (["--pruning_method=random"], "--pruning_method"),
     (["--random_prune_scope=bad", "--branch=random_prune", "--branch_levels=1"], "--random_prune_scope"),
-    (["--branch=shuffle", "--branch_levels=1"], "--branch"), (["--branch=reinit", "--branch_levels=9"], "--branch_levels"),
-    (["--branch=lr_rewind", "--branch_levels=0"], "--branch_levels"), (["--branch=rewind", "--branch_levels=1"], "--branch_rewind_step"),
+    (["--branch=shuffle", "--branch_levels=1"], "--branch"),
+    (["--branch=reinit", "--branch_levels=9"], "--branch_levels"),
+    (["--branch=lr_rewind", "--branch_levels=0"], "--branch_levels"),
+    (["--branch=rewind", "--branch_levels=1"], "--branch_rewind_step"),
     (["--branch=reinit", "--branch_levels=a-b"], "--branch_levels"),
     # The analyses: points < 2, a step beyond the training, a level the main line lacks, pairs < 1.
     (["--branch=instability", "--branch_levels=1", "--interpolation_points=1"], "--interpolation_points"),
@@ -132,47 +175,74 @@ CASES = [
     (["--branch=gmp", "--branch_levels=1", "--gmp_begin_step=0"], "--gmp_begin_step"),
     (["--branch=gmp", "--branch_levels=1", "--gmp_begin_step=150", "--gmp_end_step=100"], "--gmp_end_step"),
     (["--branch=gmp", "--branch_levels=1", "--gmp_schedule=cubic"], "--gmp_schedule"),
-    (["--sweep_rewind_steps=0,500"], "--sweep_rewind_steps"), (["--sweep_rewind_steps=0,x"], "--sweep_rewind_steps"),
+    (["--sweep_rewind_steps=0,500"], "--sweep_rewind_steps"),
+    (["--sweep_rewind_steps=0,x"], "--sweep_rewind_steps"),
     # Files.
-    (["--data_dir=/no/such/folder"], "--data_dir"), (["--flagfile=flags/nope.flags"], "--flagfile"),
-    (["--dataset=mnist", "--data_dir={labels_out_of_range}", "--validation_examples=20", "--batch_size=20"], "train-labels-idx1-ubyte.gz: label values 0..11 are outside 0..9"),
-    (["--dataset=mnist", "--data_dir={count_mismatch}", "--validation_examples=20", "--batch_size=20"], "t10k-labels-idx1-ubyte.gz: 39 labels for 40 images"),
-    (["--dataset=mnist", "--data_dir={image_size}", "--validation_examples=20", "--batch_size=20"], "t10k-images-idx3-ubyte.gz: images are 32x32; expected 28x28"),
+    (["--data_dir=/no/such/folder"], "--data_dir"),
+    (["--flagfile=flags/nope.flags"], "--flagfile"),
+    (
+        ["--dataset=mnist", "--data_dir={labels_out_of_range}", "--validation_examples=20", "--batch_size=20"],
+        "train-labels-idx1-ubyte.gz: label values 0..11 are outside 0..9",
+    ),
+    (
+        ["--dataset=mnist", "--data_dir={count_mismatch}", "--validation_examples=20", "--batch_size=20"],
+        "t10k-labels-idx1-ubyte.gz: 39 labels for 40 images",
+    ),
+    (
+        ["--dataset=mnist", "--data_dir={image_size}", "--validation_examples=20", "--batch_size=20"],
+        "t10k-images-idx3-ubyte.gz: images are 32x32; expected 28x28",
+    ),
 ]
 
 # Round 3: classes of bad input that ran silently, failed late or gave an unclear message.
 PAI1 = ["--branch_levels=1"]
 CASES_ROUND_3 = [
     # A setting the chosen setup does not read: refused, whatever it would have changed.
-    (["--momentum=0.9"], "--momentum"), (["--nesterov"], "--nesterov"),
+    (["--momentum=0.9"], "--momentum"),
+    (["--nesterov"], "--nesterov"),
     (["--optimizer=sgd", "--learning_rate=0.01", "--nesterov"], "--nesterov"),  # Nesterov without momentum
-    (["--interpolation_points=-4"], "--interpolation_points"), (["--interpolation_points=10"], "--interpolation_points"),
-    (["--instability_pairs=3"], "--instability_pairs"), (["--pai_scope=layerwise"], "--pai_scope"),
+    (["--interpolation_points=-4"], "--interpolation_points"),
+    (["--interpolation_points=10"], "--interpolation_points"),
+    (["--instability_pairs=3"], "--instability_pairs"),
+    (["--pai_scope=layerwise"], "--pai_scope"),
     (["--branch=pai_synflow", *PAI1, "--scoring_examples_per_class=5"], "--scoring_examples_per_class"),
     (["--branch=pai_snip", *PAI1, "--synflow_rounds=5"], "--synflow_rounds"),
     (["--branch=stability", *PAI1, "--analysis_controls=reinit"], "--analysis_controls"),
-    (["--gmp_frequency=10"], "--gmp_frequency"), (["--branch=reinit", *PAI1, "--branch_rewind_step=50"], "--branch_rewind_step"),
+    (["--gmp_frequency=10"], "--gmp_frequency"),
+    (["--branch=reinit", *PAI1, "--branch_rewind_step=50"], "--branch_rewind_step"),
     (["--branch=reinit", *PAI1, "--branch_learning_rate=0.1"], "--branch_learning_rate"),
     (["--branch=reinit", *PAI1, "--random_prune_scope=global"], "--random_prune_scope"),
-    (["--lr_gamma=0.5"], "--lr_gamma"), (["--weight_decay_mode=l2"], "--weight_decay_mode"),
-    (["--data_dir=/tmp"], "--data_dir"), (["--image_size=32"], "--image_size"), (["--tfds_download=false"], "--tfds_download"),
-    (["--branch=instability", *PAI1, "--batchnorm_statistics=interpolate", "--batchnorm_batches=5"], "--batchnorm_batches"),
-    (["--rewind_optimizer=restore"], "--rewind_optimizer"), (["--branch=gmp", *PAI1, "--pai_ablations=shuffle"], "--pai_ablations"),
+    (["--lr_gamma=0.5"], "--lr_gamma"),
+    (["--weight_decay_mode=l2"], "--weight_decay_mode"),
+    (["--data_dir=/tmp"], "--data_dir"),
+    (["--image_size=32"], "--image_size"),
+    (["--tfds_download=false"], "--tfds_download"),
+    (
+        ["--branch=instability", *PAI1, "--batchnorm_statistics=interpolate", "--batchnorm_batches=5"],
+        "--batchnorm_batches",
+    ),
+    (["--rewind_optimizer=restore"], "--rewind_optimizer"),
+    (["--branch=gmp", *PAI1, "--pai_ablations=shuffle"], "--pai_ablations"),
     (["--branch_levels=1"], "--branch_levels"),
     # Contradictory or degenerate combinations.
-    (["--lr_schedule=step"], "--lr_milestones"), (["--lr_schedule=step", "--lr_milestones=150,100"], "--lr_milestones"),
+    (["--lr_schedule=step"], "--lr_milestones"),
+    (["--lr_schedule=step", "--lr_milestones=150,100"], "--lr_milestones"),
     (["--lr_schedule=step", "--lr_milestones=100,100"], "--lr_milestones"),
     (["--layer_pruning_fractions=fc1=0.3,fc1=0.5"], "--layer_pruning_fractions"),
     (["--layer_pruning_fractions=fc1=0.3,fc1/kernel=0.5"], "--layer_pruning_fractions"),
-    (["--branch=reinit,reinit", *PAI1], "--branch"), (["--branch=reinit", "--branch_levels=1,1"], "--branch_levels"),
-    (["--branch=gmp", "--branch_levels=0"], "--branch_levels"), (["--branch=pai_snip", "--branch_levels=0,1"], "--branch_levels"),
+    (["--branch=reinit,reinit", *PAI1], "--branch"),
+    (["--branch=reinit", "--branch_levels=1,1"], "--branch_levels"),
+    (["--branch=gmp", "--branch_levels=0"], "--branch_levels"),
+    (["--branch=pai_snip", "--branch_levels=0,1"], "--branch_levels"),
     (["--branch=random_prune", "--branch_levels=0"], "--branch_levels"),
     (["--branch=gmp", *PAI1, "--gmp_begin_step=101", "--gmp_end_step=101"], "--gmp_end_step"),
     (["--branch=gmp", *PAI1, "--iterations=50", "--eval_every=50", "--checkpoint_every=50"], "--gmp_end_step"),
     (["--branch=pai_snip", *PAI1, "--pai_ablations=shuffle,shuffle"], "--pai_ablations"),
-    (["--pruning_fraction=1e-320"], "--pruning_fraction"), (["--pruning_fraction=0.0001"], "--pruning_fraction"),
+    (["--pruning_fraction=1e-320"], "--pruning_fraction"),
+    (["--pruning_fraction=0.0001"], "--pruning_fraction"),
     (["--learning_rate=1e-40"], "--learning_rate"),
-    (["--sweep_rewind_steps=0,50,50"], "--sweep_rewind_steps"), (["--sweep_rewind_steps=0,50", "--rewind_step=50"], "--rewind_step"),
+    (["--sweep_rewind_steps=0,50,50"], "--sweep_rewind_steps"),
+    (["--sweep_rewind_steps=0,50", "--rewind_step=50"], "--rewind_step"),
     (["--levels=100"], "--levels"),  # fc2 (30,000 weights) at 20% per level is empty by level 42
     (["--levels=500"], "--levels"),
     # Upper bounds where a value can only be a mistake.
@@ -190,11 +260,26 @@ CASES_ROUND_3 = [
     (["--flagfile={flagfiles}/comments.flags"], "--flagfile: '{flagfiles}/comments.flags' holds no flags"),
     (["--flagfile={flagfiles}/word.flags"], "--flagfile: '{flagfiles}/word.flags' line 2: expected --flag=value"),
     (["--flagfile={flagfiles}/nested.flags"], "--flagfile: 'flags/missing.flags' does not exist"),
-    (["--dataset=mnist", "--data_dir={float_labels}", "--validation_examples=20", "--batch_size=20"], "train-labels-idx1-ubyte.gz: labels are >f4 values that are not all integers"),
-    (["--dataset=mnist", "--data_dir={empty_test}", "--validation_examples=20", "--batch_size=20"], "t10k-images-idx3-ubyte.gz: the test split holds no images"),
-    (["--dataset=mnist", "--data_dir={nan_images}", "--validation_examples=20", "--batch_size=20"], "train-images-idx3-ubyte.gz: 1 pixel values are NaN"),
-    (["--dataset=mnist", "--data_dir={count_mismatch}/../labels_out_of_range/..", "--validation_examples=20"], "--data_dir"),
-    (["--dataset=mnist", "--data_dir={small}", "--validation_examples=20", "--batch_size=110"], "--batch_size: 110 is larger than the 100 training examples"),
+    (
+        ["--dataset=mnist", "--data_dir={float_labels}", "--validation_examples=20", "--batch_size=20"],
+        "train-labels-idx1-ubyte.gz: labels are >f4 values that are not all integers",
+    ),
+    (
+        ["--dataset=mnist", "--data_dir={empty_test}", "--validation_examples=20", "--batch_size=20"],
+        "t10k-images-idx3-ubyte.gz: the test split holds no images",
+    ),
+    (
+        ["--dataset=mnist", "--data_dir={nan_images}", "--validation_examples=20", "--batch_size=20"],
+        "train-images-idx3-ubyte.gz: 1 pixel values are NaN",
+    ),
+    (
+        ["--dataset=mnist", "--data_dir={count_mismatch}/../labels_out_of_range/..", "--validation_examples=20"],
+        "--data_dir",
+    ),
+    (
+        ["--dataset=mnist", "--data_dir={small}", "--validation_examples=20", "--batch_size=110"],
+        "--batch_size: 110 is larger than the 100 training examples",
+    ),
 ]
 CASES = CASES + CASES_ROUND_3
 
@@ -226,8 +311,9 @@ def flagfiles(tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra, named", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
-def test_bad_input_is_one_line_and_leaves_finished_work_alone(finished, idx_folders, flagfiles, capfd, monkeypatch,
-                                                             extra, named):
+def test_bad_input_is_one_line_and_leaves_finished_work_alone(
+    finished, idx_folders, flagfiles, capfd, monkeypatch, extra, named
+):
     monkeypatch.chdir(REPO)  # flagfiles are relative to the repository
     extra = [e.format(**idx_folders, flagfiles=flagfiles) for e in extra]
     named = named.format(flagfiles=flagfiles)
@@ -241,20 +327,31 @@ def test_bad_input_is_one_line_and_leaves_finished_work_alone(finished, idx_fold
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert named in lines[0], lines[0]
     assert snapshot(finished) == before
-    assert not [p for p in glob.glob(os.path.join(os.path.dirname(finished), "**", "lottery_*"), recursive=True)
-                if not glob.glob(os.path.join(p, "replicate_*"))]  # no empty run folders left behind
+    assert not [
+        p
+        for p in glob.glob(os.path.join(os.path.dirname(finished), "**", "lottery_*"), recursive=True)
+        if not glob.glob(os.path.join(p, "replicate_*"))
+    ]  # no empty run folders left behind
 
 
 def test_tfmot_schedule_without_the_extra_is_one_line_before_anything_trains(finished, capfd, monkeypatch):
-    from lottery_tf import gradual
+    from lottery_tf.core import gradual
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(gradual, "_TFMOT_TABLE", "import tensorflow_model_optimization_not_installed")
     before = snapshot(finished)
     flags.FLAGS.unparse_flags()
     with pytest.raises(SystemExit) as exit_info:
-        cli_main.run(["lottery_tf.main", *BASE, "--branch=gmp", "--branch_levels=1", "--gmp_schedule=tfmot",
-                      f"--output_dir={finished}"])
+        cli_main.run(
+            [
+                "lottery_tf.main",
+                *BASE,
+                "--branch=gmp",
+                "--branch_levels=1",
+                "--gmp_schedule=tfmot",
+                f"--output_dir={finished}",
+            ]
+        )
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert exit_info.value.code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: --gmp_schedule: ") and "lottery_tf[tfmot]" in lines[0]
@@ -265,8 +362,23 @@ def test_tfmot_schedule_without_the_extra_is_one_line_before_anything_trains(fin
 
 
 def _run(out, *extra):
-    return subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=",
-                           f"--output_dir={out}", *extra], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            "--flagfile=flags/smoke.flags",
+            "--branch=",
+            "--branch_levels=",
+            f"--output_dir={out}",
+            *extra,
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +404,9 @@ def test_damaged_middle_level_is_retrained_alone(three_levels, tmp_path, damage)
         with open(path, "w") as handle:
             handle.write('{"level": 1, "bra' if damage == "truncated" else "{}")
     level0, level2, level3_masks = _level_files(root, 0), _level_files(root, 2), _level_files(root, 3)
-    health = subprocess.run([sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=120)
+    health = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert health.returncode == 1 and path in health.stdout
     result = _run(root)
     assert result.returncode == 0, result.stderr[-1500:]
@@ -307,8 +420,22 @@ def test_damaged_middle_level_is_retrained_alone(three_levels, tmp_path, damage)
 def test_both_checkpoints_corrupted_says_the_level_restarts(tmp_path):
     out = str(tmp_path / "runs")
     env = {**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:3"}
-    subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=",
-                    f"--output_dir={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            "--flagfile=flags/smoke.flags",
+            "--branch=",
+            "--branch_levels=",
+            f"--output_dir={out}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     for npz in glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_00", "main", "checkpoints", "*.npz")):
         with open(npz, "r+b") as handle:
             handle.truncate(10)
@@ -336,8 +463,9 @@ def test_health_check_names_every_damage(three_levels, tmp_path):
     open(os.path.join(rep, "level_00", "main", ".tmp-abc123"), "w").close()
     with open(os.path.join(experiment, "settings.json"), "w") as handle:
         handle.write('{"no": "settings"}')
-    health = subprocess.run([sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=120)
+    health = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert health.returncode == 1
     out = health.stdout
     assert "level_01/main/metrics.json: is missing, but later levels are done; the next run trains level 1 alone" in out

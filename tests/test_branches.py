@@ -7,19 +7,29 @@ import os
 import numpy as np
 import pytest
 
-from lottery_tf import atomic, experiment, rewind
-from lottery_tf.config import (
-    BranchConfig, DataConfig, ExperimentConfig, PruningConfig, RunConfig, TrainingConfig, derived_seed,
+from lottery_tf.core import rewind
+from lottery_tf.core.masking import get_masks, get_prunable_weights
+from lottery_tf.engine import experiment
+from lottery_tf.engine.config import (
+    BranchConfig,
+    DataConfig,
+    ExperimentConfig,
+    PruningConfig,
+    RunConfig,
+    TrainingConfig,
+    derived_seed,
     replicate_seed,
 )
-from lottery_tf.data import get_splits
-from lottery_tf.masking import get_masks, get_prunable_weights
-from lottery_tf.run_dir import level_dir
+from lottery_tf.engine.data import get_splits
+from lottery_tf.engine.run_dir import level_dir
+from lottery_tf.store import atomic, states
 
 
 def _config(tmp, **branch):
     return ExperimentConfig(
-        data=DataConfig(name="synthetic", synthetic_train_examples=1024, synthetic_test_examples=256, validation_examples=256),
+        data=DataConfig(
+            name="synthetic", synthetic_train_examples=1024, synthetic_test_examples=256, validation_examples=256
+        ),
         training=TrainingConfig(iterations=100, eval_every=50),
         pruning=PruningConfig(levels=2),
         branches=BranchConfig(**branch),
@@ -65,7 +75,7 @@ def test_reinit_same_mask_fresh_init_same_distribution(main_line):
     assert start.origin == 0 and int(start.model.optimizer.iterations.numpy()) == 0
     assert start.info["seed"] == derived_seed(main_line.seed, "reinit", 2) != main_line.seed
     weights = get_prunable_weights(start.model)
-    original = rewind.load(os.path.join(main_line.folder, "rewind_point.npz"))
+    original = states.load(os.path.join(main_line.folder, "rewind_point.npz"))
     fc1_original = [v for k, v in original.items() if k.endswith("fc1/kernel")][0]
     alive = masks["fc1/kernel"] == 1
     assert not np.allclose(weights["fc1/kernel"][alive], fc1_original[alive])
@@ -90,7 +100,7 @@ def test_random_prune_same_density_random_mask_original_weights(main_line, scope
         assert sum(counts.values()) == sum(main_counts.values()) and counts != main_counts
     overlap = (masks["fc1/kernel"] * main_masks["fc1/kernel"]).sum() / main_masks["fc1/kernel"].sum()
     assert 0.5 < overlap < 0.8  # independent random choice: about the density (0.64), not 1
-    _assert_weights_are(start.model, rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), masks)
+    _assert_weights_are(start.model, states.load(os.path.join(ctx.folder, "rewind_point.npz")), masks)
     assert start.origin == 0
 
 
@@ -99,25 +109,27 @@ def test_rewind_branch_replays_the_dense_run_to_step_k(main_line):
     start = experiment.prepare_branch(ctx, "rewind", 1)
     assert start.name == "rewind_50" and start.origin == 50
     assert rewind.global_step(start.model.optimizer) == 50  # fresh optimizer, schedule and data at step 50
-    replayed = rewind.load(os.path.join(ctx.folder, "rewind_points", "step_50.npz"))
+    replayed = states.load(os.path.join(ctx.folder, "rewind_points", "step_50.npz"))
     _assert_weights_are(start.model, replayed, _main_masks(ctx, 1))
     # An independent dense run to step 50 with the same seed and data reaches the same state.
     model = experiment.build_masked_model(ctx.config, ctx.splits, ctx.seed)
-    model.fit(experiment.train_pipeline(ctx.splits, 60, ctx.seed), epochs=1, steps_per_epoch=50, verbose=0, shuffle=False)
+    model.fit(
+        experiment.train_pipeline(ctx.splits, 60, ctx.seed), epochs=1, steps_per_epoch=50, verbose=0, shuffle=False
+    )
     independent = rewind.capture(model)
     for key, value in replayed.items():
         np.testing.assert_allclose(value, independent[key], atol=1e-6)
     # Rewinding to 0 is the reset to initialization: the main line's rewind point.
     ctx0 = _ctx(main_line, names=("rewind",), levels=(1,), rewind_step=0)
     start0 = experiment.prepare_branch(ctx0, "rewind", 1)
-    _assert_weights_are(start0.model, rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), _main_masks(ctx, 1))
+    _assert_weights_are(start0.model, states.load(os.path.join(ctx.folder, "rewind_point.npz")), _main_masks(ctx, 1))
 
 
 def test_lr_rewind_oneshot_starts_from_previous_main_level_trained_weights(main_line):
     ctx = _ctx(main_line, names=("lr_rewind_oneshot",), levels=(2,))
     start = experiment.prepare_branch(ctx, "lr_rewind_oneshot", 2)
     assert start.name == "lr_rewind_oneshot_0" and start.origin == 0
-    trained = rewind.load(os.path.join(level_dir(ctx.folder, 1, "main"), "final_weights.npz"))
+    trained = states.load(os.path.join(level_dir(ctx.folder, 1, "main"), "final_weights.npz"))
     masks = _main_masks(ctx, 2)
     _assert_weights_are(start.model, trained, masks)
     # The mask of level 2 was computed from exactly these trained weights: survivors are the largest.
@@ -137,7 +149,7 @@ def test_retrain_overrides_training_settings(main_line):
     assert type(start.model.optimizer).__name__ == "SGD"
     assert float(start.model.optimizer.learning_rate) == pytest.approx(0.05)
     assert start.training.iterations == 150 and start.training.batch_size == 60
-    _assert_weights_are(start.model, rewind.load(os.path.join(ctx.folder, "rewind_point.npz")), _main_masks(ctx, 1))
+    _assert_weights_are(start.model, states.load(os.path.join(ctx.folder, "rewind_point.npz")), _main_masks(ctx, 1))
 
 
 def test_run_branch_writes_metrics_and_never_touches_main(main_line):
@@ -190,11 +202,13 @@ def test_branches_start_at_the_tickets_rewind_step(main_line_k, name):
     _starts_fresh_at_k(start)
     assert start.info["start_step"] == K and start.info["rewind_optimizer"] == "fresh"
     masks = get_masks(start.model)
-    rewound = rewind.load(os.path.join(ctx.folder, "rewind_point.npz"))  # the dense run at step k
+    rewound = states.load(os.path.join(ctx.folder, "rewind_point.npz"))  # the dense run at step k
     if name in ("random_prune", "retrain"):
         _assert_weights_are(start.model, rewound, masks)
     elif name == "lr_rewind_oneshot":
-        _assert_weights_are(start.model, rewind.load(os.path.join(level_dir(ctx.folder, 1, "main"), "final_weights.npz")), masks)
+        _assert_weights_are(
+            start.model, states.load(os.path.join(level_dir(ctx.folder, 1, "main"), "final_weights.npz")), masks
+        )
     else:  # reinit: a fresh initialization, not the state at k
         fc1 = [v for k, v in rewound.items() if k.endswith("fc1/kernel")][0]
         alive = masks["fc1/kernel"] == 1
@@ -222,8 +236,9 @@ def test_lr_rewind_is_its_own_lineage(main_line_k):
     for key, mask in _main_masks(ctx, 1).items():
         np.testing.assert_array_equal(masks1[key], mask)
     # Level 2's mask is the pruning of lr_rewind level 1's trained weights.
-    from lottery_tf.pruning import prune_by_magnitude
-    trained1 = rewind.load(os.path.join(level1, "final_weights.npz"))
+    from lottery_tf.core.pruning import prune_by_magnitude
+
+    trained1 = states.load(os.path.join(level1, "final_weights.npz"))
     weights1 = {k: trained1[k] for k in masks1}
     expected = prune_by_magnitude(weights1, masks1, experiment.pruning_spec(ctx.config), "output/kernel")
     masks2 = atomic.read_npz(os.path.join(level2, "masks.npz"))
@@ -238,15 +253,23 @@ def test_lr_rewind_is_its_own_lineage(main_line_k):
 
 
 def test_the_registry_holds_every_branch_the_flags_accept():
-    from lottery_tf import branches
-    from lottery_tf.config import BRANCHES
+    from lottery_tf.engine.branches import registry as branches
+    from lottery_tf.engine.config import BRANCHES
 
     assert sorted(branches.BRANCH_TYPES.names()) == sorted(BRANCHES)
     with pytest.raises(ValueError, match="unknown branch .shuffle.; expected one of: gmp, instability, lr_rewind"):
         branches.branch_type("shuffle")
     # One-level branches have a start; lineages and analyses organise their own levels.
     assert {n for n in BRANCHES if branches.branch_type(n).start is None} == {
-        "lr_rewind", "instability", "stability", "pai_magnitude", "pai_random", "pai_snip", "pai_grasp", "pai_synflow"}
+        "lr_rewind",
+        "instability",
+        "stability",
+        "pai_magnitude",
+        "pai_random",
+        "pai_snip",
+        "pai_grasp",
+        "pai_synflow",
+    }
     with pytest.raises(ValueError, match="organises its own levels"):
         branches.prepare_branch(None, "instability", 1)
 
@@ -255,7 +278,11 @@ def test_missing_inputs_are_named_from_the_registry(main_line):
     ctx = _ctx(main_line, names=("stability",), levels=(1,))
     os.rename(os.path.join(ctx.folder, "level_00", "main", "final_weights.npz"), os.path.join(ctx.folder, "moved.npz"))
     try:
-        with pytest.raises(FileNotFoundError, match=r"branch stability at level 1 needs .*level_00/main/final_weights.npz"):
+        with pytest.raises(
+            FileNotFoundError, match=r"branch stability at level 1 needs .*level_00/main/final_weights.npz"
+        ):
             experiment.check_branch_inputs(ctx)
     finally:
-        os.rename(os.path.join(ctx.folder, "moved.npz"), os.path.join(ctx.folder, "level_00", "main", "final_weights.npz"))
+        os.rename(
+            os.path.join(ctx.folder, "moved.npz"), os.path.join(ctx.folder, "level_00", "main", "final_weights.npz")
+        )

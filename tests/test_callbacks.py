@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from lottery_tf import rewind
-from lottery_tf.callbacks import PruneRewindCallback
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, get_prunable_weights, layer_densities, wrap_model
-from lottery_tf.pruning import PruningSpec
+from lottery_tf.core import rewind
+from lottery_tf.core.callbacks import PruneRewindCallback
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import get_masks, get_prunable_weights, layer_densities, wrap_model
+from lottery_tf.core.pruning import PruningSpec
+from lottery_tf.store import states
 
 RNG = np.random.default_rng(2)
 X = RNG.normal(size=(64, 12)).astype("float32")
@@ -16,12 +17,16 @@ Y = RNG.integers(0, 4, size=64)
 
 def _model(optimizer=None, steps_per_execution=1):
     keras.utils.set_random_seed(0)
-    model = wrap_model(keras.Sequential([
-        keras.Input((12,)),
-        keras.layers.Dense(20, activation="relu", name="fc1"),
-        keras.layers.BatchNormalization(name="bn"),
-        keras.layers.Dense(4, name="out"),
-    ]))
+    model = wrap_model(
+        keras.Sequential(
+            [
+                keras.Input((12,)),
+                keras.layers.Dense(20, activation="relu", name="fc1"),
+                keras.layers.BatchNormalization(name="bn"),
+                keras.layers.Dense(4, name="out"),
+            ]
+        )
+    )
     model.compile(
         optimizer=optimizer or keras.optimizers.Adam(0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -136,8 +141,8 @@ def test_rewind_point_save_load(tmp_path):
     model = _model()
     state = rewind.capture(model)
     path = tmp_path / "point.npz"
-    rewind.save(state, path)
-    loaded = rewind.load(path)
+    states.save(state, path)
+    loaded = states.load(path)
     assert list(loaded) == list(state)
     for key in state:
         np.testing.assert_array_equal(loaded[key], state[key])

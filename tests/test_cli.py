@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
@@ -17,7 +16,11 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 def cli(*args, timeout=300, env=None):
     return subprocess.run(
         [sys.executable, "-m", "lottery_tf.main", *args],
-        cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -50,14 +53,18 @@ def test_smoke_run_writes_every_level_and_prints_table(smoke_run):
     settings = json.load(open(os.path.join(experiment, "settings.json")))
     assert settings["pruning"]["levels"] == 2 and settings["data"]["name"] == "synthetic"
     assert json.load(open(os.path.join(experiment, "identity.json"))) == {
-        "data.name": "synthetic", "data.validation_examples": 512,
-        "training.eval_every": 50, "training.iterations": 200,
+        "data.name": "synthetic",
+        "data.validation_examples": 512,
+        "training.eval_every": 50,
+        "training.iterations": 200,
     }
     rep = replicate(out)
     # Layer-wise: hidden layers keep 80% then 64%, the output layer 90% then 81%.
     level2 = json.load(open(os.path.join(rep, "level_02", "main", "metrics.json")))
     assert level2["layer_densities"] == {
-        "fc1/kernel": 150528 / 235200, "fc2/kernel": 19200 / 30000, "output/kernel": 810 / 1000,
+        "fc1/kernel": 150528 / 235200,
+        "fc2/kernel": 19200 / 30000,
+        "output/kernel": 810 / 1000,
     }
     assert level2["iterations"] == [0, 50, 100, 150, 200]
     for key in ("val", "test"):
@@ -88,10 +95,20 @@ def test_tensorboard_event_files_hold_accuracy_sparsity_hparams_histograms(smoke
                 tags.add(value.tag)
                 if value.metadata.plugin_data.plugin_name == "scalars":
                     values[value.tag] = float(tf.make_ndarray(value.tensor))
-    assert {"val/accuracy", "val/loss", "test/accuracy", "test/loss", "sparsity/overall",
-            "sparsity/fc1/kernel", "sparsity/fc2/kernel", "sparsity/output/kernel",
-            "surviving_weights/fc1/kernel", "_hparams_/session_start_info",
-            "train/learning_rate", "train/examples_per_second"} <= tags
+    assert {
+        "val/accuracy",
+        "val/loss",
+        "test/accuracy",
+        "test/loss",
+        "sparsity/overall",
+        "sparsity/fc1/kernel",
+        "sparsity/fc2/kernel",
+        "sparsity/output/kernel",
+        "surviving_weights/fc1/kernel",
+        "_hparams_/session_start_info",
+        "train/learning_rate",
+        "train/examples_per_second",
+    } <= tags
     assert values["sparsity/fc1/kernel"] == pytest.approx(0.2)
     assert values["sparsity/output/kernel"] == pytest.approx(0.1)
     assert values["train/learning_rate"] == pytest.approx(1.2e-3)
@@ -129,10 +146,16 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--dataset=cifar", "--dataset: unknown dataset 'cifar'; expected one of cifar10, fashion_mnist, imagenet2012, mnist, synthetic"),
-        ("--model=resnet", "--model: unknown model 'resnet'; expected one of conv2, conv4, conv6, lenet_300_100, "
-         "resnet20, resnet50, vgg11, vgg13, vgg16, vgg19, cifar_resnet_<depth 6n+2>[_<width>], "
-         "keras.applications.<Name> (e.g. keras.applications.MobileNetV2)"),
+        (
+            "--dataset=cifar",
+            "--dataset: unknown dataset 'cifar'; expected one of cifar10, fashion_mnist, imagenet2012, mnist, synthetic",
+        ),
+        (
+            "--model=resnet",
+            "--model: unknown model 'resnet'; expected one of conv2, conv4, conv6, lenet_300_100, "
+            "resnet20, resnet50, vgg11, vgg13, vgg16, vgg19, cifar_resnet_<depth 6n+2>[_<width>], "
+            "keras.applications.<Name> (e.g. keras.applications.MobileNetV2)",
+        ),
         ("--pruning_fraction=0", "--pruning_fraction: expected a number in [0.001, 1), got 0.0"),
         ("--pruning_fraction=1.5", "--pruning_fraction: expected a number in [0.001, 1), got 1.5"),
         ("--output_pruning_fraction=-0.2", "--output_pruning_fraction: expected a number in [0.001, 1), got -0.2"),
@@ -142,22 +165,40 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
         ("--levels=abc", "--levels: expected an integer in [0, 200], got 'abc'"),
         ("--learning_rate=fast", "--learning_rate: expected a number in (0, 100], got 'fast'"),
         ("--lr_schedule=linear", "--lr_schedule: unknown value 'linear'; expected one of constant, step, cosine"),
-        ("--lr_milestones=500", "--lr_milestones: 500 is set, but only --lr_schedule=step reads it (this run has --lr_schedule=constant); remove it"),
+        (
+            "--lr_milestones=500",
+            "--lr_milestones: 500 is set, but only --lr_schedule=step reads it (this run has --lr_schedule=constant); remove it",
+        ),
         ("--warmup=10ep", "--warmup: must be below --iterations=200; got 250"),  # 1 epoch = 1536 // 60 = 25 steps
-        ("--mixed_precision=fp8", "--mixed_precision: unknown value 'fp8'; expected one of (empty), mixed_float16, mixed_bfloat16"),
-        ("--strategy=gpus", "--strategy: unknown value 'gpus'; expected one of default, one_device, mirrored, multi_worker_mirrored, tpu"),
+        (
+            "--mixed_precision=fp8",
+            "--mixed_precision: unknown value 'fp8'; expected one of (empty), mixed_float16, mixed_bfloat16",
+        ),
+        (
+            "--strategy=gpus",
+            "--strategy: unknown value 'gpus'; expected one of default, one_device, mirrored, multi_worker_mirrored, tpu",
+        ),
         ("--synthetic_shape=32,x", "--synthetic_shape: expected integers like 32,32,3, got '32,x'"),
         ("--rewind_step=-1", "--rewind_step: expected an integer >= 0, got -1"),
         ("--rewind_step=500", "--rewind_step: must be below --iterations=200; got 500"),
         ("--levels=-1", "--levels: expected an integer in [0, 200], got -1"),
         ("--branch_levels=7", "--branch_levels: level 7 does not exist: the main line has levels 0-2 (--levels)"),
-        ("--branch_levels=a-b", "--branch_levels: expected levels like 0-3,7,11, got 'a-b' (invalid literal for int() with base 10: 'a')"),
-        ("--branch=shuffle", "--branch: unknown value 'shuffle'; expected one or more of reinit, random_prune, rewind, lr_rewind, lr_rewind_oneshot, retrain, instability, stability, "
-         "pai_magnitude, pai_random, pai_snip, pai_grasp, pai_synflow, gmp"),
+        (
+            "--branch_levels=a-b",
+            "--branch_levels: expected levels like 0-3,7,11, got 'a-b' (invalid literal for int() with base 10: 'a')",
+        ),
+        (
+            "--branch=shuffle",
+            "--branch: unknown value 'shuffle'; expected one or more of reinit, random_prune, rewind, lr_rewind, lr_rewind_oneshot, retrain, instability, stability, "
+            "pai_magnitude, pai_random, pai_snip, pai_grasp, pai_synflow, gmp",
+        ),
         ("--branch=rewind", "--branch_rewind_step: the rewind branch needs the step to rewind to (an integer >= 0)"),
         ("--replicates=0", "--replicates: expected an integer in [1, 10000], got 0"),
         ("--checkpoint_every=7", "--checkpoint_every: must be a multiple of --steps_per_execution=50; got 7"),
-        ("--data_dir=/no/such/folder", "--data_dir: /no/such/folder is set, but only --dataset=mnist or fashion_mnist reads it (this run has --dataset=synthetic); remove it"),
+        (
+            "--data_dir=/no/such/folder",
+            "--data_dir: /no/such/folder is set, but only --dataset=mnist or fashion_mnist reads it (this run has --dataset=synthetic); remove it",
+        ),
         ("--flagfile=flags/nope.flags", "--flagfile: 'flags/nope.flags' does not exist or is not readable"),
         ("--validation_examples=0", "--validation_examples: expected an integer >= 1, got 0"),
         ("--rewind_optimizer=zero", "--rewind_optimizer: unknown value 'zero'; expected one of fresh, reset, restore"),
@@ -201,14 +242,18 @@ def test_unreadable_settings_file_is_named(smoke_run, tmp_path):
     result = smoke(copy)
     assert result.returncode == 2
     (line,) = error_lines(result)
-    assert line.startswith(f"error: {identity}: is unreadable") and line.endswith("a run refuses this folder: restore "
-                                                                                "identity.json or move the experiment aside")
+    assert line.startswith(f"error: {identity}: is unreadable") and line.endswith(
+        "a run refuses this folder: restore identity.json or move the experiment aside"
+    )
     assert {p: os.path.getmtime(p) for p in glob.glob(os.path.join(copy, "**"), recursive=True)} == before
 
 
 def test_missing_data_is_one_line_naming_both_ways(tmp_path):
     result = smoke(
-        str(tmp_path / "run"), "--dataset=mnist", "--tfds_download=false", f"--tfds_data_dir={tmp_path / 'tfds'}",
+        str(tmp_path / "run"),
+        "--dataset=mnist",
+        "--tfds_download=false",
+        f"--tfds_data_dir={tmp_path / 'tfds'}",
         env={"LOTTERY_TF_IDX_SEARCH_PATH": str(tmp_path / "none")},
     )
     assert result.returncode == 2
@@ -219,14 +264,31 @@ def test_missing_data_is_one_line_naming_both_ways(tmp_path):
 
 def test_helpfull_lists_every_flag_with_help():
     result = cli("--helpfull")  # absl exits 1 after printing help
-    for flag in ("dataset", "data_dir", "model", "optimizer", "iterations", "pruning_method",
-                 "pruning_fraction", "output_pruning_fraction", "levels", "rewind_step", "branch",
-                 "branch_levels", "replicates", "checkpoint_every", "[no]deterministic", "output_dir"):
+    for flag in (
+        "dataset",
+        "data_dir",
+        "model",
+        "optimizer",
+        "iterations",
+        "pruning_method",
+        "pruning_fraction",
+        "output_pruning_fraction",
+        "levels",
+        "rewind_step",
+        "branch",
+        "branch_levels",
+        "replicates",
+        "checkpoint_every",
+        "[no]deterministic",
+        "output_dir",
+    ):
         assert f"--{flag}:" in result.stdout, flag
     assert "Fraction of the remaining weights pruned per level" in result.stdout
 
 
-@pytest.mark.parametrize("flagfile", sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "flags", "*.flags"))))
+@pytest.mark.parametrize(
+    "flagfile", sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "flags", "*.flags")))
+)
 def test_every_flagfile_validates(flagfile, tmp_path, capfd, monkeypatch):
     from absl import flags
 
@@ -242,9 +304,9 @@ def test_every_flagfile_validates(flagfile, tmp_path, capfd, monkeypatch):
     assert captured.out.strip().splitlines()[-1].startswith(f"run folder: {tmp_path}/lottery_")
     assert not os.listdir(tmp_path)  # a dry run writes nothing
     if settings["pruning"]["layer_fractions"]:
-        from lottery_tf.config import ModelConfig
-        from lottery_tf.masking import mask_names, wrap_model
-        from lottery_tf.models import build_model
+        from lottery_tf.core.masking import mask_names, wrap_model
+        from lottery_tf.engine.config import ModelConfig
+        from lottery_tf.engine.models import build_model
 
         model = wrap_model(build_model(ModelConfig(name=settings["model"]["name"]), (32, 32, 3), 10))
         assert {name for name, _ in settings["pruning"]["layer_fractions"]} <= set(mask_names(model))
@@ -262,16 +324,22 @@ def test_unknown_layer_fraction_names_the_flag(tmp_path):
     result = smoke(str(tmp_path / "run"), "--layer_pruning_fractions=conv9/kernel=0.1")
     assert result.returncode == 2
     (line,) = error_lines(result)
-    assert line == ("error: --layer_pruning_fractions: 'conv9/kernel' matches no masked weight; "
-                    "the model has fc1/kernel, fc2/kernel, output/kernel")
+    assert line == (
+        "error: --layer_pruning_fractions: 'conv9/kernel' matches no masked weight; "
+        "the model has fc1/kernel, fc2/kernel, output/kernel"
+    )
     assert not os.path.exists(tmp_path / "run")  # checked before the run folder is written
 
 
 def test_layer_fraction_may_name_a_layer_with_one_mask(tmp_path):
     """`fc1=0.5` means fc1/kernel, as in the library."""
-    result = smoke(str(tmp_path / "run"), "--layer_pruning_fractions=fc1=0.5", "--levels=1", "--branch=", "--branch_levels=")
+    result = smoke(
+        str(tmp_path / "run"), "--layer_pruning_fractions=fc1=0.5", "--levels=1", "--branch=", "--branch_levels="
+    )
     assert result.returncode == 0, result.stderr[-1500:]
-    (metrics,) = glob.glob(os.path.join(str(tmp_path / "run"), "lottery_*", "replicate_0", "level_01", "main", "metrics.json"))
+    (metrics,) = glob.glob(
+        os.path.join(str(tmp_path / "run"), "lottery_*", "replicate_0", "level_01", "main", "metrics.json")
+    )
     densities = json.load(open(metrics))["layer_densities"]
     assert densities["fc1/kernel"] == 0.5 and densities["fc2/kernel"] == 0.8
 

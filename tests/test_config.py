@@ -6,10 +6,19 @@ import json
 
 import pytest
 
-from lottery_tf import run_dir
-from lottery_tf.config import (
-    BranchConfig, ConfigError, ExperimentConfig, PruningConfig, RunConfig, TrainingConfig, experiment_hash,
-    non_default_identity, parse_levels, replicate_seed, validate,
+from lottery_tf.engine import run_dir
+from lottery_tf.engine.config import (
+    BranchConfig,
+    ConfigError,
+    ExperimentConfig,
+    PruningConfig,
+    RunConfig,
+    TrainingConfig,
+    experiment_hash,
+    non_default_identity,
+    parse_levels,
+    replicate_seed,
+    validate,
 )
 
 
@@ -26,7 +35,11 @@ def _with(branches=None, **changes):
 def test_defaults_are_the_lenet_recipe_and_valid():
     config = ExperimentConfig()
     validate(config)
-    assert (config.training.optimizer, config.training.learning_rate, config.training.batch_size) == ("adam", 1.2e-3, 60)
+    assert (config.training.optimizer, config.training.learning_rate, config.training.batch_size) == (
+        "adam",
+        1.2e-3,
+        60,
+    )
     assert (config.training.iterations, config.training.eval_every) == (50000, 100)
     assert (config.pruning.fraction, config.pruning.output_fraction, config.pruning.method) == (0.2, 0.1, "layerwise")
     assert config.data.validation_examples == 5000 and config.model.initializer == "glorot_normal"
@@ -68,8 +81,9 @@ def test_errors_name_the_flag(changes, flag):
 
 def test_json_round_trip():
     config = _with(layer_fractions=(("fc1/kernel", 0.3),), exclude_layers=("output",))
-    config = dataclasses.replace(config, branches=BranchConfig(names=("reinit",), levels=(1, 2)),
-                                 run=RunConfig(replicates=3))
+    config = dataclasses.replace(
+        config, branches=BranchConfig(names=("reinit",), levels=(1, 2)), run=RunConfig(replicates=3)
+    )
     again = ExperimentConfig.from_dict(json.loads(config.to_json()))
     assert again == config
     with pytest.raises(ValueError, match="not a lottery_tf settings file"):
@@ -95,10 +109,17 @@ def test_hash_covers_only_non_default_identity_settings():
     assert non_default_identity(changed) == {"training.learning_rate": 0.1}
     assert experiment_hash(changed) == hashlib.sha256(b'{"training.learning_rate":0.1}').hexdigest()[:10]
     # Operational settings never move a run.
-    for operational in ({"levels": 20}, {"jit_compile": False}, {"steps_per_execution": 50},
-                        {"data_dir": "/x"}, {"replicates": 5}, {"checkpoint_every": 100},
-                        {"deterministic": True}, {"output_dir": "elsewhere"},
-                        {"branches": BranchConfig(names=("reinit",), levels=(1,))}):
+    for operational in (
+        {"levels": 20},
+        {"jit_compile": False},
+        {"steps_per_execution": 50},
+        {"data_dir": "/x"},
+        {"replicates": 5},
+        {"checkpoint_every": 100},
+        {"deterministic": True},
+        {"output_dir": "elsewhere"},
+        {"branches": BranchConfig(names=("reinit",), levels=(1,))},
+    ):
         assert experiment_hash(_with(**operational)) == experiment_hash(default), operational
     assert experiment_hash(dataclasses.replace(default, seed=1)) != experiment_hash(default)
 
@@ -106,7 +127,7 @@ def test_hash_covers_only_non_default_identity_settings():
 def test_new_setting_with_default_keeps_old_hashes(monkeypatch):
     # Adding a field with a default adds a key whose value equals the default,
     # so it is filtered out: simulate by adding an identity entry to both sides.
-    import lottery_tf.config as config_lib
+    import lottery_tf.engine.config as config_lib
 
     original = config_lib.identity
 
@@ -145,11 +166,15 @@ def test_adamw_with_l2_is_refused():
 
 
 def test_rewind_optimizer_is_in_the_identity_only_when_it_matters():
-    at_zero = {mode: experiment_hash(ExperimentConfig(pruning=PruningConfig(rewind_optimizer=mode)))
-               for mode in ("fresh", "reset", "restore")}
+    at_zero = {
+        mode: experiment_hash(ExperimentConfig(pruning=PruningConfig(rewind_optimizer=mode)))
+        for mode in ("fresh", "reset", "restore")
+    }
     assert len(set(at_zero.values())) == 1  # at step 0 all three compute the same thing
     assert at_zero["fresh"] == experiment_hash(ExperimentConfig())  # old k = 0 runs keep their folder
-    at_k = {mode: non_default_identity(ExperimentConfig(pruning=PruningConfig(rewind_step=500, rewind_optimizer=mode)))
-            for mode in ("fresh", "reset", "restore")}
+    at_k = {
+        mode: non_default_identity(ExperimentConfig(pruning=PruningConfig(rewind_step=500, rewind_optimizer=mode)))
+        for mode in ("fresh", "reset", "restore")
+    }
     assert at_k["fresh"]["pruning.rewind_optimizer"] == "fresh"  # recorded even at its default
     assert len({json.dumps(v, sort_keys=True) for v in at_k.values()}) == 3

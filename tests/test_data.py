@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from lottery_tf.config import DataConfig
-from lottery_tf.data import DATASETS, DataUnavailableError, cifar, get_splits, idx, mnist
+from lottery_tf.engine.config import DataConfig
+from lottery_tf.engine.data import DATASETS, DataUnavailableError, cifar, get_splits, idx, mnist
 
 DEBIAN_FOLDER = "/usr/share/datasets/fashion-mnist"
 
@@ -123,8 +123,11 @@ def test_real_tfds_builder_reads_prepared_data(tmp_path):
 
     data_dir = str(tmp_path / "tfds")
     tfds.dataset_builders.store_as_tfds_dataset(
-        name="mnist", version=str(builder.version), features=builder.info.features,
-        split_datasets={"train": split(40), "test": split(20)}, data_dir=data_dir,
+        name="mnist",
+        version=str(builder.version),
+        features=builder.info.features,
+        split_datasets={"train": split(40), "test": split(20)},
+        data_dir=data_dir,
     )
     write_idx_folder(str(tmp_path / "idx"))  # TFDS's prepared copy wins over the search path
     splits = get_splits(DataConfig(name="mnist", tfds_data_dir=data_dir, validation_examples=10))
@@ -134,16 +137,23 @@ def test_real_tfds_builder_reads_prepared_data(tmp_path):
 
 
 def test_synthetic_is_deterministic_and_learnable_shape():
-    config = DataConfig(name="synthetic", synthetic_train_examples=200, synthetic_test_examples=50, validation_examples=40)
+    config = DataConfig(
+        name="synthetic", synthetic_train_examples=200, synthetic_test_examples=50, validation_examples=40
+    )
     a, b = get_splits(config), get_splits(config)
     np.testing.assert_array_equal(a.x_train, b.x_train)
-    assert a.x_train.shape == (160, 28, 28, 1) and a.x_val.shape == (40, 28, 28, 1) and a.x_test.shape == (50, 28, 28, 1)
+    assert (
+        a.x_train.shape == (160, 28, 28, 1) and a.x_val.shape == (40, 28, 28, 1) and a.x_test.shape == (50, 28, 28, 1)
+    )
     assert a.num_classes == 10 and set(np.unique(a.y_train)) <= set(range(10))
 
 
 def test_registry_lists_valid_names():
     assert DATASETS.names() == ["cifar10", "fashion_mnist", "imagenet2012", "mnist", "synthetic"]
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'; expected one of: cifar10, fashion_mnist, imagenet2012, mnist, synthetic"):
+    with pytest.raises(
+        ValueError,
+        match="unknown dataset 'cifar'; expected one of: cifar10, fashion_mnist, imagenet2012, mnist, synthetic",
+    ):
         DATASETS.get("cifar")
 
 
@@ -165,8 +175,15 @@ def test_cifar_augmentation_crops_flips_deterministically():
     flips = 0
     offsets = set()
     for i in range(64):
-        matches = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
-                   if np.array_equal(out[i], (padded[i, dy:dy + 32, dx:dx + 32][:, ::-1] if f else padded[i, dy:dy + 32, dx:dx + 32]))]
+        matches = [
+            (dy, dx, f)
+            for dy in range(9)
+            for dx in range(9)
+            for f in (False, True)
+            if np.array_equal(
+                out[i], (padded[i, dy : dy + 32, dx : dx + 32][:, ::-1] if f else padded[i, dy : dy + 32, dx : dx + 32])
+            )
+        ]
         assert matches, f"image {i} is not a (flipped) 32x32 window of the padded image"
         flips += matches[0][2]
         offsets.add(matches[0][:2])
@@ -184,16 +201,21 @@ def test_cifar10_through_a_real_tfds_builder(tmp_path):
     builder = tfds.builder("cifar10")
 
     def split(n):
-        return tf.data.Dataset.from_tensor_slices({
-            "id": [f"x{i}" for i in range(n)],
-            "image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-            "label": np.arange(n) % 10,
-        })
+        return tf.data.Dataset.from_tensor_slices(
+            {
+                "id": [f"x{i}" for i in range(n)],
+                "image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                "label": np.arange(n) % 10,
+            }
+        )
 
     data_dir = str(tmp_path / "tfds")
     tfds.dataset_builders.store_as_tfds_dataset(
-        name="cifar10", version=str(builder.version), features=builder.info.features,
-        split_datasets={"train": split(60), "test": split(20)}, data_dir=data_dir,
+        name="cifar10",
+        version=str(builder.version),
+        features=builder.info.features,
+        split_datasets={"train": split(60), "test": split(20)},
+        data_dir=data_dir,
     )
     splits = get_splits(DataConfig(name="cifar10", tfds_data_dir=data_dir, validation_examples=10))
     assert splits.source.startswith("tfds:cifar10")

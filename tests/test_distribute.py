@@ -7,18 +7,31 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import REPO
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 # Same compile settings for both runs (distributed runs use one step per call, no XLA).
-COMMON = ["--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=", "--levels=1", "--optimizer=sgd", "--learning_rate=0.01",
-          "--jit_compile=false", "--steps_per_execution=1"]
+COMMON = [
+    "--flagfile=flags/smoke.flags",
+    "--branch=",
+    "--branch_levels=",
+    "--levels=1",
+    "--optimizer=sgd",
+    "--learning_rate=0.01",
+    "--jit_compile=false",
+    "--steps_per_execution=1",
+]
 
 
 def cli(out, *extra):
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", *COMMON, f"--output_dir={out}", *extra],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *COMMON, f"--output_dir={out}", *extra],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
@@ -51,11 +64,11 @@ def test_one_device_strategy_runs(tmp_path):
 
 RESNET50_STEP = """
 import json, numpy as np, tensorflow as tf
-from lottery_tf import experiment
-from lottery_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
-from lottery_tf.data import get_splits
-from lottery_tf.distribute import make_strategy, split_cpu
-from lottery_tf.masking import get_masks, get_prunable_weights, set_masks
+from lottery_tf.engine import experiment
+from lottery_tf.engine.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
+from lottery_tf.engine.data import get_splits
+from lottery_tf.engine.distribute import make_strategy, split_cpu
+from lottery_tf.core.masking import get_masks, get_prunable_weights, set_masks
 split_cpu(2)
 strategy = make_strategy("mirrored")
 config = ExperimentConfig(
@@ -85,8 +98,9 @@ print(json.dumps({
 
 def test_resnet50_one_step_under_mirrored_imagenet_shapes():
     # Own process: collectives of one MirroredStrategy can break the next one's in the same process.
-    result = subprocess.run([sys.executable, "-c", RESNET50_STEP], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", RESNET50_STEP], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2

@@ -8,12 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
+from lottery_tf import TicketError, load_ticket
 from lottery_tf import export as export_cli
-from lottery_tf import litert, load_ticket, TicketError
-from lottery_tf.masking import get_masks, get_prunable_weights, overall_density
-from lottery_tf.pruning import block_ids
+from lottery_tf.core import litert
+from lottery_tf.core.masking import get_masks, get_prunable_weights, overall_density
+from lottery_tf.core.pruning import block_ids
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 RUN = ["--flagfile=flags/smoke.flags", "--pruning_block=1x4", "--branch=reinit,random_prune", "--branch_levels=2"]
@@ -22,8 +23,14 @@ RUN = ["--flagfile=flags/smoke.flags", "--pruning_block=1x4", "--branch=reinit,r
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("export") / "runs")
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", *RUN, f"--output_dir={out}"], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *RUN, f"--output_dir={out}"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (experiment,) = glob.glob(os.path.join(out, "lottery_*"))
     return experiment
@@ -57,8 +64,9 @@ def test_load_ticket_of_branches(run):
     reinit = load_ticket(run, level=2, branch="reinit", weights="rewind")
     info = json.load(open(os.path.join(_level(run, 2, "reinit"), "branch.json")))
     assert "init_seed" in info["start_state"]  # the reinit control starts from a fresh initialization
-    np.testing.assert_array_equal(get_masks(reinit)["fc1/kernel"],
-                                  np.load(os.path.join(_level(run, 2), "masks.npz"))["fc1/kernel"])
+    np.testing.assert_array_equal(
+        get_masks(reinit)["fc1/kernel"], np.load(os.path.join(_level(run, 2), "masks.npz"))["fc1/kernel"]
+    )
     random_final = load_ticket(run, level=2, branch="random_prune_layerwise")
     assert overall_density(random_final) == pytest.approx(overall_density(load_ticket(run, level=2)), abs=1e-3)
     ids, _ = block_ids((784, 300), (1, 4))  # the random control draws random blocks
@@ -66,14 +74,19 @@ def test_load_ticket_of_branches(run):
     assert np.all(np.isin(np.bincount(ids.ravel(), weights=mask.ravel()), (0, 4)))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"level": 5}, "level 5 of branch 'main' is not finished in"),
-    ({"level": 1, "branch": "reinit"}, "level 1 of branch 'reinit' is not finished"),
-    ({"level": 2, "branch": "rewind_0"}, "has no finished level of branch 'rewind_0'; its branches are main, "
-                                         "random_prune_layerwise, reinit"),
-    ({"level": 2, "replicate": 3}, "has no replicate 3; it has replicates 0"),
-    ({"level": 2, "weights": "best"}, "weights must be one of final, rewind"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"level": 5}, "level 5 of branch 'main' is not finished in"),
+        ({"level": 1, "branch": "reinit"}, "level 1 of branch 'reinit' is not finished"),
+        (
+            {"level": 2, "branch": "rewind_0"},
+            "has no finished level of branch 'rewind_0'; its branches are main, random_prune_layerwise, reinit",
+        ),
+        ({"level": 2, "replicate": 3}, "has no replicate 3; it has replicates 0"),
+        ({"level": 2, "weights": "best"}, "weights must be one of final, rewind"),
+    ],
+)
 def test_load_ticket_errors_name_what_is_missing(run, kwargs, message):
     with pytest.raises(TicketError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_ticket(run, **kwargs)
@@ -84,17 +97,38 @@ def test_load_ticket_errors_name_what_is_missing(run, kwargs, message):
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("exported") / "ticket")
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.export", run, "--level=2", f"--out={out}",
-                             "--formats=keras,litert,saved_model", "--quantize=none,dynamic,int8", "--latency_runs=5"],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.export",
+            run,
+            "--level=2",
+            f"--out={out}",
+            "--formats=keras,litert,saved_model",
+            "--quantize=none,dynamic,int8",
+            "--latency_runs=5",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return out, json.load(open(os.path.join(out, "export.json"))), result
 
 
 def test_export_writes_every_artifact_and_measures_each_by_running_it(exported, run):
     out, record, result = exported
-    assert sorted(os.listdir(out)) == ["export.json", "saved_model", "ticket.keras", "ticket.tflite",
-                                       "ticket_dynamic.tflite", "ticket_int8.tflite"]
+    assert sorted(os.listdir(out)) == [
+        "export.json",
+        "saved_model",
+        "ticket.keras",
+        "ticket.tflite",
+        "ticket_dynamic.tflite",
+        "ticket_int8.tflite",
+    ]
     artifacts = record["artifacts"]
     keras_accuracy = artifacts["keras"]["accuracy"]
     assert abs(keras_accuracy - record["run_test_accuracy"]) <= 1 / 512  # the run's own accuracy, 512 test images
@@ -117,8 +151,8 @@ def test_export_writes_every_artifact_and_measures_each_by_running_it(exported, 
 
 def test_the_tflite_file_runs_in_the_interpreter_with_the_keras_accuracy(exported):
     out, record, _ = exported
-    from lottery_tf.config import DataConfig
-    from lottery_tf.data import get_splits
+    from lottery_tf.engine.config import DataConfig
+    from lottery_tf.engine.data import get_splits
 
     splits = get_splits(DataConfig(name="synthetic", validation_examples=512))
     flat = open(os.path.join(out, "ticket.tflite"), "rb").read()
@@ -163,18 +197,21 @@ def test_a_dense_level_is_stored_dense(dense_export):
 def test_the_report_adds_a_deployment_table(run, exported, dense_export, tmp_path):
     import shutil
 
-    from lottery_tf import report
+    from lottery_tf.reports import cli as report_cli
 
     out, record, _ = exported
     shutil.copytree(out, os.path.join(run, "exports", "replicate_0_level_02_main_final"))
-    assert report.main([run, "--out", str(tmp_path / "report"), "--no_plots"]) == 0
+    assert report_cli.main([run, "--out", str(tmp_path / "report"), "--no_plots"]) == 0
     table = open(tmp_path / "report" / "deployment_table.md").read().splitlines()
     level0 = next(l for l in table if "| 1x4 blocks | main | 0 |" in l)
     level2 = next(l for l in table if "| 1x4 blocks | main | 2 |" in l)
     dense_bytes = json.load(open(os.path.join(dense_export, "export.json")))["artifacts"]["ticket.tflite"]["bytes"]
     ticket = record["artifacts"]["ticket.tflite"]
     cells = [c.strip() for c in level2.split("|")[1:-1]]
-    assert cells[5] == f"{100 * record['density']:.2f}" and cells[8] == f"{100 * ticket['without_default_delegates']['accuracy']:.2f}"
+    assert (
+        cells[5] == f"{100 * record['density']:.2f}"
+        and cells[8] == f"{100 * ticket['without_default_delegates']['accuracy']:.2f}"
+    )
     assert cells[10] == f"{ticket['bytes']:,}" and cells[12] == f"{ticket['bytes'] / dense_bytes:.2f}"
     assert cells[15] == "FULLY_CONNECTED on the stored format"
     assert level0.split("|")[13].strip() == ""  # the dense export has nothing to be compared with
@@ -182,32 +219,45 @@ def test_the_report_adds_a_deployment_table(run, exported, dense_export, tmp_pat
 
 def test_the_keras_file_loads_in_a_fresh_process_without_lottery_tf(exported):
     out, record, _ = exported
-    code = ("import sys, numpy as np, keras; "
-            f"m = keras.models.load_model({os.path.join(out, 'ticket.keras')!r}); "
-            "assert not any(name.startswith('lottery_tf') for name in sys.modules), 'lottery_tf was imported'; "
-            "k = m.get_layer('fc1').kernel.numpy(); print(m.count_params(), float((k != 0).mean()))")
-    result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "import sys, numpy as np, keras; "
+        f"m = keras.models.load_model({os.path.join(out, 'ticket.keras')!r}); "
+        "assert not any(name.startswith('lottery_tf') for name in sys.modules), 'lottery_tf was imported'; "
+        "k = m.get_layer('fc1').kernel.numpy(); print(m.count_params(), float((k != 0).mean()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     params, fc1_density = result.stdout.split()
     assert int(params) == 266610 and float(fc1_density) == pytest.approx(record["layer_densities"]["fc1/kernel"])
 
 
 def snapshot(root):
-    return {p: open(p, "rb").read() for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if os.path.isfile(p)}
+    return {
+        p: open(p, "rb").read() for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if os.path.isfile(p)
+    }
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--level=4"], "level 4 of branch 'main' is not finished"),
-    (["--level=2", "--branch=rewind_0"], "has no finished level of branch 'rewind_0'"),
-    (["--level=2", "--replicate=2"], "has no replicate 2"),
-    (["--level=2", "--formats=onnx"], "--formats: unknown 'onnx'; expected some of keras, litert, saved_model"),
-    (["--level=2", "--quantize=fp16"], "--quantize: unknown 'fp16'; expected some of none, dynamic, int8"),
-    (["--level=2", "--formats=keras", "--quantize=int8"], "--quantize=int8 applies to LiteRT files: add litert"),
-    (["--level=2", "--weights=best"], "--weights: expected final or rewind, got 'best'"),
-    (["--level=2", "--out={existing}"], "--out: {existing} exists; pass --overwrite to replace it"),
-    (["--level=abc"], "argument --level: invalid int value: 'abc'"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--level=4"], "level 4 of branch 'main' is not finished"),
+        (["--level=2", "--branch=rewind_0"], "has no finished level of branch 'rewind_0'"),
+        (["--level=2", "--replicate=2"], "has no replicate 2"),
+        (["--level=2", "--formats=onnx"], "--formats: unknown 'onnx'; expected some of keras, litert, saved_model"),
+        (["--level=2", "--quantize=fp16"], "--quantize: unknown 'fp16'; expected some of none, dynamic, int8"),
+        (["--level=2", "--formats=keras", "--quantize=int8"], "--quantize=int8 applies to LiteRT files: add litert"),
+        (["--level=2", "--weights=best"], "--weights: expected final or rewind, got 'best'"),
+        (["--level=2", "--out={existing}"], "--out: {existing} exists; pass --overwrite to replace it"),
+        (["--level=abc"], "argument --level: invalid int value: 'abc'"),
+    ],
+)
 def test_bad_export_input_is_one_line_before_anything_is_written(run, tmp_path, capsys, extra, message):
     existing = str(tmp_path / "existing")
     os.makedirs(existing)
@@ -218,7 +268,12 @@ def test_bad_export_input_is_one_line_before_anything_is_written(run, tmp_path, 
     except SystemExit as exit_info:  # argparse's own checks (an integer flag that is not one)
         code = exit_info.code
     lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message.format(existing=existing) in lines[0]
+    assert (
+        code == 2
+        and len(lines) == 1
+        and lines[0].startswith("error: ")
+        and message.format(existing=existing) in lines[0]
+    )
     assert snapshot(os.path.dirname(run)) == before and os.listdir(existing) == []
 
 
@@ -229,10 +284,27 @@ def test_int8_without_the_training_data_is_one_line(tmp_path, capsys):
     os.makedirs(data)
     write_idx_folder(data, n_train=120, n_test=40)
     out = str(tmp_path / "runs")
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", "--dataset=mnist", f"--data_dir={data}",
-                             "--validation_examples=20", "--batch_size=20", "--iterations=20", "--eval_every=10",
-                             "--levels=1", "--checkpoint_every=0", f"--output_dir={out}"], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            "--dataset=mnist",
+            f"--data_dir={data}",
+            "--validation_examples=20",
+            "--batch_size=20",
+            "--iterations=20",
+            "--eval_every=10",
+            "--levels=1",
+            "--checkpoint_every=0",
+            f"--output_dir={out}",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-1500:]
     os.rename(data, data + "_moved")
     (experiment,) = glob.glob(os.path.join(out, "lottery_*"))

@@ -9,13 +9,13 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from lottery_tf import naming
-from lottery_tf.callbacks import PruneRewindCallback
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, get_prunable_weights, mask_names, overall_density, wrap_model
-from lottery_tf.pruning import PruningSpec
+
+from lottery_tf.core import naming
+from lottery_tf.core.callbacks import PruneRewindCallback
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import get_masks, get_prunable_weights, mask_names, overall_density, wrap_model
+from lottery_tf.core.pruning import PruningSpec
 
 keras_hub = pytest.importorskip("keras_hub", reason="the hub extra: pip install 'lottery_tf[hub]'")
 
@@ -23,31 +23,39 @@ RNG = np.random.default_rng(3)
 
 
 def _bert():
-    return keras_hub.models.BertBackbone(vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16,
-                                         intermediate_dim=32, max_sequence_length=8)
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=8
+    )
 
 
 def _gpt2():
-    return keras_hub.models.GPT2Backbone(vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16,
-                                         intermediate_dim=32, max_sequence_length=8)
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=8
+    )
 
 
 def _vit():
-    return keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2,
-                                        hidden_dim=16, mlp_dim=32)
+    return keras_hub.models.ViTBackbone(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
 
 
 def _resnet():
     return keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-        use_pre_activation=False, image_shape=(16, 16, 3))
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 16],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+        use_pre_activation=False,
+        image_shape=(16, 16, 3),
+    )
 
 
 def _inputs(name, n):
     if name in ("bert", "gpt2"):
-        data = {"token_ids": RNG.integers(0, 100, (n, 8)).astype("int32"),
-                "padding_mask": np.ones((n, 8), "int32")}
+        data = {"token_ids": RNG.integers(0, 100, (n, 8)).astype("int32"), "padding_mask": np.ones((n, 8), "int32")}
         if name == "bert":
             data["segment_ids"] = np.zeros((n, 8), "int32")
         return data
@@ -83,8 +91,9 @@ def test_hub_backbone_every_kernel_masked_two_levels_and_fresh_process_round_tri
     data = _inputs(name, 8)
     np.testing.assert_allclose(_first_output(wrapped(data)), _first_output(model(data)), rtol=1e-5, atol=1e-5)
 
-    wrapped.compile(optimizer=keras.optimizers.Adam(0.01),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    wrapped.compile(
+        optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     labels = RNG.integers(0, 2, 8)
     imp = PruneRewindCallback(PruningSpec("global", 0.5))
     for _ in range(2):
@@ -105,13 +114,18 @@ def test_hub_backbone_every_kernel_masked_two_levels_and_fresh_process_round_tri
 import warnings; warnings.simplefilter("ignore")
 import numpy as np, keras, keras_hub, lottery_tf
 m = keras.models.load_model({path!r})
-d = dict(np.load({str(tmp_path / 'data.npz')!r}))
+d = dict(np.load({str(tmp_path / "data.npz")!r}))
 d = d["x"] if list(d) == ["x"] else d
 out = m(d); out = out[sorted(out)[-1]] if isinstance(out, dict) else out
-np.testing.assert_allclose(np.asarray(out), np.load({str(tmp_path / 'expected.npy')!r}), rtol=1e-5, atol=1e-6)
+np.testing.assert_allclose(np.asarray(out), np.load({str(tmp_path / "expected.npy")!r}), rtol=1e-5, atol=1e-6)
 print(len(lottery_tf.mask_names(m)), round(lottery_tf.overall_density(m), 4))
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [str(len(expected)), str(round(overall_density(wrapped), 4))]

@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO
-from lottery_tf.data.fake_imagenet import make_archives
-from lottery_tf import experiment
-from lottery_tf.config import ConfigError, DataConfig
-from lottery_tf.data import DataUnavailableError, StreamingSplits, get_splits
-from lottery_tf.data.imagenet_preprocessing import MEAN, STD
+
+from lottery_tf.engine import experiment
+from lottery_tf.engine.config import ConfigError, DataConfig
+from lottery_tf.engine.data import DataUnavailableError, StreamingSplits, get_splits
+from lottery_tf.engine.data.fake_imagenet import make_archives
+from lottery_tf.engine.data.imagenet_preprocessing import MEAN, STD
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 LOW = float(np.min((0 - np.array(MEAN)) / np.array(STD)))
@@ -33,8 +33,11 @@ def prepared(tmp_path_factory):
 
 
 def splits_of(prepared, image_size=32, validation=4):
-    return get_splits(DataConfig(name="imagenet2012", tfds_data_dir=prepared[1], validation_examples=validation,
-                                 image_size=image_size))
+    return get_splits(
+        DataConfig(
+            name="imagenet2012", tfds_data_dir=prepared[1], validation_examples=validation, image_size=image_size
+        )
+    )
 
 
 def labels(batches):
@@ -70,7 +73,10 @@ def test_train_stream_is_a_function_of_seed_and_step(prepared):
     # One epoch holds every training example once: 8 of each class minus the 4 held out.
     epoch = np.concatenate(labels(first[:5]))
     assert len(epoch) == 20 and sorted(np.bincount(epoch, minlength=3).tolist()) == sorted(
-        np.bincount(np.concatenate(labels(first[5:8] + list(splits.train_batches(4, 0, 8).take(2)))), minlength=3).tolist())
+        np.bincount(
+            np.concatenate(labels(first[5:8] + list(splits.train_batches(4, 0, 8).take(2)))), minlength=3
+        ).tolist()
+    )
     assert labels(first[:5]) != labels(first[5:8] + list(splits.train_batches(4, 0, 8).take(2)))  # reshuffled
     assert labels(list(splits.train_batches(4, 1).take(5))) != labels(first[:5])  # another seed
     # Augmentation: an example's crop depends on its position in the stream, not only on the image.
@@ -112,12 +118,36 @@ def test_missing_archives_say_how_to_get_them(tmp_path):
 def test_cli_trains_two_levels_on_prepared_imagenet(prepared, tmp_path):
     out = tmp_path / "runs"
     result = subprocess.run(
-        [sys.executable, "-m", "lottery_tf.main", "--dataset=imagenet2012", f"--tfds_data_dir={prepared[1]}",
-         "--validation_examples=4", "--image_size=32", "--model=resnet20", "--initializer=he_normal",
-         "--optimizer=sgd", "--learning_rate=0.05", "--momentum=0.9", "--batch_size=4", "--iterations=12",
-         "--eval_every=4", "--checkpoint_every=4", "--levels=1", "--pruning_method=global",
-         "--output_pruning_fraction=0", "--rewind_step=4", "--jit_compile=false", f"--output_dir={out}"],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            "--dataset=imagenet2012",
+            f"--tfds_data_dir={prepared[1]}",
+            "--validation_examples=4",
+            "--image_size=32",
+            "--model=resnet20",
+            "--initializer=he_normal",
+            "--optimizer=sgd",
+            "--learning_rate=0.05",
+            "--momentum=0.9",
+            "--batch_size=4",
+            "--iterations=12",
+            "--eval_every=4",
+            "--checkpoint_every=4",
+            "--levels=1",
+            "--pruning_method=global",
+            "--output_pruning_fraction=0",
+            "--rewind_step=4",
+            "--jit_compile=false",
+            f"--output_dir={out}",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data: tfds:imagenet2012" in result.stdout and "train 20  val 4  test 6" in result.stdout
     (rep,) = glob.glob(str(out / "lottery_*" / "replicate_0"))
@@ -129,15 +159,34 @@ def test_cli_trains_two_levels_on_prepared_imagenet(prepared, tmp_path):
 def test_two_workers_decode_their_shares_and_match_one_process(prepared, tmp_path):
     from test_multi_worker import printed_masks, run_workers
 
-    flags = (f"--tfds_data_dir={prepared[1]}", "--dataset=imagenet2012", "--validation_examples=4", "--image_size=32",
-             "--model=lenet_300_100", "--optimizer=sgd", "--learning_rate=0.1", "--batch_size=4", "--iterations=12",
-             "--eval_every=4", "--checkpoint_every=4", "--levels=1", "--rewind_step=4", "--jit_compile=false",
-             "--steps_per_execution=1")
+    flags = (
+        f"--tfds_data_dir={prepared[1]}",
+        "--dataset=imagenet2012",
+        "--validation_examples=4",
+        "--image_size=32",
+        "--model=lenet_300_100",
+        "--optimizer=sgd",
+        "--learning_rate=0.1",
+        "--batch_size=4",
+        "--iterations=12",
+        "--eval_every=4",
+        "--checkpoint_every=4",
+        "--levels=1",
+        "--rewind_step=4",
+        "--jit_compile=false",
+        "--steps_per_execution=1",
+    )
     workers = run_workers(tmp_path, tmp_path / "multi", "imagenet", flags=flags)
     for code, log, _, _ in workers:
         assert code == 0, log[-3000:]
-    single = subprocess.run([sys.executable, "-m", "lottery_tf.main", *flags, f"--output_dir={tmp_path / 'single'}"],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *flags, f"--output_dir={tmp_path / 'single'}"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     expected = printed_masks(single.stdout)
     assert set(expected) == {(0, "main"), (1, "main")}
@@ -146,10 +195,23 @@ def test_two_workers_decode_their_shares_and_match_one_process(prepared, tmp_pat
 
 def test_no_archives_through_the_cli(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/imagenet_resnet50_rewind.flags",
-         f"--tfds_data_dir={tmp_path / 'tfds'}", f"--output_dir={tmp_path / 'runs'}"],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            "--flagfile=flags/imagenet_resnet50_rewind.flags",
+            f"--tfds_data_dir={tmp_path / 'tfds'}",
+            f"--output_dir={tmp_path / 'runs'}",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: --dataset=imagenet2012: imagenet2012 is not prepared in TFDS")
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: --dataset=imagenet2012: imagenet2012 is not prepared in TFDS"
+    )
     assert "no --tfds_manual_dir" in errors[0]

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from lottery_tf.data.imagenet_preprocessing import MEAN, STD, eval_preprocess, normalize, train_preprocess
+from lottery_tf.engine.data.imagenet_preprocessing import MEAN, STD, eval_preprocess, normalize, train_preprocess
 
 RNG = np.random.default_rng(0)
 IMAGE = tf.constant(RNG.integers(0, 256, (300, 400, 3), dtype=np.uint8))
@@ -17,8 +17,11 @@ def _in_range(x):
 
 def test_normalize_literal():
     pixel = tf.constant([[[255, 0, 124]]], tf.uint8)
-    np.testing.assert_allclose(normalize(pixel).numpy()[0, 0],
-                               [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (124 / 255 - 0.406) / 0.225], rtol=1e-5)
+    np.testing.assert_allclose(
+        normalize(pixel).numpy()[0, 0],
+        [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (124 / 255 - 0.406) / 0.225],
+        rtol=1e-5,
+    )
 
 
 def test_train_crops_are_random_per_seed_and_stateless():
@@ -46,4 +49,6 @@ def test_eval_is_central_and_deterministic():
     np.testing.assert_array_equal(out, eval_preprocess(IMAGE).numpy())
     # A square image of one colour stays that colour.
     flat = tf.fill((256, 256, 3), tf.constant(128, tf.uint8))
-    np.testing.assert_allclose(eval_preprocess(flat).numpy()[100, 100], (128 / 255 - np.array(MEAN)) / np.array(STD), rtol=1e-5)
+    np.testing.assert_allclose(
+        eval_preprocess(flat).numpy()[100, 100], (128 / 255 - np.array(MEAN)) / np.array(STD), rtol=1e-5
+    )

@@ -4,12 +4,20 @@ import os
 
 import numpy as np
 import pytest
-
 from layer_testing import run_masked_layer_test
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import (
-    MaskedLayer, get_masks, get_prunable_weights, layer_densities, mask_names, masked_layers,
-    overall_density, set_masks, strip_masks, wrap_model,
+
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import (
+    MaskedLayer,
+    get_masks,
+    get_prunable_weights,
+    layer_densities,
+    mask_names,
+    masked_layers,
+    overall_density,
+    set_masks,
+    strip_masks,
+    wrap_model,
 )
 
 RNG = np.random.default_rng(0)
@@ -122,10 +130,12 @@ def test_subclassed_model_built_from_masked_layers():
 
 
 def test_set_masks_zeroes_weights_and_densities():
-    model = wrap_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="a"), keras.layers.Dense(2, name="b")]))
+    model = wrap_model(
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="a"), keras.layers.Dense(2, name="b")])
+    )
     masks = get_masks(model)
     assert overall_density(model) == 1.0
-    masks["a"+"/kernel"][0] = 0  # 5 of 20
+    masks["a" + "/kernel"][0] = 0  # 5 of 20
     masks["b/kernel"][:] = 0  # 10 of 10
     set_masks(model, masks)
     assert layer_densities(model) == {"a/kernel": 0.75, "b/kernel": 0.0}

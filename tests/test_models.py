@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from lottery_tf.config import ModelConfig
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, get_prunable_weights, mask_names, set_masks, wrap_model
-from lottery_tf.models import MODELS, build_model
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import get_masks, get_prunable_weights, mask_names, set_masks, wrap_model
+from lottery_tf.engine.config import ModelConfig
+from lottery_tf.engine.models import MODELS, build_model
 
 CIFAR = (32, 32, 3)
 
@@ -34,9 +34,17 @@ def test_parameter_counts(name, shape, classes, count):
 
 
 TRAINABLE = [
-    ("lenet_300_100", (28, 28, 1), 8), ("conv2", CIFAR, 4), ("conv4", CIFAR, 4), ("conv6", CIFAR, 4),
-    ("vgg11", CIFAR, 4), ("vgg13", CIFAR, 4), ("vgg16", CIFAR, 4), ("vgg19", CIFAR, 4),
-    ("resnet20", CIFAR, 4), ("cifar_resnet_32_8", CIFAR, 4), ("keras.applications.MobileNetV2", CIFAR, 4),
+    ("lenet_300_100", (28, 28, 1), 8),
+    ("conv2", CIFAR, 4),
+    ("conv4", CIFAR, 4),
+    ("conv6", CIFAR, 4),
+    ("vgg11", CIFAR, 4),
+    ("vgg13", CIFAR, 4),
+    ("vgg16", CIFAR, 4),
+    ("vgg19", CIFAR, 4),
+    ("resnet20", CIFAR, 4),
+    ("cifar_resnet_32_8", CIFAR, 4),
+    ("keras.applications.MobileNetV2", CIFAR, 4),
     ("resnet50", (64, 64, 3), 2),
 ]
 
@@ -53,8 +61,10 @@ def test_builds_wraps_trains_and_keeps_zeros(name, shape, batch):
     for n in masks:
         masks[n] = (rng.random(masks[n].shape) > 0.5).astype("float32")
     set_masks(model, masks)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = rng.normal(size=(batch,) + shape).astype("float32")
     y = rng.integers(0, 10, batch)
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
@@ -65,7 +75,9 @@ def test_builds_wraps_trains_and_keeps_zeros(name, shape, batch):
 def test_unknown_and_malformed_names_list_the_families():
     assert "cifar_resnet_44_32" in MODELS and "cifar_resnet_21" not in MODELS
     assert "keras.applications.EfficientNetB0" in MODELS and "keras.applications.nope" not in MODELS
-    with pytest.raises(ValueError, match=r"unknown model 'cifar_resnet_21'; expected one of: .*cifar_resnet_<depth 6n\+2>"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'cifar_resnet_21'; expected one of: .*cifar_resnet_<depth 6n\+2>"
+    ):
         MODELS.get("cifar_resnet_21")
 
 

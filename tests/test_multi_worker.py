@@ -17,10 +17,9 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO
 
-from lottery_tf.pruning import fingerprint
+from lottery_tf.core.pruning import fingerprint
 
 AUDIT_HOOK = textwrap.dedent(
     """
@@ -87,11 +86,23 @@ def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, fla
             env["LOTTERY_TF_CRASH_AT"] = "after_checkpoint:3"
         log = open(tmp_path / f"{name}_worker_{index}.log", "w")
         logs.append(log)
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "lottery_tf.main", *flags, f"--output_dir={out}",
-             "--strategy=multi_worker_mirrored", *extra],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lottery_tf.main",
+                    *flags,
+                    f"--output_dir={out}",
+                    "--strategy=multi_worker_mirrored",
+                    *extra,
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     pids = {1: processes[0].pid, 0: processes[1].pid}
     try:
         codes = {1: processes[0].wait(timeout), 0: processes[1].wait(timeout)}
@@ -141,7 +152,9 @@ def test_two_workers_finish_with_identical_masks(two_workers):
     for (level, branch), printed in chief_masks.items():
         with np.load(os.path.join(rep, f"level_{level:02d}", branch, "masks.npz")) as masks:
             assert fingerprint(dict(masks)) == printed
-        assert json.load(open(os.path.join(rep, f"level_{level:02d}", branch, "metrics.json")))["masks_sha256"] == printed
+        assert (
+            json.load(open(os.path.join(rep, f"level_{level:02d}", branch, "metrics.json")))["masks_sha256"] == printed
+        )
     assert "| lottery_" in chief_log and "| lottery_" not in worker_log
 
 
@@ -158,8 +171,14 @@ def test_only_the_chief_writes(two_workers):
     assert pids == {str(chief_pid)}
     (level1,) = [e for e in events if f"{os.sep}level_01_main{os.sep}" in e]
     tags = {value.tag for event in tf.compat.v1.train.summary_iterator(level1) for value in event.summary.value}
-    assert {"sparsity/overall", "sparsity/fc1/kernel", "train/examples_per_second", "train/learning_rate",
-            "val/accuracy", "test/loss"} <= tags
+    assert {
+        "sparsity/overall",
+        "sparsity/fc1/kernel",
+        "train/examples_per_second",
+        "train/learning_rate",
+        "val/accuracy",
+        "test/loss",
+    } <= tags
 
 
 def test_a_lost_worker_stops_the_chief_and_a_restart_resumes(two_workers, tmp_path):
@@ -186,10 +205,21 @@ def test_two_workers_give_the_masks_of_one_process(two_workers, tmp_path):
     # weights can then be pruned differently after a few levels).
     _, _, results = two_workers
     single = subprocess.run(
-        [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", f"--output_dir={tmp_path}",
-         "--jit_compile=false", "--steps_per_execution=1"],
-        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO},
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            "--flagfile=flags/smoke.flags",
+            f"--output_dir={tmp_path}",
+            "--jit_compile=false",
+            "--steps_per_execution=1",
+        ],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     assert printed_masks(single.stdout) == printed_masks(results[0][1])
 
@@ -197,7 +227,7 @@ def test_two_workers_give_the_masks_of_one_process(two_workers, tmp_path):
 BROADCAST = textwrap.dedent(
     """
     import json, os, numpy as np
-    from lottery_tf.distribute import broadcast_from_chief, make_strategy
+    from lottery_tf.engine.distribute import broadcast_from_chief, make_strategy
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     strategy = make_strategy("multi_worker_mirrored")
     mine = {"a/kernel": np.full((2, 3), 10.0 + index, np.float32), "b/kernel": np.arange(4, dtype=np.float32) * (index + 1)}
@@ -213,12 +243,24 @@ def test_broadcast_from_chief_gives_every_worker_the_chiefs_values():
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     processes = []
     for index in (1, 0):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO,
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        processes.append(subprocess.Popen([sys.executable, "-c", BROADCAST], cwd=REPO, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONPATH": REPO,
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-c", BROADCAST],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=180) for p in processes]
-    for process, (out, err) in zip(processes, outputs):
+    for process, (_, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-1500:]
     chief = {"a/kernel": [[10.0] * 3] * 2, "b/kernel": [0.0, 1.0, 2.0, 3.0]}
     for out, _ in outputs:

@@ -8,13 +8,13 @@ k with zero moments, and zeroed EMA averages while the counter said k.
 import numpy as np
 import pytest
 
-from lottery_tf import rewind
-from lottery_tf.callbacks import PruneRewindCallback
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, get_prunable_weights, wrap_model
-from lottery_tf.optimizers import StepCountingLossScaleOptimizer
-from lottery_tf.pruning import PruningSpec
-from lottery_tf.schedules import LotterySchedule
+from lottery_tf.core import rewind
+from lottery_tf.core.callbacks import PruneRewindCallback
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import get_masks, get_prunable_weights, wrap_model
+from lottery_tf.core.optimizers import StepCountingLossScaleOptimizer
+from lottery_tf.core.pruning import PruningSpec
+from lottery_tf.core.schedules import LotterySchedule
 
 RNG = np.random.default_rng(3)
 X = RNG.normal(size=(64, 6)).astype("float32")
@@ -23,8 +23,9 @@ Y = RNG.integers(0, 3, size=64)
 
 def _model(optimizer):
     keras.utils.set_random_seed(1)
-    model = wrap_model(keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="fc"),
-                                         keras.layers.Dense(3, name="out")]))
+    model = wrap_model(
+        keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="fc"), keras.layers.Dense(3, name="out")])
+    )
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.optimizer.build(model.trainable_variables)
     return model

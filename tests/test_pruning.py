@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lottery_tf.pruning import PruningSpec, count_to_prune, density, prune_by_magnitude, random_masks_like
+from lottery_tf.core.pruning import PruningSpec, count_to_prune, density, prune_by_magnitude, random_masks_like
 
 
 def test_count_is_ceil_of_fraction_of_remaining():
@@ -14,19 +14,22 @@ def test_count_is_ceil_of_fraction_of_remaining():
     assert count_to_prune(0.2, 0) == 0
 
 
-@pytest.mark.parametrize("fraction, remaining, expected", [
-    (1e-10, 5, 1),  # any positive fraction removes at least one weight: ceil(5e-10) = 1
-    (1e-320, 7, 1),  # a subnormal double too
-    (0.3, 10, 3),  # 0.3 * 10 is 3.0000000000000004 in floating point
-    (0.1, 30, 3),  # 0.1 * 30 is 3.0000000000000004
-    (0.7, 10, 7),  # 0.7 * 10 is 7.000000000000001
-    (0.29, 100, 29),  # 0.29 * 100 is 28.999999999999996: still exactly 29
-    (0.2, 235200, 47040),
-    (0.2, 235201, 47041),  # 47040.2 -> 47041
-    (0.999999, 10, 10),
-    (0.5, 3, 2),
-    (1.0, 4, 4),
-])
+@pytest.mark.parametrize(
+    "fraction, remaining, expected",
+    [
+        (1e-10, 5, 1),  # any positive fraction removes at least one weight: ceil(5e-10) = 1
+        (1e-320, 7, 1),  # a subnormal double too
+        (0.3, 10, 3),  # 0.3 * 10 is 3.0000000000000004 in floating point
+        (0.1, 30, 3),  # 0.1 * 30 is 3.0000000000000004
+        (0.7, 10, 7),  # 0.7 * 10 is 7.000000000000001
+        (0.29, 100, 29),  # 0.29 * 100 is 28.999999999999996: still exactly 29
+        (0.2, 235200, 47040),
+        (0.2, 235201, 47041),  # 47040.2 -> 47041
+        (0.999999, 10, 10),
+        (0.5, 3, 2),
+        (1.0, 4, 4),
+    ],
+)
 def test_count_is_exact_near_integers_and_for_tiny_fractions(fraction, remaining, expected):
     assert count_to_prune(fraction, remaining) == expected
 
@@ -147,8 +150,15 @@ def test_random_masks_keep_density_per_layer_or_globally():
 
 # -- structured sparsity: blocks and N:M, in the runtime's layout (outputs x inputs) ----------------------
 
-from lottery_tf.pruning import (block_ids, check_block, check_n_m, from_runtime_view, prune_to_density,  # noqa: E402
-                                runtime_view, satisfies_n_m)
+from lottery_tf.core.pruning import (  # noqa: E402
+    block_ids,
+    check_block,
+    check_n_m,
+    from_runtime_view,
+    prune_to_density,
+    runtime_view,
+    satisfies_n_m,
+)
 
 
 def test_runtime_view_is_outputs_by_inputs():
@@ -171,8 +181,18 @@ def test_one_by_four_blocks_are_four_consecutive_inputs_of_one_unit():
 
 
 def test_blocks_pruned_as_units_by_their_norm():
-    kernel = np.array([[0.1, 3.0], [0.1, 3.0], [0.1, 3.0], [0.1, 3.0],   # inputs 0-3: unit 0 small, unit 1 big
-                       [2.0, 0.2], [-2.0, 0.2], [2.0, 0.2], [2.0, 0.2]])  # inputs 4-7: unit 0 big, unit 1 small
+    kernel = np.array(
+        [
+            [0.1, 3.0],
+            [0.1, 3.0],
+            [0.1, 3.0],
+            [0.1, 3.0],  # inputs 0-3: unit 0 small, unit 1 big
+            [2.0, 0.2],
+            [-2.0, 0.2],
+            [2.0, 0.2],
+            [2.0, 0.2],
+        ]
+    )  # inputs 4-7: unit 0 big, unit 1 small
     out = prune_by_magnitude({"k": kernel}, {"k": np.ones((8, 2))}, PruningSpec("layerwise", 0.5, block=(1, 4)))
     np.testing.assert_array_equal(out["k"].T, [[0, 0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0]])
 

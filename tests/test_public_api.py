@@ -6,7 +6,7 @@ import lottery_tf
 def test_public_names():
     for name in lottery_tf.__all__:
         assert getattr(lottery_tf, name) is not None, name
-    assert lottery_tf.MaskedLayer.__module__ == "lottery_tf.masking"
+    assert lottery_tf.MaskedLayer.__module__ == "lottery_tf.core.masking"
     assert callable(lottery_tf.PruneRewindCallback)
 
 

@@ -13,7 +13,7 @@ def python_blocks(path):
     text = open(path).read()
     blocks = []
     for indent, body in re.findall(r"^( *)```python\n(.*?)^\1```", text, re.S | re.M):
-        blocks.append("\n".join(line[len(indent):] for line in body.splitlines()))
+        blocks.append("\n".join(line[len(indent) :] for line in body.splitlines()))
     return blocks
 
 
@@ -24,15 +24,23 @@ def test_readme_python_blocks_run_as_printed(tmp_path):
         assert later.lstrip().startswith("# Continues"), later[:80]
     script = tmp_path / "readme.py"
     script.write_text("\n\n".join(blocks))
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO})
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     # The LTH rates, exactly: 20% of fc1 and fc2 (ceil), 10% of the output layer, per level.
     # 266,200 weights -> 213,060 -> 170,538 -> 136,511 -> 109,281.
     keeps = [re.search(r"next level keeps ([\d.]+)%", line).group(1) for line in lines if line.startswith("level ")]
     assert keeps == ["80.04", "64.06", "51.28", "41.05"]
-    assert all(float(re.search(r"val acc ([\d.]+)", line).group(1)) > 0.6 for line in lines if line.startswith("level "))
+    assert all(
+        float(re.search(r"val acc ([\d.]+)", line).group(1)) > 0.6 for line in lines if line.startswith("level ")
+    )
     assert "loaded ticket: 41.05% of weights" in lines
     assert (tmp_path / "ticket.keras").exists()
     instability = [line for line in lines if line.startswith("instability ")]

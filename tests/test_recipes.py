@@ -6,12 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from lottery_tf import atomic, experiment, rewind
-from lottery_tf.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
-from lottery_tf.data import get_splits, train_examples
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, get_prunable_weights, set_masks
-from lottery_tf.schedules import LotterySchedule, learning_rate_at, make_schedule
+from lottery_tf.core import rewind
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import get_masks, get_prunable_weights, set_masks
+from lottery_tf.core.schedules import LotterySchedule, learning_rate_at, make_schedule
+from lottery_tf.engine import experiment
+from lottery_tf.engine.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
+from lottery_tf.engine.data import get_splits, train_examples
+from lottery_tf.store import atomic
 
 
 @pytest.mark.parametrize(
@@ -37,7 +39,8 @@ def test_keras_schedule_matches_definition_and_serializes():
     schedule = LotterySchedule(0.4, "step", 9000, milestones=(3000, 6000, 8000), gamma=0.1, warmup=500)
     for step in (0, 1, 250, 499, 500, 2999, 3000, 6500, 8999):
         assert float(schedule(step)) == pytest.approx(
-            learning_rate_at(step, 0.4, "step", 9000, (3000, 6000, 8000), 0.1, 500), rel=1e-6)
+            learning_rate_at(step, 0.4, "step", 9000, (3000, 6000, 8000), 0.1, 500), rel=1e-6
+        )
     cosine = LotterySchedule(0.1, "cosine", 1000, warmup=100)
     for step in (0, 99, 100, 550, 1000):
         assert float(cosine(step)) == pytest.approx(learning_rate_at(step, 0.1, "cosine", 1000, (), 0.1, 100), abs=1e-7)
@@ -68,10 +71,13 @@ def test_label_smoothing_loss_literal():
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_keeps_masks_exact(policy):
     config = ExperimentConfig(
-        data=DataConfig(name="synthetic", synthetic_shape=(8, 8, 3), synthetic_train_examples=256, validation_examples=64),
+        data=DataConfig(
+            name="synthetic", synthetic_shape=(8, 8, 3), synthetic_train_examples=256, validation_examples=64
+        ),
         model=ModelConfig(name="conv2"),
-        training=TrainingConfig(iterations=20, eval_every=10, mixed_precision=policy, optimizer="sgd", learning_rate=0.05,
-                                momentum=0.9),
+        training=TrainingConfig(
+            iterations=20, eval_every=10, mixed_precision=policy, optimizer="sgd", learning_rate=0.05, momentum=0.9
+        ),
     )
     splits = get_splits(config.data)
     model = experiment.build_masked_model(config, splits, seed=0)
@@ -91,8 +97,14 @@ def test_mixed_precision_keeps_masks_exact(policy):
 
 
 def test_synthetic_any_shape_and_epoch_lengths():
-    config = DataConfig(name="synthetic", synthetic_shape=(32, 32, 3), synthetic_classes=100,
-                        synthetic_train_examples=1000, synthetic_test_examples=100, validation_examples=100)
+    config = DataConfig(
+        name="synthetic",
+        synthetic_shape=(32, 32, 3),
+        synthetic_classes=100,
+        synthetic_train_examples=1000,
+        synthetic_test_examples=100,
+        validation_examples=100,
+    )
     splits = get_splits(config)
     assert splits.x_train.shape == (900, 32, 32, 3) and splits.num_classes == 100
     assert train_examples(config) == 900
@@ -102,8 +114,9 @@ def test_synthetic_any_shape_and_epoch_lengths():
 
 def test_l2_weight_decay_is_added_to_the_gradient():
     variable = keras.Variable(np.array([1.0, -2.0], "float32"))
-    optimizer = experiment.make_optimizer(TrainingConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9,
-                                                         weight_decay=0.5, weight_decay_mode="l2"))
+    optimizer = experiment.make_optimizer(
+        TrainingConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.5, weight_decay_mode="l2")
+    )
     gradient = np.array([0.2, 0.0], "float32")
     optimizer.apply([gradient], [variable])
     # v1 = -(g + 0.5 w) * lr: w = 1 - 0.1 * (0.2 + 0.5) = 0.93;  -2 - 0.1 * (0 - 1) = -1.9
@@ -120,12 +133,13 @@ def test_l2_weight_decay_is_added_to_the_gradient():
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_two_levels_under_mixed_precision_train_after_the_rewind(tmp_path, policy):
     """Level 1 (after a prune and rewind) must train: the old reset zeroed the loss scale."""
-    from lottery_tf.config import PruningConfig, RunConfig
-    from lottery_tf.config import replicate_seed
-    from lottery_tf.run_dir import level_dir
+    from lottery_tf.engine.config import PruningConfig, RunConfig, replicate_seed
+    from lottery_tf.engine.run_dir import level_dir
 
     config = ExperimentConfig(
-        data=DataConfig(name="synthetic", synthetic_train_examples=1024, synthetic_test_examples=256, validation_examples=256),
+        data=DataConfig(
+            name="synthetic", synthetic_train_examples=1024, synthetic_test_examples=256, validation_examples=256
+        ),
         training=TrainingConfig(iterations=100, eval_every=50, mixed_precision=policy),
         pruning=PruningConfig(levels=1, rewind_step=50),
         run=RunConfig(output_dir=str(tmp_path), checkpoint_every=0, tensorboard=False),
@@ -145,8 +159,10 @@ def test_two_levels_under_mixed_precision_train_after_the_rewind(tmp_path, polic
 
 
 def test_build_masked_model_restores_the_callers_policy():
-    config = ExperimentConfig(data=DataConfig(name="synthetic", synthetic_train_examples=256, validation_examples=64),
-                              training=TrainingConfig(iterations=20, eval_every=10, mixed_precision="mixed_bfloat16"))
+    config = ExperimentConfig(
+        data=DataConfig(name="synthetic", synthetic_train_examples=256, validation_examples=64),
+        training=TrainingConfig(iterations=20, eval_every=10, mixed_precision="mixed_bfloat16"),
+    )
     keras.config.set_dtype_policy("mixed_float16")
     try:
         experiment.build_masked_model(config, get_splits(config.data), seed=0)

@@ -6,7 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from lottery_tf import atomic, report
+from lottery_tf.reports import cli as report_cli
+from lottery_tf.reports import plotting
+from lottery_tf.reports import tables as report
+from lottery_tf.store import atomic
 
 
 def _write(experiment, replicate, level, branch, density, final, es_iter, es_acc):
@@ -15,11 +18,21 @@ def _write(experiment, replicate, level, branch, density, final, es_iter, es_acc
         atomic.write_json(os.path.join(experiment, "identity.json"), {})
     atomic.write_json(
         os.path.join(experiment, f"replicate_{replicate}", f"level_{level:02d}", branch, "metrics.json"),
-        {"level": level, "branch": branch, "density": density, "final_test_accuracy": final,
-         "early_stop_iteration": es_iter, "early_stop_test_accuracy": es_acc, "final_val_accuracy": final,
-         "wall_seconds": 1.0, "iterations": [0, 100, 200],
-         "curves": {"test": {"accuracy": [0.1, es_acc, final], "loss": [2, 1, 1]},
-                    "val": {"accuracy": [0.1, es_acc, final], "loss": [2, 1, 1]}}},
+        {
+            "level": level,
+            "branch": branch,
+            "density": density,
+            "final_test_accuracy": final,
+            "early_stop_iteration": es_iter,
+            "early_stop_test_accuracy": es_acc,
+            "final_val_accuracy": final,
+            "wall_seconds": 1.0,
+            "iterations": [0, 100, 200],
+            "curves": {
+                "test": {"accuracy": [0.1, es_acc, final], "loss": [2, 1, 1]},
+                "val": {"accuracy": [0.1, es_acc, final], "loss": [2, 1, 1]},
+            },
+        },
     )
 
 
@@ -42,7 +55,9 @@ def test_aggregate_mean_and_sample_std(two_replicates):
     main = entries[0]
     assert main["final_test_accuracy_mean"] == pytest.approx(0.89)
     assert main["final_test_accuracy_std"] == pytest.approx(np.sqrt(2) * 0.01)
-    assert main["early_stop_iteration_mean"] == 2000 and main["early_stop_iteration_std"] == pytest.approx(1414.2136, 1e-6)
+    assert main["early_stop_iteration_mean"] == 2000 and main["early_stop_iteration_std"] == pytest.approx(
+        1414.2136, 1e-6
+    )
     table = report.format_markdown(entries)
     assert "| lottery_abc | main | 0 | 100.00 | 89.00 ± 1.41 | 2000 ± 1414 | 90.00 ± 1.41 | 2 |" in table
 
@@ -50,7 +65,7 @@ def test_aggregate_mean_and_sample_std(two_replicates):
 def test_report_cli_writes_tables_and_pngs(two_replicates, tmp_path):
     root, experiment = two_replicates
     out = str(tmp_path / "out")
-    assert report.main([experiment, "--out", out, "--curve_levels=0-1"]) == 0
+    assert report_cli.main([experiment, "--out", out, "--curve_levels=0-1"]) == 0
     assert open(os.path.join(out, "table.md")).read().startswith("| experiment | branch | level |")
     for name in ("accuracy_vs_weights.png", "early_stop_vs_weights.png", "curves_lottery_abc.png"):
         with open(os.path.join(out, name), "rb") as handle:
@@ -59,7 +74,7 @@ def test_report_cli_writes_tables_and_pngs(two_replicates, tmp_path):
 
 def test_report_on_folder_without_runs_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert report_cli.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'empty'} holds no lottery_tf runs (no lottery_*/identity.json)"
     assert not (tmp_path / "out").exists()
@@ -70,7 +85,7 @@ def test_unreadable_metrics_named(two_replicates, tmp_path, capsys):
     bad = os.path.join(experiment, "replicate_0", "level_00", "main", "metrics.json")
     with open(bad, "w") as handle:
         handle.write("{trunc")
-    assert report.main([root, "--out", str(tmp_path / "out")]) == 2
+    assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 2
     assert f"cannot read {bad}" in capsys.readouterr().err
 
 
@@ -89,7 +104,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 def test_accuracy_plot_draws_what_it_says(two_replicates, tmp_path, drawn):
     _, experiment = two_replicates
-    assert report.main([experiment, "--out", str(tmp_path / "out")]) == 0
+    assert report_cli.main([experiment, "--out", str(tmp_path / "out")]) == 0
     early, final = drawn["accuracy_vs_weights.png"].axes
     for ax in (early, final):
         assert ax.get_xscale() == "log" and ax.xaxis_inverted()
@@ -100,7 +115,7 @@ def test_accuracy_plot_draws_what_it_says(two_replicates, tmp_path, drawn):
         assert labels[0].startswith("dense network (") and len(labels) == 3  # dense line, ticket, reinit
         assert all(c.has_yerr for c in ax.containers)
     assert early.get_ylim() == final.get_ylim()  # one y range for both panels
-    (ticket,) = [c for c in early.containers if c.get_label() == report.branch_label("main")]
+    (ticket,) = [c for c in early.containers if c.get_label() == plotting.branch_label("main")]
     np.testing.assert_allclose(np.asarray(ticket.lines[0].get_ydata(), float), [90.0, 91.0])  # early-stop means, %
 
 
@@ -108,7 +123,7 @@ def test_one_replicate_says_so_and_draws_no_error_bars(tmp_path, drawn):
     experiment = str(tmp_path / "root" / "lottery_one")
     _write(experiment, 0, 0, "main", 1.0, 0.90, 1000, 0.91)
     _write(experiment, 0, 1, "main", 0.8, 0.91, 900, 0.92)
-    assert report.main([experiment, "--out", str(tmp_path / "out")]) == 0
+    assert report_cli.main([experiment, "--out", str(tmp_path / "out")]) == 0
     for ax in drawn["accuracy_vs_weights.png"].axes + drawn["early_stop_vs_weights.png"].axes:
         assert "one replicate (no spread)" in ax.get_title() and "1 replicates" not in ax.get_title()
         assert not any(c.has_yerr for c in ax.containers)
@@ -116,7 +131,7 @@ def test_one_replicate_says_so_and_draws_no_error_bars(tmp_path, drawn):
 
 def test_curves_plot_lines_and_missing_level_warning(two_replicates, tmp_path, drawn, capsys):
     _, experiment = two_replicates
-    assert report.main([experiment, "--out", str(tmp_path / "out"), "--curve_levels=0,1,11"]) == 0
+    assert report_cli.main([experiment, "--out", str(tmp_path / "out"), "--curve_levels=0,1,11"]) == 0
     (ax,) = drawn["curves_lottery_abc.png"].axes
     assert [l.get_label() for l in ax.get_lines()] == ["level 0: 100.0% of weights", "level 1: 80.0% of weights"]
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [10.0, 90.0, 89.0])
@@ -144,7 +159,7 @@ def baselines(tmp_path):
 
 def test_baselines_table_compares_methods_at_the_baseline_levels(baselines, tmp_path):
     out = tmp_path / "out"
-    assert report.main([baselines, "--out", str(out), "--no_plots"]) == 0
+    assert report_cli.main([baselines, "--out", str(out), "--no_plots"]) == 0
     table = (out / "baselines_table.md").read_text()
     final = table.split("Test accuracy at early stopping")[0]
     assert "| method | branch folder | level 2: 64.0% |" in final and "level 1" not in final  # only baseline levels
@@ -165,31 +180,37 @@ def test_baselines_table_compares_methods_at_the_baseline_levels(baselines, tmp_
     assert "| SNIP at initialization, scores inverted | pai_snip_inverted | 31.00 ± 0.00 |" in early
     csv_rows = (out / "baselines_table.csv").read_text().splitlines()
     assert csv_rows[0].startswith("experiment,branch,method,pai_method,ablation,level,density,replicates,")
-    assert any(line.startswith("lottery_base,pai_snip_shuffled,") and ",snip,shuffled,2,0.64,2," in line
-               for line in csv_rows)
+    assert any(
+        line.startswith("lottery_base,pai_snip_shuffled,") and ",snip,shuffled,2,0.64,2," in line for line in csv_rows
+    )
 
 
 def test_baselines_figure_draws_every_method_and_each_methods_ablations(baselines, tmp_path, drawn):
-    assert report.main([baselines, "--out", str(tmp_path / "out")]) == 0
+    assert report_cli.main([baselines, "--out", str(tmp_path / "out")]) == 0
     every, snip, synflow, *hidden = drawn["baselines_vs_weights.png"].axes
     assert all(not ax.get_visible() for ax in hidden)
 
     def lines(ax):
         return {c.get_label(): c for c in ax.containers}
 
-    assert set(lines(every)) == {report.branch_label(b) for b in (
-        "main", "random_prune_layerwise", "reinit", "pai_snip", "pai_synflow", "gmp")}
-    gmp = lines(every)[report.branch_label("gmp")]
+    assert set(lines(every)) == {
+        plotting.branch_label(b) for b in ("main", "random_prune_layerwise", "reinit", "pai_snip", "pai_synflow", "gmp")
+    }
+    gmp = lines(every)[plotting.branch_label("gmp")]
     np.testing.assert_allclose(np.asarray(gmp.lines[0].get_xdata(), float), [63.91])
-    np.testing.assert_allclose(np.asarray(gmp.lines[0].get_ydata(), float), [94.0])  # final test accuracy, mean of 93 and 95
+    np.testing.assert_allclose(
+        np.asarray(gmp.lines[0].get_ydata(), float), [94.0]
+    )  # final test accuracy, mean of 93 and 95
     assert gmp.has_yerr
-    assert set(lines(snip)) == {report.branch_label(b) for b in (
-        "main", "random_prune_layerwise", "pai_snip", "pai_snip_shuffled", "pai_snip_inverted")}
-    assert lines(snip)[report.branch_label("pai_snip_shuffled")].lines[0].get_linestyle() == "--"
-    assert lines(snip)[report.branch_label("pai_snip_inverted")].lines[0].get_linestyle() == "-."
-    inverted = lines(snip)[report.branch_label("pai_snip_inverted")].lines[0]
+    assert set(lines(snip)) == {
+        plotting.branch_label(b)
+        for b in ("main", "random_prune_layerwise", "pai_snip", "pai_snip_shuffled", "pai_snip_inverted")
+    }
+    assert lines(snip)[plotting.branch_label("pai_snip_shuffled")].lines[0].get_linestyle() == "--"
+    assert lines(snip)[plotting.branch_label("pai_snip_inverted")].lines[0].get_linestyle() == "-."
+    inverted = lines(snip)[plotting.branch_label("pai_snip_inverted")].lines[0]
     np.testing.assert_allclose(np.asarray(inverted.get_ydata(), float), [31.0])
-    assert report.branch_label("pai_snip") not in lines(synflow)
+    assert plotting.branch_label("pai_snip") not in lines(synflow)
     # The collapsed inverted SNIP (31%) is named, not drawn: the axis stays on the lines near the top.
     assert snip.get_ylim()[0] == pytest.approx(86.0 - 0.5)
     assert snip.get_title().endswith("below the axis: scores inverted: 31.0% at 64.0% of weights")
@@ -204,7 +225,7 @@ def test_baselines_figure_draws_every_method_and_each_methods_ablations(baseline
 
 def test_no_baselines_no_baselines_files(two_replicates, tmp_path):
     _, experiment = two_replicates
-    assert report.main([experiment, "--out", str(tmp_path / "out"), "--no_plots"]) == 0
+    assert report_cli.main([experiment, "--out", str(tmp_path / "out"), "--no_plots"]) == 0
     assert not (tmp_path / "out" / "baselines_table.md").exists()
 
 
@@ -213,12 +234,15 @@ def test_baselines_layer_densities_from_the_trained_masks(baselines, tmp_path):
         fc = np.array([[1, 0], [0, 0]], np.float32) if kept == 1 else np.array([[1, 1], [1, 0]], np.float32)
         for branch in ("pai_snip", "pai_snip_inverted"):
             folder = os.path.join(baselines, f"replicate_{replicate}", "level_02", branch)
-            masks = {"fc/kernel": fc if branch == "pai_snip" else np.zeros_like(fc), "out/kernel": np.ones(2, np.float32)}
+            masks = {
+                "fc/kernel": fc if branch == "pai_snip" else np.zeros_like(fc),
+                "out/kernel": np.ones(2, np.float32),
+            }
             atomic.write_npz(os.path.join(folder, "masks.npz"), masks)
     untrained = os.path.join(baselines, "replicate_0", "level_02", "pai_grasp")  # a mask without metrics.json
     atomic.write_npz(os.path.join(untrained, "masks.npz"), {"fc/kernel": np.zeros(4, np.float32)})
     out = tmp_path / "out"
-    assert report.main([baselines, "--out", str(out), "--no_plots"]) == 0
+    assert report_cli.main([baselines, "--out", str(out), "--no_plots"]) == 0
     text = (out / "baselines_layer_densities.md").read_text()
     assert "Level 2 (64.0% of weights):" in text and "| method | branch folder | fc/kernel | out/kernel |" in text
     assert "| SNIP at initialization | pai_snip | 50.0 | 100.0 |" in text
@@ -244,7 +268,7 @@ def one_replicate(tmp_path):
 def test_one_replicate_has_no_spread_in_the_csv_and_the_titles_say_so(one_replicate, tmp_path, drawn):
     root, experiment = one_replicate
     out = str(tmp_path / "out")
-    assert report.main([root, "--out", out]) == 0
+    assert report_cli.main([root, "--out", out]) == 0
     import csv
 
     rows = list(csv.DictReader(open(os.path.join(out, "table.csv"))))
@@ -257,7 +281,7 @@ def test_one_replicate_has_no_spread_in_the_csv_and_the_titles_say_so(one_replic
 
 def test_every_level_has_a_tick_label(one_replicate, tmp_path, drawn):
     root, _ = one_replicate
-    assert report.main([root, "--out", str(tmp_path / "out")]) == 0
+    assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 0
     ax = drawn["accuracy_vs_weights.png"].axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels == ["100", "80", "64.1", "51.3", "41", "32.9", "26.3", "21", "16.9", "13.5", "10.8"]
@@ -266,7 +290,7 @@ def test_every_level_has_a_tick_label(one_replicate, tmp_path, drawn):
 
 def test_a_control_at_two_levels_is_markers_only_and_says_so(one_replicate, tmp_path, drawn):
     root, _ = one_replicate
-    assert report.main([root, "--out", str(tmp_path / "out")]) == 0
+    assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 0
     for name in ("accuracy_vs_weights.png", "early_stop_vs_weights.png"):
         ax = drawn[name].axes[0]
         lines = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar containers hold the data lines
@@ -278,19 +302,21 @@ def test_a_control_at_two_levels_is_markers_only_and_says_so(one_replicate, tmp_
 def test_an_early_stop_at_the_last_iteration_is_marked(one_replicate, tmp_path, drawn):
     root, _ = one_replicate
     out = str(tmp_path / "out")
-    assert report.main([root, "--out", out]) == 0
+    assert report_cli.main([root, "--out", out]) == 0
     table = open(os.path.join(out, "table.md")).read()
     assert "| lottery_one | main | 0 | 100.00 | 90.00 | 200 (last) | 90.00 | 1 |" in table
     assert "| lottery_one | main | 2 | 64.10 | 88.00 | 100 | 90.00 | 1 |" in table
     assert "(last): the minimum validation loss was at the last evaluation" in table
     ax = drawn["early_stop_vs_weights.png"].axes[0]
     ringed = [l for l in ax.get_lines() if l.get_label().startswith("ringed: stopped at the last evaluation")]
-    assert len(ringed) == 1 and list(ringed[0].get_xdata()) == [100.0, 80.0] and ringed[0].get_markerfacecolor() == "none"
+    assert (
+        len(ringed) == 1 and list(ringed[0].get_xdata()) == [100.0, 80.0] and ringed[0].get_markerfacecolor() == "none"
+    )
 
 
 def test_missing_curve_levels_list_the_levels_the_run_has(one_replicate, tmp_path, capsys):
     root, experiment = one_replicate
-    assert report.main([root, "--out", str(tmp_path / "out"), "--curve_levels=0,15"]) == 0
+    assert report_cli.main([root, "--out", str(tmp_path / "out"), "--curve_levels=0,15"]) == 0
     err = capsys.readouterr().err
     assert f"level(s) 15 not found in {experiment} (it has main levels 0-10)" in err
 
@@ -300,5 +326,5 @@ def test_no_figure_stays_open(one_replicate, tmp_path):
 
     root, _ = one_replicate
     for _ in range(25):  # more than matplotlib's 20-figure warning
-        assert report.main([root, "--out", str(tmp_path / "out")]) == 0
+        assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 0
     assert plt.get_fignums() == []

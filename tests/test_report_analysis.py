@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from lottery_tf import atomic, report
+from lottery_tf.reports import cli as report_cli
+from lottery_tf.store import atomic
 
 ALPHAS = [0.0, 0.5, 1.0]
 
@@ -13,36 +14,87 @@ ALPHAS = [0.0, 0.5, 1.0]
 def _experiment(root, name, rewind_step=0):
     folder = os.path.join(root, name)
     atomic.write_json(os.path.join(folder, "identity.json"), {})
-    atomic.write_json(os.path.join(folder, "settings.json"), {
-        "model": {"name": "lenet_300_100"}, "data": {"name": "fashion_mnist"},
-        "pruning": {"method": "layerwise", "fraction": 0.2, "rewind_step": rewind_step}})
+    atomic.write_json(
+        os.path.join(folder, "settings.json"),
+        {
+            "model": {"name": "lenet_300_100"},
+            "data": {"name": "fashion_mnist"},
+            "pruning": {"method": "layerwise", "fraction": 0.2, "rewind_step": rewind_step},
+        },
+    )
     return folder
 
 
 def _main_level(folder, replicate, level, density, accuracy):
-    atomic.write_json(os.path.join(folder, f"replicate_{replicate}", f"level_{level:02d}", "main", "metrics.json"), {
-        "level": level, "branch": "main", "density": density, "final_test_accuracy": accuracy,
-        "early_stop_iteration": 100, "early_stop_test_accuracy": accuracy, "final_val_accuracy": accuracy,
-        "iterations": [0, 100], "curves": {"test": {"accuracy": [0.1, accuracy], "loss": [2, 1]}}})
+    atomic.write_json(
+        os.path.join(folder, f"replicate_{replicate}", f"level_{level:02d}", "main", "metrics.json"),
+        {
+            "level": level,
+            "branch": "main",
+            "density": density,
+            "final_test_accuracy": accuracy,
+            "early_stop_iteration": 100,
+            "early_stop_test_accuracy": accuracy,
+            "final_val_accuracy": accuracy,
+            "iterations": [0, 100],
+            "curves": {"test": {"accuracy": [0.1, accuracy], "loss": [2, 1]}},
+        },
+    )
 
 
 def _instability(folder, replicate, level, network, k, pair, errors, density):
-    path = os.path.join(folder, f"replicate_{replicate}", f"level_{level:02d}", "instability", f"{network}_k{k}",
-                        f"pair_{pair}", "instability.json")
-    test = {"error": errors, "endpoint_errors": [errors[0], errors[-1]],
-            "instability": max(errors) - (errors[0] + errors[-1]) / 2, "barrier": 0.0}
-    atomic.write_json(path, {"analysis": "instability", "network": network, "level": level, "replicate": replicate,
-                             "rewind_step": k, "pair": pair, "density": density, "alphas": ALPHAS,
-                             "batchnorm_statistics": "none", "test": test, "train": test,
-                             "instability": test["instability"]})
+    path = os.path.join(
+        folder,
+        f"replicate_{replicate}",
+        f"level_{level:02d}",
+        "instability",
+        f"{network}_k{k}",
+        f"pair_{pair}",
+        "instability.json",
+    )
+    test = {
+        "error": errors,
+        "endpoint_errors": [errors[0], errors[-1]],
+        "instability": max(errors) - (errors[0] + errors[-1]) / 2,
+        "barrier": 0.0,
+    }
+    atomic.write_json(
+        path,
+        {
+            "analysis": "instability",
+            "network": network,
+            "level": level,
+            "replicate": replicate,
+            "rewind_step": k,
+            "pair": pair,
+            "density": density,
+            "alphas": ALPHAS,
+            "batchnorm_statistics": "none",
+            "test": test,
+            "train": test,
+            "instability": test["instability"],
+        },
+    )
 
 
 def _stability(folder, replicate, level, network, k, l2, angle, density):
-    path = os.path.join(folder, f"replicate_{replicate}", f"level_{level:02d}", "stability", f"{network}_k{k}",
-                        "stability.json")
+    path = os.path.join(
+        folder, f"replicate_{replicate}", f"level_{level:02d}", "stability", f"{network}_k{k}", "stability.json"
+    )
     pair = {"l2_distance": l2, "normalized_l2_distance": l2 / 10, "angle_degrees": angle}
-    atomic.write_json(path, {"analysis": "stability", "network": network, "level": level, "replicate": replicate,
-                             "rewind_step": k, "density": density, "to_pruning": pair, "to_data_order": pair})
+    atomic.write_json(
+        path,
+        {
+            "analysis": "stability",
+            "network": network,
+            "level": level,
+            "replicate": replicate,
+            "rewind_step": k,
+            "density": density,
+            "to_pruning": pair,
+            "to_data_order": pair,
+        },
+    )
 
 
 @pytest.fixture
@@ -66,14 +118,16 @@ def study(tmp_path):
 
 def _table(path):
     lines = open(path).read().splitlines()[2:]
-    return {tuple(cell.strip() for cell in line.strip("|").split("|"))[1:5]: [c.strip() for c in line.strip("|").split("|")]
-            for line in lines}
+    return {
+        tuple(cell.strip() for cell in line.strip("|").split("|"))[1:5]: [c.strip() for c in line.strip("|").split("|")]
+        for line in lines
+    }
 
 
 def test_instability_table_means_over_pairs_and_replicates(study, tmp_path, drawn):
     root, _ = study
     out = str(tmp_path / "out")
-    assert report.main([root, "--out", out]) == 0
+    assert report_cli.main([root, "--out", out]) == 0
     rows = _table(os.path.join(out, "instability_table.md"))
     ticket0 = rows[("7", "ticket", "21.00", "0")]
     # Instabilities 0.03, 0.04 per replicate: mean 3.50%, sample std 0.58%.
@@ -82,20 +136,28 @@ def test_instability_table_means_over_pairs_and_replicates(study, tmp_path, draw
     assert ticket0[7].startswith("89.00 ± 0.76") and ticket0[8] == "89.00"
     # Matching within the dense std over replicates (1.41 points): yes; unstable (3.5% >= 2%).
     assert ticket0[9:11] == ["yes", "no"]
-    assert rows[("7", "ticket", "21.00", "100")][5] == "0.50 ± 0.00" and rows[("7", "ticket", "21.00", "100")][10] == "yes"
+    assert (
+        rows[("7", "ticket", "21.00", "100")][5] == "0.50 ± 0.00" and rows[("7", "ticket", "21.00", "100")][10] == "yes"
+    )
     assert rows[("7", "random_prune", "21.00", "0")][9] == "no"  # 80% accuracy: not matching
     # Matching compares the mean accuracy: random pruning (80%) is not matching even at a 5-point tolerance, but is at 10.
-    assert report.main([root, "--out", str(tmp_path / "loose"), "--matching_tolerance=10"]) == 0
-    assert _table(os.path.join(str(tmp_path / "loose"), "instability_table.md"))[("7", "random_prune", "21.00", "0")][9] == "yes"
-    assert report.main([root, "--out", str(tmp_path / "strict"), "--matching_tolerance=5"]) == 0
-    assert _table(os.path.join(str(tmp_path / "strict"), "instability_table.md"))[("7", "random_prune", "21.00", "0")][9] == "no"
+    assert report_cli.main([root, "--out", str(tmp_path / "loose"), "--matching_tolerance=10"]) == 0
+    assert (
+        _table(os.path.join(str(tmp_path / "loose"), "instability_table.md"))[("7", "random_prune", "21.00", "0")][9]
+        == "yes"
+    )
+    assert report_cli.main([root, "--out", str(tmp_path / "strict"), "--matching_tolerance=5"]) == 0
+    assert (
+        _table(os.path.join(str(tmp_path / "strict"), "instability_table.md"))[("7", "random_prune", "21.00", "0")][9]
+        == "no"
+    )
 
 
 def test_instability_figure_draws_the_table(study, tmp_path, drawn):
     root, _ = study
-    assert report.main([root, "--out", str(tmp_path / "out"), "--no_plots"]) == 0
+    assert report_cli.main([root, "--out", str(tmp_path / "out"), "--no_plots"]) == 0
     assert "instability_vs_step.png" not in drawn and os.path.exists(tmp_path / "out" / "instability_table.csv")
-    assert report.main([root, "--out", str(tmp_path / "out")]) == 0
+    assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 0
     test_ax, train_ax = drawn["instability_vs_step.png"].axes
     assert test_ax.get_xscale() == "symlog"
     assert [t.get_text() for t in test_ax.get_xticklabels()] == ["0", "100"]
@@ -110,13 +172,15 @@ def test_instability_figure_draws_the_table(study, tmp_path, drawn):
     assert len(path_axes) == 3  # dense level 0, ticket and random pruning at level 7
     (ticket_path,) = [ax for ax in path_axes if ax.get_title().startswith("IMP ticket")]
     k0 = [line for line in ticket_path.lines if line.get_label() == "k = 0"][0]
-    np.testing.assert_allclose(np.asarray(k0.get_ydata(), float), [10.5, 14.5, 11.5])  # mean over pairs and replicates, %
+    np.testing.assert_allclose(
+        np.asarray(k0.get_ydata(), float), [10.5, 14.5, 11.5]
+    )  # mean over pairs and replicates, %
 
 
 def test_stability_table_and_figure(study, tmp_path, drawn):
     root, _ = study
     out = str(tmp_path / "out")
-    assert report.main([root, "--out", out]) == 0
+    assert report_cli.main([root, "--out", out]) == 0
     rows = _table(os.path.join(out, "stability_table.md"))
     assert rows[("7", "ticket", "21.00", "0")][5:8] == ["4.500 ± 0.707", "0.450 ± 0.071", "30.0 ± 0.0"]
     distance_ax, angle_ax = drawn["stability_vs_step.png"].axes
@@ -132,7 +196,7 @@ def test_rewind_sweep_figure_from_experiments_with_different_rewind_steps(tmp_pa
         _main_level(folder, 0, 0, 1.0, 0.89)
         _main_level(folder, 0, 7, 0.21, accuracy)
         _instability(folder, 0, 7, "ticket", k, 0, [0.1, 0.2 if k == 0 else 0.105, 0.1], 0.21)
-    assert report.main([root, "--out", str(tmp_path / "out")]) == 0
+    assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 0
     accuracy_ax, instability_ax = drawn["rewind_sweep.png"].axes
     labels = [c.get_label() for c in accuracy_ax.containers]
     assert labels == ["IMP, rewind to k = 0", "IMP, rewind to k = 500"]
@@ -147,6 +211,6 @@ def test_a_truncated_or_incomplete_result_is_one_line_naming_it(study, tmp_path,
     path = os.path.join(folder, "replicate_0", "level_07", "instability", "ticket_k0", "pair_0", "instability.json")
     with open(path, "w") as handle:
         handle.write(damage)
-    assert report.main([root, "--out", str(tmp_path / "out")]) == 2
+    assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path} is ") and "recomputes it" in lines[0]

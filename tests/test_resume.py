@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from lottery_tf import checkpoint
+
+from lottery_tf.store import checkpoint
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 ARGS = ["--flagfile=flags/smoke.flags", "--deterministic", "--branch=reinit,random_prune", "--branch_levels=1,2"]
@@ -22,16 +22,28 @@ ARGS = ["--flagfile=flags/smoke.flags", "--deterministic", "--branch=reinit,rand
 
 # Checkpoints every 30 steps, evaluations every 50, rewinding to step 20, every branch type
 # that resumes from its own files (the learning-rate-rewinding lineage included).
-ARGS_K = ["--flagfile=flags/smoke.flags", "--deterministic", "--rewind_step=20", "--checkpoint_every=30",
-          "--branch=reinit,random_prune,lr_rewind", "--branch_levels=1,2"]
+ARGS_K = [
+    "--flagfile=flags/smoke.flags",
+    "--deterministic",
+    "--rewind_step=20",
+    "--checkpoint_every=30",
+    "--branch=reinit,random_prune,lr_rewind",
+    "--branch_levels=1,2",
+]
 
 
 def run(out, crash=None, timeout=300, args=ARGS):
     env = dict(ENV)
     if crash:
         env["LOTTERY_TF_CRASH_AT"] = crash
-    return subprocess.run([sys.executable, "-m", "lottery_tf.main", *args, f"--output_dir={out}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *args, f"--output_dir={out}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def results(out):
@@ -86,8 +98,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, crash):
 
 def test_external_sigkill_mid_level(tmp_path, reference):
     out = str(tmp_path / "run")
-    process = subprocess.Popen([sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}"],
-                               cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}"],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     pattern = os.path.join(out, "lottery_*", "replicate_0", "level_01", "main", "checkpoints", "ckpt-*.json")
     while not glob.glob(pattern) and time.time() < deadline and process.poll() is None:

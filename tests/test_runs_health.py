@@ -8,23 +8,35 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 
 
 def runs(root):
-    return subprocess.run([sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("health") / "root")
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags",
-                             "--replicates=2", f"--output_dir={root}"],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            "--flagfile=flags/smoke.flags",
+            "--replicates=2",
+            f"--output_dir={root}",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return root
 
@@ -54,19 +66,27 @@ def test_incomplete_and_corrupted(finished, tmp_path):
     out = result.stdout
     assert "  replicate_0: DAMAGED; main levels 0,2 (next: level 1); branches -" in out
     assert "    in progress (a run continues it): level 2 [reinit]" in out
-    assert (f"    DAMAGED: {os.path.join(rep0, 'level_01', 'main', 'metrics.json')}: is unreadable" in out
-            and "the next run that includes level 1 [main] trains it again" in out)
-    assert (f"    DAMAGED: {os.path.join(rep0, 'rewind_point.npz')}: is unreadable or corrupted" in out
-            and "the next run replays it" in out)
+    assert (
+        f"    DAMAGED: {os.path.join(rep0, 'level_01', 'main', 'metrics.json')}: is unreadable" in out
+        and "the next run that includes level 1 [main] trains it again" in out
+    )
+    assert (
+        f"    DAMAGED: {os.path.join(rep0, 'rewind_point.npz')}: is unreadable or corrupted" in out
+        and "the next run replays it" in out
+    )
     assert "  replicate_1: ok;" in out
 
 
 def test_interrupted_run_shows_incomplete(tmp_path):
     root = str(tmp_path / "root")
-    killed = subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags",
-                             f"--output_dir={root}"], cwd=REPO,
-                            env={**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:5"},
-                            capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", f"--output_dir={root}"],
+        cwd=REPO,
+        env={**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:5"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL
     result = runs(root)
     assert result.returncode == 0

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from lottery_tf import saliency
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, set_masks, wrap_model
-from lottery_tf.pruning import prune_to_density
+from lottery_tf.core import saliency
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import get_masks, set_masks, wrap_model
+from lottery_tf.core.pruning import prune_to_density
 
 X = np.array([[1.0, 2.0], [-1.0, 1.0]], np.float32)
 Y = np.array([0, 1])

@@ -18,15 +18,25 @@ import time
 import numpy as np
 import pytest
 from absl import flags
-
 from conftest import REPO
+
 from lottery_tf import main as cli_main
-from lottery_tf import runs, store
+from lottery_tf.reports import health as runs
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
-ARGS = ["--flagfile=flags/smoke.flags", "--iterations=100", "--eval_every=50", "--checkpoint_every=50", "--levels=2",
-        "--branch=reinit,instability", "--branch_levels=2", "--interpolation_points=3", "--instability_pairs=1",
-        "--analysis_controls=", "--deterministic"]
+ARGS = [
+    "--flagfile=flags/smoke.flags",
+    "--iterations=100",
+    "--eval_every=50",
+    "--checkpoint_every=50",
+    "--levels=2",
+    "--branch=reinit,instability",
+    "--branch_levels=2",
+    "--interpolation_points=3",
+    "--instability_pairs=1",
+    "--analysis_controls=",
+    "--deterministic",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,8 +51,14 @@ def _op_determinism_off_afterwards():
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("store") / "runs")
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}"],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
@@ -67,8 +83,11 @@ def _content(path):
 
 
 def snapshot(root):
-    return {p: _content(p) for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-            if os.path.isfile(p) and "/.locks/" not in p}
+    return {
+        p: _content(p)
+        for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+        if os.path.isfile(p) and "/.locks/" not in p
+    }
 
 
 def health(root, capsys):
@@ -115,31 +134,71 @@ def _nan_curve(path):
 PAIR = os.path.join("level_02", "instability", "ticket_k0", "pair_0")
 # (case, file under replicate_0, damage, the health check's words, what the run prints, files the run may rewrite)
 REBUILDS = [
-    ("truncated main masks", "level_01/main/masks.npz", _truncate,
-     "the next run rebuilds it from pruning level 0's trained weights and checks it against metrics.json's fingerprint",
-     "rebuilt {path}", ()),
-    ("bit-flipped main masks", "level_02/main/masks.npz", _flip_one_mask,
-     "has mask fingerprint", "rebuilt {path}", ()),
-    ("level 0 masks missing", "level_00/main/masks.npz", os.remove,
-     "the next run rebuilds it from the dense masks", "rebuilt {path}", ()),
-    ("truncated rewind point", "rewind_point.npz", _truncate,
-     "the next run replays it (the initialization, or the dense run's first k steps) and checks it against "
-     "rewind_point.json", "rebuilt {path}", ()),
-    ("garbled branch masks", "level_02/reinit/masks.npz", _garble,
-     "the next run that includes this branch rebuilds it from the branch's start", "rebuilt {path}", ()),
-    ("garbled branch.json", "level_02/reinit/branch.json", _garble,
-     "the next run that includes this branch writes it again from the branch's settings", "rebuilt {path}", ()),
-    ("garbled copy masks", os.path.join(PAIR, "copy_b", "masks.npz"), _garble,
-     "the next run that includes the analysis rebuilds it from the copy's start", "rebuilt {path}", ()),
-    ("truncated instability.json", os.path.join(PAIR, "instability.json"), _truncate,
-     "the next run that includes the analysis recomputes it from its copies",
-     "[instability ticket k=0 pair 0] instability", ("instability.json", "tensorboard")),
+    (
+        "truncated main masks",
+        "level_01/main/masks.npz",
+        _truncate,
+        "the next run rebuilds it from pruning level 0's trained weights and checks it against metrics.json's fingerprint",
+        "rebuilt {path}",
+        (),
+    ),
+    ("bit-flipped main masks", "level_02/main/masks.npz", _flip_one_mask, "has mask fingerprint", "rebuilt {path}", ()),
+    (
+        "level 0 masks missing",
+        "level_00/main/masks.npz",
+        os.remove,
+        "the next run rebuilds it from the dense masks",
+        "rebuilt {path}",
+        (),
+    ),
+    (
+        "truncated rewind point",
+        "rewind_point.npz",
+        _truncate,
+        "the next run replays it (the initialization, or the dense run's first k steps) and checks it against "
+        "rewind_point.json",
+        "rebuilt {path}",
+        (),
+    ),
+    (
+        "garbled branch masks",
+        "level_02/reinit/masks.npz",
+        _garble,
+        "the next run that includes this branch rebuilds it from the branch's start",
+        "rebuilt {path}",
+        (),
+    ),
+    (
+        "garbled branch.json",
+        "level_02/reinit/branch.json",
+        _garble,
+        "the next run that includes this branch writes it again from the branch's settings",
+        "rebuilt {path}",
+        (),
+    ),
+    (
+        "garbled copy masks",
+        os.path.join(PAIR, "copy_b", "masks.npz"),
+        _garble,
+        "the next run that includes the analysis rebuilds it from the copy's start",
+        "rebuilt {path}",
+        (),
+    ),
+    (
+        "truncated instability.json",
+        os.path.join(PAIR, "instability.json"),
+        _truncate,
+        "the next run that includes the analysis recomputes it from its copies",
+        "[instability ticket k=0 pair 0] instability",
+        ("instability.json", "tensorboard"),
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, relative, damage, says, does, rewritten", REBUILDS, ids=[c[0] for c in REBUILDS])
-def test_health_check_says_rebuild_and_the_run_rebuilds_exactly_that(finished, tmp_path, capsys, case, relative,
-                                                                      damage, says, does, rewritten):
+def test_health_check_says_rebuild_and_the_run_rebuilds_exactly_that(
+    finished, tmp_path, capsys, case, relative, damage, says, does, rewritten
+):
     root, experiment, rep = _copy(finished, tmp_path)
     before = snapshot(root)
     path = os.path.join(rep, relative)
@@ -160,17 +219,29 @@ def test_health_check_says_rebuild_and_the_run_rebuilds_exactly_that(finished, t
 
 
 RETRAINS = [
-    ("NaN in a branch's metrics", "level_02/reinit/metrics.json", _nan_curve, "holds NaN or infinity",
-     "the next run that includes level 2 [reinit] trains it again", "level  2 [reinit] done"),
-    ("garbled copy metrics in a finished pair", os.path.join(PAIR, "copy_a", "metrics.json"), _garble,
-     "is unreadable", "the next run that includes the analysis trains this copy again and recomputes instability.json",
-     "[instability ticket k=0 pair 0] instability"),
+    (
+        "NaN in a branch's metrics",
+        "level_02/reinit/metrics.json",
+        _nan_curve,
+        "holds NaN or infinity",
+        "the next run that includes level 2 [reinit] trains it again",
+        "level  2 [reinit] done",
+    ),
+    (
+        "garbled copy metrics in a finished pair",
+        os.path.join(PAIR, "copy_a", "metrics.json"),
+        _garble,
+        "is unreadable",
+        "the next run that includes the analysis trains this copy again and recomputes instability.json",
+        "[instability ticket k=0 pair 0] instability",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, relative, damage, what, says, does", RETRAINS, ids=[c[0] for c in RETRAINS])
-def test_health_check_says_train_again_and_the_run_trains_exactly_that(finished, tmp_path, capsys, case, relative,
-                                                                        damage, what, says, does):
+def test_health_check_says_train_again_and_the_run_trains_exactly_that(
+    finished, tmp_path, capsys, case, relative, damage, what, says, does
+):
     root, experiment, rep = _copy(finished, tmp_path)
     before = snapshot(root)
     path = os.path.join(rep, relative)
@@ -186,8 +257,16 @@ def test_health_check_says_train_again_and_the_run_trains_exactly_that(finished,
     after = snapshot(root)
     folder = os.path.dirname(path)
     changed = [p for p in set(before) | set(after) if before.get(p) != after.get(p)]
-    kept = [p for p in changed if not (p.startswith(folder) or "tensorboard" in p or p.endswith(("summary.csv", "summary.md"))
-                                        or (case.startswith("garbled copy") and p.endswith("instability.json")))]
+    kept = [
+        p
+        for p in changed
+        if not (
+            p.startswith(folder)
+            or "tensorboard" in p
+            or p.endswith(("summary.csv", "summary.md"))
+            or (case.startswith("garbled copy") and p.endswith("instability.json"))
+        )
+    ]
     assert kept == [], kept
     assert health(root, capsys)[0] == 0
 
@@ -204,7 +283,7 @@ def test_data_record_lost_with_finished_levels_is_refused_until_rerecorded(finis
     assert code == 1 and line.startswith(f"DAMAGED: {path}: ") and "a run refuses" in line, out
     code, out, err = cli(root, capsys)
     lines = [l for l in err.splitlines() if l.strip()]
-    assert code == 2 and lines == [f"error: {line[len('DAMAGED: '):]}"]  # the health check's very line
+    assert code == 2 and lines == [f"error: {line[len('DAMAGED: ') :]}"]  # the health check's very line
     assert snapshot(root) == before
     code, out, err = cli(root, capsys, "--rerecord_data")
     assert code == 0 and "nothing to do" in out
@@ -221,7 +300,7 @@ def test_identity_replaced_by_an_empty_object_is_refused_by_both(finished, tmp_p
     line = next(l for l in out.splitlines() if path in l).strip()
     assert code == 1 and line.startswith(f"DAMAGED: {path}: gives the hash") and "a run refuses this folder" in line
     code, out, err = cli(root, capsys)
-    assert code == 2 and err.strip().splitlines() == [f"error: {line[len('DAMAGED: '):]}"]
+    assert code == 2 and err.strip().splitlines() == [f"error: {line[len('DAMAGED: ') :]}"]
     assert snapshot(root) == before
 
 
@@ -238,9 +317,22 @@ def test_missing_trained_weights_are_named_and_rebuilt_only_when_needed(finished
     assert code == 0 and "nothing to do" in out and snapshot(root) == before
     # A branch that starts from them: level 1 is trained again (deterministic run), checked, and kept.
     main_only = [a for a in ARGS if not a.startswith(("--branch", "--interpolation", "--instability", "--analysis"))]
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", *main_only,
-                             "--branch=lr_rewind_oneshot", "--branch_levels=2", f"--output_dir={root}"],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            *main_only,
+            "--branch=lr_rewind_oneshot",
+            "--branch_levels=2",
+            f"--output_dir={root}",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"rebuilt {path} (level 1 trained again: the same curves and masks)" in result.stdout
     assert _content(path) == original
@@ -263,14 +355,14 @@ def test_notes_truncated_events_stale_and_unreadable_locks_and_leftovers(finishe
     os.utime(empty, (time.time() - 60, time.time() - 60))
     dead = os.path.join(rep, ".locks", "reinit_level_02.lock")
     with open(dead, "w") as handle:
-        json.dump({"host": os.uname().nodename, "pid": 2 ** 22 + 12345, "since": "2026-01-01 00:00:00"}, handle)
+        json.dump({"host": os.uname().nodename, "pid": 2**22 + 12345, "since": "2026-01-01 00:00:00"}, handle)
     leftover = os.path.join(rep, "level_01", "main", ".tmp-abc123")
     open(leftover, "w").close()
     code, out = health(root, capsys)
     assert code == 0, out  # notes only: nothing a run needs is damaged
     assert f"note: {events}: is truncated after" in out and "it is not needed to continue" in out
     assert f"note: {empty}: unreadable and 60 s old" in out and "the next run takes it over" in out
-    assert f"note: {dead}: stale (its process, pid {2 ** 22 + 12345}" in out
+    assert f"note: {dead}: stale (its process, pid {2**22 + 12345}" in out
     assert f"note: {leftover}: is a leftover temporary file" in out  # a stale lock does not hide it
     code, out, err = cli(root, capsys)
     assert code == 0 and "nothing to do" in out  # the stale and unreadable locks are taken over
@@ -291,11 +383,18 @@ def test_a_checkpoint_of_another_level_is_refused_by_name(finished, tmp_path):
     root, experiment, rep = _copy(finished, tmp_path)
     # A checkpoint of level 0, taken from a run killed right after it, copied into level 1.
     donor = str(tmp_path / "donor")
-    killed = subprocess.run([sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={donor}"],
-                            cwd=REPO, env={**ENV, "LOTTERY_TF_CRASH_AT": "after_checkpoint:1"}, capture_output=True,
-                            text=True, timeout=600)
+    killed = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={donor}"],
+        cwd=REPO,
+        env={**ENV, "LOTTERY_TF_CRASH_AT": "after_checkpoint:1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode != 0
-    (meta,) = glob.glob(os.path.join(donor, "lottery_*", "replicate_0", "level_00", "main", "checkpoints", "ckpt-*.json"))
+    (meta,) = glob.glob(
+        os.path.join(donor, "lottery_*", "replicate_0", "level_00", "main", "checkpoints", "ckpt-*.json")
+    )
     target = os.path.join(rep, "level_01", "main", "checkpoints")
     os.makedirs(target)
     for source in (meta, meta[:-5] + ".npz"):
@@ -303,30 +402,55 @@ def test_a_checkpoint_of_another_level_is_refused_by_name(finished, tmp_path):
     metrics = os.path.join(rep, "level_01", "main", "metrics.json")
     recorded = json.load(open(metrics))
     os.remove(metrics)
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={root}"],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={root}"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     copied = os.path.join(target, os.path.basename(meta))
-    assert (f"warning: checkpoint {copied} is refused: it belongs to replicate 0 level 0 [main]" in result.stderr
-            and "the level restarts from its first step" in result.stderr), result.stderr
+    assert (
+        f"warning: checkpoint {copied} is refused: it belongs to replicate 0 level 0 [main]" in result.stderr
+        and "the level restarts from its first step" in result.stderr
+    ), result.stderr
     again = json.load(open(metrics))
     assert again["curves"] == recorded["curves"] and again["masks_sha256"] == recorded["masks_sha256"]
 
 
 def test_two_processes_asked_for_different_branches_of_a_fresh_experiment(tmp_path):
     out = str(tmp_path / "runs")
-    common = ["--flagfile=flags/smoke.flags", "--levels=1", "--iterations=100", "--eval_every=50", "--checkpoint_every=50",
-              f"--output_dir={out}"]
+    common = [
+        "--flagfile=flags/smoke.flags",
+        "--levels=1",
+        "--iterations=100",
+        "--eval_every=50",
+        "--checkpoint_every=50",
+        f"--output_dir={out}",
+    ]
     # The first process pauses after its first checkpoint, holding the main line, until the second has started.
-    first = subprocess.Popen([sys.executable, "-m", "lottery_tf.main", *common, "--branch=reinit", "--branch_levels=1"],
-                             cwd=REPO, env={**ENV, "LOTTERY_TF_CRASH_AT": "after_checkpoint:1:pause=20"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "lottery_tf.main", *common, "--branch=reinit", "--branch_levels=1"],
+        cwd=REPO,
+        env={**ENV, "LOTTERY_TF_CRASH_AT": "after_checkpoint:1:pause=20"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not glob.glob(os.path.join(out, "lottery_*", "replicate_0", ".locks", "main.lock")):
         assert time.time() < deadline and first.poll() is None, "the first process never took the main line"
         time.sleep(0.2)
-    second = subprocess.run([sys.executable, "-m", "lottery_tf.main", *common, "--branch=random_prune",
-                             "--branch_levels=1"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *common, "--branch=random_prune", "--branch_levels=1"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     first_out, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err[-2000:]
     assert second.returncode == 0, second.stderr[-2000:]

@@ -7,15 +7,19 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO
-from lottery_tf import atomic, checkpoint, loop
-from lottery_tf.config import ConfigError, StrategyError
-from lottery_tf.distribute import (broadcast_from_chief, cluster_from_environment, is_chief, is_multi_worker,
-                                   make_strategy, per_worker_batches)
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, get_prunable_weights, set_masks, wrap_model
-from lottery_tf.pruning import fingerprint
+
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import get_masks, get_prunable_weights, set_masks, wrap_model
+from lottery_tf.core.pruning import fingerprint
+from lottery_tf.engine import loop
+from lottery_tf.engine.config import ConfigError, StrategyError
+from lottery_tf.engine.distribute import (
+    cluster_from_environment,
+    make_strategy,
+    per_worker_batches,
+)
+from lottery_tf.store import atomic, checkpoint
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 
@@ -30,7 +34,9 @@ def global_batches():
 def test_per_worker_batches_takes_this_workers_slice_split_per_replica():
     # Worker 1 of 2, 4 replicas in all (2 on this worker): examples 4..7 of each global batch.
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=4)
-    batches = [(x.numpy().ravel().tolist(), y.numpy().tolist()) for x, y in per_worker_batches(global_batches(), 8, context)]
+    batches = [
+        (x.numpy().ravel().tolist(), y.numpy().tolist()) for x, y in per_worker_batches(global_batches(), 8, context)
+    ]
     assert batches == [([4, 5], [104, 105]), ([6, 7], [106, 107]), ([12, 13], [112, 113]), ([14, 15], [114, 115])]
 
 
@@ -49,10 +55,15 @@ def test_per_worker_batches_rejects_uneven_split():
 def masked_model(strategy, seed=0):
     with strategy.scope():
         keras.utils.set_random_seed(seed)
-        model = wrap_model(keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu", name="a"),
-                                             keras.layers.Dense(3, name="b")]))
-        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model = wrap_model(
+            keras.Sequential(
+                [keras.Input((6,)), keras.layers.Dense(8, activation="relu", name="a"), keras.layers.Dense(3, name="b")]
+            )
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         model.optimizer.build(model.trainable_variables)
     masks = get_masks(model)
     masks["a/kernel"][::2] = 0.0
@@ -100,9 +111,9 @@ LOOP_UNDER_MIRRORED = """
 import sys
 sys.path.insert(0, "tests")
 import numpy as np, tensorflow as tf
-from lottery_tf import loop
-from lottery_tf.distribute import broadcast_from_chief, is_chief, is_multi_worker, make_strategy, per_worker_batches, split_cpu
-from lottery_tf.masking import get_masks
+from lottery_tf.engine import loop
+from lottery_tf.engine.distribute import broadcast_from_chief, is_chief, is_multi_worker, make_strategy, per_worker_batches, split_cpu
+from lottery_tf.core.masking import get_masks
 split_cpu(2)
 from test_strategies import data, masked_model
 mirrored = make_strategy("mirrored")
@@ -117,7 +128,7 @@ masks = get_masks(distributed)
 agreed = broadcast_from_chief(mirrored, masks)  # one process: the values come back unchanged
 assert sorted(agreed) == sorted(masks) and all(np.array_equal(agreed[k], masks[k]) for k in masks)
 # Evaluation split across both replicas equals one device's, for tensors and datasets with a partial batch.
-from lottery_tf.monitor import make_evaluator
+from lottery_tf.engine.monitor import make_evaluator
 rng = np.random.default_rng(2)
 x = tf.constant(rng.normal(size=(101, 6)).astype("float32"))
 y = tf.constant(rng.integers(0, 3, size=101))
@@ -131,8 +142,9 @@ print("ok", int(distributed.optimizer.iterations.numpy()))
 
 def test_loop_and_evaluation_under_mirrored_two_cpus_match_single_device():
     # Own process: one MirroredStrategy's collectives can break the next one's in the same process.
-    result = subprocess.run([sys.executable, "-c", LOOP_UNDER_MIRRORED], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", LOOP_UNDER_MIRRORED], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "ok 4"
 
@@ -163,11 +175,14 @@ def test_discarding_writes_drops_writes_and_deletions(tmp_path):
     assert (tmp_path / "a.json").exists()
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("not json", "Expecting value"),
-    ('{"cluster": {"worker": ["localhost:1"]}}', "'task'"),
-    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker"}}', "'index'"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("not json", "Expecting value"),
+        ('{"cluster": {"worker": ["localhost:1"]}}', "'task'"),
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker"}}', "'index'"),
+    ],
+)
 def test_bad_tf_config_is_one_clear_error(monkeypatch, text, fragment):
     monkeypatch.setenv("TF_CONFIG", text)
     with pytest.raises(StrategyError, match="TF_CONFIG: expected JSON like") as error:
@@ -190,18 +205,34 @@ def test_unreachable_tpu_fails_fast():
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", *args],
-                          cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", *args],
+        cwd=REPO,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["--strategy=tpu"], None, "error: --tpu: --strategy=tpu needs --tpu"),
-    (["--tpu=local"], None, "error: --tpu: local is set, but only --strategy=tpu reads it (this run has --strategy=default); remove it"),
-    (["--strategy=tpu", "--tpu=grpc://127.0.0.1:9"], None, "error: --tpu: cannot reach grpc://127.0.0.1:9"),
-    (["--strategy=multi_worker_mirrored"], {"TF_CONFIG": '{"cluster": 3}'}, "error: TF_CONFIG: expected JSON like"),
-    (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=61"], None,
-     "error: --batch_size: 61 does not split evenly across the 2 replicas of --strategy=mirrored"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--strategy=tpu"], None, "error: --tpu: --strategy=tpu needs --tpu"),
+        (
+            ["--tpu=local"],
+            None,
+            "error: --tpu: local is set, but only --strategy=tpu reads it (this run has --strategy=default); remove it",
+        ),
+        (["--strategy=tpu", "--tpu=grpc://127.0.0.1:9"], None, "error: --tpu: cannot reach grpc://127.0.0.1:9"),
+        (["--strategy=multi_worker_mirrored"], {"TF_CONFIG": '{"cluster": 3}'}, "error: TF_CONFIG: expected JSON like"),
+        (
+            ["--strategy=mirrored", "--cpu_devices=2", "--batch_size=61"],
+            None,
+            "error: --batch_size: 61 does not split evenly across the 2 replicas of --strategy=mirrored",
+        ),
+    ],
+)
 def test_strategy_errors_through_the_cli(tmp_path, args, env, message):
     result = cli(f"--output_dir={tmp_path / 'out'}", *args, env=env)
     assert result.returncode == 2
@@ -211,9 +242,9 @@ def test_strategy_errors_through_the_cli(tmp_path, args, env, message):
 
 
 def test_config_error_names_tpu_flag():
-    from lottery_tf.config import ExperimentConfig, RunConfig, validate
-    from lottery_tf.data import DATASETS
-    from lottery_tf.models import MODELS
+    from lottery_tf.engine.config import ExperimentConfig, RunConfig, validate
+    from lottery_tf.engine.data import DATASETS
+    from lottery_tf.engine.models import MODELS
 
     with pytest.raises(ConfigError, match="^--tpu: "):
         validate(ExperimentConfig(run=RunConfig(strategy="tpu")), DATASETS.names(), MODELS)

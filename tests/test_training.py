@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import get_masks, get_prunable_weights, set_masks, wrap_model
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import get_masks, get_prunable_weights, set_masks, wrap_model
 
 RNG = np.random.default_rng(1)
 X = RNG.normal(size=(96, 10)).astype("float32")
@@ -14,11 +14,15 @@ Y = RNG.integers(0, 3, size=96)
 
 def _masked_model():
     keras.utils.set_random_seed(0)
-    model = wrap_model(keras.Sequential([
-        keras.Input((10,)),
-        keras.layers.Dense(16, activation="relu", name="fc1"),
-        keras.layers.Dense(3, name="out"),
-    ]))
+    model = wrap_model(
+        keras.Sequential(
+            [
+                keras.Input((10,)),
+                keras.layers.Dense(16, activation="relu", name="fc1"),
+                keras.layers.Dense(3, name="out"),
+            ]
+        )
+    )
     masks = get_masks(model)
     for name in masks:
         masks[name] = (RNG.random(masks[name].shape) > 0.5).astype("float32")
@@ -86,15 +90,23 @@ def test_mirrored_strategy_two_cpus_keeps_zeros_on_every_replica():
 
 
 def _imp_masks(strategy):
-    from lottery_tf.callbacks import PruneRewindCallback
-    from lottery_tf.pruning import PruningSpec
+    from lottery_tf.core.callbacks import PruneRewindCallback
+    from lottery_tf.core.pruning import PruningSpec
 
     with strategy.scope():
         keras.utils.set_random_seed(3)
-        model = wrap_model(keras.Sequential([
-            keras.Input((10,)), keras.layers.Dense(16, activation="relu", name="fc1"), keras.layers.Dense(3, name="out"),
-        ]))
-        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model = wrap_model(
+            keras.Sequential(
+                [
+                    keras.Input((10,)),
+                    keras.layers.Dense(16, activation="relu", name="fc1"),
+                    keras.layers.Dense(3, name="out"),
+                ]
+            )
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
     imp = PruneRewindCallback(PruningSpec("global", 0.3))
     for _ in range(2):
         model.fit(X, Y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[imp])

@@ -12,25 +12,38 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from lottery_tf import atomic, locks
-from lottery_tf.monitor import summarize_curves
 from test_data import write_idx_folder
+
+from lottery_tf.engine.monitor import summarize_curves
+from lottery_tf.store import atomic, locks
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 ENV.pop("TF_CPP_MIN_LOG_LEVEL")  # the CLI's own default must keep TensorFlow quiet
 
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "lottery_tf.main", *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lottery_tf.main", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_diverged_level_stops_with_one_line_and_is_not_done(tmp_path):
     out = str(tmp_path / "run")
-    result = cli("--flagfile=flags/smoke.flags", "--optimizer=sgd", "--momentum=0.99", "--learning_rate=50", "--branch=", "--branch_levels=",
-                 f"--output_dir={out}")
+    result = cli(
+        "--flagfile=flags/smoke.flags",
+        "--optimizer=sgd",
+        "--momentum=0.99",
+        "--learning_rate=50",
+        "--branch=",
+        "--branch_levels=",
+        f"--output_dir={out}",
+    )
     assert result.returncode == 2, result.stderr[-1500:]
     errors = [l for l in result.stderr.splitlines() if l.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: replicate 0 level  0 [main]"), errors
@@ -39,8 +52,10 @@ def test_diverged_level_stops_with_one_line_and_is_not_done(tmp_path):
 
 
 def test_early_stopping_never_picks_a_nan():
-    curves = {"val": {"loss": [float("nan"), 0.5, 0.4, float("nan")], "accuracy": [0.1, 0.5, 0.6, 0.1]},
-              "test": {"loss": [1.0, 0.5, 0.4, 9.0], "accuracy": [0.1, 0.5, 0.7, 0.1]}}
+    curves = {
+        "val": {"loss": [float("nan"), 0.5, 0.4, float("nan")], "accuracy": [0.1, 0.5, 0.6, 0.1]},
+        "test": {"loss": [1.0, 0.5, 0.4, 9.0], "accuracy": [0.1, 0.5, 0.7, 0.1]},
+    }
     summary = summarize_curves([0, 10, 20, 30], curves)
     assert summary["early_stop_iteration"] == 20 and summary["early_stop_test_accuracy"] == 0.7
     with pytest.raises(ValueError, match="every val loss is non-finite"):
@@ -49,22 +64,40 @@ def test_early_stopping_never_picks_a_nan():
 
 def test_health_check_flags_a_finished_level_with_nan_curves(tmp_path):
     out = str(tmp_path / "run")
-    assert cli("--flagfile=flags/smoke.flags", "--levels=1", "--branch=", "--branch_levels=", f"--output_dir={out}").returncode == 0
+    assert (
+        cli(
+            "--flagfile=flags/smoke.flags", "--levels=1", "--branch=", "--branch_levels=", f"--output_dir={out}"
+        ).returncode
+        == 0
+    )
     (path,) = glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_01", "main", "metrics.json"))
     record = json.load(open(path))
     record["curves"]["val"]["loss"][2] = float("nan")
     with open(path, "w") as handle:
         json.dump(record, handle)
-    health = subprocess.run([sys.executable, "-m", "lottery_tf.runs", out], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=120)
+    health = subprocess.run(
+        [sys.executable, "-m", "lottery_tf.runs", out], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert health.returncode == 1
-    assert (f"DAMAGED: {path}: holds NaN or infinity in its val loss curves (a diverged or damaged result); the next "
-            "run that includes level 1 [main] trains it again") in health.stdout
+    assert (
+        f"DAMAGED: {path}: holds NaN or infinity in its val loss curves (a diverged or damaged result); the next "
+        "run that includes level 1 [main] trains it again"
+    ) in health.stdout
 
 
 def _idx_run(folder, out, *extra):
-    return cli("--dataset=mnist", f"--data_dir={folder}", "--validation_examples=20", "--batch_size=20",
-               "--iterations=20", "--eval_every=10", "--levels=1", "--checkpoint_every=0", f"--output_dir={out}", *extra)
+    return cli(
+        "--dataset=mnist",
+        f"--data_dir={folder}",
+        "--validation_examples=20",
+        "--batch_size=20",
+        "--iterations=20",
+        "--eval_every=10",
+        "--levels=1",
+        "--checkpoint_every=0",
+        f"--output_dir={out}",
+        *extra,
+    )
 
 
 def test_a_run_refuses_to_continue_on_other_data(tmp_path):
@@ -84,13 +117,17 @@ def test_a_run_refuses_to_continue_on_other_data(tmp_path):
     other = str(tmp_path / "other")
     os.makedirs(other)
     write_idx_folder(other, n_train=120, n_test=40, seed=1)
-    snapshot = {p: open(p, "rb").read() for p in glob.glob(os.path.join(out, "**", "*"), recursive=True) if os.path.isfile(p)}
+    snapshot = {
+        p: open(p, "rb").read() for p in glob.glob(os.path.join(out, "**", "*"), recursive=True) if os.path.isfile(p)
+    }
     refused = _idx_run(other, out, "--levels=3")
     assert refused.returncode == 2
     errors = [l for l in refused.stderr.splitlines() if l.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: --data_dir: this run was trained on idx:")
     assert f"the data found now is idx:{other}" in errors[0]
-    after = {p: open(p, "rb").read() for p in glob.glob(os.path.join(out, "**", "*"), recursive=True) if os.path.isfile(p)}
+    after = {
+        p: open(p, "rb").read() for p in glob.glob(os.path.join(out, "**", "*"), recursive=True) if os.path.isfile(p)
+    }
     assert after == snapshot  # nothing written, settings.json included
 
 
@@ -99,11 +136,15 @@ def test_help_exits_zero_and_names_flagfiles():
     assert result.returncode == 0
     assert result.stdout.startswith("lottery_tf: find and study lottery tickets")
     assert "--flagfile=flags/<experiment>.flags" in result.stdout and "--rewind_optimizer" in result.stdout
-    assert ":func:" not in result.stdout and ":class:" not in result.stdout and REPO not in result.stdout.splitlines()[0]
+    assert (
+        ":func:" not in result.stdout and ":class:" not in result.stdout and REPO not in result.stdout.splitlines()[0]
+    )
 
 
 def test_first_lines_are_ours(tmp_path):
-    result = cli("--flagfile=flags/smoke.flags", "--levels=0", "--branch=", "--branch_levels=", f"--output_dir={tmp_path}")
+    result = cli(
+        "--flagfile=flags/smoke.flags", "--levels=0", "--branch=", "--branch_levels=", f"--output_dir={tmp_path}"
+    )
     assert result.returncode == 0, result.stderr[-1500:]
     assert "cuInit" not in result.stderr and "dataset_info.json" not in result.stderr
     assert "oneDNN" not in result.stderr
@@ -162,17 +203,29 @@ def test_wait_for_lock_waits_for_the_holder(tmp_path):
 
 def test_two_cli_processes_on_one_replicate(tmp_path):
     out = str(tmp_path / "run")
-    args = [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=", f"--output_dir={out}"]
+    args = [
+        sys.executable,
+        "-m",
+        "lottery_tf.main",
+        "--flagfile=flags/smoke.flags",
+        "--branch=",
+        "--branch_levels=",
+        f"--output_dir={out}",
+    ]
     first = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not glob.glob(os.path.join(out, "lottery_*", "replicate_0", ".locks", "main.lock")) and time.time() < deadline:
+    while (
+        not glob.glob(os.path.join(out, "lottery_*", "replicate_0", ".locks", "main.lock")) and time.time() < deadline
+    ):
         time.sleep(0.05)
     second = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     waited = subprocess.run(args + ["--wait_for_lock"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     first.communicate(timeout=300)
     assert first.returncode == 0
     errors = [l for l in second.stderr.splitlines() if l.strip()]
-    assert second.returncode == 2 and len(errors) == 1 and "main.lock is held by pid " in errors[0], second.stderr[-800:]
+    assert second.returncode == 2 and len(errors) == 1 and "main.lock is held by pid " in errors[0], second.stderr[
+        -800:
+    ]
     assert waited.returncode == 0 and "nothing to do" in waited.stdout
 
 

@@ -8,13 +8,21 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from lottery_tf.callbacks import PruneRewindCallback
-from lottery_tf.keras_compat import keras
-from lottery_tf.masking import (MaskedLayer, get_masks, get_prunable_weights, mask_names, overall_density,
-                                set_masks, strip_masks, wrap_model)
-from lottery_tf.pruning import PruningSpec
+
+from lottery_tf.core.callbacks import PruneRewindCallback
+from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.masking import (
+    MaskedLayer,
+    get_masks,
+    get_prunable_weights,
+    mask_names,
+    overall_density,
+    set_masks,
+    strip_masks,
+    wrap_model,
+)
+from lottery_tf.core.pruning import PruningSpec
 
 RNG = np.random.default_rng(5)
 
@@ -45,11 +53,20 @@ def test_composite_layers_have_every_kernel_masked():
     model = _sequence_model()
     wrapped = wrap_model(model)
     assert mask_names(wrapped) == [
-        "mha/query/kernel", "mha/key/kernel", "mha/value/kernel", "mha/attention_output/kernel",
-        "lstm/lstm_cell/kernel", "lstm/lstm_cell/recurrent_kernel",
-        "bi/forward_gru/gru_cell/kernel", "bi/forward_gru/gru_cell/recurrent_kernel",
-        "bi/backward_gru/gru_cell/kernel", "bi/backward_gru/gru_cell/recurrent_kernel",
-        "td/d/kernel", "rnn/simple_rnn_cell/kernel", "rnn/simple_rnn_cell/recurrent_kernel", "out/kernel",
+        "mha/query/kernel",
+        "mha/key/kernel",
+        "mha/value/kernel",
+        "mha/attention_output/kernel",
+        "lstm/lstm_cell/kernel",
+        "lstm/lstm_cell/recurrent_kernel",
+        "bi/forward_gru/gru_cell/kernel",
+        "bi/forward_gru/gru_cell/recurrent_kernel",
+        "bi/backward_gru/gru_cell/kernel",
+        "bi/backward_gru/gru_cell/recurrent_kernel",
+        "td/d/kernel",
+        "rnn/simple_rnn_cell/kernel",
+        "rnn/simple_rnn_cell/recurrent_kernel",
+        "out/kernel",
     ]
     # Densities count every weight a user would call prunable.
     kernels = sum(int(np.prod(v.shape)) for v in model.weights if v.path.endswith("kernel"))
@@ -93,8 +110,21 @@ def test_unmaskable_kernels_are_named_when_wrapping():
 
 # One model of every keras.applications family (the families share their layer types);
 # tools/check_applications.py checks every model and its output is committed in results/.
-FAMILIES = ["ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "EfficientNetV2B0", "InceptionV3", "MobileNet",
-            "MobileNetV2", "MobileNetV3Small", "NASNetMobile", "ResNet50", "ResNet50V2", "VGG16", "Xception"]
+FAMILIES = [
+    "ConvNeXtTiny",
+    "DenseNet121",
+    "EfficientNetB0",
+    "EfficientNetV2B0",
+    "InceptionV3",
+    "MobileNet",
+    "MobileNetV2",
+    "MobileNetV3Small",
+    "NASNetMobile",
+    "ResNet50",
+    "ResNet50V2",
+    "VGG16",
+    "Xception",
+]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -116,8 +146,13 @@ def test_saved_ticket_loads_after_plain_import(tmp_path):
         f"m = keras.models.load_model({path!r}); "
         "print(type(m.layers[0]).__name__, int(lottery_tf.get_masks(m)['fc/kernel'].sum()))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert out.returncode == 0, out.stderr[-1500:]
     assert out.stdout.split() == ["MaskedLayer", "8"]
 
@@ -147,8 +182,9 @@ def test_unbuilt_subclassed_model_fails_before_any_step_and_can_retry():
 
 
 def _mlp():
-    model = wrap_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="fc"),
-                                         keras.layers.Dense(3, name="out")]))
+    model = wrap_model(
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="fc"), keras.layers.Dense(3, name="out")])
+    )
     model.compile(optimizer="sgd", loss="mse")
     return model
 
@@ -160,7 +196,11 @@ def test_layer_names_are_checked_at_the_start_and_resolved():
     model.fit(x, y, epochs=1, verbose=0, callbacks=[imp])
     assert get_masks(model)["fc/kernel"].mean() == 0.5  # "fc" meant fc/kernel
     for spec, output, message in [
-        (PruningSpec(layer_fractions={"fcx": 0.5}), None, r"layer_fractions: 'fcx' matches no masked weight; the model has fc/kernel, out/kernel"),
+        (
+            PruningSpec(layer_fractions={"fcx": 0.5}),
+            None,
+            r"layer_fractions: 'fcx' matches no masked weight; the model has fc/kernel, out/kernel",
+        ),
         (PruningSpec(), "nope", r"output_layer: 'nope' matches no masked weight"),
     ]:
         model = _mlp()
@@ -198,6 +238,7 @@ def test_failed_pruning_leaves_the_model_unchanged():
 
 
 # -- repeated inner names: masks named by the weights' unique paths ------------------------------------
+
 
 def _block(name):
     inputs = keras.Input((6,))
@@ -268,8 +309,13 @@ def test_a_users_residual_block_is_masked_inside_and_round_trips(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing stays dense: no warning
         wrapped = wrap_model(model)
-    assert mask_names(wrapped) == ["res_a/fc/kernel", "res_a/conv/kernel", "res_b/fc/kernel", "res_b/conv/kernel",
-                                   "out/kernel"]
+    assert mask_names(wrapped) == [
+        "res_a/fc/kernel",
+        "res_a/conv/kernel",
+        "res_b/fc/kernel",
+        "res_b/conv/kernel",
+        "out/kernel",
+    ]
     assert isinstance(wrapped.get_layer("res_a"), MaskedLayer)
     x, y = RNG.normal(size=(8, 4, 6)).astype("float32"), RNG.normal(size=(8, 3)).astype("float32")
     np.testing.assert_allclose(wrapped(x), model(x), rtol=1e-5, atol=1e-6)
@@ -287,8 +333,13 @@ def test_a_users_residual_block_is_masked_inside_and_round_trips(tmp_path):
         f"np.testing.assert_allclose(m(np.load({str(tmp_path / 'x.npy')!r})), np.load({str(tmp_path / 'y.npy')!r}), rtol=1e-6); "
         "print(','.join(lottery_tf.mask_names(m)), round(lottery_tf.overall_density(m), 3))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert out.returncode == 0, out.stderr[-1500:]
     assert out.stdout.split() == [",".join(mask_names(wrapped)), str(round(overall_density(wrapped), 3))]
 
@@ -325,12 +376,13 @@ def test_subclassed_model_reusing_a_block_class():
 
 def test_files_written_before_names_were_unique_are_read(tmp_path):
     """Masks keyed <masked layer>/<attribute> and states keyed by Keras variable paths (runs made before)."""
-    from lottery_tf import rewind
+    from lottery_tf.core import rewind
 
     wrapped = wrap_model(_nested_copies())
     # Old mask names used the masked layer's own name; for a model that could be pruned then, they were unique.
-    flat = wrap_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc1"),
-                                        keras.layers.Dense(2, name="out")]))
+    flat = wrap_model(
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc1"), keras.layers.Dense(2, name="out")])
+    )
     old_masks = {"fc1/kernel": np.tile([1.0, 0.0, 1.0], (4, 1)), "out/kernel": np.ones((3, 2))}
     set_masks(flat, old_masks)
     assert get_masks(flat)["fc1/kernel"].sum() == 8

@@ -33,13 +33,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from lottery_tf import atomic, litert  # noqa: E402
-from lottery_tf.config import DataConfig, ModelConfig  # noqa: E402
-from lottery_tf.data import DataUnavailableError, get_splits  # noqa: E402
-from lottery_tf.keras_compat import keras  # noqa: E402
-from lottery_tf.masking import get_masks, get_prunable_weights, set_masks, strip_masks, wrap_model  # noqa: E402
-from lottery_tf.models import build_model  # noqa: E402
-from lottery_tf.pruning import prune_to_density  # noqa: E402
+from lottery_tf.core import litert
+from lottery_tf.core.keras_compat import keras  # noqa: E402
+from lottery_tf.core.masking import get_prunable_weights, set_masks, strip_masks, wrap_model  # noqa: E402
+from lottery_tf.core.pruning import prune_to_density  # noqa: E402
+from lottery_tf.engine.config import DataConfig, ModelConfig  # noqa: E402
+from lottery_tf.engine.data import DataUnavailableError, get_splits  # noqa: E402
+from lottery_tf.engine.models import build_model  # noqa: E402
+from lottery_tf.store import atomic  # noqa: E402
 
 STRUCTURES = {  # name: (prune_to_density keywords, quantization)
     "unstructured": ({}, "none"),
@@ -96,11 +97,13 @@ def kernel_of(flat: bytes) -> str:
 
 def measure(found, splits, rounds: int, large_batch: int, runs_per_round: int) -> list[dict]:
     rows = []
-    configs = [(batch, threads, delegates) for batch in (1, large_batch) for threads in (1, 2) for delegates in (True, False)]
+    configs = [
+        (batch, threads, delegates) for batch in (1, large_batch) for threads in (1, 2) for delegates in (True, False)
+    ]
     for batch, threads, delegates in configs:
         x = splits.x_test[:batch]
         runners = {}
-        for structure, density, flat, quantize in found:
+        for structure, density, flat, _ in found:
             try:
                 runners[(structure, density)] = litert.Runner(flat, default_delegates=delegates, threads=threads)
                 runners[(structure, density)](x)
@@ -120,8 +123,15 @@ def measure(found, splits, rounds: int, large_batch: int, runs_per_round: int) -
         for structure, density, flat, quantize in found:
             key = (structure, density)
             base_key = ("dense, int8", 100.0) if quantize == "int8" else ("dense", 100.0)
-            row = {"batch": batch, "threads": threads, "default_delegates": delegates, "structure": structure,
-                   "density": density, "bytes": len(flat), "kernel": kernel_of(flat)}
+            row = {
+                "batch": batch,
+                "threads": threads,
+                "default_delegates": delegates,
+                "structure": structure,
+                "density": density,
+                "bytes": len(flat),
+                "kernel": kernel_of(flat),
+            }
             if isinstance(runners[key], str):
                 row["error"] = runners[key]
             else:
@@ -133,13 +143,23 @@ def measure(found, splits, rounds: int, large_batch: int, runs_per_round: int) -
 
 
 def format_rows(rows) -> str:
-    lines = ["| batch | threads | default delegates | structure | weights % | .tflite bytes | kernel | median ms | "
-             "time / dense |", "|---:|---:|---|---|---:|---:|---|---:|---:|"]
+    lines = [
+        "| batch | threads | default delegates | structure | weights % | .tflite bytes | kernel | median ms | "
+        "time / dense |",
+        "|---:|---:|---|---|---:|---:|---|---:|---:|",
+    ]
     for r in rows:
-        timing = (f"{r['median_ms']:.4f} | {r['ratio']:.2f}" if "ratio" in r else
-                  f"{r['median_ms']:.4f} | -" if "median_ms" in r else f"failed: {r['error'][:60]} | -")
-        lines.append(f"| {r['batch']} | {r['threads']} | {'on' if r['default_delegates'] else 'off'} | {r['structure']} | "
-                     f"{r['density']:g} | {r['bytes']:,} | {r['kernel']} | {timing} |")
+        timing = (
+            f"{r['median_ms']:.4f} | {r['ratio']:.2f}"
+            if "ratio" in r
+            else f"{r['median_ms']:.4f} | -"
+            if "median_ms" in r
+            else f"failed: {r['error'][:60]} | -"
+        )
+        lines.append(
+            f"| {r['batch']} | {r['threads']} | {'on' if r['default_delegates'] else 'off'} | {r['structure']} | "
+            f"{r['density']:g} | {r['bytes']:,} | {r['kernel']} | {timing} |"
+        )
     return "\n".join(lines)
 
 
@@ -147,7 +167,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--densities", default="51.2,21,8.7,3.6", help="percent of weights kept")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--runs_per_round", type=int, default=200, help="invocations timed per model per round (batch 1)")
+    parser.add_argument(
+        "--runs_per_round", type=int, default=200, help="invocations timed per model per round (batch 1)"
+    )
     parser.add_argument("--large_batch", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2, help="training epochs of the LeNet the masks are pruned from")
     parser.add_argument("--out", default="")

@@ -34,15 +34,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lottery_tf import atomic  # noqa: E402
-from lottery_tf.config import DataConfig, ModelConfig  # noqa: E402
-from lottery_tf.data import DataUnavailableError, get_splits  # noqa: E402
-from lottery_tf.data.cifar import make_augment  # noqa: E402
-from lottery_tf.experiment import train_pipeline, training_batches  # noqa: E402
-from lottery_tf.keras_compat import keras  # noqa: E402
-from lottery_tf.masking import get_masks, set_masks, wrap_model  # noqa: E402
-from lottery_tf.models import build_model  # noqa: E402
-from lottery_tf.pruning import PruningSpec, prune_by_magnitude  # noqa: E402
+from lottery_tf.core.keras_compat import keras  # noqa: E402
+from lottery_tf.core.masking import get_masks, set_masks, wrap_model  # noqa: E402
+from lottery_tf.core.pruning import PruningSpec, prune_by_magnitude  # noqa: E402
+from lottery_tf.engine.config import DataConfig, ModelConfig  # noqa: E402
+from lottery_tf.engine.data import DataUnavailableError, get_splits  # noqa: E402
+from lottery_tf.engine.data.cifar import make_augment  # noqa: E402
+from lottery_tf.engine.experiment import train_pipeline, training_batches  # noqa: E402
+from lottery_tf.engine.models import build_model  # noqa: E402
+from lottery_tf.store import atomic  # noqa: E402
 
 SETUPS = {
     # model: (batch, optimizer factory, steps per execution, steps per timed run, XLA)
@@ -62,13 +62,19 @@ def imagenet_like():
     import shutil
     import tempfile
 
-    from lottery_tf.data.fake_imagenet import make_archives
+    from lottery_tf.engine.data.fake_imagenet import make_archives
 
     folder = tempfile.mkdtemp(prefix="lottery_tf_benchmark_")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     manual = make_archives(os.path.join(folder, "manual"), per_class=64, validation=8, sizes=(300, 500))
-    return get_splits(DataConfig(name="imagenet2012", tfds_data_dir=os.path.join(folder, "tfds"),
-                                 tfds_manual_dir=manual, validation_examples=8))
+    return get_splits(
+        DataConfig(
+            name="imagenet2012",
+            tfds_data_dir=os.path.join(folder, "tfds"),
+            tfds_manual_dir=manual,
+            validation_examples=8,
+        )
+    )
 
 
 def load_data(model: str):
@@ -78,9 +84,18 @@ def load_data(model: str):
         try:
             return get_splits(DataConfig(name="fashion_mnist", tfds_download=False)), None
         except DataUnavailableError:
-            return get_splits(DataConfig(name="synthetic", synthetic_train_examples=60000, validation_examples=5000)), None
-    splits = get_splits(DataConfig(name="synthetic", synthetic_shape=(32, 32, 3), synthetic_train_examples=10000,
-                                   synthetic_test_examples=100, validation_examples=100))
+            return get_splits(
+                DataConfig(name="synthetic", synthetic_train_examples=60000, validation_examples=5000)
+            ), None
+    splits = get_splits(
+        DataConfig(
+            name="synthetic",
+            synthetic_shape=(32, 32, 3),
+            synthetic_train_examples=10000,
+            synthetic_test_examples=100,
+            validation_examples=100,
+        )
+    )
     augment = make_augment(np.zeros(3, np.float32), np.ones(3, np.float32)) if model == "resnet20" else None
     return splits, augment
 
@@ -93,11 +108,16 @@ def make(name, splits, masked: bool, per_execution: int, optimizer, jit: bool):
         masks = get_masks(model)
         rng = np.random.default_rng(1)
         for _ in range(7):  # 0.8^7 = 21% of the weights left
-            masks = prune_by_magnitude({n: rng.normal(size=m.shape) * m for n, m in masks.items()},
-                                       masks, PruningSpec("layerwise", 0.2))
+            masks = prune_by_magnitude(
+                {n: rng.normal(size=m.shape) * m for n, m in masks.items()}, masks, PruningSpec("layerwise", 0.2)
+            )
         set_masks(model, masks)
-    model.compile(optimizer=optimizer(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  steps_per_execution=per_execution, jit_compile=jit)
+    model.compile(
+        optimizer=optimizer(),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=per_execution,
+        jit_compile=jit,
+    )
     return model
 
 
@@ -121,8 +141,12 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="lenet_300_100,conv4,resnet20")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the timed steps (smoke runs: 0.05)")
-    parser.add_argument("--jit", choices=("default", "on", "off"), default="default",
-                        help="override XLA for every model (default: per model, see SETUPS)")
+    parser.add_argument(
+        "--jit",
+        choices=("default", "on", "off"),
+        default="default",
+        help="override XLA for every model (default: per model, see SETUPS)",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     lines = [
@@ -139,22 +163,31 @@ def main(argv=None) -> int:
         jit = {"on": True, "off": False}.get(args.jit, jit)
         steps = max(per_execution, int(steps * args.scale) // per_execution * per_execution)
         splits, augment = load_data(name)
-        dataset = training_batches(splits, batch, 0) if augment is None else train_pipeline(
-            splits, batch_size=batch, seed=0, augment=augment)
+        dataset = (
+            training_batches(splits, batch, 0)
+            if augment is None
+            else train_pipeline(splits, batch_size=batch, seed=0, augment=augment)
+        )
         models = {m: make(name, splits, m, per_execution, optimizer, jit) for m in (False, True)}
         for model in models.values():
             examples_per_second(model, dataset, max(per_execution, steps // 5 // per_execution * per_execution), batch)
         rates = {False: [], True: []}
         for repeat in range(args.repeats):
             # Alternate which model runs first, so drift and warm-up effects hit both alike.
-            for masked in ((False, True) if repeat % 2 == 0 else (True, False)):
+            for masked in (False, True) if repeat % 2 == 0 else (True, False):
                 rates[masked].append(examples_per_second(models[masked], dataset, steps, batch))
         plain, masked = statistics.median(rates[False]), statistics.median(rates[True])
-        source = ("imagenet2012 random JPEGs" if name == "resnet50" else splits.source + (" + augmentation" if augment else "")) + (" XLA" if jit else "")
+        source = (
+            "imagenet2012 random JPEGs"
+            if name == "resnet50"
+            else splits.source + (" + augmentation" if augment else "")
+        ) + (" XLA" if jit else "")
         pipeline = statistics.median(input_examples_per_second(dataset, steps, batch) for _ in range(3))
         per_repeat = " ".join(f"{m / p:.2f}" for p, m in zip(rates[False], rates[True]))
-        line = (f"{name:<15} {source[:26]:<26} {batch:>5} {plain:>10.0f} {masked:>10.0f} {masked / plain:>6.3f} "
-                f"{pipeline:>11.0f} {pipeline / max(plain, masked):>11.1f}  {per_repeat}")
+        line = (
+            f"{name:<15} {source[:26]:<26} {batch:>5} {plain:>10.0f} {masked:>10.0f} {masked / plain:>6.3f} "
+            f"{pipeline:>11.0f} {pipeline / max(plain, masked):>11.1f}  {per_repeat}"
+        )
         lines.append(line)
         print(line, flush=True)
     lines.append("")

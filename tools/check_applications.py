@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from lottery_tf.keras_compat import keras  # noqa: E402
-from lottery_tf.masking import get_masks, wrap_model  # noqa: E402
+from lottery_tf.core.keras_compat import keras  # noqa: E402
+from lottery_tf.core.masking import get_masks, wrap_model  # noqa: E402
 
 KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "embeddings")
 
@@ -72,7 +72,7 @@ def main() -> int:
     lines += ["", f"{len(applications()) - failed} ok, {failed} failed"]
     print(lines[-1])
     if args.out:
-        from lottery_tf import atomic
+        from lottery_tf.store import atomic
 
         atomic.write_text(args.out, "\n".join(lines) + "\n")
     return 1 if failed else 0

@@ -34,25 +34,43 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-FLAGFILES = ["lenet300_fashion_mnist", "cifar10_conv2", "cifar10_conv4", "cifar10_conv6",
-             "cifar10_resnet20_rewind", "cifar10_vgg16_rewind", "imagenet_resnet50_rewind"]
+FLAGFILES = [
+    "lenet300_fashion_mnist",
+    "cifar10_conv2",
+    "cifar10_conv4",
+    "cifar10_conv6",
+    "cifar10_resnet20_rewind",
+    "cifar10_vgg16_rewind",
+    "imagenet_resnet50_rewind",
+]
 EVAL_EXAMPLES = {"fashion_mnist": 15000, "mnist": 15000, "cifar10": 15000, "imagenet2012": 60000}
-INPUT_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3),
-                "imagenet2012": (224, 224, 3)}
+INPUT_SHAPES = {
+    "fashion_mnist": (28, 28, 1),
+    "mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "imagenet2012": (224, 224, 3),
+}
 CLASSES = {"imagenet2012": 1000}
 PEAK = {"1x A100": 312e12, "8x A100": 8 * 312e12 * 0.9, "1x H100": 989e12, "TPU v4-32 (16 chips)": 16 * 275e12 * 0.9}
 UTILIZATION = 0.35
 STEP_FLOOR = 0.5e-3  # seconds per training step, assumed
 # Which benchmark row stands for each model family's CPU efficiency.
-CPU_ROW = {"lenet_300_100": "lenet_300_100", "conv2": "conv4", "conv4": "conv4", "conv6": "conv4",
-           "resnet20": "resnet20", "vgg16": "resnet20", "resnet50": "resnet50"}
+CPU_ROW = {
+    "lenet_300_100": "lenet_300_100",
+    "conv2": "conv4",
+    "conv4": "conv4",
+    "conv6": "conv4",
+    "resnet20": "resnet20",
+    "vgg16": "resnet20",
+    "resnet50": "resnet50",
+}
 BENCHMARK_SHAPES = {"lenet_300_100": (28, 28, 1), "resnet50": (224, 224, 3)}  # others: CIFAR-shaped
 
 
 def forward_flops(model_name: str, shape, classes: int = 10) -> float:
-    from lottery_tf.config import ModelConfig
-    from lottery_tf.keras_compat import keras
-    from lottery_tf.models import build_model
+    from lottery_tf.core.keras_compat import keras
+    from lottery_tf.engine.config import ModelConfig
+    from lottery_tf.engine.models import build_model
 
     model = build_model(ModelConfig(name=model_name), shape, classes)
     macs = 0
@@ -67,9 +85,21 @@ def forward_flops(model_name: str, shape, classes: int = 10) -> float:
 
 
 def settings(flagfile: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "lottery_tf.main", f"--flagfile=flags/{flagfile}.flags",
-                             "--dry_run", "--output_dir=/nonexistent"], cwd=ROOT, capture_output=True, text=True,
-                            check=True, env={**os.environ, "PYTHONPATH": ROOT})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            f"--flagfile=flags/{flagfile}.flags",
+            "--dry_run",
+            "--output_dir=/nonexistent",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     return json.loads(result.stdout[: result.stdout.rindex("}") + 1])
 
 
@@ -95,14 +125,18 @@ def human(seconds: float) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--benchmark", action="append",
-                        help="benchmark output(s) with measured CPU rates (default: results/benchmark_masking.txt "
-                             "and results/benchmark_resnet50_imagenet.txt)")
+    parser.add_argument(
+        "--benchmark",
+        action="append",
+        help="benchmark output(s) with measured CPU rates (default: results/benchmark_masking.txt "
+        "and results/benchmark_resnet50_imagenet.txt)",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     rates = {}
-    for path in args.benchmark or [os.path.join(ROOT, "results", name)
-                                   for name in ("benchmark_masking.txt", "benchmark_resnet50_imagenet.txt")]:
+    for path in args.benchmark or [
+        os.path.join(ROOT, "results", name) for name in ("benchmark_masking.txt", "benchmark_resnet50_imagenet.txt")
+    ]:
         rates.update(cpu_rates(path))
     lines = [
         "# Cost of the flagfiles: an ESTIMATE (see tools/estimate_cost.py for every assumption)",
@@ -136,25 +170,32 @@ def main(argv=None) -> int:
             cpu = human(total / effective)
         sequential_steps = levels * t["iterations"]
         cells = []
-        for name, peak in PEAK.items():
+        for peak in PEAK.values():
             cells.append(human(max(total / (peak * UTILIZATION), sequential_steps * STEP_FLOOR)))
-        lines.append(f"| {flagfile} | {model} | {p['levels'] + 1}+{branch_levels} x {s['run']['replicates']} | "
-                     f"{train_examples:,} / level | {3 * forward / 1e9:.3f} | {total / 1e15:.1f} | {cpu} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", "Reading: the batch-60 recipes (LeNet, Conv-2/4/6) are bound by the per-step floor on any "
-              "accelerator, so eight GPUs or a pod slice do not help them as data parallelism; use the extra "
-              "devices for replicates and branches in parallel instead. The CPU column uses the masked "
-              "examples/s measured for LeNet, Conv-4 (for the Conv nets) and ResNet-20 (for ResNet-20 and "
-              "VGG-16) in results/benchmark_masking.txt, and for ResNet-50 (batch 16, streamed ImageNet-sized "
-              "JPEGs) in results/benchmark_resnet50_imagenet.txt.",
-              "", "ImageNet / ResNet-50 is compute-bound, so devices help: one level (90 epochs) is the "
-              "unit of cost, and the whole flagfile runs its levels one after another. Its input pipeline "
-              "must decode and crop about the accelerator's examples/s; budget host CPU cores accordingly "
-              "(results/benchmark_resnet50_imagenet.txt gives this machine's per-core decode rate)."]
+        lines.append(
+            f"| {flagfile} | {model} | {p['levels'] + 1}+{branch_levels} x {s['run']['replicates']} | "
+            f"{train_examples:,} / level | {3 * forward / 1e9:.3f} | {total / 1e15:.1f} | {cpu} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "Reading: the batch-60 recipes (LeNet, Conv-2/4/6) are bound by the per-step floor on any "
+        "accelerator, so eight GPUs or a pod slice do not help them as data parallelism; use the extra "
+        "devices for replicates and branches in parallel instead. The CPU column uses the masked "
+        "examples/s measured for LeNet, Conv-4 (for the Conv nets) and ResNet-20 (for ResNet-20 and "
+        "VGG-16) in results/benchmark_masking.txt, and for ResNet-50 (batch 16, streamed ImageNet-sized "
+        "JPEGs) in results/benchmark_resnet50_imagenet.txt.",
+        "",
+        "ImageNet / ResNet-50 is compute-bound, so devices help: one level (90 epochs) is the "
+        "unit of cost, and the whole flagfile runs its levels one after another. Its input pipeline "
+        "must decode and crop about the accelerator's examples/s; budget host CPU cores accordingly "
+        "(results/benchmark_resnet50_imagenet.txt gives this machine's per-core decode rate).",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        from lottery_tf import atomic
+        from lottery_tf.store import atomic
 
         atomic.write_text(args.out, text)
     return 0

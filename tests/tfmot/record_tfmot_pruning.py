@@ -18,13 +18,21 @@ tf.random.set_seed(0)
 rng = np.random.default_rng(0)
 x = rng.normal(size=(args["examples"], 6)).astype(np.float32)
 y = rng.integers(0, 3, size=args["examples"])
-schedule = tfmot.sparsity.keras.PolynomialDecay(args["initial"], args["final"], args["begin"], args["end"],
-                                                frequency=args["frequency"])
+schedule = tfmot.sparsity.keras.PolynomialDecay(
+    args["initial"], args["final"], args["begin"], args["end"], frequency=args["frequency"]
+)
 model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="a"), keras.layers.Dense(3, name="b")])
 pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-pruned.compile(optimizer=keras.optimizers.SGD(args["learning_rate"]),
-               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+pruned.compile(
+    optimizer=keras.optimizers.SGD(args["learning_rate"]),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+)
 wrappers = [layer for layer in pruned.layers if hasattr(layer, "pruning_vars")]
+# tf_keras's initializers do not follow tf.random.set_seed here, so the kernels come from numpy: the
+# same record on every run.
+init = np.random.default_rng(args["init_seed"])
+for w in wrappers:
+    w.layer.kernel.assign(init.uniform(-0.6, 0.6, size=w.layer.kernel.shape).astype(np.float32))
 initial = {w.layer.name: w.layer.kernel.numpy().tolist() for w in wrappers}
 record = {"initial": initial, "steps": []}
 
@@ -38,6 +46,13 @@ class Recorder(keras.callbacks.Callback):
         record["steps"].append({"kernels": self.kernels, "masks": masks})
 
 
-pruned.fit(x, y, batch_size=args["batch_size"], epochs=args["epochs"], shuffle=False, verbose=0,
-           callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Recorder()])
+pruned.fit(
+    x,
+    y,
+    batch_size=args["batch_size"],
+    epochs=args["epochs"],
+    shuffle=False,
+    verbose=0,
+    callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Recorder()],
+)
 print(json.dumps(record))

@@ -1,0 +1,225 @@
+"""LiteRT (TensorFlow Lite) files of a ticket: convert with sparse storage, read back what is stored, run them.
+
+* :func:`convert`: a plain Keras model to a ``.tflite`` flatbuffer with
+  TensorFlow's converter and ``Optimize.EXPERIMENTAL_SPARSITY`` (weights with
+  enough zeros are stored in a compressed sparse format), optionally with
+  dynamic-range or full int8 quantization.
+* :func:`storage`: the flatbuffer read back (TensorFlow's generated schema
+  reader): every constant weight tensor, whether it is stored sparse, the
+  bytes of its values and indices, its nonzeros, and which operator reads it
+  (``DENSIFY`` means the interpreter expands it to dense when it loads: the
+  dense kernel runs, the file is only smaller).
+* :class:`Runner`: the LiteRT interpreter (``ai_edge_litert``, the maintained
+  package, or TensorFlow's deprecated ``tf.lite.Interpreter`` when it is
+  missing) with or without the default delegates (XNNPACK), any batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import warnings
+
+import numpy as np
+
+from lottery_tf.core.keras_compat import quiet_native_output
+
+QUANTIZATIONS = ("none", "dynamic", "int8")
+
+
+def convert(model, quantize: str = "none", representative=None) -> bytes:
+    """A ``.tflite`` flatbuffer of a plain (stripped) Keras model, with sparse tensor encoding.
+
+    Args:
+        model: A Keras model without MaskedLayers (:func:`lottery_tf.strip_masks`).
+        quantize: ``none`` (float32 weights), ``dynamic`` (int8 weights, float
+            activations) or ``int8`` (int8 weights and activations, float input
+            and output).
+        representative: For ``int8``: an array of input examples that set the
+            activation ranges (from the training split).
+
+    Raises:
+        ValueError: For an unknown ``quantize``, or ``int8`` without examples.
+    """
+    import tensorflow as tf
+
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter_log = io.StringIO()
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    if quantize in ("dynamic", "int8"):
+        converter.optimizations.append(tf.lite.Optimize.DEFAULT)
+    if quantize == "int8":
+        if representative is None or len(representative) == 0:
+            raise ValueError("int8 quantization needs representative input examples")
+        examples = np.asarray(representative, np.float32)
+        converter.representative_dataset = lambda: ([example[None]] for example in examples)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # The converter's own chatter (the SavedModel it writes on the way, its warnings) is not the user's concern.
+    with contextlib.redirect_stdout(converter_log), warnings.catch_warnings(), quiet_native_output():
+        warnings.simplefilter("ignore")
+        return converter.convert()
+
+
+def _schema():
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return schema
+
+
+def _index_bytes(vector) -> int:
+    if vector is None:
+        return 0
+    values = vector.values
+    return 0 if values is None else int(np.asarray(values).nbytes)
+
+
+_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8, 7: np.int16}
+
+
+def storage(flatbuffer: bytes) -> list[dict]:
+    """Every constant tensor of rank >= 2 in a ``.tflite`` file: how it is stored and what reads it.
+
+    Returns:
+        One dict per tensor: ``name``, ``shape``, ``type``, ``sparse`` (it has
+        sparsity parameters), ``value_bytes``, ``index_bytes`` (the sparse
+        format's segments and indices), ``nonzeros``, ``bytes_per_nonzero``,
+        ``block`` (the sparse format's block, e.g. [1, 4], if any) and
+        ``read_by`` (the operators that take it as input).
+    """
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
+    opcodes = [
+        names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
+        for code in model.operatorCodes
+    ]
+    found = []
+    for graph in model.subgraphs:
+        readers = {}
+        for op in graph.operators:
+            for index in op.inputs if op.inputs is not None else ():
+                readers.setdefault(int(index), []).append(opcodes[op.opcodeIndex])
+        for index, tensor in enumerate(graph.tensors):
+            data = model.buffers[tensor.buffer].data
+            shape = [int(d) for d in (tensor.shape if tensor.shape is not None else ())]
+            if data is None or len(shape) < 2:
+                continue
+            values = np.frombuffer(bytes(np.asarray(data, np.uint8)), _DTYPES.get(tensor.type, np.uint8))
+            sparsity = tensor.sparsity
+            index_bytes, block = 0, None
+            if sparsity is not None:
+                for dim in sparsity.dimMetadata or ():
+                    index_bytes += _index_bytes(dim.arraySegments) + _index_bytes(dim.arrayIndices)
+                if sparsity.blockMap is not None and len(sparsity.blockMap):
+                    # Dimension blockMap[i] is cut into blocks of dimMetadata[rank + i].denseSize.
+                    block = [1] * len(shape)
+                    for i, dimension in enumerate(sparsity.blockMap):
+                        block[int(dimension)] = int(sparsity.dimMetadata[len(shape) + i].denseSize)
+            nonzeros = int(np.count_nonzero(values))
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            found.append(
+                {
+                    "name": name,
+                    "shape": shape,
+                    "type": str(np.dtype(_DTYPES.get(tensor.type, np.uint8))),
+                    "sparse": sparsity is not None,
+                    "value_bytes": int(len(data)),
+                    "index_bytes": index_bytes,
+                    "nonzeros": nonzeros,
+                    "bytes_per_nonzero": (len(data) + index_bytes) / nonzeros if nonzeros else None,
+                    "block": block,
+                    "read_by": sorted(set(readers.get(index, []))),
+                }
+            )
+    return found
+
+
+def interpreter_name() -> str:
+    """Which interpreter :class:`Runner` uses."""
+    try:
+        from importlib.metadata import version
+
+        import ai_edge_litert  # noqa: F401
+
+        return f"ai_edge_litert {version('ai-edge-litert')}"
+    except ImportError:
+        return "tf.lite.Interpreter (ai-edge-litert is not installed: pip install 'lottery_tf[litert]')"
+
+
+class Runner:
+    """Runs a ``.tflite`` model on batches of any size.
+
+    Args:
+        flatbuffer: The model.
+        default_delegates: Whether the interpreter applies its default delegates
+            (XNNPACK on CPU). Without them the built-in kernels run, including
+            TFLite's sparse FULLY_CONNECTED kernels.
+        threads: Interpreter threads.
+
+    Raises:
+        RuntimeError: If the interpreter cannot prepare the model (the message
+            is the interpreter's first line).
+    """
+
+    def __init__(self, flatbuffer: bytes, default_delegates: bool = True, threads: int = 1):
+        try:
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        except ImportError:
+            import tensorflow as tf
+
+            Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+        resolver = OpResolverType.AUTO if default_delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter = Interpreter(
+                    model_content=flatbuffer, num_threads=threads, experimental_op_resolver_type=resolver
+                )
+                self.interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as error:
+            raise RuntimeError(_first_line(error)) from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch = None
+
+    def _resize(self, batch: int) -> None:
+        if batch != self.batch:
+            shape = list(self.input["shape"])
+            shape[0] = batch
+            try:
+                self.interpreter.resize_tensor_input(self.input["index"], shape)
+                self.interpreter.allocate_tensors()
+            except (RuntimeError, ValueError) as error:
+                raise RuntimeError(_first_line(error)) from None
+            self.batch = batch
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The model's outputs for a batch."""
+        x = np.asarray(x, self.input["dtype"])
+        self._resize(len(x))
+        try:
+            self.interpreter.set_tensor(self.input["index"], x)
+            self.interpreter.invoke()
+        except (RuntimeError, ValueError) as error:
+            raise RuntimeError(_first_line(error)) from None
+        return np.array(self.interpreter.get_tensor(self.output["index"]))
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return np.concatenate([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    def time(self, x: np.ndarray, runs: int) -> list[float]:
+        """Seconds of each of ``runs`` invocations on ``x`` (after one warm-up)."""
+        self(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.interpreter.invoke()
+            times.append(time.perf_counter() - start)
+        return times
+
+
+def _first_line(error) -> str:
+    text = str(error).strip()
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)

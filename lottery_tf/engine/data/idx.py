@@ -1,0 +1,127 @@
+"""Reading MNIST-format IDX files (optionally gzipped) into numpy arrays."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+
+# (split, images file stem, labels file stem)
+SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class IdxError(ValueError):
+    """A missing or malformed IDX file; the message names the file."""
+
+
+def find_file(folder: str, stem: str) -> str:
+    """The path of ``stem`` or ``stem.gz`` in ``folder``.
+
+    Raises:
+        IdxError: If neither exists.
+    """
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise IdxError(f"{os.path.join(folder, stem)}[.gz] not found")
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads one IDX file.
+
+    Raises:
+        IdxError: If the file cannot be read or its header does not match its size.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:
+        raise IdxError(f"cannot read IDX file {path}: {error}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
+        raise IdxError(f"{path} is not an IDX file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise IdxError(f"{path} is truncated (header)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_DTYPES[data[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise IdxError(f"{path} has {len(data)} bytes; its header {shape} needs {expected}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def has_idx_files(folder: str) -> bool:
+    """Whether ``folder`` holds all four MNIST-format files."""
+    try:
+        for images, labels in SPLITS.values():
+            find_file(folder, images)
+            find_file(folder, labels)
+    except IdxError:
+        return False
+    return True
+
+
+def load_folder(
+    folder: str, classes: int = 10, image_shape: tuple = (28, 28)
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Loads ``{"train": (images, labels), "test": (images, labels)}``.
+
+    Checks what the MNIST family promises: images of ``image_shape``, as many
+    labels as images, label values in ``[0, classes)``.
+
+    Raises:
+        IdxError: Naming the folder or file that is missing or malformed.
+    """
+    if not os.path.isdir(folder):
+        raise IdxError(f"{folder} is not a readable folder")
+    out = {}
+    for split, (images_stem, labels_stem) in SPLITS.items():
+        images_path, labels_path = find_file(folder, images_stem), find_file(folder, labels_stem)
+        images = read_idx(images_path)
+        labels = read_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1:
+            raise IdxError(
+                f"{images_path}: images {images.shape} and labels {labels.shape} do not form an MNIST-style split"
+            )
+        if tuple(images.shape[1:]) != tuple(image_shape):
+            raise IdxError(
+                f"{images_path}: images are {images.shape[1]}x{images.shape[2]}; expected "
+                f"{image_shape[0]}x{image_shape[1]}"
+            )
+        if len(images) != len(labels):
+            raise IdxError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")
+        if len(images) == 0:
+            raise IdxError(f"{images_path}: the {split} split holds no images")
+        if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
+            raise IdxError(
+                f"{images_path}: {int(np.count_nonzero(~np.isfinite(images)))} pixel values are NaN or infinite"
+            )
+        if np.issubdtype(labels.dtype, np.floating):
+            if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+                raise IdxError(
+                    f"{labels_path}: labels are {labels.dtype} values that are not all integers "
+                    f"(e.g. {labels[labels != np.round(labels)][:1].tolist() or 'NaN'})"
+                )
+        if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            raise IdxError(
+                f"{labels_path}: label values {int(labels.min())}..{int(labels.max())} are outside 0..{classes - 1}"
+            )
+        out[split] = (images, labels.astype(np.int64))
+    return out
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Writes ``array`` (uint8) as an IDX file; gzipped if ``path`` ends in .gz."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as handle:
+        handle.write(header + array.tobytes())

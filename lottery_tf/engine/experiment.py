@@ -1,0 +1,429 @@
+"""The experiment: the IMP main line per replicate, then branches at chosen levels.
+
+Files go where :mod:`lottery_tf.run_dir` says; the recipe (model, optimizer,
+loss, input order) is :mod:`lottery_tf.recipe`; how one level trains,
+checkpoints and resumes is :mod:`lottery_tf.levels`; the kinds of branch
+(controls, rewinding, the analyses) are the registry in
+:mod:`lottery_tf.branches`. Each lineage a process trains is locked
+(:mod:`lottery_tf.locks`), so several processes can share a run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from lottery_tf.core.callbacks import PruneRewindCallback
+from lottery_tf.core.masking import get_masks, mask_names, set_masks
+from lottery_tf.core.pruning import count_to_prune, resolve_mask_name
+from lottery_tf.engine import repair, run_dir
+from lottery_tf.engine.branches import (  # noqa: F401
+    BranchStart,
+    branch_folder_name,
+    branch_type,
+    check_branch_inputs,
+    prepare_branch,
+    run_branch,
+    run_branches,
+    run_lr_rewind_lineage,
+)
+from lottery_tf.engine.config import (
+    ConfigError,
+    ExperimentConfig,
+    StrategyError,
+    experiment_hash_of,
+    non_default_identity,
+    replicate_seed,
+)
+from lottery_tf.engine.data import get_splits
+from lottery_tf.engine.data.registry import check_sizes, class_counts, splits_fingerprint
+from lottery_tf.engine.distribute import is_chief, is_multi_worker, make_strategy, split_cpu, worker_label
+from lottery_tf.engine.levels import (  # noqa: F401
+    Context,
+    agreement,
+    check_layer_names,
+    dense_optimizer_at,
+    pruning_spec,
+    todo,
+    train_level,
+    train_lineage,
+)
+from lottery_tf.engine.recipe import build_masked_model
+from lottery_tf.engine.run_dir import MAIN, is_done, level_dir  # noqa: F401
+from lottery_tf.store import atomic, locks, states
+from lottery_tf.store import reader as store
+
+StoreError = store.StoreError
+
+
+def run_main_line(ctx: Context) -> bool:
+    """Trains main levels 0..levels not yet done, after rebuilding what is damaged. Returns whether it trained any."""
+    config, p = ctx.config, ctx.config.pruning
+    damaged = repair.main_line_damage(ctx)
+    if all(is_done(ctx.folder, level, MAIN) for level in range(p.levels + 1)) and not damaged:
+        return False
+    if config.branches.names and atomic.writes_enabled() and locks.is_held(ctx.folder, MAIN):
+        # Another process is training the main line this command's branches start from: wait for it.
+        locks.wait_until_free(ctx.folder, MAIN, "this command's branches need its levels")
+    with locks.hold(ctx.folder, MAIN, config.run.wait_for_lock):
+        repair.rebuild_main_line(ctx)
+        levels = todo(ctx, MAIN, range(p.levels + 1))
+        if not levels:  # another process finished it while we waited
+            return False
+        first = levels[0]
+        rewind_path = os.path.join(ctx.folder, "rewind_point.npz")
+        optimizer_path = os.path.join(ctx.folder, "rewind_optimizer.npz")
+        model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
+        check_layer_names(config, model)
+
+        def on_capture(state):
+            states.save(state, rewind_path)
+            repair.record_rewind_point(ctx, state)
+            if imp.optimizer_point is not None:
+                states.save_optimizer(imp.optimizer_point, optimizer_path)
+
+        imp = PruneRewindCallback(
+            pruning_spec(config),
+            rewind_step=p.rewind_step,
+            on_capture=on_capture,
+            rewind_optimizer=p.rewind_optimizer,
+            agree_on_masks=agreement(ctx),
+        )
+        imp.set_model(model)
+        if os.path.exists(rewind_path):
+            imp.rewind_point = states.load(rewind_path)
+            imp.optimizer_point = dense_optimizer_at(ctx, p.rewind_step)
+
+        def load_level(level):
+            if imp.rewind_point is None:
+                raise FileNotFoundError(f"{rewind_path} is missing; the run cannot continue at level {level}")
+            # Masks of this level were written when the previous level ended.
+            set_masks(model, repair.masks_of(ctx, MAIN, level))
+            imp.level = level
+            imp.rewind()
+
+        if first > 0:
+            load_level(first)
+        train_lineage(
+            ctx, model, imp, MAIN, levels, lambda level: p.rewind_step if level > 0 else 0, load_level=load_level
+        )
+    return True
+
+
+def replicates(config: ExperimentConfig) -> list[int]:
+    return [config.run.replicate] if config.run.replicate >= 0 else list(range(config.run.replicates))
+
+
+@dataclasses.dataclass
+class Ready:
+    """What :func:`check` found: everything a run needs, checked before any file is written."""
+
+    strategy: object
+    splits: object
+    record: dict  # the data record (source, fingerprint, sizes)
+    new_data_record: bool  # data.json is to be written
+
+
+def check(config: ExperimentConfig, rerecord_data: bool = False) -> Ready:
+    """Every check that needs TensorFlow, the data or the run folder, before anything is written.
+
+    The strategy and batch sizes, the data's real content and sizes, the model
+    (layer names, exclusions, levels that would prune a layer to nothing), the
+    data record and identity of an existing run folder, and what the store
+    says a run must refuse.
+
+    Raises:
+        ConfigError: Naming the flag.
+        StoreError: Naming the file of the run folder and what to do.
+        DataUnavailableError: Naming the data source.
+    """
+    split_cpu(config.run.cpu_devices)
+    if config.run.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(config.run.strategy, config.run.tpu)
+    check_batch_sizes(config, strategy)
+    splits = get_splits(config.data)
+    train = splits.sizes()[0]
+    check_sizes(
+        config.data, config.training.batch_size, config.branches, train=train, class_counts=class_counts(splits)
+    )
+    check_model(config, splits)
+    record = {
+        "source": splits.source,
+        "fingerprint": splits_fingerprint(splits),
+        "sizes": list(splits.sizes()),
+        "input_shape": list(splits.input_shape),
+        "num_classes": int(splits.num_classes),
+    }
+    new_data_record = check_store(config, record, rerecord_data)
+    return Ready(strategy, splits, record, new_data_record)
+
+
+def run(config: ExperimentConfig, ready: Ready | None = None) -> bool | None:
+    """Runs (or continues) the experiment.
+
+    Args:
+        config: The settings (validated).
+        ready: What :func:`check` returned; checked here when not given.
+
+    Returns:
+        Whether anything was trained; ``None`` on a worker that is not the chief
+        (it writes nothing; the chief's command writes the summary).
+    """
+    ready = ready or check(config)
+    strategy = ready.strategy
+    if config.run.strategy != "default":
+        devices = ", ".join(getattr(strategy.extended, "worker_devices", ()) or ())
+        print(f"strategy: {config.run.strategy}, {strategy.num_replicas_in_sync} replica(s): {devices}", flush=True)
+    chief = is_chief(strategy)
+    if worker_label(strategy):
+        role = "the chief: writes the run's files" if chief else "not the chief: reads the run's files, writes none"
+        print(f"{worker_label(strategy)}: {role}", flush=True)
+    try:
+        with atomic.discarding_writes(not chief):
+            trained = _run_replicates(config, ready)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as error:
+        if not is_multi_worker(strategy):
+            raise
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise StrategyError(
+            f"--strategy=multi_worker_mirrored: a worker stopped ({first.strip()}); restart every worker "
+            "with the same command: the run resumes from the chief's last checkpoint"
+        ) from None
+    if not chief:
+        print("done; the chief writes the results", flush=True)
+        return None
+    return trained
+
+
+def check_model(config: ExperimentConfig, splits) -> None:
+    """Settings that need the model (layers to exclude, per-layer fractions, levels), checked before anything is written.
+
+    Raises:
+        ConfigError: Naming the flag and the valid names.
+    """
+    from lottery_tf.core.masking import wrap_model
+    from lottery_tf.engine.models import build_model
+
+    try:
+        model = wrap_model(
+            build_model(config.model, splits.input_shape, splits.num_classes), exclude=config.pruning.exclude_layers
+        )
+    except ValueError as error:
+        raise ConfigError("exclude_layers", str(error).rstrip(".")) from None
+    try:
+        names = mask_names(model)
+    except ValueError:
+        raise ConfigError(
+            "exclude_layers",
+            f"{','.join(config.pruning.exclude_layers)} leaves nothing to prune in "
+            f"{config.model.name}; exclude fewer layers",
+        ) from None
+    check_layer_names(config, model)
+    note = check_levels(config, {name: tuple(m.shape) for name, m in get_masks(model).items()}, names)
+    if note:
+        print(note, flush=True)
+    check_baselines(config)
+
+
+def check_levels(config: ExperimentConfig, shapes: dict, names: list) -> str | None:
+    """No level may prune a weight (or the global pool) to nothing; a structure must fit and be reached.
+
+    Counts what the pruning decision counts: weights, or blocks with
+    ``--pruning_block``. With ``--pruning_n_m`` every layer must keep at most
+    N/M of its weights by the last level, or its ticket would not have the
+    structure.
+
+    Returns:
+        For N:M, one line saying from which level each layer has the structure.
+
+    Raises:
+        ConfigError: Naming --levels (or the structure's flag), the weight and the level.
+    """
+    from lottery_tf.core.pruning import block_ids, runtime_view
+
+    spec = pruning_spec(config)
+    block, n_m = spec.block, spec.n_m
+    for name in names:
+        outputs, inputs = runtime_view(np.empty(shapes[name], np.int8)).shape
+        if block and (block[0] > outputs or block[1] > inputs):
+            raise ConfigError(
+                "pruning_block",
+                f"{block[0]}x{block[1]} does not fit {name}: it has {outputs} outputs x "
+                f"{inputs} inputs in the runtime's layout",
+            )
+        if n_m and n_m[1] > inputs:
+            raise ConfigError(
+                "pruning_n_m", f"{n_m[0]}:{n_m[1]} does not fit {name}: it has {inputs} inputs per output"
+            )
+    sizes = {n: (block_ids(shapes[n], block)[1] if block else int(np.prod(shapes[n]))) for n in names}
+    what = "blocks" if block else "weights"
+    fractions = {resolve_mask_name(n, names): f for n, f in spec.layer_fractions.items()}
+    own = {}
+    for name in names:
+        fraction = fractions.get(name)
+        if fraction is None and name == names[-1]:
+            fraction = spec.output_fraction
+        if fraction is None and spec.method == "layerwise":
+            fraction = spec.fraction
+        if fraction is not None:
+            own[name] = fraction
+    remaining = {name: sizes[name] for name in own}
+    pool = sum(sizes[name] for name in names if name not in own)
+    pool_size = pool
+    reached = {}
+    for level in range(1, config.pruning.levels + 1):
+        for name, fraction in own.items():
+            remaining[name] -= count_to_prune(fraction, remaining[name])
+            if remaining[name] <= 0:
+                raise ConfigError(
+                    "levels",
+                    f"{config.pruning.levels} prunes {name} ({sizes[name]} {what}) to nothing "
+                    f"by level {level}; use --levels={level - 1} or fewer, or a smaller fraction",
+                )
+            if n_m and name not in reached and remaining[name] <= n_m[0] * sizes[name] / n_m[1]:
+                reached[name] = level
+        if pool:
+            pool -= count_to_prune(spec.fraction, pool)
+            if pool <= 0:
+                raise ConfigError(
+                    "levels",
+                    f"{config.pruning.levels} prunes every pooled weight to nothing by level "
+                    f"{level}; use --levels={level - 1} or fewer",
+                )
+            if n_m and "the global pool" not in reached and pool <= n_m[0] * pool_size / n_m[1]:
+                reached["the global pool"] = level
+    if not n_m:
+        return None
+    wanted = [*own, *(["the global pool"] if pool_size else [])]
+    missing = [name for name in wanted if name not in reached]
+    if missing:
+        raise ConfigError(
+            "pruning_n_m",
+            f"{n_m[0]}:{n_m[1]} keeps at most {100 * n_m[0] / n_m[1]:g}% of the weights, "
+            f"but {missing[0]} never gets there in --levels={config.pruning.levels}; add levels or "
+            "raise the fraction",
+        )
+    first = min(reached.values())
+    return (
+        f"pruning: {n_m[0]}:{n_m[1]} from level {first} on (levels before it keep more than "
+        f"{100 * n_m[0] / n_m[1]:g}% and prune single weights); per weight: "
+        + ", ".join(f"{name} from level {level}" for name, level in reached.items())
+    )
+
+
+def check_store(config: ExperimentConfig, record: dict, rerecord_data: bool = False) -> bool:
+    """What the run folder must allow before anything is written: its identity, its data record, its damage.
+
+    Returns:
+        Whether ``data.json`` is to be written (a new run, or ``rerecord_data``).
+
+    Raises:
+        StoreError: For damage no run can rebuild (the line the health check prints).
+        ConfigError: If the run's data fingerprint differs from the data found now.
+    """
+    folder = run_dir.experiment_dir(config)
+    if not os.path.isdir(folder):
+        return True
+    expected = json.loads(json.dumps(non_default_identity(config)))
+    report = store.inspect_experiment(folder, expected_identity=expected, folder_hash=experiment_hash_of)
+    for problem in report.problems:
+        if problem.action == store.REFUSE and not (problem.kind == "data" and rerecord_data):
+            raise StoreError(problem.line())
+    for health in report.replicates.values():
+        for problem in health.problems:
+            if problem.action == store.REFUSE:
+                raise StoreError(problem.line())
+    path = os.path.join(folder, "data.json")
+    if rerecord_data or store.json_problem(path):
+        return True
+    previous = store.read_json(path)
+    if previous.get("fingerprint") != record["fingerprint"]:
+        raise ConfigError(
+            "data_dir",
+            f"this run was trained on {previous.get('source')} (data fingerprint {previous.get('fingerprint')}), "
+            f"but the data found now is {record['source']} (fingerprint {record['fingerprint']}); point "
+            "--data_dir or --tfds_data_dir at the run's data, or use another --output_dir",
+        )
+    return False
+
+
+def check_baselines(config: ExperimentConfig) -> None:
+    """``--gmp_schedule=tfmot`` needs TFMOT (run in a subprocess): checked before anything is written.
+
+    Raises:
+        ConfigError: Naming the flag and how to install the extra.
+    """
+    if "gmp" in config.branches.names and config.branches.gmp_schedule == "tfmot":
+        from lottery_tf.core.gradual import TfmotUnavailableError, tfmot_schedule_table
+
+        try:
+            tfmot_schedule_table(0.0, 0.5, 1, 2, 1, 2)
+        except TfmotUnavailableError as error:
+            raise ConfigError("gmp_schedule", str(error)) from None
+
+
+def _run_replicates(config: ExperimentConfig, ready: Ready) -> bool:
+    splits, record = ready.splits, ready.record
+    run_dir.prepare(config)  # only now: a command whose data, model or store fails writes nothing
+    if ready.new_data_record:
+        atomic.write_json(os.path.join(run_dir.experiment_dir(config), "data.json"), record)
+    train, val, test = splits.sizes()
+    print(
+        f"data: {splits.source}  train {train}  val {val}  test {test}  fingerprint {record['fingerprint']}", flush=True
+    )
+    trained = False
+    for r in replicates(config):
+        ctx = Context(
+            config, splits, r, replicate_seed(config.seed, r), run_dir.replicate_dir(config, r), ready.strategy
+        )
+        trained |= run_main_line(ctx)
+        ensure_branch_inputs(ctx)
+        trained |= run_branches(ctx)
+    return trained
+
+
+def ensure_branch_inputs(ctx: Context) -> None:
+    """Every main-line file the requested branches read exists: rebuilt if damaged (trained weights included).
+
+    Raises:
+        FileNotFoundError: Naming the branch, the level and the file, if the main line has not written it.
+    """
+    needed = [
+        (name, level, relative)
+        for name in ctx.config.branches.names
+        for level in ctx.config.branches.levels
+        for relative in branch_type(name).needs(ctx.config, level)
+    ]
+    damaged = sorted({relative for _, _, relative in needed if store.npz_problem(os.path.join(ctx.folder, relative))})
+    if damaged:
+        with locks.hold(ctx.folder, MAIN, ctx.config.run.wait_for_lock):
+            for relative in damaged:
+                repair.rebuild_input(ctx, relative)
+    check_branch_inputs(ctx)
+
+
+def check_batch_sizes(config: ExperimentConfig, strategy) -> None:
+    """Every global batch size must split evenly across the replicas.
+
+    Raises:
+        ConfigError: Naming the flag.
+    """
+    replicas = strategy.num_replicas_in_sync
+    for flag, size in (("batch_size", config.training.batch_size), ("branch_batch_size", config.branches.batch_size)):
+        if size and size % replicas:
+            raise ConfigError(
+                flag, f"{size} does not split evenly across the {replicas} replicas of --strategy={config.run.strategy}"
+            )
+
+
+def describe(config: ExperimentConfig) -> str:
+    """One line naming the experiment, for logs."""
+    return (
+        f"{config.model.name} on {config.data.name}, levels 0-{config.pruning.levels}, "
+        f"replicates {replicates(config)}, seed {config.seed}"
+    )

@@ -1,0 +1,140 @@
+"""Where the run folder is decided and what is in it (no TensorFlow here).
+
+The folder depends on the experiment's settings alone: a short stable hash of
+the settings that differ from their defaults (:func:`config.experiment_hash`),
+so adding a new flag with a default never moves an old run. Layout::
+
+    <output_dir>/lottery_<hash>/settings.json         every setting of the latest invocation
+    <output_dir>/lottery_<hash>/identity.json         the hashed settings (never changes)
+    <output_dir>/lottery_<hash>/summary.{csv,md}      over replicates, per level and branch
+    .../replicate_<r>/rewind_point.npz                non-mask variables at the rewind step
+    .../replicate_<r>/rewind_points/step_<k>.npz      states replayed for `rewind` branches
+    .../replicate_<r>/level_<LL>/main/masks.npz       the masks level LL trains with
+    .../replicate_<r>/level_<LL>/<branch>/metrics.json  curves and summary: written last
+    .../replicate_<r>/level_<LL>/<branch>/final_weights.npz  trained state (main line)
+    .../replicate_<r>/level_<LL>/<branch>/checkpoints/ckpt-<step>.{npz,json}  while running
+    .../replicate_<r>/level_<LL>/<branch>/branch.json  the branch's settings
+    .../replicate_<r>/level_<LL>/instability/<network>_k<k>/pair_<p>/instability.json  (copies beside it)
+    .../replicate_<r>/level_<LL>/stability/<network>_k<k>/stability.json
+    .../replicate_<r>/tensorboard/level_<LL>_<branch>/  TensorBoard events
+
+A level whose ``metrics.json`` exists is done and is never trained again.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+
+from lottery_tf.engine.config import ConfigError, ExperimentConfig, experiment_hash, non_default_identity
+from lottery_tf.store import atomic
+from lottery_tf.store import reader as store
+
+MAIN = "main"
+_LEVEL = re.compile(r"level_(\d+)$")
+
+
+def experiment_dir(config: ExperimentConfig) -> str:
+    return os.path.join(config.run.output_dir, f"lottery_{experiment_hash(config)}")
+
+
+def replicate_dir(config: ExperimentConfig, replicate: int) -> str:
+    return os.path.join(experiment_dir(config), f"replicate_{replicate}")
+
+
+def level_dir(replicate_folder: str, level: int, branch: str) -> str:
+    """The folder of one level of one branch."""
+    return os.path.join(replicate_folder, f"level_{level:02d}", branch)
+
+
+def metrics_problem(path: str) -> str | None:
+    """What is wrong with a ``metrics.json`` (None if it is a complete, finite record); see :mod:`lottery_tf.store`."""
+    problem = store.metrics_problem(path)
+    return f"{path} {problem}" if problem else None
+
+
+def is_done(replicate_folder: str, level: int, branch: str) -> bool:
+    """Whether that level's metrics were written (the last file a level writes) and are a complete, finite record."""
+    return store.is_done(replicate_folder, level, branch)
+
+
+def damaged_metrics(replicate_folder: str, level: int, branch: str) -> str | None:
+    """The problem of a level's ``metrics.json`` that exists but is not a complete record."""
+    path = os.path.join(level_dir(replicate_folder, level, branch), "metrics.json")
+    return metrics_problem(path) if os.path.isfile(path) else None
+
+
+def levels_with(replicate_folder: str, branch: str, filename: str) -> list[int]:
+    """Levels of ``branch`` whose folder holds ``filename``."""
+    found = []
+    for path in glob.glob(os.path.join(replicate_folder, "level_*", branch, filename)):
+        match = _LEVEL.search(os.path.dirname(os.path.dirname(path)))
+        if match:
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def read_json(path: str, what: str) -> dict:
+    """Reads a JSON file.
+
+    Raises:
+        ConfigError: Naming the file, if it cannot be read or parsed.
+    """
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ConfigError("output_dir", f"cannot read {what} {path}: {error}") from None
+
+
+def prepare(config: ExperimentConfig) -> str:
+    """Creates the experiment folder, or checks that it holds this experiment.
+
+    Writes ``identity.json`` once and ``settings.json`` (all settings of this
+    invocation) every time, atomically.
+
+    Returns:
+        The experiment folder.
+
+    Raises:
+        ConfigError: If the folder's identity file is unreadable or differs;
+            nothing is written then.
+    """
+    folder = experiment_dir(config)
+    identity_path = os.path.join(folder, "identity.json")
+    identity = non_default_identity(config)
+    if os.path.exists(identity_path):
+        previous = read_json(identity_path, "settings file")
+        if previous != json.loads(json.dumps(identity)):
+            raise ConfigError(
+                "output_dir", f"{identity_path} does not match these settings; the folder was changed by hand"
+            )
+    if not atomic.writes_enabled():  # a worker that is not the chief only reads
+        return folder
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not os.path.exists(identity_path):
+            atomic.write_json(identity_path, identity)
+        atomic.write_text(os.path.join(folder, "settings.json"), config.to_json())
+    except OSError as error:
+        raise ConfigError("output_dir", f"cannot write to {folder!r}: {error.strerror}") from None
+    return folder
+
+
+def find_experiments(path: str) -> list[str]:
+    """Experiment folders at or under ``path`` (a root, an experiment, or a replicate)."""
+    path = os.path.normpath(path)
+    if os.path.isfile(os.path.join(path, "identity.json")):
+        return [path]
+    parent = os.path.dirname(path)
+    if os.path.basename(path).startswith("replicate_") and os.path.isfile(os.path.join(parent, "identity.json")):
+        return [parent]
+    return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(path, "**", "identity.json"), recursive=True))
+
+
+def replicates_of(experiment_folder: str) -> list[str]:
+    """Replicate folders of an experiment, by index."""
+    folders = glob.glob(os.path.join(experiment_folder, "replicate_*"))
+    return sorted(folders, key=lambda f: int(f.rsplit("_", 1)[1]) if f.rsplit("_", 1)[1].isdigit() else 1 << 30)

@@ -1,0 +1,367 @@
+"""The baselines comparison: IMP beside pruning at initialization and GMP.
+
+Called by :mod:`lottery_tf.report` for every experiment whose folders hold
+``pai_*`` or ``gmp`` branches. Writes to the report folder:
+
+* ``baselines_table.md`` / ``baselines_table.csv``: one row per method (IMP,
+  its controls, each pruning-at-initialization method and ablation, GMP), one
+  column per main-line level it was run at; final test accuracy and test
+  accuracy at early stopping, mean ± std over replicates. A method whose
+  density differs from the main line's at that level by more than 0.05
+  points says at which density it ended (GMP rounds per layer).
+* ``baselines_layer_densities.md``: the percent of each layer's weights every
+  method keeps at each baseline level (mean over replicates, from the
+  ``masks.npz`` it trained with). The ICLR 2021 paper's point is that PaI
+  methods mostly choose per-layer densities; this shows which, and where a
+  method cuts a layer away entirely (0%: no path from input to output).
+* ``baselines_vs_weights.png``: final test accuracy vs percent of weights
+  remaining (mean ± std over replicates). The first panel has one line per
+  method; then one panel per pruning-at-initialization method with its
+  ablations (layer masks shuffled, reinitialized, scores inverted) beside IMP
+  and random pruning, as the ICLR 2021 paper ("Pruning Neural Networks at
+  Initialization: Why are We Missing the Mark?") draws them.
+
+Final test accuracy is the paper's measure (it trains every method for the
+same number of iterations and reports the end of training).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import defaultdict
+
+import numpy as np
+
+from lottery_tf.engine import run_dir
+from lottery_tf.reports import plotting
+from lottery_tf.store import atomic
+
+PAI_METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
+ABLATIONS = ("", "shuffled", "reinit", "inverted")  # "" = the method as published
+_ABLATION_STYLE = {"": "-", "shuffled": "--", "reinit": ":", "inverted": "-."}
+_ABLATION_MARKER = {"": "o", "shuffled": "s", "reinit": "v", "inverted": "x"}
+_METHOD_COLOR = {
+    "magnitude": "tab:blue",
+    "random": "tab:olive",
+    "snip": "tab:orange",
+    "grasp": "tab:green",
+    "synflow": "tab:red",
+}
+_DENSITY_SLACK = 0.0005  # 0.05 points of density
+
+
+def is_baseline(branch: str) -> bool:
+    """Whether a branch folder holds a pruning-at-initialization or GMP run."""
+    return branch == "gmp" or branch.startswith("pai_")
+
+
+def pai_parts(branch: str) -> tuple[str, str] | None:
+    """``("snip", "shuffled")`` for ``pai_snip_shuffled``, ``("snip", "")`` for ``pai_snip``; None otherwise."""
+    if not branch.startswith("pai_"):
+        return None
+    method, _, ablation = branch[len("pai_") :].partition("_")
+    return method, ablation
+
+
+def method_order(branch: str) -> tuple:
+    """Sort key: IMP, its controls, each PaI method followed by its ablations, GMP, anything else."""
+    if branch == "main":
+        return (0,)
+    if branch == "reinit":
+        return (1,)
+    if branch.startswith("random_prune"):
+        return (2, branch)
+    parts = pai_parts(branch)
+    if parts:
+        method, ablation = parts
+        rank = PAI_METHODS.index(method) if method in PAI_METHODS else len(PAI_METHODS)
+        return (3, rank, method, ABLATIONS.index(ablation) if ablation in ABLATIONS else len(ABLATIONS), ablation)
+    if branch == "gmp":
+        return (4,)
+    return (5, branch)
+
+
+def baseline_experiments(entries: list[dict]) -> list[str]:
+    """Experiments (folder names) that hold at least one baseline branch."""
+    return sorted({e["experiment"] for e in entries if is_baseline(e["branch"])})
+
+
+def comparison(entries: list[dict], experiment: str) -> tuple[list[int], dict]:
+    """Levels the baselines ran at, and ``{branch: {level: entry}}`` restricted to them.
+
+    The levels are those with at least one baseline branch; the main line's
+    other levels are left out so that every column compares like with like.
+    """
+    rows = [e for e in entries if e["experiment"] == experiment]
+    levels = sorted({e["level"] for e in rows if is_baseline(e["branch"])})
+    table = defaultdict(dict)
+    for e in rows:
+        if e["level"] in levels or (e["branch"] == "main" and e["level"] == 0):
+            table[e["branch"]][e["level"]] = e
+    return levels, dict(sorted(table.items(), key=lambda kv: method_order(kv[0])))
+
+
+def _cell(entry: dict | None, key: str, reference_density: float | None) -> str:
+    if entry is None:
+        return ""
+    text = f"{100 * entry[f'{key}_mean']:.2f}"
+    if entry["replicates"] > 1:
+        text += f" ± {100 * entry[f'{key}_std']:.2f}"
+    if reference_density is not None and abs(entry["density_mean"] - reference_density) > _DENSITY_SLACK:
+        text += f" (at {100 * entry['density_mean']:.2f}%)"
+    return text
+
+
+def format_markdown(entries: list[dict], experiment: str) -> str:
+    """Two tables (final test accuracy; test accuracy at early stopping), methods × levels."""
+    levels, table = comparison(entries, experiment)
+    main = table.get("main", {})
+    density = {level: main[level]["density_mean"] if level in main else None for level in levels}
+    header = " | ".join(
+        f"level {level}: {100 * density[level]:.1f}%" if density[level] is not None else f"level {level}"
+        for level in levels
+    )
+    replicates = max(e["replicates"] for by_level in table.values() for e in by_level.values())
+    dense = main.get(0)
+    out = [f"## {experiment}", ""]
+    for key, words in (
+        ("final_test_accuracy", "Final test accuracy (%)"),
+        ("early_stop_test_accuracy", "Test accuracy at early stopping (minimum validation loss) (%)"),
+    ):
+        out.append(
+            f"{words}, mean ± std over {replicates} replicate(s); columns: weights remaining."
+            + (f" Dense network: {_cell(dense, key, None)}." if dense else "")
+        )
+        out.append("")
+        out.append(f"| method | branch folder | {header} |")
+        out.append("|---|---|" + "---:|" * len(levels))
+        for branch, by_level in table.items():
+            if not any(level in by_level for level in levels):
+                continue
+            cells = " | ".join(_cell(by_level.get(level), key, density[level]) for level in levels)
+            out.append(f"| {plotting.branch_label(branch)} | {branch} | {cells} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _csv_rows(entries: list[dict], experiment: str) -> list[dict]:
+    levels, table = comparison(entries, experiment)
+    rows = []
+    for branch, by_level in table.items():
+        parts = pai_parts(branch)
+        for level in levels:
+            e = by_level.get(level)
+            if e is None:
+                continue
+            rows.append(
+                {
+                    "experiment": experiment,
+                    "branch": branch,
+                    "method": plotting.branch_label(branch),
+                    "pai_method": parts[0] if parts else "",
+                    "ablation": parts[1] if parts else "",
+                    "level": level,
+                    "density": e["density_mean"],
+                    "replicates": e["replicates"],
+                    "final_test_accuracy_mean": e["final_test_accuracy_mean"],
+                    "final_test_accuracy_std": e["final_test_accuracy_std"],
+                    "early_stop_test_accuracy_mean": e["early_stop_test_accuracy_mean"],
+                    "early_stop_test_accuracy_std": e["early_stop_test_accuracy_std"],
+                }
+            )
+    return rows
+
+
+def layer_densities(experiment_folder: str, levels: list[int]) -> dict:
+    """``{branch: {level: {layer: mean density}}}`` from every replicate's ``masks.npz`` at ``levels``."""
+    found = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for replicate in run_dir.replicates_of(experiment_folder):
+        for level in levels:
+            pattern = os.path.join(run_dir.level_dir(replicate, level, "*"), "masks.npz")
+            for path in sorted(glob.glob(pattern)):
+                branch = os.path.basename(os.path.dirname(path))
+                if not os.path.exists(os.path.join(os.path.dirname(path), "metrics.json")):
+                    continue  # not trained yet: its mask is not a result
+                for name, mask in atomic.read_npz(path).items():
+                    found[branch][level][name].append(float(np.mean(mask)))
+    return {
+        b: {level: {name: float(np.mean(v)) for name, v in layers.items()} for level, layers in by_level.items()}
+        for b, by_level in found.items()
+    }
+
+
+def format_layer_densities(entries: list[dict], experiment_folder: str) -> str:
+    """Markdown: per baseline level, one row per method, one column per masked layer (percent kept)."""
+    experiment = os.path.basename(experiment_folder)
+    levels, table = comparison(entries, experiment)
+    densities = layer_densities(experiment_folder, levels)
+    out = [f"## {experiment}: percent of each layer's weights kept (mean over replicates)", ""]
+    for level in levels:
+        layers = sorted({name for b in densities.values() for name in b.get(level, {})})
+        if not layers:
+            continue
+        overall = table.get("main", {}).get(level)
+        out.append(f"Level {level}" + (f" ({100 * overall['density_mean']:.1f}% of weights)" if overall else "") + ":")
+        out.append("")
+        out.append("| method | branch folder | " + " | ".join(layers) + " |")
+        out.append("|---|---|" + "---:|" * len(layers))
+        for branch in sorted(densities, key=method_order):
+            if level in densities[branch]:
+                cells = " | ".join(
+                    f"{100 * densities[branch][level][name]:.1f}" if name in densities[branch][level] else ""
+                    for name in layers
+                )
+                out.append(f"| {plotting.branch_label(branch)} | {branch} | {cells} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _line(ax, by_level, levels, label, key="final_test_accuracy", **style):
+    points = [by_level[level] for level in levels if level in by_level]
+    if not points:
+        return
+    ax.errorbar(
+        [100 * e["density_mean"] for e in points],
+        [100 * e[f"{key}_mean"] for e in points],
+        yerr=plotting.spread(points, key, 100),
+        capsize=3,
+        markersize=4,
+        label=label,
+        **style,
+    )
+
+
+def _focus(ax, gap: float = 10.0) -> None:
+    """Keeps the y axis on the lines within ``gap`` points of the best one and names the points left below.
+
+    A collapsed network (an inverted score cutting a layer away ends at 10%) would
+    otherwise flatten every other line of its panel into one.
+    """
+    drawn = [
+        (c.get_label(), np.asarray(c.lines[0].get_xdata(), float), np.asarray(c.lines[0].get_ydata(), float))
+        for c in ax.containers
+    ]
+    if not drawn:
+        return
+    top = max(float(y.max()) for _, _, y in drawn)
+    bottom = min(float(v) for _, _, y in drawn for v in y if v >= top - gap) - 0.5
+    below = []
+    for label, x, y in drawn:
+        points = [(a, b) for a, b in zip(x, y) if b < bottom]
+        if points:
+            accuracies = ", ".join(f"{b:.1f}" for _, b in points)
+            weights = ", ".join(f"{a:.1f}" for a, _ in points)
+            below.append(f"{label.split(', ')[-1]}: {accuracies}% at {weights}% of weights")
+    if below:
+        ax.set_ylim(bottom=bottom)
+        ax.set_title(ax.get_title() + "\nbelow the axis: " + "; ".join(below), fontsize=8)
+
+
+def _reference_lines(ax, table, levels):
+    _line(ax, table.get("main", {}), levels, plotting.branch_label("main"), color="black", marker="o", linewidth=2)
+    for branch in table:
+        if branch.startswith("random_prune"):
+            _line(ax, table[branch], levels, plotting.branch_label(branch), color="gray", marker="s")
+    dense = table.get("main", {}).get(0)
+    if dense:
+        ax.axhline(
+            100 * dense["final_test_accuracy_mean"],
+            color="gray",
+            linestyle="--",
+            linewidth=1,
+            label=f"dense network ({100 * dense['final_test_accuracy_mean']:.2f}%)",
+        )
+
+
+def plot(entries: list[dict], experiment: str, path: str, title: str) -> None:
+    """``baselines_vs_weights.png`` for one experiment (see the module docstring)."""
+    levels, table = comparison(entries, experiment)
+    run = {pai_parts(b)[0] for b in table if pai_parts(b)}
+    methods = [m for m in PAI_METHODS if m in run]
+    panels = 1 + len(methods)
+    columns = min(3, panels)
+    rows = -(-panels // columns)
+    plt = plotting.figure()
+    fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.8 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.42)  # room for two-line panel titles under the row above's axis label
+    flat = [ax for row in axes for ax in row]
+    series = {b: [e for level, e in by_level.items() if level in levels] for b, by_level in table.items()}
+
+    ax = flat[0]
+    _reference_lines(ax, table, levels)
+    if "reinit" in table:
+        _line(ax, table["reinit"], levels, plotting.branch_label("reinit"), color="tab:brown", marker="v")
+    for method in methods:
+        if f"pai_{method}" in table:
+            _line(
+                ax,
+                table[f"pai_{method}"],
+                levels,
+                plotting.branch_label(f"pai_{method}"),
+                color=_METHOD_COLOR.get(method),
+                marker="o",
+            )
+    if "gmp" in table:
+        _line(ax, table["gmp"], levels, plotting.branch_label("gmp"), color="tab:purple", marker="D", linewidth=2)
+    ax.set_title("every method", fontsize=10)
+
+    for ax, method in zip(flat[1:], methods):
+        _reference_lines(ax, table, levels)
+        for ablation in ABLATIONS:
+            branch = f"pai_{method}" + (f"_{ablation}" if ablation else "")
+            if branch in table:
+                _line(
+                    ax,
+                    table[branch],
+                    levels,
+                    plotting.branch_label(branch),
+                    color=_METHOD_COLOR.get(method),
+                    marker=_ABLATION_MARKER[ablation],
+                    linestyle=_ABLATION_STYLE[ablation],
+                )
+        ax.set_title(f"{plotting.branch_label(f'pai_{method}')}: ablations", fontsize=10)
+    for ax in flat[:panels]:
+        plotting.weights_axis(ax, {b: s for b, s in series.items() if s})
+        ax.set_ylabel("final test accuracy (%)")
+        ax.legend(fontsize=7)
+        _focus(ax)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    replicates = max(e["replicates"] for s in series.values() for e in s)
+    fig.suptitle(f"{title}\nfinal test accuracy, mean ± std over {replicates} replicate(s)", fontsize=10)
+    plotting.save(fig, path)
+    plt.close(fig)
+
+
+def write_report(entries: list[dict], out: str, plots: bool, experiment_folders: list[str] = ()) -> list[str]:
+    """Writes the baselines tables (and figure) when any experiment holds baselines; returns the file names.
+
+    Args:
+        entries: :func:`lottery_tf.report.aggregate`'s output.
+        out: the report folder.
+        plots: whether to draw the figure.
+        experiment_folders: the experiments' folders, for the per-layer densities (left out when empty).
+    """
+    experiments = baseline_experiments(entries)
+    if not experiments:
+        return []
+    titles = {e["experiment"]: e.get("title", e["experiment"]) for e in entries}
+    markdown = "\n".join(format_markdown(entries, experiment) for experiment in experiments)
+    rows = [row for experiment in experiments for row in _csv_rows(entries, experiment)]
+    atomic.write_text(os.path.join(out, "baselines_table.md"), markdown)
+    atomic.write_text(os.path.join(out, "baselines_table.csv"), plotting.csv_text(rows))
+    written = ["baselines_table.md", "baselines_table.csv"]
+    folders = [f for f in experiment_folders if os.path.basename(f) in experiments]
+    if folders:
+        atomic.write_text(
+            os.path.join(out, "baselines_layer_densities.md"),
+            "\n".join(format_layer_densities(entries, folder) for folder in folders),
+        )
+        written.append("baselines_layer_densities.md")
+    if plots:
+        for experiment in experiments:
+            name = "baselines_vs_weights.png" if len(experiments) == 1 else f"baselines_vs_weights_{experiment}.png"
+            plot(entries, experiment, os.path.join(out, name), titles.get(experiment, experiment))
+            written.append(name)
+    return written

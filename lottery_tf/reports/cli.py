@@ -1,0 +1,88 @@
+"""``python -m lottery_tf.report PATH [PATH ...] --out=FOLDER``: every table and figure over run folders.
+
+Writes :mod:`~lottery_tf.reports.tables`' tables and figures, then, where
+the runs hold them, the analyses' (:mod:`~lottery_tf.reports.analysis`), the
+baselines' (:mod:`~lottery_tf.reports.baselines`) and the deployment table
+(:mod:`~lottery_tf.reports.deployment`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lottery_tf.engine.config import parse_levels
+from lottery_tf.reports import analysis as report_analysis
+from lottery_tf.reports import baselines as report_baselines
+from lottery_tf.reports import deployment as report_deployment
+from lottery_tf.reports.tables import (
+    ReportError,
+    aggregate,
+    experiments,
+    format_markdown,
+    plot_accuracy_vs_weights,
+    plot_curves,
+    plot_early_stop_vs_weights,
+    write_tables,
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lottery_tf.report", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", help="root, experiment (lottery_<hash>) or replicate folders")
+    parser.add_argument("--out", required=True, help="folder for the tables and plots")
+    parser.add_argument(
+        "--curve_levels", default="", help="main-line levels in the curves plot, e.g. 0,3,7,11 (default: all)"
+    )
+    parser.add_argument("--no_plots", action="store_true", help="write only the tables")
+    parser.add_argument(
+        "--matching_tolerance",
+        type=float,
+        default=None,
+        help="instability table: a network is matching when its test accuracy is at least the dense "
+        "network's minus this many percentage points (default: the dense accuracy's std over "
+        "replicates, at least 0.2)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        levels = parse_levels(args.curve_levels) if args.curve_levels else ()
+    except ValueError as error:
+        print(f"error: --curve_levels: {error}", file=sys.stderr)
+        return 2
+    try:
+        entries = aggregate(args.paths)
+        write_tables(args.out, entries)
+        if not args.no_plots:
+            # With the baselines' 20-odd folders one panel would be unreadable: they get their own figure.
+            core = [e for e in entries if not report_baselines.is_baseline(e["branch"])]
+            plot_accuracy_vs_weights(core, os.path.join(args.out, "accuracy_vs_weights.png"))
+            plot_early_stop_vs_weights(core, os.path.join(args.out, "early_stop_vs_weights.png"))
+            for experiment in experiments(args.paths):
+                plot_curves(experiment, levels, os.path.join(args.out, f"curves_{os.path.basename(experiment)}.png"))
+        tolerance = None if args.matching_tolerance is None else args.matching_tolerance / 100
+        analysis_files = report_analysis.write_analysis_report(
+            experiments(args.paths), args.out, entries, plots=not args.no_plots, tolerance=tolerance
+        )
+        analysis_files += report_baselines.write_report(
+            entries, args.out, plots=not args.no_plots, experiment_folders=experiments(args.paths)
+        )
+        analysis_files += report_deployment.write_report(experiments(args.paths), args.out)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: cannot write to {args.out}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    finally:
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")  # nothing drawn stays open in the caller's process
+    print(format_markdown(entries))
+    if analysis_files:
+        print(f"analyses: {', '.join(analysis_files)}")
+    print(f"wrote tables and plots to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,811 @@
+"""The run store read by one piece of code: what is done, what is damaged, and what a run does about it.
+
+Both the runner (:mod:`lottery_tf.experiment` and the modules it drives) and
+the health check (``python -m lottery_tf.runs``) read run folders through this
+module, so they cannot disagree: the health check prints, for every problem,
+the sentence the runner acts on. No TensorFlow here.
+
+Every :class:`Problem` carries an ``action``:
+
+* ``retrain``: a level's (or an analysis copy's) ``metrics.json`` is missing,
+  unreadable, incomplete or holds NaN: the level is not done, and the next run
+  that includes it trains it again; nothing else is touched.
+* ``rebuild``: a file that is a pure function of others (a level's masks, the
+  rewind point, a branch's ``branch.json``, an analysis result) is damaged:
+  the next run rebuilds it before training and, where the run recorded a
+  fingerprint (``metrics.json``'s ``masks_sha256``, ``rewind_point.json``),
+  checks the rebuilt file against it; if they differ it stops, naming what to
+  delete.
+* ``rebuild_when_needed``: a finished level's trained weights are missing; a
+  run that needs them (the next level's masks, a branch that starts from them)
+  trains the level again and keeps the weights only if they prune to the masks
+  the run already recorded.
+* ``refuse``: nothing can be rebuilt (the data record, the identity); a run
+  refuses with the same line.
+* ``note``: harmless for the results (a leftover temporary file, a stale lock,
+  a damaged checkpoint that a resume skips, a truncated TensorBoard file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import struct
+import time
+import zipfile
+
+import numpy as np
+
+from lottery_tf.core.pruning import fingerprint
+
+RETRAIN, REBUILD, REBUILD_WHEN_NEEDED, REFUSE, NOTE = "retrain", "rebuild", "rebuild_when_needed", "refuse", "note"
+MAIN = "main"
+ANALYSES = ("instability", "stability")
+LINEAGE_PREFIXES = ("lr_rewind_",)  # branch lineages: level L is pruned from level L-1 of the same folder
+REQUIRED_METRICS = ("level", "branch", "density", "iterations", "curves")
+STALE_LOCK_SECONDS = 10.0  # an unreadable lock older than this was left by a kill between creating and writing it
+_LEVEL = re.compile(r"level_(\d+)$")
+
+
+class StoreError(RuntimeError):
+    """The run folder cannot be used as it is; the message names the file and what to do."""
+
+
+class RepairError(StoreError):
+    """A damaged file cannot be rebuilt to what the run recorded; the message says what to delete."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a run folder, and what a run does about it."""
+
+    path: str
+    what: str
+    action: str
+    fix: str
+    kind: str = ""  # masks, metrics, final_weights, branch_info, rewind_point, result, data, identity, ...
+    level: int | None = None
+    folder: str | None = None  # the branch folder under level_LL/ (``main``, ``reinit``, ``instability/...``)
+
+    def line(self) -> str:
+        return f"{self.path}: {self.what}" + (f"; {self.fix}" if self.fix else "")
+
+
+def format_levels(levels) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``; ``"-"`` for none."""
+    levels = sorted(levels)
+    if not levels:
+        return "-"
+    parts, start, prev = [], levels[0], levels[0]
+    for level in levels[1:] + [None]:
+        if level is not None and level == prev + 1:
+            prev = level
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if level is not None:
+            start = prev = level
+    return ",".join(parts)
+
+
+# -- single files -------------------------------------------------------------------------------------
+
+
+def json_problem(path: str, required=()) -> str | None:
+    """What is wrong with a JSON file (None if it reads as an object with the ``required`` keys)."""
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, ValueError) as error:
+        return f"is unreadable ({error})"
+    if not isinstance(record, dict):
+        return "is not a JSON object"
+    missing = [k for k in required if k not in record]
+    if missing:
+        return f"is incomplete (no {', '.join(missing)})"
+    return None
+
+
+def read_json(path: str):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def npz_problem(path: str) -> str | None:
+    """What is wrong with an ``.npz`` archive (None if every array reads back; zip CRCs are checked)."""
+    if not os.path.exists(path):
+        return "is missing"
+    try:
+        with np.load(path) as data:
+            for key in data.files:
+                data[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        return f"is unreadable or corrupted ({error})"
+    return None
+
+
+def read_npz(path: str) -> dict:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def state_fingerprint(state) -> str:
+    """A short hash of a saved state (names, shapes, dtypes and values)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        value = np.ascontiguousarray(state[name])
+        digest.update(f"{name}{value.shape}{value.dtype}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _non_finite_curves(record) -> list[str]:
+    bad = []
+    curves = record.get("curves", {}) if isinstance(record, dict) else {}
+    for split, metrics in curves.items() if isinstance(curves, dict) else ():
+        for metric, values in metrics.items() if isinstance(metrics, dict) else ():
+            if any(
+                not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) for v in values or ()
+            ):
+                bad.append(f"{split} {metric}")
+    return bad
+
+
+def metrics_problem(path: str) -> str | None:
+    """What is wrong with a ``metrics.json`` (None if it is a complete, finite record: the level is done)."""
+    problem = json_problem(path, REQUIRED_METRICS)
+    if problem:
+        return problem
+    bad = _non_finite_curves(read_json(path))
+    if bad:
+        return f"holds NaN or infinity in its {', '.join(bad)} curves (a diverged or damaged result)"
+    return None
+
+
+def level_dir(replicate_folder: str, level: int, branch: str) -> str:
+    return os.path.join(replicate_folder, f"level_{level:02d}", branch)
+
+
+def is_done(replicate_folder: str, level: int, branch: str) -> bool:
+    """Whether that level's ``metrics.json`` is a complete, finite record (the last file a level writes)."""
+    return metrics_problem(os.path.join(level_dir(replicate_folder, level, branch), "metrics.json")) is None
+
+
+_RESULT_KEYS = {
+    "instability": ("test", "train", "alphas", "instability", "density"),
+    "stability": ("to_pruning", "to_data_order", "density"),
+}
+
+
+def result_problem(path: str) -> str | None:
+    """What is wrong with an analysis result (``instability.json``, ``stability.json``): unreadable or incomplete."""
+    analysis = os.path.basename(path)[: -len(".json")]
+    return json_problem(
+        path, ("analysis", "network", "level", "rewind_step", "replicate", *_RESULT_KEYS.get(analysis, ()))
+    )
+
+
+_COPY_FILES = ("branch.json", "metrics.json", "masks.npz", "final_weights.npz")
+
+
+def copies_of(result_folder: str) -> list[str]:
+    """The copy folders an analysis result is computed from (``copy_a``, ``same_order``, ...)."""
+    found = {os.path.dirname(p) for name in _COPY_FILES for p in glob.glob(os.path.join(result_folder, "*", name))}
+    return sorted(found)
+
+
+def analysis_done(result_path: str) -> bool:
+    """An analysis result is done when it reads and every copy it was computed from is a finished level."""
+    if result_problem(result_path):
+        return False
+    for copy in copies_of(os.path.dirname(result_path)):
+        if metrics_problem(os.path.join(copy, "metrics.json")) or npz_problem(os.path.join(copy, "final_weights.npz")):
+            return False
+    return True
+
+
+def copy_files_damaged(copy_folder: str) -> bool:
+    """Whether a finished copy's masks or ``branch.json`` are damaged (rebuilt from its start, without training)."""
+    metrics = os.path.join(copy_folder, "metrics.json")
+    masks = os.path.join(copy_folder, "masks.npz")
+    if metrics_problem(metrics) or npz_problem(masks) or json_problem(os.path.join(copy_folder, "branch.json")):
+        return metrics_problem(metrics) is None
+    expected = read_json(metrics).get("masks_sha256")
+    return bool(expected) and fingerprint(read_npz(masks)) != expected
+
+
+def analysis_complete(result_path: str) -> bool:
+    """Done, and nothing of its copies to rebuild."""
+    return analysis_done(result_path) and not any(
+        copy_files_damaged(c) for c in copies_of(os.path.dirname(result_path))
+    )
+
+
+# -- TensorBoard event files (TFRecord framing, CRC32C), read without TensorFlow ------------------------
+
+
+def _crc32c_table():
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def event_file_problem(path: str) -> str | None:
+    """What is wrong with a TensorBoard event file: a truncated last record, or a record failing its CRC."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        return f"is unreadable ({error.strerror})"
+    offset, records, check_data = 0, 0, len(data) < 20_000_000
+    while offset < len(data):
+        if offset + 12 > len(data):
+            return f"is truncated after {records} complete records"
+        header = data[offset : offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
+        if _masked_crc(header) != header_crc:
+            return f"is damaged at byte {offset} (record {records + 1})"
+        end = offset + 12 + length + 4
+        if end > len(data):
+            return f"is truncated after {records} complete records"
+        if check_data:
+            (data_crc,) = struct.unpack("<I", data[end - 4 : end])
+            if _masked_crc(data[offset + 12 : end - 4]) != data_crc:
+                return f"is damaged at byte {offset} (record {records + 1})"
+        offset, records = end, records + 1
+    return None
+
+
+# -- locks ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LockState:
+    """A lock file and who holds it: ``live`` (a running process, or another host's), ``stale`` or ``unreadable``."""
+
+    path: str
+    state: str
+    holder: dict
+    age_seconds: float
+
+    def line(self) -> str:
+        who = (
+            f"pid {self.holder.get('pid', '?')} on {self.holder.get('host', '?')} since {self.holder.get('since', '?')}"
+        )
+        if self.state == "live":
+            return f"{self.path}: held by {who}"
+        if self.state == "stale":
+            return f"{self.path}: stale (its process, {who}, is gone); the next run takes it over"
+        return (
+            f"{self.path}: unreadable and {self.age_seconds:.0f} s old (a process was killed while creating it); "
+            "the next run takes it over"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_state(path: str, now: float | None = None) -> LockState | None:
+    """The state of one lock file (None if it does not exist)."""
+    try:
+        age = (now or time.time()) - os.path.getmtime(path)
+        with open(path) as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return LockState(path, "unreadable", {}, 0.0)
+    try:
+        holder = json.loads(text)
+        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+            raise ValueError
+    except ValueError:
+        return LockState(path, "unreadable" if age >= STALE_LOCK_SECONDS else "live", {}, age)
+    if holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"]):
+        return LockState(path, "stale", holder, age)
+    return LockState(path, "live", holder, age)
+
+
+def locks_of(replicate_folder: str) -> list[LockState]:
+    found = [lock_state(p) for p in sorted(glob.glob(os.path.join(replicate_folder, ".locks", "*.lock")))]
+    return [lock for lock in found if lock is not None]
+
+
+# -- a replicate ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ReplicateReport:
+    """What one replicate folder holds."""
+
+    folder: str
+    done: dict = dataclasses.field(default_factory=dict)  # branch folder -> finished levels
+    incomplete: list = dataclasses.field(default_factory=list)  # "level L <folder>" in progress (will resume)
+    problems: list = dataclasses.field(default_factory=list)
+    locks: list = dataclasses.field(default_factory=list)
+
+    def next_main_level(self) -> int:
+        """The level the main line trains next: the first one that is not done."""
+        done = set(self.done.get(MAIN, []))
+        level = 0
+        while level in done:
+            level += 1
+        return level
+
+
+def _levels(replicate_folder: str) -> list[tuple[int, str]]:
+    found = []
+    for path in glob.glob(os.path.join(replicate_folder, "level_*")):
+        match = _LEVEL.search(path)
+        if match and os.path.isdir(path):
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def is_lineage(folder: str) -> bool:
+    return folder == MAIN or folder.startswith(LINEAGE_PREFIXES)
+
+
+def inspect_replicate(folder: str) -> ReplicateReport:
+    """Reads one replicate folder: done levels, levels in progress, problems (with what a run does), locks."""
+    report = ReplicateReport(folder, locks=locks_of(folder))
+    levels = _levels(folder)
+    done_main = {level for level, path in levels if is_done(folder, level, MAIN)}
+    for level, level_folder in levels:
+        for branch_folder in sorted(glob.glob(os.path.join(level_folder, "*"))):
+            if not os.path.isdir(branch_folder):
+                continue
+            branch = os.path.basename(branch_folder)
+            if branch in ANALYSES:
+                _inspect_analysis(report, level, branch_folder)
+            else:
+                _inspect_level(report, level, branch, branch_folder, done_main)
+    _inspect_main_gaps(report, done_main)
+    _inspect_rewind_points(report, done_main, levels)
+    _inspect_tensorboard(report)
+    _inspect_leftovers(report)
+    for branch in report.done:
+        report.done[branch].sort()
+    return report
+
+
+def _mark_done(report, level, branch):
+    report.done.setdefault(branch, []).append(level)
+
+
+def _inspect_level(
+    report: ReplicateReport, level: int, branch: str, folder: str, done_main: set, copy_of: str | None = None
+) -> None:
+    """One level of one lineage or branch (or one analysis copy, ``copy_of`` = the analysis result)."""
+    rel = os.path.relpath(folder, level_dir(report.folder, level, ""))
+    metrics_path = os.path.join(folder, "metrics.json")
+    masks_path = os.path.join(folder, "masks.npz")
+    checkpoints = os.path.join(folder, "checkpoints")
+    label = f"level {level} [{branch if copy_of is None else rel}]"
+    for meta in sorted(glob.glob(os.path.join(checkpoints, "ckpt-*.json"))):
+        problem = _checkpoint_problem(meta)
+        if problem:
+            report.problems.append(
+                Problem(
+                    meta,
+                    problem,
+                    NOTE,
+                    "a resumed run skips it for the previous checkpoint or the level's first step",
+                    "checkpoint",
+                    level,
+                    rel,
+                )
+            )
+    if os.path.exists(metrics_path):
+        problem = metrics_problem(metrics_path)
+        if problem:
+            fix = (
+                f"the next run that includes the analysis trains this copy again and recomputes {os.path.basename(copy_of)}"
+                if copy_of
+                else f"the next run that includes {label} trains it again; other levels' files are kept"
+            )
+            report.problems.append(Problem(metrics_path, problem, RETRAIN, fix, "metrics", level, rel))
+            return
+        record = read_json(metrics_path)
+        if copy_of is None:
+            _mark_done(report, level, branch)
+        _inspect_done_files(report, level, branch, folder, rel, record, copy_of)
+        return
+    # Not done: in progress (checkpoints or branch files), or the masks of the next main level.
+    masks_damage = npz_problem(masks_path) if os.path.exists(masks_path) else None
+    if is_lineage(branch) and copy_of is None and os.path.exists(masks_path) and not os.path.isdir(checkpoints):
+        previous_done = level > 0 and is_done(report.folder, level - 1, branch)
+        if masks_damage and previous_done:
+            report.problems.append(
+                Problem(
+                    masks_path,
+                    masks_damage,
+                    REBUILD,
+                    f"the next run rebuilds it by pruning level {level - 1}'s trained weights",
+                    "masks",
+                    level,
+                    rel,
+                )
+            )
+        elif masks_damage:
+            report.problems.append(
+                Problem(
+                    masks_path,
+                    masks_damage,
+                    RETRAIN,
+                    f"the next run that includes {label} starts it again",
+                    "masks",
+                    level,
+                    rel,
+                )
+            )
+        if not previous_done:
+            report.incomplete.append(label)
+        return
+    if os.path.isdir(checkpoints) or os.path.exists(os.path.join(folder, "branch.json")) or os.path.exists(masks_path):
+        report.incomplete.append(label)
+
+
+def _checkpoint_problem(meta: str) -> str | None:
+    try:
+        with open(meta) as handle:
+            record = json.load(handle)
+        expected = record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"is unreadable ({error})"
+    npz = meta[: -len(".json")] + ".npz"
+    try:
+        with open(npz, "rb") as handle:
+            payload = handle.read()
+    except OSError as error:
+        return f"has no readable {os.path.basename(npz)} ({error.strerror})"
+    if hashlib.sha256(payload).hexdigest() != expected:
+        return f"does not match its {os.path.basename(npz)} (checksum; {len(payload)} bytes)"
+    return None
+
+
+def _inspect_done_files(report, level, branch, folder, rel, record, copy_of) -> None:
+    masks_path = os.path.join(folder, "masks.npz")
+    problem = npz_problem(masks_path)
+    expected = record.get("masks_sha256")
+    if problem is None and expected:
+        found = fingerprint(read_npz(masks_path))
+        if found != expected:
+            problem = (
+                f"has mask fingerprint {found}, but metrics.json says the level trained with {expected}: "
+                "the masks were changed"
+            )
+    if problem:
+        if copy_of is not None:
+            who, source = "the next run that includes the analysis", "the copy's start"
+        elif is_lineage(branch):
+            who = "the next run"
+            source = f"pruning level {level - 1}'s trained weights" if level > 0 else "the dense masks"
+        else:
+            who, source = "the next run that includes this branch", "the branch's start"
+        report.problems.append(
+            Problem(
+                masks_path,
+                problem,
+                REBUILD,
+                f"{who} rebuilds it from {source} and checks it against metrics.json's fingerprint {expected}",
+                "masks",
+                level,
+                rel,
+            )
+        )
+    if copy_of is not None:
+        info = os.path.join(folder, "branch.json")
+        damage = json_problem(info)
+        if damage:
+            report.problems.append(
+                Problem(
+                    info,
+                    damage,
+                    REBUILD,
+                    "the next run that includes the analysis writes it again",
+                    "branch_info",
+                    level,
+                    rel,
+                )
+            )
+        weights = os.path.join(folder, "final_weights.npz")
+        damage = npz_problem(weights)
+        if damage:
+            report.problems.append(
+                Problem(
+                    weights,
+                    damage,
+                    RETRAIN,
+                    "the next run that includes the analysis trains "
+                    f"this copy again and recomputes {os.path.basename(copy_of)}",
+                    "final_weights",
+                    level,
+                    rel,
+                )
+            )
+        return
+    if is_lineage(branch):
+        weights = os.path.join(folder, "final_weights.npz")
+        damage = npz_problem(weights)
+        if damage:
+            report.problems.append(
+                Problem(
+                    weights,
+                    damage,
+                    REBUILD_WHEN_NEEDED,
+                    f"a run that needs level {level}'s trained weights (level {level + 1}'s masks, lr_rewind, "
+                    f"lr_rewind_oneshot at level {level + 1}, stability) trains level {level} again and keeps them only if "
+                    f"they prune to the masks already recorded",
+                    "final_weights",
+                    level,
+                    rel,
+                )
+            )
+    if branch != MAIN:
+        info = os.path.join(folder, "branch.json")
+        damage = json_problem(info)
+        if damage:
+            report.problems.append(
+                Problem(
+                    info,
+                    damage,
+                    REBUILD,
+                    "the next run that includes this branch writes it again from the branch's settings",
+                    "branch_info",
+                    level,
+                    rel,
+                )
+            )
+
+
+def _inspect_analysis(report: ReplicateReport, level: int, folder: str) -> None:
+    analysis = os.path.basename(folder)
+    results = {}
+    copies = {
+        os.path.dirname(p) for name in _COPY_FILES for p in glob.glob(os.path.join(folder, "**", name), recursive=True)
+    }
+    for copy in sorted(copies):
+        result = os.path.join(os.path.dirname(copy), f"{analysis}.json")
+        results.setdefault(result, []).append(copy)
+    for path in glob.glob(os.path.join(folder, "**", f"{analysis}.json"), recursive=True):
+        results.setdefault(path, [])
+    any_done = False
+    for result, copies in sorted(results.items()):
+        for copy in copies:
+            _inspect_level(report, level, analysis, copy, set(), copy_of=result)
+        if os.path.exists(result):
+            problem = result_problem(result)
+            if problem:
+                report.problems.append(
+                    Problem(
+                        result,
+                        problem,
+                        REBUILD,
+                        "the next run that includes the analysis recomputes it from its copies",
+                        "result",
+                        level,
+                        os.path.relpath(os.path.dirname(result), os.path.dirname(folder)),
+                    )
+                )
+            elif analysis_done(result):
+                any_done = True
+                continue
+    if any_done:
+        _mark_done(report, level, analysis)
+
+
+def _inspect_main_gaps(report: ReplicateReport, done_main: set) -> None:
+    if not done_main:
+        return
+    for level in sorted(set(range(max(done_main) + 1)) - done_main):
+        path = os.path.join(level_dir(report.folder, level, MAIN), "metrics.json")
+        if not os.path.exists(path):
+            report.problems.append(
+                Problem(
+                    path,
+                    "is missing, but later levels are done",
+                    RETRAIN,
+                    f"the next run trains level {level} alone; other levels' files are kept",
+                    "metrics",
+                    level,
+                    MAIN,
+                )
+            )
+
+
+def _inspect_rewind_points(report: ReplicateReport, done_main: set, levels) -> None:
+    folder = report.folder
+    point = os.path.join(folder, "rewind_point.npz")
+    needed = bool(done_main) or any(level > 0 for level, _ in levels)
+    if needed:
+        problem = npz_problem(point)
+        record = json_problem(os.path.join(folder, "rewind_point.json"))
+        if problem is None and record is None:
+            recorded = read_json(os.path.join(folder, "rewind_point.json")).get("sha256")
+            if recorded and state_fingerprint(read_npz(point)) != recorded:
+                problem = f"does not match rewind_point.json's fingerprint {recorded}"
+        if problem:
+            report.problems.append(
+                Problem(
+                    point,
+                    problem,
+                    REBUILD,
+                    "the next run replays it (the initialization, or "
+                    "the dense run's first k steps) and checks it against rewind_point.json",
+                    "rewind_point",
+                    None,
+                    None,
+                )
+            )
+    for path in sorted(
+        glob.glob(os.path.join(folder, "rewind_points", "*.npz"))
+        + glob.glob(os.path.join(folder, "rewind_optimizer.npz"))
+    ):
+        problem = npz_problem(path)
+        if problem:
+            report.problems.append(
+                Problem(
+                    path,
+                    problem,
+                    REBUILD,
+                    "the next run that needs it replays it from the initialization",
+                    "replay_cache",
+                    None,
+                    None,
+                )
+            )
+
+
+def _inspect_tensorboard(report: ReplicateReport) -> None:
+    for path in sorted(
+        glob.glob(os.path.join(report.folder, "tensorboard", "**", "events.out.tfevents.*"), recursive=True)
+    ):
+        problem = event_file_problem(path)
+        if problem:
+            report.problems.append(
+                Problem(
+                    path,
+                    problem,
+                    NOTE,
+                    "TensorBoard shows the records before the damage; it "
+                    "is not needed to continue (delete it to drop it)",
+                    "tensorboard",
+                )
+            )
+
+
+def _inspect_leftovers(report: ReplicateReport) -> None:
+    live = [lock for lock in report.locks if lock.state == "live"]
+    for lock in report.locks:
+        if lock.state != "live":
+            report.problems.append(Problem(lock.path, lock.line().split(": ", 1)[1], NOTE, "", "lock"))
+    if live:
+        return  # a running process may be writing its temporary files
+    for leftover in sorted(glob.glob(os.path.join(report.folder, "**", ".tmp-*"), recursive=True)):
+        report.problems.append(
+            Problem(leftover, "is a leftover temporary file (an interrupted write)", NOTE, "harmless; delete it", "tmp")
+        )
+
+
+# -- an experiment --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ExperimentReport:
+    folder: str
+    identity: dict | None
+    problems: list
+    replicates: dict  # replicate folder name -> ReplicateReport
+
+
+def experiment_problems(
+    folder: str, any_done: bool, expected_identity: dict | None = None, folder_hash=None
+) -> list[Problem]:
+    """Problems of the experiment's own files (identity, settings, data record).
+
+    Args:
+        folder: The experiment folder.
+        any_done: Whether any level of any replicate is done.
+        expected_identity: The identity the current settings give (runner), or None (health check).
+        folder_hash: ``hash(identity) -> str``, to check identity.json against the folder's name.
+    """
+    problems = []
+    identity_path = os.path.join(folder, "identity.json")
+    if os.path.exists(identity_path) or any_done:
+        damage = json_problem(identity_path)
+        if damage is None:
+            identity = read_json(identity_path)
+            suffix = os.path.basename(os.path.normpath(folder)).rsplit("_", 1)[-1]
+            if folder_hash is not None and folder_hash(identity) != suffix:
+                damage = f"gives the hash {folder_hash(identity)}, not this folder's {suffix}: it was changed by hand"
+            elif expected_identity is not None and identity != expected_identity:
+                damage = "does not match these settings; the folder was changed by hand"
+        if damage:
+            problems.append(
+                Problem(
+                    identity_path,
+                    damage,
+                    REFUSE,
+                    "a run refuses this folder: restore identity.json or move the experiment aside",
+                    "identity",
+                )
+            )
+    settings = os.path.join(folder, "settings.json")
+    if os.path.exists(settings):
+        damage = json_problem(settings, ("data", "model", "training", "pruning"))
+        if damage:
+            problems.append(
+                Problem(
+                    settings,
+                    f"is not a lottery_tf settings file ({damage})",
+                    REBUILD,
+                    "the next run writes it again",
+                    "settings",
+                )
+            )
+    data_path = os.path.join(folder, "data.json")
+    if os.path.exists(data_path) or any_done:
+        damage = json_problem(data_path, ("source", "fingerprint"))
+        if damage:
+            problems.append(
+                Problem(
+                    data_path,
+                    f"{damage}, but levels are done: the data they were trained on is unknown",
+                    REFUSE,
+                    "a run refuses: restore data.json, or pass --rerecord_data if "
+                    "the data found now is the data the run was trained on",
+                    "data",
+                )
+            )
+    return problems
+
+
+def inspect_experiment(folder: str, expected_identity: dict | None = None, folder_hash=None) -> ExperimentReport:
+    """Reads an experiment folder: its own files and every replicate."""
+    replicates = {}
+    for replicate in sorted(
+        glob.glob(os.path.join(folder, "replicate_*")),
+        key=lambda f: int(f.rsplit("_", 1)[1]) if f.rsplit("_", 1)[1].isdigit() else 1 << 30,
+    ):
+        replicates[os.path.basename(replicate)] = inspect_replicate(replicate)
+    any_done = any(r.done for r in replicates.values())
+    identity = None
+    if json_problem(os.path.join(folder, "identity.json")) is None:
+        identity = read_json(os.path.join(folder, "identity.json"))
+    problems = experiment_problems(folder, any_done, expected_identity, folder_hash)
+    return ExperimentReport(folder, identity, problems, replicates)
