@@ -14,7 +14,7 @@ setup(
         "tensorflow>=2.16,<3",
         "keras>=3.3,<4",
         "tensorflow-datasets>=4.9",
-        "pillow>=9",  # lottery_tf.data.fake_imagenet writes JPEGs
+        "pillow>=9",  # lottery_tf.engine.data.fake_imagenet writes JPEGs
         "importlib_resources",  # tensorflow-datasets 4.9.10 imports it without declaring it
         "absl-py>=1.0",
         "tensorboard>=2.16",

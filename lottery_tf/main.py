@@ -2,7 +2,7 @@
 
 Flags stop here: they become a frozen ExperimentConfig, which is validated
 (one-line error naming the flag, exit status 2, before any data is loaded or
-any file written) and handed to lottery_tf.experiment.run.
+any file written) and handed to lottery_tf.engine.experiment.run.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _PATH_FLAGS = ("output_dir", "data_dir", "tfds_data_dir", "tfds_manual_dir")  # 
 
 
 def _define(setting: config_lib.Setting) -> None:
-    """One absl flag per declared setting (lottery_tf.config.SETTINGS): its name, default and help."""
+    """One absl flag per declared setting (lottery_tf.engine.config.SETTINGS): its name, default and help."""
     default, kind = setting.default(), setting.kind
     if kind == "int":
         flags.DEFINE_integer(setting.flag, default, setting.help)

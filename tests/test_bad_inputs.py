@@ -22,6 +22,8 @@ from test_data import write_idx_folder
 from lottery_tf import main as cli_main
 from lottery_tf.engine.data import idx
 
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 BASE = ["--flagfile=flags/smoke.flags", "--branch=", "--branch_levels=", "--levels=1"]
 

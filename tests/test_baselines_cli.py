@@ -14,6 +14,8 @@ from lottery_tf.reports import cli as report_cli
 from lottery_tf.reports import plotting
 from lottery_tf.store import atomic
 
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 

@@ -9,7 +9,7 @@ import pytest
 
 from lottery_tf.core import rewind
 from lottery_tf.core.masking import get_masks, get_prunable_weights
-from lottery_tf.engine import experiment
+from lottery_tf.engine import experiment, recipe
 from lottery_tf.engine.config import (
     BranchConfig,
     DataConfig,
@@ -114,7 +114,7 @@ def test_rewind_branch_replays_the_dense_run_to_step_k(main_line):
     # An independent dense run to step 50 with the same seed and data reaches the same state.
     model = experiment.build_masked_model(ctx.config, ctx.splits, ctx.seed)
     model.fit(
-        experiment.train_pipeline(ctx.splits, 60, ctx.seed), epochs=1, steps_per_epoch=50, verbose=0, shuffle=False
+        recipe.train_pipeline(ctx.splits, 60, ctx.seed), epochs=1, steps_per_epoch=50, verbose=0, shuffle=False
     )
     independent = rewind.capture(model)
     for key, value in replayed.items():

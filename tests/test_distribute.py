@@ -64,7 +64,7 @@ def test_one_device_strategy_runs(tmp_path):
 
 RESNET50_STEP = """
 import json, numpy as np, tensorflow as tf
-from lottery_tf.engine import experiment
+from lottery_tf.engine import experiment, recipe
 from lottery_tf.engine.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
 from lottery_tf.engine.data import get_splits
 from lottery_tf.engine.distribute import make_strategy, split_cpu
@@ -84,7 +84,7 @@ rng = np.random.default_rng(0)
 for name in masks:
     masks[name] = (rng.random(masks[name].shape) > 0.8).astype("float32")
 set_masks(model, masks)
-history = model.fit(experiment.train_pipeline(splits, 2, 0), epochs=1, steps_per_epoch=1, verbose=0)
+history = model.fit(recipe.train_pipeline(splits, 2, 0), epochs=1, steps_per_epoch=1, verbose=0)
 weights = get_prunable_weights(model)
 print(json.dumps({
     "replicas": strategy.num_replicas_in_sync,

@@ -16,6 +16,8 @@ from lottery_tf.core import litert
 from lottery_tf.core.masking import get_masks, get_prunable_weights, overall_density
 from lottery_tf.core.pruning import block_ids
 
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 RUN = ["--flagfile=flags/smoke.flags", "--pruning_block=1x4", "--branch=reinit,random_prune", "--branch_levels=2"]
 

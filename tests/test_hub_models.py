@@ -17,6 +17,8 @@ from lottery_tf.core.keras_compat import keras
 from lottery_tf.core.masking import get_masks, get_prunable_weights, mask_names, overall_density, wrap_model
 from lottery_tf.core.pruning import PruningSpec
 
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
+
 keras_hub = pytest.importorskip("keras_hub", reason="the hub extra: pip install 'lottery_tf[hub]'")
 
 RNG = np.random.default_rng(3)

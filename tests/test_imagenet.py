@@ -11,11 +11,13 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
-from lottery_tf.engine import experiment
+from lottery_tf.engine import recipe
 from lottery_tf.engine.config import ConfigError, DataConfig
 from lottery_tf.engine.data import DataUnavailableError, StreamingSplits, get_splits
 from lottery_tf.engine.data.fake_imagenet import make_archives
 from lottery_tf.engine.data.imagenet_preprocessing import MEAN, STD
+
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 LOW = float(np.min((0 - np.array(MEAN)) / np.array(STD)))
@@ -95,9 +97,9 @@ def test_input_pipelines_decode_their_own_share(prepared):
 
 def test_training_batches_and_evaluation_dispatch(prepared):
     splits = splits_of(prepared)
-    x, y = next(iter(experiment.training_batches(splits, 4, 0, 1)))
+    x, y = next(iter(recipe.training_batches(splits, 4, 0, 1)))
     assert x.shape == (4, 32, 32, 3) and y.dtype == tf.int64
-    evaluation = experiment.evaluation_splits(splits, 4)
+    evaluation = recipe.evaluation_splits(splits, 4)
     assert set(evaluation) == {"val", "test"} and all(isinstance(d, tf.data.Dataset) for d in evaluation.values())
 
 

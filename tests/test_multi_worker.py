@@ -21,6 +21,8 @@ from conftest import REPO
 
 from lottery_tf.core.pruning import fingerprint
 
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
+
 AUDIT_HOOK = textwrap.dedent(
     """
     import os, sys

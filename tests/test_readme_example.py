@@ -5,7 +5,10 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
 
 
 def python_blocks(path):
@@ -19,7 +22,7 @@ def python_blocks(path):
 
 def test_readme_python_blocks_run_as_printed(tmp_path):
     blocks = python_blocks(os.path.join(REPO, "README.md"))
-    assert len(blocks) >= 2
+    assert len(blocks) >= 1
     for later in blocks[1:]:  # a block that uses an earlier one's names says so
         assert later.lstrip().startswith("# Continues"), later[:80]
     script = tmp_path / "readme.py"
@@ -35,13 +38,26 @@ def test_readme_python_blocks_run_as_printed(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     # The LTH rates, exactly: 20% of fc1 and fc2 (ceil), 10% of the output layer, per level.
-    # 266,200 weights -> 213,060 -> 170,538 -> 136,511 -> 109,281.
+    # 266,200 weights -> 213,060 -> 170,538 -> 136,511 -> 109,281, as the README says after the block.
     keeps = [re.search(r"next level keeps ([\d.]+)%", line).group(1) for line in lines if line.startswith("level ")]
     assert keeps == ["80.04", "64.06", "51.28", "41.05"]
+    assert "(80.04%,\n64.06%, 51.28%, 41.05%)" in open(os.path.join(REPO, "README.md")).read()
     assert all(
         float(re.search(r"val acc ([\d.]+)", line).group(1)) > 0.6 for line in lines if line.startswith("level ")
     )
-    assert "loaded ticket: 41.05% of weights" in lines
-    assert (tmp_path / "ticket.keras").exists()
-    instability = [line for line in lines if line.startswith("instability ")]
-    assert len(instability) == 1 and instability[0].endswith("BatchNorm statistics: none")
+    # The saved ticket loads in a fresh process after a plain import, masks and zeros included.
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import keras, lottery_tf; m = keras.models.load_model('ticket.keras'); "
+            "print(f'{100 * lottery_tf.overall_density(m):.2f}')",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO},
+    )
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert check.stdout.split()[-1] == "41.05"

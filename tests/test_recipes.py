@@ -10,7 +10,7 @@ from lottery_tf.core import rewind
 from lottery_tf.core.keras_compat import keras
 from lottery_tf.core.masking import get_masks, get_prunable_weights, set_masks
 from lottery_tf.core.schedules import LotterySchedule, learning_rate_at, make_schedule
-from lottery_tf.engine import experiment
+from lottery_tf.engine import experiment, recipe
 from lottery_tf.engine.config import DataConfig, ExperimentConfig, ModelConfig, TrainingConfig
 from lottery_tf.engine.data import get_splits, train_examples
 from lottery_tf.store import atomic
@@ -62,7 +62,7 @@ def test_rewinding_the_step_counter_rewinds_the_schedule():
 def test_label_smoothing_loss_literal():
     # logits (2, 0): p = (0.8808, 0.1192); smoothed targets (0.9, 0.1):
     # -(0.9 ln 0.8808 + 0.1 ln 0.1192) = 0.32693
-    loss = experiment.make_loss(TrainingConfig(label_smoothing=0.2), 2)
+    loss = recipe.make_loss(TrainingConfig(label_smoothing=0.2), 2)
     value = float(np.mean(keras.ops.convert_to_numpy(loss(np.array([0]), np.array([[2.0, 0.0]], "float32")))))
     assert value == pytest.approx(0.9 * np.log1p(np.exp(-2.0)) + 0.1 * np.log1p(np.exp(2.0)), rel=1e-5)
     assert value == pytest.approx(0.32693, abs=1e-5)
@@ -89,7 +89,7 @@ def test_mixed_precision_keeps_masks_exact(policy):
         masks[name] = (rng.random(masks[name].shape) > 0.5).astype("float32")
         assert masks[name].dtype == np.float32
     set_masks(model, masks)
-    model.fit(experiment.train_pipeline(splits, 32, 0), epochs=1, steps_per_epoch=20, verbose=0)
+    model.fit(recipe.train_pipeline(splits, 32, 0), epochs=1, steps_per_epoch=20, verbose=0)
     for name, weights in get_prunable_weights(model).items():
         assert weights.dtype == np.float32
         assert np.all(weights[masks[name] == 0] == 0.0), name
@@ -114,7 +114,7 @@ def test_synthetic_any_shape_and_epoch_lengths():
 
 def test_l2_weight_decay_is_added_to_the_gradient():
     variable = keras.Variable(np.array([1.0, -2.0], "float32"))
-    optimizer = experiment.make_optimizer(
+    optimizer = recipe.make_optimizer(
         TrainingConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.5, weight_decay_mode="l2")
     )
     gradient = np.array([0.2, 0.0], "float32")
@@ -126,7 +126,7 @@ def test_l2_weight_decay_is_added_to_the_gradient():
     v1 = np.array([-0.07, 0.1])
     v2 = 0.9 * v1 - 0.1 * (np.array([0.2, 0.0]) + 0.5 * np.array([0.93, -1.9]))
     np.testing.assert_allclose(variable.numpy(), np.array([0.93, -1.9]) + v2, rtol=1e-5)
-    decoupled = experiment.make_optimizer(TrainingConfig(optimizer="sgd", learning_rate=0.1, weight_decay=0.5))
+    decoupled = recipe.make_optimizer(TrainingConfig(optimizer="sgd", learning_rate=0.1, weight_decay=0.5))
     assert type(decoupled).__name__ == "SGD" and decoupled.weight_decay == 0.5
 
 

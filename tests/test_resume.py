@@ -16,6 +16,8 @@ from conftest import REPO
 
 from lottery_tf.store import checkpoint
 
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 ARGS = ["--flagfile=flags/smoke.flags", "--deterministic", "--branch=reinit,random_prune", "--branch_levels=1,2"]
 

@@ -23,6 +23,8 @@ from conftest import REPO
 from lottery_tf import main as cli_main
 from lottery_tf.reports import health as runs
 
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 ARGS = [
     "--flagfile=flags/smoke.flags",

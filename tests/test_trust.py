@@ -18,6 +18,8 @@ from test_data import write_idx_folder
 from lottery_tf.engine.monitor import summarize_curves
 from lottery_tf.store import atomic, locks
 
+pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 ENV.pop("TF_CPP_MIN_LOG_LEVEL")  # the CLI's own default must keep TensorFlow quiet
 

@@ -1,7 +1,7 @@
 """Training speed of masked models relative to the same unmasked models, and input speed.
 
 In one process, per model: the same Keras model, optimizer, batch size and input
-pipeline (lottery_tf.experiment.train_pipeline), with and without MaskedLayers
+pipeline (lottery_tf.engine.recipe.train_pipeline), with and without MaskedLayers
 (masks at about 21% density). Runs alternate masked / unmasked so drift in
 machine load hits both; the median of each is reported with their ratio. The
 input pipeline alone (same batches, augmentation included, no model) is timed
@@ -40,8 +40,8 @@ from lottery_tf.core.pruning import PruningSpec, prune_by_magnitude  # noqa: E40
 from lottery_tf.engine.config import DataConfig, ModelConfig  # noqa: E402
 from lottery_tf.engine.data import DataUnavailableError, get_splits  # noqa: E402
 from lottery_tf.engine.data.cifar import make_augment  # noqa: E402
-from lottery_tf.engine.experiment import train_pipeline, training_batches  # noqa: E402
 from lottery_tf.engine.models import build_model  # noqa: E402
+from lottery_tf.engine.recipe import train_pipeline, training_batches  # noqa: E402
 from lottery_tf.store import atomic  # noqa: E402
 
 SETUPS = {

@@ -62,13 +62,13 @@ class PruneRewindCallback(keras.callbacks.Callback):
             the fresh state with the step counter set to ``rewind_step``
             (Adam's bias correction then treats zero moments as k steps old);
             ``"restore"``: the optimizer variables saved at ``rewind_step``.
-            See :func:`lottery_tf.rewind.reset_optimizer`.
+            See :func:`lottery_tf.core.rewind.reset_optimizer`.
         rewind_weights: ``True`` rewinds the weights (IMP); ``False`` keeps
             the trained weights (learning-rate rewinding).
         agree_on_masks: Optional function applied to each new set of masks
             before they are set, so that all workers of a multi-worker run
             keep one decision (e.g.
-            :func:`lottery_tf.distribute.broadcast_from_chief`).
+            :func:`lottery_tf.engine.distribute.broadcast_from_chief`).
 
     Raises:
         ValueError: If ``rewind_step`` or ``levels`` is not a non-negative

@@ -109,7 +109,7 @@ def tfmot_schedule_table(
 
 
 class GradualPruningCallback(keras.callbacks.Callback):
-    """Gradual magnitude pruning inside ``model.fit``, beside :class:`~lottery_tf.callbacks.PruneRewindCallback`.
+    """Gradual magnitude pruning inside ``model.fit``, beside :class:`~lottery_tf.core.callbacks.PruneRewindCallback`.
 
     Every masked weight is pruned on its own to the schedule's sparsity (as
     TFMOT does), at the steps the schedule says, before that step's batch.

@@ -7,7 +7,7 @@ holds, at any depth: the query/key/value/output projections of
 ``MultiHeadAttention``, the cell of ``LSTM``/``GRU``/``SimpleRNN``, both
 directions of ``Bidirectional``, the layer inside ``TimeDistributed``, the
 sub-layers of a user's residual block or of a transformer block. Masks are
-named by the weights' unique names (:mod:`lottery_tf.naming`:
+named by the weights' unique names (:mod:`lottery_tf.core.naming`:
 ``block_a/fc/kernel``). The mask is enforced as a variable *constraint*: Keras 3
 optimizers apply ``variable.constraint`` right after every update, for every
 optimizer, weight decay included, so pruned weights are exactly 0.0 after each
@@ -249,7 +249,7 @@ class MaskedLayer(keras.layers.Wrapper):
     ['kernel']
     """
 
-    _lottery_tf_masked_layer = True  # read by lottery_tf.naming
+    _lottery_tf_masked_layer = True  # read by lottery_tf.core.naming
 
     def __init__(self, layer, exclude: Iterable[str] = (), **kwargs):
         if not isinstance(layer, keras.layers.Layer):
@@ -363,7 +363,7 @@ def masked_layers(model) -> list[MaskedLayer]:
 def masked_weights(model) -> list[tuple[str, object, object]]:
     """``(name, mask variable, weight variable)`` for every masked weight, in model order.
 
-    Names are the weights' unique names (:mod:`lottery_tf.naming`): the layer
+    Names are the weights' unique names (:mod:`lottery_tf.core.naming`): the layer
     names from the model down to the weight, ``"fc1/kernel"``,
     ``"block_a/fc/kernel"``, ``"transformer_layer_0/self_attention_layer/query/kernel"``.
 

@@ -9,7 +9,7 @@ the variable's own name: ``block_a/fc/kernel``, ``transformer_layer_0/
 self_attention_layer/query/kernel``. Layer names are unique within the layer
 (or model) that holds them, so the chain is unique, and it does not depend on
 the order models were built in a process (unlike Keras's numbered
-``seed_generator_3``). A :class:`~lottery_tf.masking.MaskedLayer` and the
+``seed_generator_3``). A :class:`~lottery_tf.core.masking.MaskedLayer` and the
 layer it wraps count as one level (the wrapper's name, which defaults to the
 wrapped layer's), so wrapping a model does not change its names.
 
@@ -29,7 +29,7 @@ def _children(layer) -> list:
 
 
 def _is_wrapper(layer) -> bool:
-    # MaskedLayer is defined in lottery_tf.masking, which imports this module.
+    # MaskedLayer is defined in lottery_tf.core.masking, which imports this module.
     return getattr(layer, "_lottery_tf_masked_layer", False)
 
 

@@ -49,7 +49,7 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
 
 def make_optimizer(training):
-    """The optimizer of a :class:`lottery_tf.config.TrainingConfig`.
+    """The optimizer of a :class:`lottery_tf.engine.config.TrainingConfig`.
 
     A scheduled learning rate is wrapped in :class:`OffsetSchedule` so that
     ``rewind_optimizer="fresh"`` can restart the optimizer at step 0 while the

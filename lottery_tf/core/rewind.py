@@ -17,7 +17,7 @@ The optimizer is rewound by :func:`reset_optimizer`, in one of three ways
 
 A *step* is one training batch: :func:`global_step` is the optimizer's counter
 plus the offset ``"fresh"`` introduces. Under ``mixed_float16`` the recipe's
-:class:`lottery_tf.optimizers.StepCountingLossScaleOptimizer` counts the steps
+:class:`lottery_tf.core.optimizers.StepCountingLossScaleOptimizer` counts the steps
 whose update the loss scaler skips, so batch i is still step i.
 
 The reset understands Keras's optimizer wrappers: ``LossScaleOptimizer``
@@ -46,7 +46,7 @@ def _mask_ids(model) -> set:
 
 
 def state_variables(model) -> collections.OrderedDict[str, keras.Variable]:
-    """Unique name (:mod:`lottery_tf.naming`) -> variable, for every non-mask model variable."""
+    """Unique name (:mod:`lottery_tf.core.naming`) -> variable, for every non-mask model variable."""
     masks = _mask_ids(model)
     return collections.OrderedDict((name, v) for name, v in naming.variable_names(model).items() if id(v) not in masks)
 
@@ -158,7 +158,7 @@ def _set_offset(optimizer, offset: int) -> None:
     elif isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) and offset:
         raise ValueError(
             "rewind_optimizer='fresh' with a learning-rate schedule needs an offsettable "
-            "schedule: call lottery_tf.rewind.install_offset_schedule(optimizer) before training"
+            "schedule: call lottery_tf.core.rewind.install_offset_schedule(optimizer) before training"
         )
     inner.lottery_step_offset = int(offset)
 

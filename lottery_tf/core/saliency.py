@@ -1,7 +1,7 @@
 """Pruning-at-initialization scores: magnitude, random, SNIP, GraSP, SynFlow.
 
 Scores are functions of a (masked) model and data, separate from how many
-weights each layer keeps (:func:`lottery_tf.pruning.prune_to_density`) and
+weights each layer keeps (:func:`lottery_tf.core.pruning.prune_to_density`) and
 from when pruning happens: the "scores vs distribution vs schedule" split of
 Frankle et al., "Pruning Neural Networks at Initialization: Why are We
 Missing the Mark?" (ICLR 2021). Every function returns *importance*: mask
@@ -154,7 +154,7 @@ def synflow_masks(
         density: The final fraction of prunable weights kept (of all, pruned included).
         rounds: >= 1.
         prune: ``prune(scores, masks, density)`` -> masks; default global
-            (:func:`lottery_tf.pruning.prune_to_density`).
+            (:func:`lottery_tf.core.pruning.prune_to_density`).
 
     Returns:
         The masks (name -> float32 0/1).

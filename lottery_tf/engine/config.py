@@ -24,7 +24,7 @@ PRUNING_METHODS = ("layerwise", "global")
 
 
 class StrategyError(RuntimeError):
-    """A tf.distribute strategy cannot be set up (raised by :mod:`lottery_tf.distribute`);
+    """A tf.distribute strategy cannot be set up (raised by :mod:`lottery_tf.engine.distribute`);
     the message names the flag or variable and what was expected."""
 
 
@@ -126,8 +126,8 @@ class PruningConfig:
     exclude_layers: tuple = ()
     levels: int = 12  # levels 0 (dense) .. levels are trained
     rewind_step: int = 0
-    rewind_optimizer: str = "fresh"  # fresh, reset or restore (lottery_tf.rewind.reset_optimizer)
-    block: tuple = ()  # (R, C): blocks of R outputs x C inputs pruned as units (lottery_tf.pruning)
+    rewind_optimizer: str = "fresh"  # fresh, reset or restore (lottery_tf.core.rewind.reset_optimizer)
+    block: tuple = ()  # (R, C): blocks of R outputs x C inputs pruned as units (lottery_tf.core.pruning)
     n_m: tuple = ()  # (N, M): at most N of every M consecutive inputs kept
 
 

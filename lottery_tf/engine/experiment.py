@@ -1,11 +1,11 @@
 """The experiment: the IMP main line per replicate, then branches at chosen levels.
 
-Files go where :mod:`lottery_tf.run_dir` says; the recipe (model, optimizer,
-loss, input order) is :mod:`lottery_tf.recipe`; how one level trains,
-checkpoints and resumes is :mod:`lottery_tf.levels`; the kinds of branch
+Files go where :mod:`lottery_tf.engine.run_dir` says; the recipe (model, optimizer,
+loss, input order) is :mod:`lottery_tf.engine.recipe`; how one level trains,
+checkpoints and resumes is :mod:`lottery_tf.engine.levels`; the kinds of branch
 (controls, rewinding, the analyses) are the registry in
-:mod:`lottery_tf.branches`. Each lineage a process trains is locked
-(:mod:`lottery_tf.locks`), so several processes can share a run folder.
+:mod:`lottery_tf.engine.branches`. Each lineage a process trains is locked
+(:mod:`lottery_tf.store.locks`), so several processes can share a run folder.
 """
 
 from __future__ import annotations

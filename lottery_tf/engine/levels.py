@@ -8,9 +8,9 @@ of the dense run at any step k come from :func:`replayed_state` (replayed
 deterministically from the initialization and cached).
 
 Every strategy runs this same code: training goes through Keras ``fit``, or
-:func:`lottery_tf.loop.fit` under ``multi_worker_mirrored``; there, every
+:func:`lottery_tf.engine.loop.fit` under ``multi_worker_mirrored``; there, every
 worker computes everything, only the chief writes (the others run inside
-:func:`lottery_tf.atomic.discarding_writes`), pruning decisions are the
+:func:`lottery_tf.store.atomic.discarding_writes`), pruning decisions are the
 chief's, and workers meet at a barrier after every level.
 """
 
@@ -74,7 +74,7 @@ def _step(model) -> int:
 
 def fit(ctx: Context, model, batch_size: int, start_step: int, steps: int, callbacks=()) -> None:
     """Trains ``steps`` steps from data batch ``start_step``: Keras ``fit``, or
-    :func:`lottery_tf.loop.fit` for multi-worker strategies (which ``fit``
+    :func:`lottery_tf.engine.loop.fit` for multi-worker strategies (which ``fit``
     cannot drive)."""
     splits = ctx.splits
     if is_multi_worker(ctx.strategy):

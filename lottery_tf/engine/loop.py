@@ -33,7 +33,7 @@ def fit(
         model: A compiled Keras model built under ``strategy.scope()``.
         strategy: A ``tf.distribute`` strategy.
         make_dataset: ``input_context -> dataset`` of per-replica batches (see
-            :func:`lottery_tf.distribute.per_worker_batches`), given to
+            :func:`lottery_tf.engine.distribute.per_worker_batches`), given to
             ``strategy.distribute_datasets_from_function``.
         steps: Optimizer steps to run.
         callbacks: Keras callbacks; their ``on_train_begin``,

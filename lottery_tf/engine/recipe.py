@@ -80,7 +80,7 @@ def training_batches(splits, batch_size: int, seed: int, skip_steps: int = 0) ->
 
 
 def evaluation_splits(splits, batch_size: int) -> dict:
-    """What :class:`lottery_tf.monitor.PeriodicEvaluation` evaluates: arrays, or streamed batches."""
+    """What :class:`lottery_tf.engine.monitor.PeriodicEvaluation` evaluates: arrays, or streamed batches."""
     if isinstance(splits, StreamingSplits):
         return {name: make(max(batch_size, 256)) for name, make in splits.eval_batches.items()}
     return {"val": (splits.x_val, splits.y_val), "test": (splits.x_test, splits.y_test)}

@@ -1,12 +1,12 @@
 """Rebuilding the main line's files a damaged run store lost, from the files it kept.
 
-What :mod:`lottery_tf.store` marks ``rebuild`` or ``rebuild_when_needed`` on
+What :mod:`lottery_tf.store.reader` marks ``rebuild`` or ``rebuild_when_needed`` on
 the main line (and the learning-rate-rewinding lineage) is rebuilt here, with
 the code that wrote it the first time, and checked against the fingerprint the
 run recorded before it is written:
 
 * a level's masks: level 0's are dense; level L's are the pruning decision
-  (:meth:`lottery_tf.callbacks.PruneRewindCallback.next_masks`) on level L-1's
+  (:meth:`lottery_tf.core.callbacks.PruneRewindCallback.next_masks`) on level L-1's
   trained weights and masks; checked against ``metrics.json``'s
   ``masks_sha256`` when the level is done;
 * the rewind point: the initialization (k = 0) or the dense run's first k

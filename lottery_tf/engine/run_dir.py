@@ -50,7 +50,7 @@ def level_dir(replicate_folder: str, level: int, branch: str) -> str:
 
 
 def metrics_problem(path: str) -> str | None:
-    """What is wrong with a ``metrics.json`` (None if it is a complete, finite record); see :mod:`lottery_tf.store`."""
+    """What is wrong with a ``metrics.json`` (None if it is a complete, finite record); see :mod:`lottery_tf.store.reader`."""
     problem = store.metrics_problem(path)
     return f"{path} {problem}" if problem else None
 

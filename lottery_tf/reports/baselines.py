@@ -338,7 +338,7 @@ def write_report(entries: list[dict], out: str, plots: bool, experiment_folders:
     """Writes the baselines tables (and figure) when any experiment holds baselines; returns the file names.
 
     Args:
-        entries: :func:`lottery_tf.report.aggregate`'s output.
+        entries: :func:`lottery_tf.reports.tables.aggregate`'s output.
         out: the report folder.
         plots: whether to draw the figure.
         experiment_folders: the experiments' folders, for the per-layer densities (left out when empty).

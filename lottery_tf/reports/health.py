@@ -10,7 +10,7 @@ branches done (per level), what is in progress (a run continues it), every
 lock (held, stale or unreadable), and every problem with what a run does about
 it: train again, rebuild (and check against the fingerprint the run recorded),
 or refuse, naming what to delete or restore. The store is read by
-:mod:`lottery_tf.store`, the code the runner itself uses, so the two agree.
+:mod:`lottery_tf.store.reader`, the code the runner itself uses, so the two agree.
 Exit status 0 if there is no problem, 1 if there is one, 2 if ROOT holds no runs.
 """
 

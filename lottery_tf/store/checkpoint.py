@@ -52,7 +52,7 @@ class Checkpoint:
 
 
 def _model_variables(model) -> dict:
-    """Unique name (:mod:`lottery_tf.naming`) -> variable, masks included."""
+    """Unique name (:mod:`lottery_tf.core.naming`) -> variable, masks included."""
     try:
         return naming.variable_names(model)
     except ValueError as error:

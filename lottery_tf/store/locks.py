@@ -14,7 +14,7 @@ between creating the file and writing it); a lock held by a live process, or
 by another host, makes the second process exit with one line naming the
 holder, or wait (``--wait_for_lock``). A process that asks for branches waits
 for a main line another process is training (it needs those levels), then runs
-its branches. Lock states are read by :mod:`lottery_tf.store`, which the
+its branches. Lock states are read by :mod:`lottery_tf.store.reader`, which the
 health check reports from.
 """
 
@@ -38,7 +38,7 @@ def _try_acquire(path: str) -> dict | None:
     """Takes the lock; returns None on success, else what the holder wrote.
 
     A lock whose process is gone (same host), or that is unreadable and older
-    than :data:`lottery_tf.store.STALE_LOCK_SECONDS` (a kill between creating
+    than :data:`lottery_tf.store.reader.STALE_LOCK_SECONDS` (a kill between creating
     and writing it), is stale and taken over.
     """
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -1,6 +1,6 @@
 """The run store read by one piece of code: what is done, what is damaged, and what a run does about it.
 
-Both the runner (:mod:`lottery_tf.experiment` and the modules it drives) and
+Both the runner (:mod:`lottery_tf.engine.experiment` and the modules it drives) and
 the health check (``python -m lottery_tf.runs``) read run folders through this
 module, so they cannot disagree: the health check prints, for every problem,
 the sentence the runner acts on. No TensorFlow here.

@@ -1,12 +1,12 @@
 """The analysis maths of the later lottery-ticket papers, with no knowledge of run folders.
 
-* :mod:`~lottery_tf.analysis.interpolation`: linear interpolation of two
+* :mod:`~lottery_tf.core.analysis.interpolation`: linear interpolation of two
   weight states, the error along the path, instability and barrier (Frankle
   et al., "Linear Mode Connectivity and the Lottery Ticket Hypothesis", 2020).
-* :mod:`~lottery_tf.analysis.distances`: L2 distance, normalized distance and
+* :mod:`~lottery_tf.core.analysis.distances`: L2 distance, normalized distance and
   angle between masked weights ("Stabilizing the Lottery Ticket Hypothesis",
   Frankle et al. 2019).
-* :mod:`~lottery_tf.analysis.batchnorm`: re-estimating BatchNorm statistics
+* :mod:`~lottery_tf.core.analysis.batchnorm`: re-estimating BatchNorm statistics
   of an interpolated network from fixed training batches.
 """
 

@@ -22,7 +22,7 @@ def batchnorm_layers(model) -> list:
 
 
 def statistic_paths(model) -> set:
-    """Unique names (:mod:`lottery_tf.naming`) of the running statistics (moving mean and variance)."""
+    """Unique names (:mod:`lottery_tf.core.naming`) of the running statistics (moving mean and variance)."""
     ids = {id(v) for layer in batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)}
     return {name for name, v in naming.variable_names(model).items() if id(v) in ids}
 

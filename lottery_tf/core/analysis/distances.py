@@ -1,7 +1,7 @@
 """Distances between two sets of masked weights (Frankle et al. 2019, "Stabilizing the LTH").
 
 Weights are name -> array (the prunable weights, e.g.
-:func:`lottery_tf.masking.get_prunable_weights`); ``masks`` (same names)
+:func:`lottery_tf.core.masking.get_prunable_weights`); ``masks`` (same names)
 selects the entries compared: the distance is between m ⊙ W_a and m ⊙ W_b
 over every masked layer, concatenated. Pure numpy, float64.
 """

@@ -1,6 +1,6 @@
 """Instability analysis of a Keras model: its error along the linear path between two weight states.
 
-The states are what :func:`lottery_tf.rewind.capture` returns (variable path
+The states are what :func:`lottery_tf.core.rewind.capture` returns (variable path
 -> array, masks excluded); restoring one re-applies the model's masks, so the
 interpolation of two pruned states is evaluated pruned.
 """

@@ -1,9 +1,9 @@
 """The analysis branches: instability (linear mode connectivity) and stability (distances).
 
 Both reuse the main line's masks and the dense run's states at step k (the
-replay cache of :func:`lottery_tf.levels.replayed_state`), never retrain the
-main line, and train their copies with :func:`lottery_tf.levels.train_level`
-(checkpoints, resume). The maths is :mod:`lottery_tf.analysis`. Layout, per
+replay cache of :func:`lottery_tf.engine.levels.replayed_state`), never retrain the
+main line, and train their copies with :func:`lottery_tf.engine.levels.train_level`
+(checkpoints, resume). The maths is :mod:`lottery_tf.core.analysis`. Layout, per
 replicate and level::
 
     level_LL/instability/<network>_k<k>/pair_<p>/copy_{a,b}/   two copies (metrics.json, final_weights.npz)
@@ -145,7 +145,7 @@ def train_copy(ctx: Context, level: int, folder: str, network: _Network, k: int,
 
 
 class PathEvaluator(ModelEvaluator):
-    """A :class:`~lottery_tf.analysis.evaluation.ModelEvaluator` for one network of a run.
+    """A :class:`~lottery_tf.core.analysis.evaluation.ModelEvaluator` for one network of a run.
 
     The model is built from the run's recipe with ``masks``; it evaluates on
     the test set and a fixed training subset; BatchNorm statistics are

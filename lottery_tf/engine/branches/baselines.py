@@ -5,7 +5,7 @@ the ticket of the same density in the report (Frankle et al., "Pruning Neural
 Networks at Initialization: Why are We Missing the Mark?", ICLR 2021):
 
 * ``pai_<method>`` (``magnitude``, ``random``, ``snip``, ``grasp``,
-  ``synflow``; scores in :mod:`lottery_tf.saliency`): the start point (the
+  ``synflow``; scores in :mod:`lottery_tf.core.saliency`): the start point (the
   main line's rewind point: the initialization at k = 0) is pruned in one shot
   to the level's overall density (``--pai_scope``: one global threshold, the
   output layer included, or layer-wise), then trained from step k like every
@@ -14,7 +14,7 @@ Networks at Initialization: Why are We Missing the Mark?", ICLR 2021):
   per-layer densities kept), ``pai_<method>_reinit`` (the mask on a fresh
   initialization, new seed, same distribution) and ``pai_<method>_inverted``
   (the highest scores pruned instead of the lowest).
-* ``gmp`` (Zhu & Gupta 2017, :mod:`lottery_tf.gradual`): from the dense
+* ``gmp`` (Zhu & Gupta 2017, :mod:`lottery_tf.core.gradual`): from the dense
   initialization, one training run that prunes every layer to the level's
   sparsity with TFMOT's polynomial schedule. Its ``metrics.json`` records the
   density it ends with and the schedule.

@@ -232,7 +232,7 @@ def train_start(ctx: Context, level: int, folder_name: str, make_start: Callable
 
 
 def files_damaged(folder: str) -> bool:
-    """Whether a finished branch level's masks or ``branch.json`` are damaged (see :mod:`lottery_tf.store`)."""
+    """Whether a finished branch level's masks or ``branch.json`` are damaged (see :mod:`lottery_tf.store.reader`)."""
     metrics = store.read_json(os.path.join(folder, "metrics.json"))
     masks = os.path.join(folder, "masks.npz")
     return bool(

@@ -31,7 +31,7 @@ def load(name: str = "fashion_mnist", validation_examples: int = 5000, **setting
         name: A registered dataset (``fashion_mnist`` reads the IDX files Debian's
             ``dataset-fashion-mnist`` installs; no network needed).
         validation_examples: Training examples held out for validation.
-        **settings: Other :class:`lottery_tf.config.DataConfig` fields (``data_dir=...``).
+        **settings: Other :class:`lottery_tf.engine.config.DataConfig` fields (``data_dir=...``).
 
     Returns:
         :class:`Splits`: ``x_train, y_train, x_val, y_val, x_test, y_test`` (float32
@@ -42,7 +42,7 @@ def load(name: str = "fashion_mnist", validation_examples: int = 5000, **setting
 
     Example:
 
-    >>> data = lottery_tf.data.load("fashion_mnist")  # doctest: +SKIP
+    >>> data = lottery_tf.engine.data.load("fashion_mnist")  # doctest: +SKIP
     >>> data.x_train.shape, data.x_test.shape  # doctest: +SKIP
     ((55000, 28, 28, 1), (10000, 28, 28, 1))
     """

@@ -7,7 +7,7 @@ crop. Both scale to [0, 1] and normalize with the ImageNet per-channel mean and
 standard deviation. Randomness is stateless (keyed by a seed pair), so a
 resumed run sees the same crops.
 
-Used by the streamed ``imagenet2012`` dataset (:mod:`lottery_tf.data.imagenet`).
+Used by the streamed ``imagenet2012`` dataset (:mod:`lottery_tf.engine.data.imagenet`).
 """
 
 from __future__ import annotations
