@@ -113,9 +113,7 @@ def test_rewind_branch_replays_the_dense_run_to_step_k(main_line):
     _assert_weights_are(start.model, replayed, _main_masks(ctx, 1))
     # An independent dense run to step 50 with the same seed and data reaches the same state.
     model = experiment.build_masked_model(ctx.config, ctx.splits, ctx.seed)
-    model.fit(
-        recipe.train_pipeline(ctx.splits, 60, ctx.seed), epochs=1, steps_per_epoch=50, verbose=0, shuffle=False
-    )
+    model.fit(recipe.train_pipeline(ctx.splits, 60, ctx.seed), epochs=1, steps_per_epoch=50, verbose=0, shuffle=False)
     independent = rewind.capture(model)
     for key, value in replayed.items():
         np.testing.assert_allclose(value, independent[key], atol=1e-6)
