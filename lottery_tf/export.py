@@ -194,6 +194,16 @@ def export(args) -> dict:
     return _write(args, config, folder, model, splits, formats, quantize, out, experiment)
 
 
+def _inference_copy(plain):
+    """The plain model without its optimizer: a shipped ticket is its graph and weights, not the run's
+    optimizer state (Adam's two moments would triple the file)."""
+    if not plain.compiled:
+        return plain
+    copy = plain.__class__.from_config(plain.get_config())
+    copy.set_weights(plain.get_weights())
+    return copy
+
+
 def _write(args, config, folder, model, splits, formats, quantize, out, experiment) -> dict:
     from lottery_tf.core import litert, masking
     from lottery_tf.core.keras_compat import keras
@@ -237,7 +247,7 @@ def _write(args, config, folder, model, splits, formats, quantize, out, experime
         keras_entry["latency"] = _latency(lambda x: plain(x, training=False), x_test[:1], args.latency_runs)
         if "keras" in formats:
             path = os.path.join(scratch, "ticket.keras")
-            plain.save(path)
+            _inference_copy(plain).save(path)
             data = open(path, "rb").read()
             keras_entry.update(file="ticket.keras", bytes=len(data), gzip_bytes=_gzip_size(data))
         record["artifacts"]["keras"] = keras_entry

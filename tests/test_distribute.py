@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # strategies on logical devices: left out of tools/test.sh --quick
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 # Same compile settings for both runs (distributed runs use one step per call, no XLA).

@@ -185,7 +185,9 @@ def test_the_storage_is_sparse_in_blocks_and_read_by_the_sparse_kernel(exported)
 @pytest.fixture(scope="module")
 def dense_export(run):
     """Level 0 exported to its default folder, <experiment>/exports/replicate_0_level_00_main_final."""
-    assert export_cli.main([run, "--level=0", "--formats=keras,litert", "--latency_runs=5"]) == 0
+    assert (
+        export_cli.main([run, "--level=0", "--formats=keras,litert", "--quantize=none,int8", "--latency_runs=5"]) == 0
+    )
     return os.path.join(run, "exports", "replicate_0_level_00_main_final")
 
 
@@ -225,6 +227,7 @@ def test_the_keras_file_loads_in_a_fresh_process_without_lottery_tf(exported):
         "import sys, numpy as np, keras; "
         f"m = keras.models.load_model({os.path.join(out, 'ticket.keras')!r}); "
         "assert not any(name.startswith('lottery_tf') for name in sys.modules), 'lottery_tf was imported'; "
+        "assert not m.compiled and not m.get_config().get('optimizer'), 'an optimizer was saved'; "
         "k = m.get_layer('fc1').kernel.numpy(); print(m.count_params(), float((k != 0).mean()))"
     )
     result = subprocess.run(
@@ -238,6 +241,8 @@ def test_the_keras_file_loads_in_a_fresh_process_without_lottery_tf(exported):
     assert result.returncode == 0, result.stderr[-2000:]
     params, fc1_density = result.stdout.split()
     assert int(params) == 266610 and float(fc1_density) == pytest.approx(record["layer_densities"]["fc1/kernel"])
+    # float32 weights and a few KB of config: no optimizer state (Adam's moments would triple it)
+    assert os.path.getsize(os.path.join(out, "ticket.keras")) < 1.1 * 4 * 266610
 
 
 def snapshot(root):
@@ -314,3 +319,45 @@ def test_int8_without_the_training_data_is_one_line(tmp_path, capsys):
     (line,) = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert line.startswith("error: --quantize=int8 needs the run's data (mnist): ")
     assert not os.path.exists(os.path.join(experiment, "exports"))
+
+
+def test_the_report_draws_accuracy_and_size_per_structure(run, exported, dense_export, tmp_path, drawn):
+    import shutil
+
+    from lottery_tf.reports import cli as report_cli
+
+    out, record, _ = exported
+    copy = os.path.join(run, "exports", f"replicate_0_level_{record['level']:02d}_main_final")
+    if not os.path.exists(copy):
+        shutil.copytree(out, copy)
+    assert report_cli.main([run, "--out", str(tmp_path / "report")]) == 0
+    accuracy, size = drawn["deployment_vs_weights.png"].axes
+    dense = json.load(open(os.path.join(dense_export, "export.json")))["artifacts"]
+    ticket = record["artifacts"]
+    (bars,) = accuracy.containers  # errorbar: one container per structure
+    assert bars.get_label() == "1x4 blocks"
+    line = bars.lines[0]
+    np.testing.assert_allclose(np.asarray(line.get_xdata(), float), [100.0, 100 * record["density"]])
+    np.testing.assert_allclose(
+        np.asarray(line.get_ydata(), float),
+        [
+            100 * dense["ticket.tflite"]["without_default_delegates"]["accuracy"],
+            100 * ticket["ticket.tflite"]["without_default_delegates"]["accuracy"],
+        ],
+    )
+    lines = {l.get_label(): l for l in size.get_lines()}
+    assert sorted(lines) == ["1x4 blocks, float32", "1x4 blocks, int8"]
+    np.testing.assert_allclose(
+        np.asarray(lines["1x4 blocks, float32"].get_ydata(), float),
+        [dense["ticket.tflite"]["bytes"] / 1e3, ticket["ticket.tflite"]["bytes"] / 1e3],
+    )
+    np.testing.assert_allclose(
+        np.asarray(lines["1x4 blocks, int8"].get_ydata(), float),
+        [dense["ticket_int8.tflite"]["bytes"] / 1e3, ticket["ticket_int8.tflite"]["bytes"] / 1e3],
+    )
+    assert lines["1x4 blocks, int8"].get_linestyle() == "--" and size.get_yscale() == "log"
+    summary = open(tmp_path / "report" / "deployment_summary.md").read().splitlines()
+    row = next(l for l in summary if f"| 1x4 blocks | {record['level']} |" in l)
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[3] == f"{100 * record['density']:.2f}" and cells[7] == f"{ticket['ticket.tflite']['bytes']:,}"
+    assert cells[9] == f"{ticket['ticket.tflite']['bytes'] / dense['ticket.tflite']['bytes']:.2f}" and cells[-1] == "1"

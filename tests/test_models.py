@@ -49,6 +49,7 @@ TRAINABLE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, shape, batch", TRAINABLE, ids=[t[0] for t in TRAINABLE])
 def test_builds_wraps_trains_and_keeps_zeros(name, shape, batch):
     keras.utils.set_random_seed(0)

@@ -321,6 +321,7 @@ def test_missing_curve_levels_list_the_levels_the_run_has(one_replicate, tmp_pat
     assert f"level(s) 15 not found in {experiment} (it has main levels 0-10)" in err
 
 
+@pytest.mark.slow
 def test_no_figure_stays_open(one_replicate, tmp_path):
     import matplotlib.pyplot as plt
 

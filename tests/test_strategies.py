@@ -21,6 +21,8 @@ from lottery_tf.engine.distribute import (
 )
 from lottery_tf.store import atomic, checkpoint
 
+pytestmark = pytest.mark.slow  # strategies on logical devices: left out of tools/test.sh --quick
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 
 

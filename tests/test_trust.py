@@ -164,7 +164,7 @@ def test_second_process_is_told_who_holds_the_lock(tmp_path):
         with open(tmp_path / ".locks" / "main.lock") as handle:
             holder = json.load(handle)
         assert holder["pid"] == os.getpid()
-        code = f"from lottery_tf import locks\nwith locks.hold({str(tmp_path)!r}, 'main'): pass"
+        code = f"from lottery_tf.store import locks\nwith locks.hold({str(tmp_path)!r}, 'main'): pass"
         other = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True)
         assert other.returncode == 1 and f"is held by pid {os.getpid()} on " in other.stderr
         with locks.hold(str(tmp_path), "reinit_level_02"):  # another lineage: no conflict

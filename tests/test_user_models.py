@@ -127,6 +127,7 @@ FAMILIES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_keras_application_families_wrap_with_every_kernel_masked(name):
     from tools.check_applications import check
@@ -135,6 +136,7 @@ def test_keras_application_families_wrap_with_every_kernel_masked(name):
     assert problem is None, problem
 
 
+@pytest.mark.slow
 def test_saved_ticket_loads_after_plain_import(tmp_path):
     model = wrap_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")]))
     masks = {"fc/kernel": np.tile([1.0, 0.0, 1.0], (4, 1)).astype("float32")}

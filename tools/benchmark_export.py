@@ -88,11 +88,22 @@ def tickets(model, densities, splits):
 
 
 def kernel_of(flat: bytes) -> str:
-    """How the interpreter runs the hidden layers' weights (the output layer is often left dense)."""
-    stored = [w for w in litert.storage(flat) if w["shape"][0] in (300, 100)]
-    if any("DENSIFY" in w["read_by"] for w in stored):
-        return "densified at load (dense kernel)"
-    return "sparse FULLY_CONNECTED" if any(w["sparse"] for w in stored) else "dense FULLY_CONNECTED"
+    """How the interpreter runs each hidden layer's weight (the output layer is often left dense).
+
+    One label when both hidden layers run the same way; otherwise per layer (fc1 first), since the
+    converter may store one layer in 1x4 blocks and the other element by element.
+    """
+    labels = []
+    for w in sorted(litert.storage(flat), key=lambda w: -w["shape"][0]):
+        if w["shape"][0] not in (300, 100):
+            continue
+        if "DENSIFY" in w["read_by"]:
+            labels.append("densified at load (dense kernel)")
+        else:
+            labels.append("sparse FULLY_CONNECTED" if w["sparse"] else "dense FULLY_CONNECTED")
+    if len(set(labels)) == 1:
+        return labels[0]
+    return "; ".join(f"{name}: {label}" for name, label in zip(("fc1", "fc2"), labels))
 
 
 def measure(found, splits, rounds: int, large_batch: int, runs_per_round: int) -> list[dict]:

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         analysis_files += report_baselines.write_report(
             entries, args.out, plots=not args.no_plots, experiment_folders=experiments(args.paths)
         )
-        analysis_files += report_deployment.write_report(experiments(args.paths), args.out)
+        analysis_files += report_deployment.write_report(experiments(args.paths), args.out, plots=not args.no_plots)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections import defaultdict
+
+import numpy as np
 
 from lottery_tf.reports import plotting, tables
 from lottery_tf.store import atomic
@@ -68,6 +71,7 @@ def rows(records) -> list[dict]:
         base = dense.get((r["experiment_name"], r["replicate"]))
         row = {
             "experiment": r["experiment_name"],
+            "model": r.get("model", ""),
             "structure": _structure(r),
             "branch": r["branch"],
             "level": r["level"],
@@ -137,12 +141,135 @@ def format_markdown(table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(experiment_folders, out: str) -> list[str]:
-    """Writes the deployment table if any experiment has exports. Returns the files written."""
+def _by_structure(table) -> dict:
+    """(model label, structure) -> rows of mean and std over replicates per level, densest first."""
+    groups = defaultdict(lambda: defaultdict(list))
+    for r in table:
+        if r["branch"] == "main" and r["weights"] == "final" and r["tflite_bytes"]:
+            groups[(r["model"], r["structure"].split(" (")[0])][r["level"]].append(r)
+    out = {}
+    for key, levels in groups.items():
+        points = []
+        for level, rs in sorted(levels.items()):
+            point = {"level": level, "replicates": len(rs)}
+            for field in (
+                "density",
+                "run_accuracy",
+                "tflite_accuracy",
+                "tflite_bytes",
+                "tflite_gzip_bytes",
+                "bytes_per_kept_weight",
+                "int8_bytes",
+                "int8_accuracy",
+            ):
+                values = np.array([r[field] for r in rs if r[field] is not None], dtype=np.float64)
+                point[f"{field}_mean"] = float(values.mean()) if len(values) else None
+                point[f"{field}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+            points.append(point)
+        out[key] = sorted(points, key=lambda p: -p["density_mean"])
+    return out
+
+
+def format_summary(table) -> str:
+    """Per model, structure and level: the mean (± std) over replicates, sizes against the dense export."""
+    lines = [
+        "| model | structure | level | weights % | run test acc % | .tflite acc % | int8 acc % | .tflite bytes "
+        "| gzip bytes | size / dense | bytes per kept weight | int8 bytes | int8 size / dense int8 | replicates |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def acc(p, field):
+        if p[f"{field}_mean"] is None:
+            return ""
+        std = p[f"{field}_std"]
+        return f"{100 * p[f'{field}_mean']:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+
+    for (model, structure), points in sorted(_by_structure(table).items()):
+        dense = next((p for p in points if p["level"] == 0), None)
+        for p in sorted(points, key=lambda p: p["level"]):
+            size = "" if dense is None else _ratio(p["tflite_bytes_mean"] / dense["tflite_bytes_mean"])
+            int8 = (
+                ""
+                if dense is None or not p["int8_bytes_mean"] or not dense["int8_bytes_mean"]
+                else _ratio(p["int8_bytes_mean"] / dense["int8_bytes_mean"])
+            )
+            lines.append(
+                f"| {model} | {structure} | {p['level']} | {_pct(p['density_mean'])} | {acc(p, 'run_accuracy')} | "
+                f"{acc(p, 'tflite_accuracy')} | {acc(p, 'int8_accuracy')} | {_count(round(p['tflite_bytes_mean']))} | "
+                f"{_count(round(p['tflite_gzip_bytes_mean']))} | {size} | {_ratio(p['bytes_per_kept_weight_mean'])} | "
+                f"{_count(None if p['int8_bytes_mean'] is None else round(p['int8_bytes_mean']))} | {int8} | "
+                f"{p['replicates']} |"
+            )
+    lines.append("")
+    lines.append("Means over replicates of deployment_table.md's rows (main line, final weights).")
+    return "\n".join(lines) + "\n"
+
+
+def plot_deployment(table, path) -> None:
+    """Two panels per model: the LiteRT file's test accuracy, and its size (float and int8), against the
+    percent of weights remaining, one line per structure (mean ± std over replicates)."""
+    series = _by_structure(table)
+    models = sorted({model for model, _ in series})
+    plt = plotting.figure()
+    fig, axes = plt.subplots(len(models), 2, figsize=(13, 4.8 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        mine = {structure: points for (m, structure), points in series.items() if m == model}
+        accuracy, size = axes[row]
+        for structure, points in sorted(mine.items()):
+            x = [100 * p["density_mean"] for p in points]
+            spread = [100 * (p["tflite_accuracy_std"] or 0.0) for p in points]
+            accuracy.errorbar(
+                x,
+                [100 * p["tflite_accuracy_mean"] for p in points],
+                yerr=spread if any(spread) else None,
+                marker="o",
+                markersize=4,
+                capsize=3,
+                label=structure,
+            )
+            line = size.plot(
+                x,
+                [p["tflite_bytes_mean"] / 1e3 for p in points],
+                marker="o",
+                markersize=4,
+                label=f"{structure}, float32",
+            )[0]
+            if all(p["int8_bytes_mean"] for p in points):
+                size.plot(
+                    x,
+                    [p["int8_bytes_mean"] / 1e3 for p in points],
+                    marker="s",
+                    markersize=4,
+                    linestyle="--",
+                    color=line.get_color(),
+                    label=f"{structure}, int8",
+                )
+        axis_series = {s: [{"density_mean": p["density_mean"]} for p in ps] for s, ps in mine.items()}
+        for ax in (accuracy, size):
+            plotting.weights_axis(ax, axis_series)
+            ax.legend(fontsize=8)
+        replicates = max(p["replicates"] for ps in mine.values() for p in ps)
+        spread_words = "one replicate" if replicates == 1 else f"mean ± std over {replicates} replicates"
+        accuracy.set_ylabel(".tflite test accuracy (%)")
+        accuracy.set_title(f"{model}: the LiteRT file's test accuracy, {spread_words}", fontsize=10)
+        size.set_yscale("log")
+        size.set_ylabel(".tflite file size (kB, log scale)")
+        size.set_title(f"{model}: file size with sparse storage (dashed: int8 weights)", fontsize=10)
+    fig.tight_layout()
+    plotting.save(fig, path)
+
+
+def write_report(experiment_folders, out: str, plots: bool = True) -> list[str]:
+    """Writes the deployment table (and its figure) if any experiment has exports. Returns the files written."""
     records = exports(experiment_folders)
     if not records:
         return []
     table = rows(records)
     atomic.write_text(os.path.join(out, "deployment_table.csv"), plotting.csv_text(table))
     atomic.write_text(os.path.join(out, "deployment_table.md"), format_markdown(table))
-    return ["deployment_table.md", "deployment_table.csv"]
+    atomic.write_text(os.path.join(out, "deployment_summary.md"), format_summary(table))
+    written = ["deployment_table.md", "deployment_table.csv", "deployment_summary.md"]
+    if plots:
+        plot_deployment(table, os.path.join(out, "deployment_vs_weights.png"))
+        written.append("deployment_vs_weights.png")
+    return written

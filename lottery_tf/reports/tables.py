@@ -82,6 +82,7 @@ def aggregate(paths: list[str]) -> list[dict]:
                 groups[(row["branch"], row["level"])].append(row)
         name = os.path.basename(experiment)
         title = experiment_title(experiment)
+        label = experiment_label(experiment)
         for (branch, level), rows in sorted(groups.items(), key=lambda kv: (kv[0][0] != "main", kv[0])):
             entry = {"experiment": name, "branch": branch, "level": level, "replicates": len(rows)}
             for key in STATS:
@@ -92,6 +93,7 @@ def aggregate(paths: list[str]) -> list[dict]:
             # An "early stop" at the last evaluation is no early stop: the validation loss was still falling.
             entry["early_stop_at_last_iteration"] = sum(r["early_stop_iteration"] == r["last_iteration"] for r in rows)
             entry["title"] = title
+            entry["label"] = label
             out.append(entry)
     if not out:
         raise ReportError(f"{', '.join(paths)}: no finished levels (no level_*/*/metrics.json)")
@@ -137,6 +139,25 @@ def write_tables(folder: str, entries: list[dict], prefix: str = "table") -> Non
     atomic.write_text(os.path.join(folder, f"{prefix}.md"), format_markdown(entries))
 
 
+def _structure(pruning: dict) -> str:
+    if pruning.get("block"):
+        return f"{pruning['block'][0]}x{pruning['block'][1]} blocks"
+    if pruning.get("n_m"):
+        return f"{pruning['n_m'][0]}:{pruning['n_m'][1]}"
+    return "unstructured"
+
+
+def experiment_label(experiment_folder: str) -> str:
+    """``"lottery_<hash> (lenet_300_100, 1x4 blocks)"``: what tells experiments apart in a figure's panels."""
+    name = os.path.basename(experiment_folder)
+    try:
+        with open(os.path.join(experiment_folder, "settings.json")) as handle:
+            settings = json.load(handle)
+        return f"{name} ({settings['model']['name']}, {_structure(settings['pruning'])})"
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return name
+
+
 def experiment_title(experiment_folder: str) -> str:
     """``"lenet_300_100 on fashion_mnist (lottery_<hash>)"`` from the run's settings."""
     name = os.path.basename(experiment_folder)
@@ -145,6 +166,8 @@ def experiment_title(experiment_folder: str) -> str:
             settings = json.load(handle)
         p = settings["pruning"]
         rule = f"{p['method']} {100 * p['fraction']:g}% per level, rewind to iteration {p['rewind_step']}"
+        if _structure(p) != "unstructured":
+            rule += f", {_structure(p)}"
         return f"{settings['model']['name']} on {settings['data']['name']} ({rule}; {name})"
     except (OSError, ValueError, KeyError):
         return name
@@ -160,6 +183,7 @@ def _series(entries, experiment):
 
 def plot_accuracy_vs_weights(entries, path):
     plt, fig, axes, experiments, titles = plotting.grid(entries, 2, 13, 4.8)
+    labels = {e["experiment"]: e.get("label", e["experiment"]) for e in entries}
     for row, experiment in enumerate(experiments):
         series = _series(entries, experiment)
         for col, (key, title) in enumerate(
@@ -195,13 +219,14 @@ def plot_accuracy_vs_weights(entries, path):
             plotting.weights_axis(ax, series)
             ax.set_ylabel(f"{title} (%)")
             heading = f"{title}, {plotting.over_replicates(series)}"
-            ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}", fontsize=10)
+            ax.set_title(heading if len(experiments) == 1 else f"{labels[experiment]}:\n{heading}", fontsize=10)
             ax.legend(fontsize=8)
         # Both panels on one y range, so they can be compared by eye.
         low = min(axes[row][c].get_ylim()[0] for c in range(2))
         high = max(axes[row][c].get_ylim()[1] for c in range(2))
         for c in range(2):
             axes[row][c].set_ylim(low, high)
+    fig.tight_layout()  # two-line panel titles must not run into the x labels above them
     if len(experiments) == 1:
         fig.suptitle(titles[experiments[0]], fontsize=10)
     plotting.save(fig, path)
