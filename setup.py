@@ -21,7 +21,7 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.6"],
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "ruff>=0.6"],
         "report": ["matplotlib>=3.7"],
         # TFMOT's own PolynomialDecay for --gmp_schedule=tfmot and the comparison test. It needs legacy
         # Keras (tf_keras), so lottery_tf only ever runs it in a subprocess.

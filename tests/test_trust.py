@@ -214,7 +214,10 @@ def test_two_cli_processes_on_one_replicate(tmp_path):
         "--branch_levels=",
         f"--output_dir={out}",
     ]
-    first = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The first process pauses 25 s at its first checkpoint, holding the lock, so the second one meets it
+    # however loaded the machine is (a smoke run can otherwise end before a second TensorFlow has started).
+    slow = {**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:1:pause=25"}
+    first = subprocess.Popen(args, cwd=REPO, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while (
         not glob.glob(os.path.join(out, "lottery_*", "replicate_0", ".locks", "main.lock")) and time.time() < deadline
