@@ -42,12 +42,8 @@ def exports(experiment_folders) -> list[dict]:
 def _structure(record) -> str:
     s = record.get("structure", {})
     unmet = [name for name, ok in s.get("satisfied", {}).items() if not ok]
-    note = f" (not yet in {', '.join(unmet)})" if unmet else ""
-    if s.get("block"):
-        return f"{s['block'][0]}x{s['block'][1]} blocks{note}"
-    if s.get("n_m"):
-        return f"{s['n_m'][0]}:{s['n_m'][1]}{note}"
-    return "unstructured"
+    label = tables.structure_label(s)
+    return f"{label} (not yet in {', '.join(unmet)})" if unmet and label != "unstructured" else label
 
 
 def _litert(record, name="ticket.tflite"):
@@ -141,7 +137,7 @@ def format_markdown(table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _by_structure(table) -> dict:
+def by_structure(table) -> dict:
     """(model label, structure) -> rows of mean and std over replicates per level, densest first."""
     groups = defaultdict(lambda: defaultdict(list))
     for r in table:
@@ -170,7 +166,7 @@ def _by_structure(table) -> dict:
     return out
 
 
-def format_summary(table) -> str:
+def format_summary(series) -> str:
     """Per model, structure and level: the mean (± std) over replicates, sizes against the dense export."""
     lines = [
         "| model | structure | level | weights % | run test acc % | .tflite acc % | int8 acc % | .tflite bytes "
@@ -184,7 +180,7 @@ def format_summary(table) -> str:
         std = p[f"{field}_std"]
         return f"{100 * p[f'{field}_mean']:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
 
-    for (model, structure), points in sorted(_by_structure(table).items()):
+    for (model, structure), points in sorted(series.items()):
         dense = next((p for p in points if p["level"] == 0), None)
         for p in sorted(points, key=lambda p: p["level"]):
             size = "" if dense is None else _ratio(p["tflite_bytes_mean"] / dense["tflite_bytes_mean"])
@@ -205,10 +201,9 @@ def format_summary(table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_deployment(table, path) -> None:
+def plot_deployment(series, path) -> None:
     """Two panels per model: the LiteRT file's test accuracy, and its size (float and int8), against the
     percent of weights remaining, one line per structure (mean ± std over replicates)."""
-    series = _by_structure(table)
     models = sorted({model for model, _ in series})
     plt = plotting.figure()
     fig, axes = plt.subplots(len(models), 2, figsize=(13, 4.8 * len(models)), squeeze=False)
@@ -267,9 +262,10 @@ def write_report(experiment_folders, out: str, plots: bool = True) -> list[str]:
     table = rows(records)
     atomic.write_text(os.path.join(out, "deployment_table.csv"), plotting.csv_text(table))
     atomic.write_text(os.path.join(out, "deployment_table.md"), format_markdown(table))
-    atomic.write_text(os.path.join(out, "deployment_summary.md"), format_summary(table))
+    series = by_structure(table)  # the summary and the figure draw the same means
+    atomic.write_text(os.path.join(out, "deployment_summary.md"), format_summary(series))
     written = ["deployment_table.md", "deployment_table.csv", "deployment_summary.md"]
     if plots:
-        plot_deployment(table, os.path.join(out, "deployment_vs_weights.png"))
+        plot_deployment(series, os.path.join(out, "deployment_vs_weights.png"))
         written.append("deployment_vs_weights.png")
     return written

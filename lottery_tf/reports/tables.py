@@ -81,8 +81,9 @@ def aggregate(paths: list[str]) -> list[dict]:
             for row in collect_rows(replicate):
                 groups[(row["branch"], row["level"])].append(row)
         name = os.path.basename(experiment)
-        title = experiment_title(experiment)
-        label = experiment_label(experiment)
+        settings = _settings(experiment)  # read once for both names
+        title = experiment_title(experiment, settings)
+        label = experiment_label(experiment, settings)
         for (branch, level), rows in sorted(groups.items(), key=lambda kv: (kv[0][0] != "main", kv[0])):
             entry = {"experiment": name, "branch": branch, "level": level, "replicates": len(rows)}
             for key in STATS:
@@ -139,7 +140,8 @@ def write_tables(folder: str, entries: list[dict], prefix: str = "table") -> Non
     atomic.write_text(os.path.join(folder, f"{prefix}.md"), format_markdown(entries))
 
 
-def _structure(pruning: dict) -> str:
+def structure_label(pruning: dict) -> str:
+    """``"1x4 blocks"``, ``"2:4"`` or ``"unstructured"``, from a run's (or an export's) pruning structure."""
     if pruning.get("block"):
         return f"{pruning['block'][0]}x{pruning['block'][1]} blocks"
     if pruning.get("n_m"):
@@ -147,29 +149,35 @@ def _structure(pruning: dict) -> str:
     return "unstructured"
 
 
-def experiment_label(experiment_folder: str) -> str:
-    """``"lottery_<hash> (lenet_300_100, 1x4 blocks)"``: what tells experiments apart in a figure's panels."""
-    name = os.path.basename(experiment_folder)
+def _settings(experiment_folder: str) -> dict | None:
     try:
         with open(os.path.join(experiment_folder, "settings.json")) as handle:
-            settings = json.load(handle)
-        return f"{name} ({settings['model']['name']}, {_structure(settings['pruning'])})"
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def experiment_label(experiment_folder: str, settings: dict | None = None) -> str:
+    """``"lottery_<hash> (lenet_300_100, 1x4 blocks)"``: what tells experiments apart in a figure's panels."""
+    name = os.path.basename(experiment_folder)
+    settings = _settings(experiment_folder) if settings is None else settings
+    try:
+        return f"{name} ({settings['model']['name']}, {structure_label(settings['pruning'])})"
+    except (KeyError, IndexError, TypeError):
         return name
 
 
-def experiment_title(experiment_folder: str) -> str:
+def experiment_title(experiment_folder: str, settings: dict | None = None) -> str:
     """``"lenet_300_100 on fashion_mnist (lottery_<hash>)"`` from the run's settings."""
     name = os.path.basename(experiment_folder)
+    settings = _settings(experiment_folder) if settings is None else settings
     try:
-        with open(os.path.join(experiment_folder, "settings.json")) as handle:
-            settings = json.load(handle)
         p = settings["pruning"]
         rule = f"{p['method']} {100 * p['fraction']:g}% per level, rewind to iteration {p['rewind_step']}"
-        if _structure(p) != "unstructured":
-            rule += f", {_structure(p)}"
+        if structure_label(p) != "unstructured":
+            rule += f", {structure_label(p)}"
         return f"{settings['model']['name']} on {settings['data']['name']} ({rule}; {name})"
-    except (OSError, ValueError, KeyError):
+    except (KeyError, TypeError):
         return name
 
 
