@@ -32,6 +32,8 @@ setup(
         "litert": ["ai-edge-litert>=2.3"],
         # The documentation site (tools/docs.sh, mkdocs.yml).
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.25"],
+        # Ray schedules a whole study's trainings (--executor=ray); imported only by lottery_tf/engine/ray_executor.py.
+        "ray": ["ray>=2.50"],
     },
     entry_points={"console_scripts": ["lottery_tf=lottery_tf.main:run"]},
 )

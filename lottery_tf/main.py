@@ -33,11 +33,10 @@ Flags (--helpfull lists absl's own flags too):
 from absl import app, flags  # noqa: E402
 
 from lottery_tf.engine import config as config_lib  # noqa: E402
-from lottery_tf.engine import run_dir  # noqa: E402
-from lottery_tf.engine.data import DATASETS, DataUnavailableError, train_examples  # noqa: E402
+from lottery_tf.engine import errors, run_dir  # noqa: E402
+from lottery_tf.engine.data import DATASETS, train_examples  # noqa: E402
 from lottery_tf.engine.data.registry import check_sizes  # noqa: E402
 from lottery_tf.engine.models import MODELS  # noqa: E402  (no TensorFlow until a model is built)
-from lottery_tf.store.atomic import CorruptFileError  # noqa: E402
 
 FLAGS = flags.FLAGS
 _PATH_FLAGS = ("output_dir", "data_dir", "tfds_data_dir", "tfds_manual_dir")  # "~" expanded, as a shell would
@@ -220,61 +219,76 @@ def main(argv):
     try:
         config = config_from_flags()
         configs = _sweep(config)
-        study = {"start_steps": tuple(c.pruning.rewind_step for c in configs)} if len(configs) > 1 else {}
+        sweep = {"start_steps": tuple(c.pruning.rewind_step for c in configs)} if len(configs) > 1 else {}
         # Every check that needs no TensorFlow runs before it is imported.
         for config in configs:
-            config_lib.validate(config, DATASETS.names(), MODELS, study)
+            config_lib.validate(config, DATASETS.names(), MODELS, sweep)
         check_sizes(config.data, config.training.batch_size, config.branches)
         _check_initializer(config.model.initializer)
+        ray = config.run.executor == "ray"
+        if ray:
+            from lottery_tf.engine import ray_executor
+
+            ray_executor.check_installed(config.run)
+            configs = [ray_executor.absolute_paths(c) for c in configs]
         if FLAGS.dry_run:
             for config in configs:
                 print(config.to_json(), end="")
                 print(f"run folder: {run_dir.experiment_dir(config)}")
+            from lottery_tf.engine import study as graph
+
+            print(graph.format_size(graph.size(graph.plan(configs))), end="")
             return
         _quiet_python_logging()
-        from lottery_tf.engine import experiment
-        from lottery_tf.engine.distribute import describe_devices
-
-        started = time.time()
-        # Every run of a sweep is checked (data, model, the run store, branch inputs) before any trains.
-        checked = [experiment.check(config, rerecord_data=FLAGS.rerecord_data) for config in configs]
-        for number, (config, ready) in enumerate(zip(configs, checked)):
-            print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
-            if number == 0:
-                print(f"device: {describe_devices()}", flush=True)
-            trained = experiment.run(config, ready)
-            if trained is not None:  # the chief (or the only process) writes the summary
-                _summary(run_dir.experiment_dir(config), trained)
-        if len(configs) > 1:
-            print(
-                f"sweep over rewind steps {', '.join(str(c.pruning.rewind_step) for c in configs)}: "
-                f"{', '.join(run_dir.experiment_dir(c) for c in configs)}",
-                flush=True,
-            )
-        print(f"total wall time: {_duration(time.time() - started)}", flush=True)
-    except config_lib.ConfigError as error:
-        _fail(str(error))
-    except config_lib.StrategyError as error:
-        _fail(str(error))
-    except DataUnavailableError as error:
-        _fail(f"--dataset={config.data.name}: {error}")
-    except (FileNotFoundError, CorruptFileError) as error:
-        _fail(str(error))
-    except OSError as error:  # disk full, permissions: earlier files are intact
-        _fail(f"cannot write {error.filename or 'a run file'}: {error.strerror or error}")
-    except ValueError as error:  # the library's checks on what the user asked for
-        _fail(str(error))
-    except Exception as error:  # the library's one-line errors (divergence, locks), by type name
-        if type(error).__name__ in ("DivergedError", "LockedError", "ReportError", "StoreError", "RepairError"):
-            _fail(str(error))
+        session = ray_executor.connect(config.run) if ray else None
+        try:
+            _run(configs, session)
+        finally:
+            if session is not None:
+                session.close()
+    except Exception as error:
+        line = errors.user_message(error, FLAGS.dataset)
+        if line is not None:
+            _fail(line)
         # Anything else is our bug, not the user's mistake: the traceback, and a line saying so.
         import traceback
 
         traceback.print_exc()
-        _fail(
-            f"{type(error).__name__}: {error}. This is a bug in lottery_tf, not in your settings; please "
-            "report it with the command line and the traceback above"
+        _fail(errors.bug_line(error))
+
+
+def _run(configs, session) -> None:
+    """Checks every run of the invocation, then trains it here (``session`` None) or on Ray."""
+    from lottery_tf.engine import experiment
+    from lottery_tf.engine.distribute import describe_devices
+
+    started = time.time()
+    # Every run of a sweep is checked (data, model, the run store, branch inputs) before any trains.
+    checked = [experiment.check(config, rerecord_data=FLAGS.rerecord_data) for config in configs]
+    if session is not None:
+        from lottery_tf.engine import ray_executor
+
+        ray_executor.check_shared_store(session, configs[0].run.output_dir)
+        for config, ready in zip(configs, checked):
+            print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
+            experiment.open_store(config, ready)
+        trained = ray_executor.run_study(session, configs, [ready.record for ready in checked], configs[0].run)
+        for config, anything in zip(configs, trained):
+            _summary(run_dir.experiment_dir(config), anything)
+    for number, (config, ready) in enumerate(zip(configs, checked) if session is None else ()):
+        print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
+        if number == 0:
+            print(f"device: {describe_devices()}", flush=True)
+        trained = experiment.run(config, ready)
+        if trained is not None:  # the chief (or the only process) writes the summary
+            _summary(run_dir.experiment_dir(config), trained)
+    if len(configs) > 1:
+        print(
+            f"sweep over rewind steps {', '.join(str(c.pruning.rewind_step) for c in configs)}: "
+            f"{', '.join(run_dir.experiment_dir(c) for c in configs)}",
+            flush=True,
         )
+    print(f"total wall time: {_duration(time.time() - started)}", flush=True)
 
 
 def _summary(folder: str, trained: bool) -> None:

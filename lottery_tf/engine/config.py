@@ -20,6 +20,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+EXECUTORS = ("local", "ray")
 PRUNING_METHODS = ("layerwise", "global")
 
 
@@ -243,6 +244,10 @@ class RunConfig:
     tpu: str = ""  # --strategy=tpu: name, grpc:// address or "local"
     cpu_devices: int = 0  # > 0: split the CPU into this many logical devices
     wait_for_lock: bool = False  # wait for another process's lock instead of exiting
+    executor: str = "local"  # one of EXECUTORS: who runs the study's trainings
+    ray_address: str = ""  # --executor=ray: "" = start a local Ray instance; "auto" or HOST:PORT = join a cluster
+    cpus_per_training: float = 1.0  # --executor=ray: CPUs Ray reserves for each training (its TF threads)
+    gpus_per_training: float = 0.0  # --executor=ray: the fraction of a GPU each training gets (0 = none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,6 +395,7 @@ READERS = {
         lambda c: "every rewind step is 0",
     ),
     "tpu": Reader("--strategy=tpu", lambda c, s: c.run.strategy == "tpu", lambda c: f"--strategy={c.run.strategy}"),
+    "ray": Reader("--executor=ray", lambda c, s: c.run.executor == "ray", lambda c: f"--executor={c.run.executor}"),
     "any_branch": Reader("a --branch", lambda c, s: bool(c.branches.names), lambda c: "no --branch"),
     "analysis_controls": Reader(
         "--branch=instability or stability at a level >= 1",
@@ -1165,6 +1171,44 @@ SETTINGS: tuple[Setting, ...] = (
         "bool",
         "If another process is training the same levels, wait for it instead of exiting.",
     ),
+    S(
+        "executor",
+        "run.executor",
+        "str",
+        "Who runs the study's trainings: local (this process, one after another) or ray (every training "
+        "a Ray task, side by side as the graph allows; needs pip install 'lottery_tf[ray]').",
+        choices=EXECUTORS,
+    ),
+    S(
+        "ray_address",
+        "run.ray_address",
+        "str",
+        "With --executor=ray: the cluster to join, 'auto' or HOST:PORT (default: start a local Ray instance "
+        "sized to this machine and stop it at the end). On a cluster --output_dir must be a shared filesystem.",
+        reader=READERS["ray"],
+    ),
+    S(
+        "cpus_per_training",
+        "run.cpus_per_training",
+        "float",
+        "With --executor=ray: CPUs Ray reserves for each training; its TensorFlow uses that many threads.",
+        low=0,
+        low_open=True,
+        high=1024,
+        reader=READERS["ray"],
+    ),
+    S(
+        "gpus_per_training",
+        "run.gpus_per_training",
+        "float",
+        "With --executor=ray: the fraction of one GPU each training gets, in (0, 1] (0.25: four trainings "
+        "share a GPU); 0 = trainings use no GPU.",
+        low=0,
+        low_open=True,
+        high=1,
+        default_means=0,
+        reader=READERS["ray"],
+    ),
 )
 del S
 SETTING = {s.flag: s for s in SETTINGS}
@@ -1428,6 +1472,12 @@ def _run_rules(config) -> None:
     if r.strategy == "tpu" and not r.tpu:
         raise ConfigError(
             "tpu", "--strategy=tpu needs --tpu: the TPU's name, grpc://host:port address, or 'local' on a TPU VM"
+        )
+    if r.executor == "ray" and r.strategy in ("multi_worker_mirrored", "tpu"):
+        raise ConfigError(
+            "executor",
+            f"ray schedules whole trainings, each in one process; --strategy={r.strategy} spans several "
+            "machines for one training: use --executor=local for it",
         )
 
 

@@ -60,18 +60,27 @@ from lottery_tf.store import reader as store
 StoreError = store.StoreError
 
 
-def run_main_line(ctx: Context) -> bool:
-    """Trains main levels 0..levels not yet done, after rebuilding what is damaged. Returns whether it trained any."""
+def run_main_line(ctx: Context, last: int | None = None) -> bool:
+    """Trains main levels 0..``last`` (default: every level) not yet done, after rebuilding what is damaged.
+
+    ``--executor=ray`` trains each level as its own task (``last`` = that level), after the task of
+    the level before it; a level that does not follow one trained in this process starts from the
+    files the previous level wrote, as a resumed run does.
+
+    Returns:
+        Whether it trained any level.
+    """
     config, p = ctx.config, ctx.config.pruning
+    last = p.levels if last is None else last
     damaged = repair.main_line_damage(ctx)
-    if all(is_done(ctx.folder, level, MAIN) for level in range(p.levels + 1)) and not damaged:
+    if all(is_done(ctx.folder, level, MAIN) for level in range(last + 1)) and not damaged:
         return False
     if config.branches.names and atomic.writes_enabled() and locks.is_held(ctx.folder, MAIN):
         # Another process is training the main line this command's branches start from: wait for it.
         locks.wait_until_free(ctx.folder, MAIN, "this command's branches need its levels")
     with locks.hold(ctx.folder, MAIN, config.run.wait_for_lock):
         repair.rebuild_main_line(ctx)
-        levels = todo(ctx, MAIN, range(p.levels + 1))
+        levels = todo(ctx, MAIN, range(last + 1))
         if not levels:  # another process finished it while we waited
             return False
         first = levels[0]
@@ -367,36 +376,57 @@ def check_baselines(config: ExperimentConfig) -> None:
             raise ConfigError("gmp_schedule", str(error)) from None
 
 
-def _run_replicates(config: ExperimentConfig, ready: Ready) -> bool:
+def open_store(config: ExperimentConfig, ready: Ready) -> None:
+    """Creates (or checks) the experiment folder and records the data; prints the data line.
+
+    Called only after every check: a command whose data, model or store fails writes nothing.
+    """
     splits, record = ready.splits, ready.record
-    run_dir.prepare(config)  # only now: a command whose data, model or store fails writes nothing
+    run_dir.prepare(config)
     if ready.new_data_record:
         atomic.write_json(os.path.join(run_dir.experiment_dir(config), "data.json"), record)
     train, val, test = splits.sizes()
     print(
         f"data: {splits.source}  train {train}  val {val}  test {test}  fingerprint {record['fingerprint']}", flush=True
     )
+
+
+def context(config: ExperimentConfig, splits, replicate: int, strategy=None) -> Context:
+    """What every level of one replicate needs."""
+    return Context(
+        config,
+        splits,
+        replicate,
+        replicate_seed(config.seed, replicate),
+        run_dir.replicate_dir(config, replicate),
+        strategy,
+    )
+
+
+def _run_replicates(config: ExperimentConfig, ready: Ready) -> bool:
+    splits = ready.splits
+    open_store(config, ready)
     trained = False
     for r in replicates(config):
-        ctx = Context(
-            config, splits, r, replicate_seed(config.seed, r), run_dir.replicate_dir(config, r), ready.strategy
-        )
+        ctx = context(config, splits, r, ready.strategy)
         trained |= run_main_line(ctx)
         ensure_branch_inputs(ctx)
         trained |= run_branches(ctx)
     return trained
 
 
-def ensure_branch_inputs(ctx: Context) -> None:
-    """Every main-line file the requested branches read exists: rebuilt if damaged (trained weights included).
+def ensure_branch_inputs(ctx: Context, names=None, levels=None) -> None:
+    """Every main-line file the requested branches (or ``names`` at ``levels``) read exists: rebuilt if damaged.
 
     Raises:
         FileNotFoundError: Naming the branch, the level and the file, if the main line has not written it.
     """
+    names = ctx.config.branches.names if names is None else names
+    levels = ctx.config.branches.levels if levels is None else levels
     needed = [
         (name, level, relative)
-        for name in ctx.config.branches.names
-        for level in ctx.config.branches.levels
+        for name in names
+        for level in levels
         for relative in branch_type(name).needs(ctx.config, level)
     ]
     damaged = sorted({relative for _, _, relative in needed if store.npz_problem(os.path.join(ctx.folder, relative))})
@@ -404,7 +434,7 @@ def ensure_branch_inputs(ctx: Context) -> None:
         with locks.hold(ctx.folder, MAIN, ctx.config.run.wait_for_lock):
             for relative in damaged:
                 repair.rebuild_input(ctx, relative)
-    check_branch_inputs(ctx)
+    check_branch_inputs(ctx, names, levels)
 
 
 def check_batch_sizes(config: ExperimentConfig, strategy) -> None:

@@ -3,7 +3,10 @@
 Weights are name -> array (the prunable weights, e.g.
 :func:`lottery_tf.core.masking.get_prunable_weights`); ``masks`` (same names)
 selects the entries compared: the distance is between m ⊙ W_a and m ⊙ W_b
-over every masked layer, concatenated. Pure numpy, float64.
+over every masked layer, concatenated. Pure numpy, float64. Norms are summed by
+numpy's own pairwise summation, not BLAS, whose result depends on its thread
+count: the same weights give the same bits in any process (``--executor=ray``
+workers run single-threaded BLAS).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ def _vector(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray] |
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+def _norm(x: np.ndarray) -> float:
+    return float(np.sqrt(np.sum(x * x)))
+
+
 def _pair(a, b, masks):
     if sorted(a) != sorted(b):
         raise ValueError(f"the two weight sets name different weights: {sorted(set(a) ^ set(b))}")
@@ -35,7 +42,7 @@ def _pair(a, b, masks):
 def l2_distance(a: Mapping, b: Mapping, masks: Mapping | None = None) -> float:
     """‖m ⊙ a − m ⊙ b‖₂ over all named weights."""
     x, y = _pair(a, b, masks)
-    return float(np.linalg.norm(x - y))
+    return float(_norm(x - y))
 
 
 def normalized_l2_distance(a: Mapping, b: Mapping, masks: Mapping | None = None) -> float:
@@ -45,10 +52,10 @@ def normalized_l2_distance(a: Mapping, b: Mapping, masks: Mapping | None = None)
         ValueError: If the reference is all zero.
     """
     x, y = _pair(a, b, masks)
-    norm = np.linalg.norm(x)
+    norm = _norm(x)
     if norm == 0:
         raise ValueError("the reference weights are all zero: no normalized distance")
-    return float(np.linalg.norm(x - y) / norm)
+    return float(_norm(x - y) / norm)
 
 
 def angle_degrees(a: Mapping, b: Mapping, masks: Mapping | None = None) -> float:
@@ -58,12 +65,12 @@ def angle_degrees(a: Mapping, b: Mapping, masks: Mapping | None = None) -> float
         ValueError: If either vector is all zero.
     """
     x, y = _pair(a, b, masks)
-    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    nx, ny = _norm(x), _norm(y)
     if nx == 0 or ny == 0:
         raise ValueError("an all-zero weight vector has no angle")
     # 2·atan2(|u − v|, |u + v|) of the unit vectors: exact near 0 and 180 degrees, where arccos is not.
     u, v = x / nx, y / ny
-    return float(np.degrees(2.0 * np.arctan2(np.linalg.norm(u - v), np.linalg.norm(u + v))))
+    return float(np.degrees(2.0 * np.arctan2(_norm(u - v), _norm(u + v))))
 
 
 def compare_weights(a: Mapping, b: Mapping, masks: Mapping | None = None) -> dict:
@@ -72,7 +79,7 @@ def compare_weights(a: Mapping, b: Mapping, masks: Mapping | None = None) -> dic
     The normalized distance and the angle are None where a vector is all zero.
     """
     x, y = _pair(a, b, masks)
-    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    nx, ny = _norm(x), _norm(y)
     return {
         "l2_distance": l2_distance(a, b, masks),
         "normalized_l2_distance": normalized_l2_distance(a, b, masks) if nx else None,

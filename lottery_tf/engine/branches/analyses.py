@@ -31,6 +31,7 @@ the distance between that subnetwork and one trained with another order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 
@@ -43,6 +44,7 @@ from lottery_tf.core.analysis.evaluation import ModelEvaluator, linear_path
 from lottery_tf.core.masking import get_masks, get_prunable_weights, set_masks
 from lottery_tf.core.pruning import density, random_masks_like
 from lottery_tf.engine.branches.registry import (
+    Unit,
     files_damaged,
     level_masks,
     rebuild_start_files,
@@ -187,12 +189,111 @@ def _tensorboard(ctx: Context, level: int, run: str, scalars: dict, steps) -> No
     writer.close()
 
 
+def _instability_base(name: str, k: int, pair: int) -> str:
+    return os.path.join("instability", f"{name}_k{k}", f"pair_{pair}")
+
+
+def _instability_seed(ctx: Context, level: int, name: str, k: int, pair: int, copy: str) -> int:
+    return derived_seed(ctx.seed, "instability", level, name, k, pair, copy)
+
+
+def _stability_seeds(ctx: Context, level: int, name: str, k: int) -> dict:
+    return {"same_order": ctx.seed, "other_order": derived_seed(ctx.seed, "stability", level, name, k)}
+
+
+def _reuses_main(config: ExperimentConfig, name: str, k: int) -> bool:
+    """The main line trained exactly this network with this data order (its same-order copy is the main line)."""
+    return (name == "ticket" and k == config.pruning.rewind_step) or (name == "dense" and k == 0)
+
+
+def _lock_name(level: int, folder: str) -> str:
+    return f"level_{level:02d}_" + folder.replace(os.sep, "_")
+
+
+def _train_copy_unit(level: int, folder: str, name: str, k: int, seed_of, ctx: Context) -> bool:
+    """One copy of an analysis as its own unit (``--executor=ray``): locked on its folder, resumable."""
+    with locks.hold(ctx.folder, _lock_name(level, folder), ctx.config.run.wait_for_lock):
+        if is_done(ctx.folder, level, folder):
+            return False
+        train_copy(ctx, level, folder, _network(ctx, level, name, k), k, seed_of(ctx))
+    return True
+
+
+def _measure_unit(analysis: str, level: int, folder: str, one, ctx: Context) -> bool:
+    """An analysis's measurement after its copies (units of their own) are trained."""
+    with locks.hold(ctx.folder, _lock_name(level, folder), ctx.config.run.wait_for_lock):
+        return one(ctx)
+
+
+def _instability_units(config: ExperimentConfig, levels) -> list:
+    """Per level, network, step k and pair: the two copies, then the measurement along the path between them."""
+    units = []
+    for level in levels:
+        for name in networks(config, level, "instability"):
+            for k in analysis_steps(config):
+                for pair in range(config.branches.instability_pairs):
+                    base = _instability_base(name, k, pair)
+                    needs = tuple(level_masks(config, level))
+                    copies = []
+                    for copy in ("a", "b"):
+                        folder = os.path.join(base, f"copy_{copy}")
+                        seed_of = functools.partial(_seed_of_copy, level, name, k, pair, copy)
+                        run = functools.partial(_train_copy_unit, level, folder, name, k, seed_of)
+                        copies.append(f"level_{level:02d}/{folder}")
+                        units.append(Unit(copies[-1], level, config.training.iterations - k, needs, run=run))
+                    one = functools.partial(_instability_at, level, name, k, pair)
+                    run = functools.partial(_measure_unit, "instability", level, base, one)
+                    units.append(Unit(f"level_{level:02d}/{base}", level, 0, needs, tuple(copies), run=run))
+    return units
+
+
+def _seed_of_copy(level, name, k, pair, copy, ctx):
+    return _instability_seed(ctx, level, name, k, pair, copy)
+
+
+def _instability_at(level, name, k, pair, ctx):
+    return _instability_one(ctx, level, name, k, pair)
+
+
+def _stability_units(config: ExperimentConfig, levels) -> list:
+    """Per level, network and step k: the copies it trains (the same-order one unless the main line is it), then the distances."""
+    units = []
+    for level in levels:
+        for name in networks(config, level, "stability"):
+            for k in analysis_steps(config):
+                base = os.path.join("stability", f"{name}_k{k}")
+                needs = tuple(_stability_needs(config, level))
+                copies = []
+                orders = ("other_order",) if _reuses_main(config, name, k) else ("same_order", "other_order")
+                for order in orders:
+                    folder = os.path.join(base, order)
+                    seed_of = functools.partial(_stability_seed_of, level, name, k, order)
+                    run = functools.partial(_train_copy_unit, level, folder, name, k, seed_of)
+                    copies.append(f"level_{level:02d}/{folder}")
+                    units.append(Unit(copies[-1], level, config.training.iterations - k, needs, run=run))
+                measure_needs = needs
+                if _reuses_main(config, name, k):
+                    measure_needs += (os.path.join(f"level_{level:02d}", MAIN, "final_weights.npz"),)
+                one = functools.partial(_stability_at, level, name, k)
+                run = functools.partial(_measure_unit, "stability", level, base, one)
+                units.append(Unit(f"level_{level:02d}/{base}", level, 0, measure_needs, tuple(copies), run=run))
+    return units
+
+
+def _stability_seed_of(level, name, k, order, ctx):
+    return _stability_seeds(ctx, level, name, k)[order]
+
+
+def _stability_at(level, name, k, ctx):
+    return _stability_one(ctx, level, name, k)
+
+
 def _instability_one(ctx: Context, level: int, name: str, k: int, pair: int) -> bool:
     b = ctx.config.branches
-    base = os.path.join("instability", f"{name}_k{k}", f"pair_{pair}")
+    base = _instability_base(name, k, pair)
     result_path = os.path.join(level_dir(ctx.folder, level, base), "instability.json")
     network = _network(ctx, level, name, k)
-    seeds = [derived_seed(ctx.seed, "instability", level, name, k, pair, copy) for copy in ("a", "b")]
+    seeds = [_instability_seed(ctx, level, name, k, pair, copy) for copy in ("a", "b")]
     if store.analysis_done(result_path):
         for copy, seed in zip(("a", "b"), seeds):  # finished copies: only their damaged files are written again
             train_copy(ctx, level, os.path.join(base, f"copy_{copy}"), network, k, seed)
@@ -251,7 +352,7 @@ def _instability_one(ctx: Context, level: int, name: str, k: int, pair: int) -> 
     return True
 
 
-@register_branch("instability", needs=level_masks, lineage=True)
+@register_branch("instability", needs=level_masks, lineage=True, units=_instability_units)
 def run_instability(ctx: Context, levels) -> bool:
     """Instability analysis at every requested level, network, step k and pair. Returns whether it trained any."""
     b = ctx.config.branches
@@ -284,25 +385,22 @@ def _stability_one(ctx: Context, level: int, name: str, k: int) -> bool:
     base = os.path.join("stability", f"{name}_k{k}")
     result_path = os.path.join(level_dir(ctx.folder, level, base), "stability.json")
     network = _network(ctx, level, name, k)
+    seeds = _stability_seeds(ctx, level, name, k)
     if store.analysis_done(result_path):
-        for copy, seed in (
-            ("same_order", ctx.seed),
-            ("other_order", derived_seed(ctx.seed, "stability", level, name, k)),
-        ):
+        for copy, seed in seeds.items():
             if os.path.isdir(level_dir(ctx.folder, level, os.path.join(base, copy))):  # same_order may be the main line
                 train_copy(ctx, level, os.path.join(base, copy), network, k, seed)
         return False
     main_final = os.path.join(level_dir(ctx.folder, level, MAIN), "final_weights.npz")
     # The main line trained exactly this network with this data order: the ticket at the main rewind step
     # (rewound there with the same optimizer reset), and the dense network at k = 0 (nothing to reset).
-    reusable = (name == "ticket" and k == config.pruning.rewind_step) or (name == "dense" and k == 0)
-    if reusable and is_done(ctx.folder, level, MAIN) and os.path.exists(main_final):
+    if _reuses_main(config, name, k) and is_done(ctx.folder, level, MAIN) and os.path.exists(main_final):
         same = states.load(main_final)
         same_source = "main"
     else:
         same = train_copy(ctx, level, os.path.join(base, "same_order"), network, k, ctx.seed)
         same_source = "same_order"
-    other_seed = derived_seed(ctx.seed, "stability", level, name, k)
+    other_seed = seeds["other_order"]
     other = train_copy(ctx, level, os.path.join(base, "other_order"), network, k, other_seed)
     dense = states.load(os.path.join(level_dir(ctx.folder, 0, MAIN), "final_weights.npz"))
     model = build_masked_model(config, ctx.splits, ctx.seed, strategy=ctx.strategy)
@@ -349,7 +447,7 @@ def _stability_one(ctx: Context, level: int, name: str, k: int) -> bool:
     return True
 
 
-@register_branch("stability", needs=_stability_needs, lineage=True)
+@register_branch("stability", needs=_stability_needs, lineage=True, units=_stability_units)
 def run_stability(ctx: Context, levels) -> bool:
     """Stability to pruning and to data order at every requested level, network and step k."""
     todo = [

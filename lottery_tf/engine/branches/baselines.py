@@ -35,6 +35,7 @@ from lottery_tf.core.masking import get_masks, layer_densities, overall_density
 from lottery_tf.core.pruning import density, fingerprint, prune_to_density, random_masks_like
 from lottery_tf.engine.branches.registry import (
     BranchStart,
+    Unit,
     branch_start,
     level_masks,
     level_masks_and_rewind_point,
@@ -124,16 +125,39 @@ def _run_pai(method: str, ctx: Context, levels) -> bool:
     trained = False
     for level in levels:
         for ablation in (None, *ctx.config.branches.pai_ablations):
-            trained |= train_start(
-                ctx, level, pai_folder(method, ablation), functools.partial(start_pai, ctx, method, level, ablation)
-            )
+            trained |= _run_pai_one(method, level, ablation, ctx)
     return trained
 
 
-for _method in PAI_METHODS:
-    register_branch(f"pai_{_method}", needs=level_masks_and_rewind_point, lineage=True)(
-        functools.partial(_run_pai, _method)
+def _pai_units(method: str, config, levels) -> list:
+    """One unit per level and ablation (each its own training)."""
+    steps = config.training.iterations - config.pruning.rewind_step
+    return [
+        Unit(
+            f"level_{level:02d}/{pai_folder(method, ablation)}",
+            level,
+            steps,
+            tuple(level_masks_and_rewind_point(config, level)),
+            run=functools.partial(_run_pai_one, method, level, ablation),
+        )
+        for level in levels
+        for ablation in (None, *config.branches.pai_ablations)
+    ]
+
+
+def _run_pai_one(method: str, level: int, ablation: str | None, ctx: Context) -> bool:
+    return train_start(
+        ctx, level, pai_folder(method, ablation), functools.partial(start_pai, ctx, method, level, ablation)
     )
+
+
+for _method in PAI_METHODS:
+    register_branch(
+        f"pai_{_method}",
+        needs=level_masks_and_rewind_point,
+        lineage=True,
+        units=functools.partial(_pai_units, _method),
+    )(functools.partial(_run_pai, _method))
 
 
 def start_gmp(ctx: Context, level: int) -> BranchStart:
@@ -183,6 +207,6 @@ def start_gmp(ctx: Context, level: int) -> BranchStart:
     return dataclasses.replace(start, callbacks=(callback,), finish=finish)
 
 
-@register_branch("gmp", needs=level_masks)
+@register_branch("gmp", needs=level_masks, steps=lambda config, level: config.training.iterations)
 def _start_gmp(ctx: Context, level: int) -> BranchStart:
     return start_gmp(ctx, level)

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ from lottery_tf.core.masking import set_masks
 from lottery_tf.core.pruning import fingerprint, random_masks_like
 from lottery_tf.engine.branches.registry import (
     BranchStart,
+    Unit,
     branch_folder_name,
     branch_start,
     files_damaged,
@@ -93,7 +95,12 @@ def start_random_prune(ctx: Context, level: int) -> BranchStart:
     )
 
 
-@register_branch("rewind", needs=level_masks, folder=lambda config: f"rewind_{config.branches.rewind_step}")
+@register_branch(
+    "rewind",
+    needs=level_masks,
+    folder=lambda config: f"rewind_{config.branches.rewind_step}",
+    steps=lambda config, level: config.training.iterations - config.branches.rewind_step,
+)
 def start_rewind(ctx: Context, level: int) -> BranchStart:
     origin = ctx.config.branches.rewind_step
     return branch_start(
@@ -104,6 +111,7 @@ def start_rewind(ctx: Context, level: int) -> BranchStart:
 @register_branch(
     "lr_rewind_oneshot",
     folder=lambda config: f"lr_rewind_oneshot_{lr_rewind_step(config)}",
+    steps=lambda config, level: config.training.iterations - lr_rewind_step(config),
     needs=lambda config, level: [
         level_masks_file(level),
         os.path.join(f"level_{level - 1:02d}", MAIN, "final_weights.npz"),
@@ -140,7 +148,12 @@ def _retrain_folder(config: ExperimentConfig) -> str:
     return "retrain_" + hashlib.sha256(overrides.encode()).hexdigest()[:8]
 
 
-@register_branch("retrain", needs=level_masks_and_rewind_point, folder=_retrain_folder)
+@register_branch(
+    "retrain",
+    needs=level_masks_and_rewind_point,
+    folder=_retrain_folder,
+    steps=lambda config, level: (config.branches.iterations or config.training.iterations) - config.pruning.rewind_step,
+)
 def start_retrain(ctx: Context, level: int) -> BranchStart:
     config = ctx.config
     training = dataclasses.replace(config.training, **retrain_overrides(config))
@@ -162,11 +175,29 @@ def start_retrain(ctx: Context, level: int) -> BranchStart:
     )
 
 
+def _lr_rewind_needs(config: ExperimentConfig, level: int) -> list:
+    return [level_masks_file(1), os.path.join("level_00", MAIN, "final_weights.npz")]
+
+
+def _lr_rewind_units(config: ExperimentConfig, levels) -> list:
+    """One unit: the lineage's levels follow each other (level L starts from level L-1's trained weights)."""
+    last = max(levels)
+    steps = last * (config.training.iterations - lr_rewind_step(config))
+    name = branch_folder_name(config, "lr_rewind")
+    run = functools.partial(_run_lr_rewind_to, last)
+    return [Unit(name, last, steps, tuple(_lr_rewind_needs(config, 1)), run=run)]
+
+
+def _run_lr_rewind_to(last_level: int, ctx: Context) -> bool:
+    return run_lr_rewind_lineage(ctx, last_level)
+
+
 @register_branch(
     "lr_rewind",
     lineage=True,
     folder=lambda config: f"lr_rewind_{lr_rewind_step(config)}",
-    needs=lambda config, level: [level_masks_file(1), os.path.join("level_00", MAIN, "final_weights.npz")],
+    needs=_lr_rewind_needs,
+    units=_lr_rewind_units,
 )
 def run_lr_rewind(ctx: Context, levels) -> bool:
     return run_lr_rewind_lineage(ctx, max(levels))

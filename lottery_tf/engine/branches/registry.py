@@ -20,6 +20,7 @@ rewound as ``--rewind_optimizer`` says
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 
@@ -56,6 +57,28 @@ class BranchStart:
 
 
 @dataclasses.dataclass(frozen=True)
+class Unit:
+    """One training (or one measurement) of a branch: what a study executor schedules on its own.
+
+    Args:
+        key: Unique within a replicate (``level_02/reinit``); the executor finds the unit again by it.
+        level: The level it belongs to.
+        steps: The training steps it runs (0 for a measurement that only evaluates).
+        needs: Main-line files (relative to the replicate folder) it reads; the executor runs it after
+            the main-line levels that write them.
+        after: Keys of this branch's units it waits for (an analysis's measurement after its copies).
+        run: ``run(ctx)`` -> whether it trained; the same level code the local executor runs.
+    """
+
+    key: str
+    level: int
+    steps: int
+    needs: tuple = ()
+    after: tuple = ()
+    run: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class BranchType:
     """One kind of branch.
 
@@ -68,6 +91,9 @@ class BranchType:
         start: For one-level branches: ``start(ctx, level)`` -> :class:`BranchStart`.
         run: For branches that organise their own work:
             ``run(ctx, levels)`` -> whether anything was trained.
+        steps: For one-level branches: ``steps(config, level)`` -> the training steps of one level.
+        units: For branches that organise their own work: ``units(config, levels)`` -> the
+            :class:`Unit` list a study executor schedules (one-level branches: one unit per level).
     """
 
     name: str
@@ -75,13 +101,30 @@ class BranchType:
     folder: Callable[[ExperimentConfig], str]
     start: Callable | None = None
     run: Callable | None = None
+    steps: Callable | None = None
+    units: Callable | None = None
 
 
 BRANCH_TYPES: Registry[BranchType] = Registry("branch")
 
 
-def register_branch(name: str, needs: Callable, folder: Callable | None = None, lineage: bool = False) -> Callable:
+def _steps_from_rewind_step(config: ExperimentConfig, level: int) -> int:
+    return config.training.iterations - config.pruning.rewind_step
+
+
+def register_branch(
+    name: str,
+    needs: Callable,
+    folder: Callable | None = None,
+    lineage: bool = False,
+    steps: Callable | None = None,
+    units: Callable | None = None,
+) -> Callable:
     """Decorator registering a branch type: a ``start(ctx, level)`` function, or a ``run(ctx, levels)`` if ``lineage``.
+
+    A one-level branch says how many steps it trains (``steps(config, level)``; default: from the
+    main line's rewind step to the end); a lineage says how it splits into :class:`Unit` s
+    (``units(config, levels)``), which a study executor (``--executor=ray``) schedules one by one.
 
     Example:
 
@@ -89,6 +132,9 @@ def register_branch(name: str, needs: Callable, folder: Callable | None = None, 
     ... def start_my_control(ctx, level):
     ...     return BranchStart(...)
     """
+
+    if lineage and units is None:
+        raise ValueError(f"branch {name!r} organises its own work: give units(config, levels)")
 
     def decorator(function):
         BRANCH_TYPES.register(name)(
@@ -98,6 +144,8 @@ def register_branch(name: str, needs: Callable, folder: Callable | None = None, 
                 folder=folder or (lambda config: name),
                 start=None if lineage else function,
                 run=function if lineage else None,
+                steps=None if lineage else (steps or _steps_from_rewind_step),
+                units=units,
             )
         )
         return function
@@ -190,6 +238,29 @@ def prepare_branch(ctx: Context, name: str, level: int) -> BranchStart:
     return kind.start(ctx, level)
 
 
+def branch_units(config: ExperimentConfig, name: str) -> list[Unit]:
+    """The units of one requested branch at every requested level (what ``--executor=ray`` schedules)."""
+    kind = branch_type(name)
+    levels = list(config.branches.levels)
+    if kind.units is not None:
+        return kind.units(config, levels)
+    folder = branch_folder_name(config, name)
+    return [
+        Unit(
+            f"level_{level:02d}/{folder}",
+            level,
+            kind.steps(config, level),
+            tuple(kind.needs(config, level)),
+            run=functools.partial(_run_one, name, level),
+        )
+        for level in levels
+    ]
+
+
+def _run_one(name: str, level: int, ctx: Context) -> bool:
+    return run_branch(ctx, name, level)
+
+
 def run_branch(ctx: Context, name: str, level: int) -> bool:
     """Runs one one-level branch at one level unless done. Returns whether it trained."""
     return train_start(ctx, level, branch_folder_name(ctx.config, name), lambda: prepare_branch(ctx, name, level))
@@ -271,15 +342,16 @@ def rebuild_start_files(folder: str, model, make_info) -> None:
         print(f"rebuilt {info_path}", flush=True)
 
 
-def check_branch_inputs(ctx: Context) -> None:
-    """Fails before training if a branch needs a main-line file that is missing.
+def check_branch_inputs(ctx: Context, names=None, levels=None) -> None:
+    """Fails before training if a branch (of ``names`` at ``levels``; default: every requested one) needs a
+    main-line file that is missing.
 
     Raises:
         FileNotFoundError: Naming the branch, the level and the file.
     """
     b = ctx.config.branches
-    for name in b.names:
-        for level in b.levels:
+    for name in b.names if names is None else names:
+        for level in b.levels if levels is None else levels:
             for relative in branch_type(name).needs(ctx.config, level):
                 path = os.path.join(ctx.folder, relative)
                 if not os.path.exists(path):

@@ -1,0 +1,205 @@
+"""A whole study as a graph of trainings: what ``--executor=ray`` schedules and ``--dry_run`` sizes.
+
+One node per training: a main-line level (level L after level L-1), a branch at
+a level, a copy an analysis trains, an analysis's measurement after its copies
+(each branch type says how it splits, :attr:`lottery_tf.engine.branches.registry.BranchType.units`).
+A branch node waits for the main-line levels that write the files it reads:
+``level_LL/main/masks.npz`` is written when main level LL-1 ends, the rewind
+point during main level 0, ``level_LL/main/final_weights.npz`` when main level
+LL ends. Replicates and the runs of a ``--sweep_rewind_steps`` are independent.
+
+Every node runs the level code the local executor runs (:func:`run_training`);
+only the order differs, so with ``--deterministic`` the files are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import re
+
+from lottery_tf.engine.config import ExperimentConfig
+
+SPEEDUP_WORKERS = (1, 2, 4, 8, 16)
+_MASKS = re.compile(r"level_(\d+)/main/masks\.npz$")
+_FINAL = re.compile(r"level_(\d+)/main/final_weights\.npz$")
+_MAIN_ZERO = ("rewind_point.npz", "rewind_optimizer.npz")
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """One node of the study graph.
+
+    Args:
+        run: Index of the run (the sweep's rewind steps, else 0) in the invocation's configs.
+        replicate: The replicate.
+        key: The unit's key within the replicate (``main/level_03``, ``level_02/reinit``, ...).
+        level: Its level.
+        steps: Training steps (0 for a measurement).
+        deps: Ids of the nodes it waits for.
+    """
+
+    run: int
+    replicate: int
+    key: str
+    level: int
+    steps: int
+    deps: tuple = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.run}/{self.replicate}/{self.key}"
+
+
+def main_key(level: int) -> str:
+    return f"main/level_{level:02d}"
+
+
+def producer_level(relative: str, config: ExperimentConfig) -> int:
+    """The main-line level whose task writes ``relative`` (a file of the replicate folder)."""
+    relative = relative.replace("\\", "/")
+    masks = _MASKS.search(relative)
+    if masks:
+        return max(int(masks.group(1)) - 1, 0)
+    final = _FINAL.search(relative)
+    if final:
+        return int(final.group(1))
+    if relative in _MAIN_ZERO:
+        return 0
+    return config.pruning.levels  # anything else: after the whole main line
+
+
+def replicates(config: ExperimentConfig) -> list[int]:
+    return [config.run.replicate] if config.run.replicate >= 0 else list(range(config.run.replicates))
+
+
+def units(config: ExperimentConfig) -> list:
+    """Every branch unit of one replicate, in the order the local executor runs them."""
+    from lottery_tf.engine.branches.registry import branch_units
+
+    return [unit for name in config.branches.names for unit in branch_units(config, name)]
+
+
+def plan(configs) -> list[Training]:
+    """The study's nodes for every config (sweep run) and replicate, parents before children."""
+    nodes = []
+    for run, config in enumerate(configs):
+        t, p = config.training, config.pruning
+        for replicate in replicates(config):
+
+            def node_id(key, run=run, replicate=replicate):
+                return f"{run}/{replicate}/{key}"
+
+            for level in range(p.levels + 1):
+                steps = t.iterations if level == 0 else t.iterations - p.rewind_step
+                deps = (node_id(main_key(level - 1)),) if level else ()
+                nodes.append(Training(run, replicate, main_key(level), level, steps, deps))
+            for unit in units(config):
+                # The main line is a chain: waiting for the last level it reads waits for the others.
+                last = max((producer_level(relative, config) for relative in unit.needs), default=0)
+                deps = (node_id(main_key(last)), *(node_id(key) for key in unit.after))
+                nodes.append(Training(run, replicate, unit.key, unit.level, unit.steps, deps))
+    ids = [n.id for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise AssertionError(f"two units share a key: {sorted(i for i in ids if ids.count(i) > 1)[:2]}")
+    return nodes
+
+
+def remaining_path(nodes) -> dict[str, int]:
+    """Per node: the steps of the longest chain from its start to the end of the study (itself included).
+
+    ``nodes`` may be part of a graph (those not yet finished): dependencies outside it are done.
+    """
+    children: dict[str, list] = {n.id: [] for n in nodes}
+    for n in nodes:
+        for dep in n.deps:
+            if dep in children:
+                children[dep].append(n.id)
+    steps = {n.id: n.steps for n in nodes}
+    longest: dict[str, int] = {}
+    for n in reversed(nodes):  # children come after parents
+        longest[n.id] = steps[n.id] + max((longest[c] for c in children[n.id]), default=0)
+    return longest
+
+
+def makespan(nodes, workers: int) -> int:
+    """Steps until the study ends with ``workers`` trainings at once (list schedule, longest path first).
+
+    Every step costs the same and a training starts the moment its inputs exist: the ideal the
+    executor can approach, without start-up costs or trainings of unequal speed.
+    """
+    priority = remaining_path(nodes)
+    waiting = {n.id: set(n.deps) for n in nodes}
+    children: dict[str, list] = {n.id: [] for n in nodes}
+    for n in nodes:
+        for dep in n.deps:
+            children[dep].append(n.id)
+    steps = {n.id: n.steps for n in nodes}
+    ready = [(-priority[i], i) for i, deps in waiting.items() if not deps]
+    heapq.heapify(ready)
+    running: list = []  # (end time, id)
+    now = 0
+    while ready or running:
+        while ready and len(running) < workers:
+            _, node = heapq.heappop(ready)
+            heapq.heappush(running, (now + steps[node], node))
+        now, node = heapq.heappop(running)
+        for child in children[node]:
+            waiting[child].discard(node)
+            if not waiting[child]:
+                heapq.heappush(ready, (-priority[child], child))
+    return now
+
+
+def size(nodes) -> dict:
+    """The graph's size: trainings, total steps, the critical path, the ideal speed-up per number of workers."""
+    total = sum(n.steps for n in nodes)
+    critical = max(remaining_path(nodes).values(), default=0)
+    speedups = {w: (total / makespan(nodes, w) if total else 1.0) for w in SPEEDUP_WORKERS}
+    return {
+        "trainings": sum(1 for n in nodes if n.steps),
+        "measurements": sum(1 for n in nodes if not n.steps),
+        "total_steps": total,
+        "critical_path_steps": critical,
+        "bound": total / critical if critical else 1.0,
+        "speedups": speedups,
+    }
+
+
+def format_size(graph: dict) -> str:
+    """The lines ``--dry_run`` prints."""
+    speedups = "  ".join(f"{w}: {s:.2f}x" for w, s in graph["speedups"].items())
+    return (
+        f"study graph: {graph['trainings']} trainings ({graph['measurements']} analysis measurements besides), "
+        f"{graph['total_steps']:,} training steps, critical path {graph['critical_path_steps']:,} steps "
+        f"(no schedule beats {graph['bound']:.2f}x)\n"
+        f"ideal speed-up with N trainings at once: {speedups}\n"
+    )
+
+
+def run_training(ctx, key: str) -> bool:
+    """Runs one node of a replicate (``ctx``: :class:`lottery_tf.engine.levels.Context`) in this process.
+
+    A main-line level trains after the levels before it (their files); a branch unit checks (and
+    rebuilds if damaged) the main-line files it reads first.
+
+    Returns:
+        Whether it trained.
+
+    Raises:
+        KeyError: If no unit of this study has ``key``.
+    """
+    from lottery_tf.engine import experiment
+
+    if key.startswith("main/level_"):
+        return experiment.run_main_line(ctx, last=int(key.rsplit("_", 1)[1]))
+    unit = {u.key: u for u in units(ctx.config)}[key]
+    names = [n for n in ctx.config.branches.names if key in {u.key for u in _units_of(ctx.config, n)}]
+    experiment.ensure_branch_inputs(ctx, names, [unit.level])
+    return bool(unit.run(ctx))
+
+
+def _units_of(config: ExperimentConfig, name: str) -> list:
+    from lottery_tf.engine.branches.registry import branch_units
+
+    return branch_units(config, name)
