@@ -7,20 +7,21 @@ Ray instance (or a cluster started with ``ray start --head``) on this machine.
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
-import numpy as np
 import pytest
+import ray  # noqa: F401  (tools/setup.sh installs the extra: without it these tests fail, never skip)
 from conftest import REPO
 
 from lottery_tf.engine import config as config_lib
 from lottery_tf.engine import study
-
-ray = pytest.importorskip("ray", reason="the ray extra (tools/setup.sh installs it)")
+from tools.benchmark_ray import results_of
 
 ENV = {**os.environ, "PYTHONPATH": REPO}
 ENV.pop("TF_CPP_MIN_LOG_LEVEL", None)
@@ -31,7 +32,6 @@ STUDY = [
     "--instability_pairs=1",
     "--deterministic",
 ]
-TIMING = ("wall_seconds",)
 
 
 def cli(*args, env=None, timeout=600):
@@ -133,23 +133,6 @@ def test_dry_run_prints_the_graph_size_for_either_executor():
 # -- end to end ------------------------------------------------------------------------------------------
 
 
-def _results(folder):
-    """Every metrics.json (timing aside), masks.npz and analysis result under ``folder``, by relative path."""
-    out = {}
-    for path in glob.glob(os.path.join(folder, "lottery_*", "replicate_*", "**", "*"), recursive=True):
-        name = os.path.basename(path)
-        relative = os.path.relpath(path, folder)
-        if name in ("metrics.json", "instability.json", "stability.json"):
-            record = json.load(open(path))
-            for key in TIMING:
-                record.pop(key, None)
-            out[relative] = record
-        elif name in ("masks.npz", "final_weights.npz"):
-            with np.load(path) as arrays:
-                out[relative] = {k: arrays[k].tobytes() for k in arrays.files}
-    return out
-
-
 @pytest.fixture(scope="module")
 def local_and_ray(tmp_path_factory):
     """The smoke study with a control, an analysis and a baseline, local and on Ray with a worker killed."""
@@ -194,7 +177,7 @@ def test_ray_study_is_bit_identical_to_local_after_a_killed_worker(local_and_ray
     assert killed, "no worker was caught in the middle of main level 0"
     assert code == 0, stderr[-2000:]
     assert len(stderr.strip().splitlines()) == 0, stderr[-2000:]  # no TensorFlow or Ray chatter
-    local_files, ray_files = _results(root / "local"), _results(root / "ray")
+    local_files, ray_files = results_of(root / "local"), results_of(root / "ray")
     assert len(local_files) > 20 and sorted(local_files) == sorted(ray_files)
     different = [name for name in local_files if local_files[name] != ray_files[name]]
     assert not different, different[:5]
@@ -326,13 +309,28 @@ def test_ray_inputs_that_cannot_be_served_fail_before_anything_is_written(tmp_pa
         timeout=120,
     )
     _one_line_and_nothing_written(blocked, out, "error: --executor: ray needs Ray, which is not installed")
-    import tensorflow as tf
+    # A cluster `ray start` started here and that has since stopped: "auto" names it and cannot reach it, and
+    # no --ray_address starts a local instance regardless (Ray's own default would join it, and hang).
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {**ENV, "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        nothing = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--ray_address=auto", env=env)
+        _one_line_and_nothing_written(nothing, out, "error: --ray_address: auto: no Ray cluster was started")
+        os.mkdir(os.path.join(ray_tmp, "ray"))
+        with open(os.path.join(ray_tmp, "ray", "ray_current_cluster"), "w") as f:
+            f.write("127.0.0.1:1")
+        stale = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--ray_address=auto", env=env)
+        _one_line_and_nothing_written(stale, out, "error: --ray_address: cannot reach a Ray cluster at 127.0.0.1:1")
+        import tensorflow as tf
 
-    if not tf.config.list_physical_devices("GPU"):
-        no_gpu = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--gpus_per_training=0.5")
-        _one_line_and_nothing_written(no_gpu, out, "error: --gpus_per_training: 0.5 asked, but Ray sees no GPU")
-    too_many = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--cpus_per_training=64")
-    _one_line_and_nothing_written(too_many, out, "error: --cpus_per_training: 64 asked, but the largest node")
+        if not tf.config.list_physical_devices("GPU"):
+            no_gpu = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--gpus_per_training=0.5", env=env)
+            _one_line_and_nothing_written(no_gpu, out, "error: --gpus_per_training: 0.5 asked, but Ray sees no GPU")
+        too_many = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--cpus_per_training=64", env=env)
+        _one_line_and_nothing_written(too_many, out, "error: --cpus_per_training: 64 asked, but the largest node")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _can_unshare() -> bool:

@@ -91,6 +91,29 @@ def _reachable(address: str) -> None:
         ) from None
 
 
+def _resolve(address: str) -> str:
+    """HOST:PORT for ``address``; ``auto`` as Ray reads it: $RAY_ADDRESS, else the cluster `ray start` last started here."""
+    if address != "auto":
+        return address
+    found = os.environ.get("RAY_ADDRESS")
+    if not found:
+        # Where `ray start` records it: $RAY_TMPDIR, else $TMPDIR, else /tmp, then ray/ray_current_cluster.
+        system = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        path = os.path.join(system, "ray", "ray_current_cluster")
+        try:
+            with open(path) as f:
+                found = f.read().strip()
+        except OSError:
+            found = None
+    if not found:
+        raise ConfigError(
+            "ray_address",
+            "auto: no Ray cluster was started on this machine; start one with `ray start --head`, give its "
+            "HOST:PORT, or leave --ray_address out to start a local Ray instance",
+        )
+    return found
+
+
 def _has_token() -> bool:
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
@@ -111,8 +134,8 @@ def connect(run) -> Session:
     import ray
 
     address = run.ray_address
-    if address and address != "auto":
-        _reachable(address)
+    if address:
+        _reachable(_resolve(address))
     options = dict(
         include_dashboard=False,
         log_to_driver=False,  # each task's TensorFlow output stays in Ray's worker logs
@@ -120,10 +143,9 @@ def connect(run) -> Session:
         runtime_env={"env_vars": dict(_WORKER_ENV)},
     )
     try:
-        if address:
-            ray.init(address=address, **options)
-        else:
-            ray.init(**options)
+        # "local" always starts a new instance: with no address Ray would join the cluster `ray start` last
+        # started on this machine, and hang if that one has stopped.
+        ray.init(address=address or "local", **options)
     except (ConnectionError, RuntimeError) as error:
         cause = str(error).splitlines()[0]
         if "auth" in repr(error.__cause__ or error).lower():
