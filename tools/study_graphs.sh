@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=results/study_graphs.md
 tmp=$(mktemp "$out.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
+trap 'rm -f "$tmp" "$tmp.sections"' EXIT
 {
   echo "# Study graphs of the committed flagfiles"
   echo
@@ -27,7 +27,25 @@ trap 'rm -f "$tmp"' EXIT
     python -m lottery_tf.main --flagfile="$f" --executor=ray --dry_run 2>&1 | sed -n '/^study graph:/,$p' | sed 's/^/    /'
     echo
   done
-} > "$tmp"
+} > "$tmp.sections"
+# The same numbers as one table, read back from the lines above.
+python3 - "$tmp.sections" > "$tmp" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+head, _, rest = text.partition("\n## ")
+rows = []
+for section in ("## " + rest).split("\n## "):
+    name = section.lstrip("# ").splitlines()[0]
+    graph = re.search(r"study graph: ([\d,]+) trainings(?: \(([\d,]+) analysis measurements besides\))?, ([\d,]+) training steps, critical path ([\d,]+) steps", section)
+    speedups = re.findall(r"(\d+): ([\d.]+)x", section.split("ideal speed-up", 1)[1])
+    rows.append(f"| `{name}` | {graph[1]} | {graph[2] or 0} | {graph[3]} | {graph[4]} | " + " | ".join(f"{s}x" for _, s in speedups) + " |")
+print(head.rstrip() + "\n")
+print("| flagfile | trainings | analysis measurements | training steps | critical path (steps) | ideal speed-up 1 | 2 | 4 | 8 | 16 |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("\n".join(rows))
+print("\nWhat the command printed, per flagfile:\n\n## " + rest, end="")
+PY
+rm -f "$tmp.sections"
 mv "$tmp" "$out"
 trap - EXIT
 echo "wrote $out"

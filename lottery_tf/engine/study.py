@@ -169,8 +169,9 @@ def size(nodes) -> dict:
 def format_size(graph: dict) -> str:
     """The lines ``--dry_run`` prints."""
     speedups = "  ".join(f"{w}: {s:.2f}x" for w, s in graph["speedups"].items())
+    besides = f" ({graph['measurements']} analysis measurements besides)" if graph["measurements"] else ""
     return (
-        f"study graph: {graph['trainings']} trainings ({graph['measurements']} analysis measurements besides), "
+        f"study graph: {graph['trainings']} trainings{besides}, "
         f"{graph['total_steps']:,} training steps, critical path {graph['critical_path_steps']:,} steps "
         f"(no schedule beats {graph['bound']:.2f}x)\n"
         f"ideal speed-up with N trainings at once: {speedups}\n"
