@@ -18,42 +18,57 @@ tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfigu
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # `python -m lottery_tf.main ARGS` for many ARGS in one process (TensorFlow imported once): absl's flags are
-# reset to their defaults before each, and each gets its own exit status, stdout and stderr.
-_DRY_RUNS = """
-import contextlib, io, json, sys
+# reset to their defaults before each, and each gets its own exit status and its own file descriptors 1 and 2
+# (what TensorFlow's and Ray's C++ code print is captured too, as with a process of its own).
+_CLI_RUNS = """
+import json, os, sys, tempfile
 from absl import flags
 from lottery_tf import main
-results = []
+results, real = [], (os.dup(1), os.dup(2))
 for argv in json.load(sys.stdin):
     flags.FLAGS.unparse_flags()
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main.main(main._parse_flags(["lottery_tf", *argv]))
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-    results.append((code, out.getvalue(), err.getvalue()))
-json.dump(results, sys.stdout)
+    captured = [tempfile.TemporaryFile(mode="w+") for _ in range(2)]
+    sys.stdout.flush(), sys.stderr.flush()
+    os.dup2(captured[0].fileno(), 1), os.dup2(captured[1].fileno(), 2)
+    code = 0
+    try:
+        main.main(main._parse_flags(["lottery_tf", *argv]))
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(real[0], 1), os.dup2(real[1], 2)
+    texts = []
+    for handle in captured:
+        handle.seek(0)
+        texts.append(handle.read())
+    results.append((code, *texts))
+print("\\n" + json.dumps(results))
 """
 
 
-def dry_runs(arguments: list, timeout: int = 600) -> list:
-    """(exit status, stdout, stderr) of ``python -m lottery_tf.main *args`` for each args, run in one process."""
+def cli_runs(arguments: list, env: dict | None = None, timeout: int = 600) -> list:
+    """``python -m lottery_tf.main *args`` for each args, in one process (TensorFlow imported once).
+
+    Returns:
+        Per args, an object with ``returncode``, ``stdout`` and ``stderr``, as ``subprocess.run`` gives.
+    """
     import json
     import subprocess
+    import types
 
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
     result = subprocess.run(
-        [sys.executable, "-c", _DRY_RUNS],
+        [sys.executable, "-c", _CLI_RUNS],
         input=json.dumps(arguments),
         cwd=REPO,
-        env=env,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return [tuple(r) for r in json.loads(result.stdout)]
+    found = json.loads(result.stdout.rstrip().rsplit("\n", 1)[-1])
+    return [types.SimpleNamespace(returncode=c, stdout=out, stderr=err) for c, out, err in found]
 
 
 @pytest.fixture

@@ -303,7 +303,9 @@ def test_every_flagfile_validates(flagfile, tmp_path, capfd, monkeypatch):
     captured = capfd.readouterr()
     assert exit_info.value.code in (0, None), captured.err[-2000:]
     settings, _ = json.JSONDecoder().raw_decode(captured.out)  # a sweep prints one config per rewind step
-    assert captured.out.strip().splitlines()[-1].startswith(f"run folder: {tmp_path}/lottery_")
+    lines = captured.out.strip().splitlines()
+    assert lines[-3].startswith(f"run folder: {tmp_path}/lottery_")  # then the study graph's size, two lines
+    assert lines[-2].startswith("study graph: ") and lines[-1].startswith("ideal speed-up with N trainings at once: 1:")
     assert not os.listdir(tmp_path)  # a dry run writes nothing
     if settings["pruning"]["layer_fractions"]:
         from lottery_tf.core.masking import mask_names, wrap_model

@@ -1,14 +1,15 @@
 """Every code block of the documentation runs as printed, and the site builds strictly.
 
-Python blocks run in order, page by page, in one fresh process per page, from a
-folder that has the repository's flags/ (commands run from the repository
-root); a block that uses an earlier block's names says so on its first line
-("# Continues ..."). Command lines are checked as printed: `python -m
+Python blocks run in order, page by page, in one fresh process per page; a block
+that uses an earlier block's names says so on its first line ("# Continues
+..."), every other block in a fresh namespace, folder (holding the repository's
+flags/) and Keras session, so it must define what it uses. Command lines are checked as printed: `python -m
 lottery_tf.main` with `--dry_run` (every flag and value validated), the other
 commands' flags against their `--help`, `bash tools/...` scripts exist.
 """
 
 import glob
+import json
 import os
 import re
 import shlex
@@ -16,7 +17,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, dry_runs
+from conftest import REPO, cli_runs
 
 pytestmark = pytest.mark.slow
 PAGES = sorted(glob.glob(os.path.join(REPO, "docs", "*.md"))) + [os.path.join(REPO, "README.md")]
@@ -36,25 +37,49 @@ def _python_pages():
     return [p for p in PAGES if blocks(p, "python") and not p.endswith("README.md")]
 
 
+# A page's blocks in one process: a block that does not say it continues runs in a fresh namespace, in a
+# fresh folder (with flags/) and a fresh Keras session, so it must define what it uses, as it would alone;
+# one that continues sees every name the page defined before it, in the folder of the block before it.
+_PAGE_RUNNER = """
+import json, os, sys
+page, blocks, root, flags = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4]
+page_names = {"__name__": "__main__"}  # what the page has defined so far, for the blocks that continue
+for number, code in enumerate(blocks, start=1):
+    if code.lstrip().startswith("# Continues"):
+        exec(compile(code, f"{page}, block {number}", "exec"), page_names)
+        continue
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session()
+    folder = os.path.join(root, f"block_{number}")
+    os.makedirs(folder)
+    os.symlink(flags, os.path.join(folder, "flags"))
+    os.chdir(folder)
+    names = {"__name__": "__main__"}
+    exec(compile(code, f"{page}, block {number}", "exec"), names)
+    page_names.update(names)
+"""
+
+
 @pytest.mark.parametrize("page", _python_pages(), ids=lambda p: os.path.basename(p))
 def test_python_blocks_run_as_printed(page, tmp_path):
     code = blocks(page, "python")
-    os.symlink(os.path.join(REPO, "flags"), tmp_path / "flags")
-    for later in code[1:]:
-        first = later.lstrip().splitlines()[0]
-        uses_earlier = first.startswith("# Continues")
-        # A block that does not say it continues must define what it uses: it runs alone first.
-        if not uses_earlier:
-            alone = subprocess.run(
-                [sys.executable, "-c", later], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600
-            )
-            assert alone.returncode == 0, (
-                f"a block that does not say it continues fails alone:\n{later[:300]}\n{alone.stderr[-1500:]}"
-            )
-    script = tmp_path / "page.py"
-    script.write_text("\n\n".join(code))
+    assert not code[0].lstrip().startswith("# Continues"), "the first block has nothing to continue"
+    (tmp_path / "blocks.json").write_text(json.dumps(code))
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900
+        [
+            sys.executable,
+            "-c",
+            _PAGE_RUNNER,
+            os.path.basename(page),
+            str(tmp_path / "blocks.json"),
+            str(tmp_path),
+            os.path.join(REPO, "flags"),
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -113,8 +138,8 @@ def test_every_command_line_is_valid_as_printed():
             else:
                 raise AssertionError(f"{page}: a command line the test does not know how to check: {line}")
             checked += 1
-    for (where, _), (code, _, stderr) in zip(mains, dry_runs([arguments for _, arguments in mains])):
-        assert code == 0, (*where, stderr[-500:])
+    for (where, _), result in zip(mains, cli_runs([arguments for _, arguments in mains])):
+        assert result.returncode == 0, (*where, result.stderr[-500:])
     assert checked >= 15
 
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 import ray  # noqa: F401  (tools/setup.sh installs the extra: without it these tests fail, never skip)
-from conftest import REPO
+from conftest import REPO, cli_runs
 
 from lottery_tf.engine import config as config_lib
 from lottery_tf.engine import study
@@ -286,18 +286,13 @@ def _one_line_and_nothing_written(result, out, starts):
 @pytest.mark.slow
 def test_ray_inputs_that_cannot_be_served_fail_before_anything_is_written(tmp_path):
     out = tmp_path / "runs"
-    unreachable = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--ray_address=127.0.0.1:1")
-    _one_line_and_nothing_written(unreachable, out, "error: --ray_address: cannot reach a Ray cluster at 127.0.0.1:1")
-    malformed = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--ray_address=nohost")
-    _one_line_and_nothing_written(malformed, out, "error: --ray_address: expected auto or HOST:PORT")
+    ray_args = [*STUDY, f"--output_dir={out}", "--executor=ray"]
     blocked = subprocess.run(
         [
             sys.executable,
             "-c",
             "import sys; sys.modules['ray'] = None; sys.argv[0] = 'lottery_tf'; from lottery_tf.main import run; run()",
-            *STUDY,
-            f"--output_dir={out}",
-            "--executor=ray",
+            *ray_args,
         ],
         cwd=REPO,
         env=ENV,
@@ -309,23 +304,28 @@ def test_ray_inputs_that_cannot_be_served_fail_before_anything_is_written(tmp_pa
     # A cluster `ray start` started here and that has since stopped: "auto" names it and cannot reach it, and
     # no --ray_address starts a local instance regardless (Ray's own default would join it, and hang).
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {**ENV, "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
+    env = {"RAY_TMPDIR": ray_tmp, "RAY_ADDRESS": ""}
     try:
-        nothing = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--ray_address=auto", env=env)
-        _one_line_and_nothing_written(nothing, out, "error: --ray_address: auto: no Ray cluster was started")
+        cases = [
+            (["--ray_address=auto"], "error: --ray_address: auto: no Ray cluster was started"),
+            (["--ray_address=127.0.0.1:1"], "error: --ray_address: cannot reach a Ray cluster at 127.0.0.1:1"),
+            (["--ray_address=nohost"], "error: --ray_address: expected auto or HOST:PORT"),
+        ]
+        for result, (_, starts) in zip(cli_runs([ray_args + a for a, _ in cases], env=env), cases):
+            _one_line_and_nothing_written(result, out, starts)
         os.mkdir(os.path.join(ray_tmp, "ray"))
         with open(os.path.join(ray_tmp, "ray", "ray_current_cluster"), "w") as f:
             f.write("127.0.0.1:1")
-        stale = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--ray_address=auto", env=env)
-        _one_line_and_nothing_written(stale, out, "error: --ray_address: cannot reach a Ray cluster at 127.0.0.1:1")
+        cases = [
+            (["--cpus_per_training=64"], "error: --cpus_per_training: 64 asked, but the largest node"),
+            (["--ray_address=auto"], "error: --ray_address: cannot reach a Ray cluster at 127.0.0.1:1"),
+        ]
         import tensorflow as tf
 
         if not tf.config.list_physical_devices("GPU"):
-            no_gpu = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--gpus_per_training=0.5", env=env)
-            _one_line_and_nothing_written(no_gpu, out, "error: --gpus_per_training: 0.5 asked, but Ray sees no GPU")
-        too_many = cli(*STUDY, f"--output_dir={out}", "--executor=ray", "--cpus_per_training=64", env=env)
-        _one_line_and_nothing_written(too_many, out, "error: --cpus_per_training: 64 asked, but the largest node")
+            cases.append((["--gpus_per_training=0.5"], "error: --gpus_per_training: 0.5 asked, but Ray sees no GPU"))
+        for result, (_, starts) in zip(cli_runs([ray_args + a for a, _ in cases], env=env), cases):
+            _one_line_and_nothing_written(result, out, starts)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
