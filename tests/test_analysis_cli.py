@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,25 @@ def test_killed_in_a_copy_then_resumed_gives_the_same_numbers(tmp_path, referenc
         for p in glob.glob(os.path.join(out, "**", "*.json"), recursive=True)
         if "settings.json" not in p
     } == {p: b for p, b in before.items() if "settings.json" not in p}
+
+
+def test_a_copy_another_process_is_training_is_not_trained_twice(tmp_path, reference):
+    """Each copy has its own lock, which the local executor takes as Ray's tasks do (one per copy)."""
+    from lottery_tf.store import locks
+
+    out = str(tmp_path / "copy")
+    shutil.copytree(reference[0], out)
+    replicate = glob.glob(os.path.join(out, "lottery_*", "replicate_0"))[0]
+    pair = os.path.join(replicate, "level_01", "instability", "ticket_k50", "pair_0")
+    shutil.rmtree(os.path.join(pair, "copy_b"))
+    os.remove(os.path.join(pair, "instability.json"))
+    name = "level_01_instability_ticket_k50_pair_0_copy_b"
+    with locks.hold(replicate, name):  # this (live) process is "training" copy_b
+        refused = run(out)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert f"{name}.lock is held by pid {os.getpid()}" in lines[0]
+    assert not os.path.exists(os.path.join(pair, "copy_b", "metrics.json"))
 
 
 def test_rewinding_sweep_runs_one_experiment_per_step_and_reports_them(tmp_path):

@@ -124,8 +124,17 @@ def _build(ctx: Context, network: _Network, k: int):
 def train_copy(ctx: Context, level: int, folder: str, network: _Network, k: int, data_seed: int) -> dict:
     """Trains one copy from step k to the end with data order ``data_seed`` (resumable); returns its final state.
 
-    ``folder`` is relative to ``level_LL/``. A finished copy is read back, not retrained.
+    ``folder`` is relative to ``level_LL/``. A finished copy is read back, not retrained. Training takes the
+    copy's own lock, whichever executor asks (the local one also holds the analysis's), so two processes
+    never train one copy.
     """
+    if is_done(ctx.folder, level, folder):
+        return _train_copy(ctx, level, folder, network, k, data_seed)
+    with locks.hold(ctx.folder, _lock_name(level, folder), ctx.config.run.wait_for_lock):
+        return _train_copy(ctx, level, folder, network, k, data_seed)
+
+
+def _train_copy(ctx: Context, level: int, folder: str, network: _Network, k: int, data_seed: int) -> dict:
     path = os.path.join(level_dir(ctx.folder, level, folder), "final_weights.npz")
     info = {"start_step": k, "data_seed": data_seed, "init_seed": network.seed, "rewind_optimizer": network.mode}
     if is_done(ctx.folder, level, folder) and store.npz_problem(path) is None:
@@ -211,11 +220,10 @@ def _lock_name(level: int, folder: str) -> str:
 
 
 def _train_copy_unit(level: int, folder: str, name: str, k: int, seed_of, ctx: Context) -> bool:
-    """One copy of an analysis as its own unit (``--executor=ray``): locked on its folder, resumable."""
-    with locks.hold(ctx.folder, _lock_name(level, folder), ctx.config.run.wait_for_lock):
-        if is_done(ctx.folder, level, folder):
-            return False
-        train_copy(ctx, level, folder, _network(ctx, level, name, k), k, seed_of(ctx))
+    """One copy of an analysis as its own unit (``--executor=ray``); :func:`train_copy` takes its lock."""
+    if is_done(ctx.folder, level, folder):
+        return False
+    train_copy(ctx, level, folder, _network(ctx, level, name, k), k, seed_of(ctx))
     return True
 
 
