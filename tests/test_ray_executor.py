@@ -192,15 +192,24 @@ def test_ray_study_is_bit_identical_to_local_after_a_killed_worker(local_and_ray
 @pytest.fixture
 def cluster():
     """A Ray cluster started with ``ray start --head`` (another process), to join with --ray_address."""
+    port = _free_port()
+    head = _start_head(
+        ["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--block"], port
+    )
+    yield f"127.0.0.1:{port}"
+    _stop(head)
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def _start_head(command: list, port: int):
+    """Starts a ``ray start --head --block`` command in its own process group; returns once it listens on ``port``."""
     head = subprocess.Popen(
-        ["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--block"],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -210,8 +219,7 @@ def cluster():
         except OSError:
             time.sleep(0.5)
     time.sleep(2)
-    yield f"127.0.0.1:{port}"
-    _stop(head)
+    return head
 
 
 def _stop(head):
@@ -341,29 +349,13 @@ def test_an_output_folder_the_workers_do_not_share_is_refused(tmp_path):
     """Ray's workers run in a mount namespace where the output folder is another (empty) filesystem."""
     out = tmp_path / "runs"
     out.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     script = (
         f"mount -t tmpfs none {out} && exec ray start --head --port={port} --num-cpus=1 "
         "--include-dashboard=false --block"
     )
-    head = subprocess.Popen(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    head = _start_head(["unshare", "-m", "--propagation", "private", "sh", "-c", script], port)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        time.sleep(2)
         result = cli(*STUDY, f"--output_dir={out}", "--executor=ray", f"--ray_address=127.0.0.1:{port}")
     finally:
         _stop(head)
