@@ -33,7 +33,7 @@ Flags (--helpfull lists absl's own flags too):
 from absl import app, flags  # noqa: E402
 
 from lottery_tf.engine import config as config_lib  # noqa: E402
-from lottery_tf.engine import errors, run_dir  # noqa: E402
+from lottery_tf.engine import errors, run_dir, study  # noqa: E402
 from lottery_tf.engine.data import DATASETS, train_examples  # noqa: E402
 from lottery_tf.engine.data.registry import check_sizes  # noqa: E402
 from lottery_tf.engine.models import MODELS  # noqa: E402  (no TensorFlow until a model is built)
@@ -235,9 +235,7 @@ def main(argv):
             for config in configs:
                 print(config.to_json(), end="")
                 print(f"run folder: {run_dir.experiment_dir(config)}")
-            from lottery_tf.engine import study as graph
-
-            print(graph.format_size(graph.size(graph.plan(configs))), end="")
+            print(study.format_size(study.size(study.plan(configs))), end="")
             return
         _quiet_python_logging()
         session = ray_executor.connect(config.run) if ray else None
@@ -275,20 +273,21 @@ def _run(configs, session) -> None:
         trained = ray_executor.run_study(session, configs, [ready.record for ready in checked], configs[0].run)
         for config, anything in zip(configs, trained):
             _summary(run_dir.experiment_dir(config), anything)
-    for number, (config, ready) in enumerate(zip(configs, checked) if session is None else ()):
-        print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
-        if number == 0:
-            print(f"device: {describe_devices()}", flush=True)
-        trained = experiment.run(config, ready)
-        if trained is not None:  # the chief (or the only process) writes the summary
-            _summary(run_dir.experiment_dir(config), trained)
+    else:
+        for number, (config, ready) in enumerate(zip(configs, checked)):
+            print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
+            if number == 0:
+                print(f"device: {describe_devices()}", flush=True)
+            trained = experiment.run(config, ready)
+            if trained is not None:  # the chief (or the only process) writes the summary
+                _summary(run_dir.experiment_dir(config), trained)
     if len(configs) > 1:
         print(
             f"sweep over rewind steps {', '.join(str(c.pruning.rewind_step) for c in configs)}: "
             f"{', '.join(run_dir.experiment_dir(c) for c in configs)}",
             flush=True,
         )
-    print(f"total wall time: {_duration(time.time() - started)}", flush=True)
+    print(f"total wall time: {study.format_duration(time.time() - started)}", flush=True)
 
 
 def _summary(folder: str, trained: bool) -> None:
@@ -315,12 +314,6 @@ def _check_initializer(name: str) -> None:
             f"unknown Keras initializer {name!r}; expected a name such as glorot_normal, "
             "glorot_uniform, he_normal, he_uniform, lecun_normal",
         ) from None
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
 
 
 def _quiet_python_logging() -> None:

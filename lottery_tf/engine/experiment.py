@@ -53,7 +53,7 @@ from lottery_tf.engine.levels import (  # noqa: F401
     train_lineage,
 )
 from lottery_tf.engine.recipe import build_masked_model
-from lottery_tf.engine.run_dir import MAIN, is_done, level_dir  # noqa: F401
+from lottery_tf.engine.run_dir import MAIN, is_done, level_dir, replicates  # noqa: F401
 from lottery_tf.store import atomic, locks, states
 from lottery_tf.store import reader as store
 
@@ -121,10 +121,6 @@ def run_main_line(ctx: Context, last: int | None = None) -> bool:
             ctx, model, imp, MAIN, levels, lambda level: p.rewind_step if level > 0 else 0, load_level=load_level
         )
     return True
-
-
-def replicates(config: ExperimentConfig) -> list[int]:
-    return [config.run.replicate] if config.run.replicate >= 0 else list(range(config.run.replicates))
 
 
 @dataclasses.dataclass

@@ -31,7 +31,7 @@ import time
 import traceback
 import uuid
 
-from lottery_tf.engine import errors, run_dir, study
+from lottery_tf.engine import errors, study
 from lottery_tf.engine.config import ConfigError, ExperimentConfig
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
@@ -321,12 +321,6 @@ def _train(config_dict: dict, record: dict, replicate: int, key: str, threads: i
 # -- the driver ------------------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
-
-
 def _label(node: study.Training, configs) -> str:
     run = f"k={configs[node.run].pruning.rewind_step} " if len(configs) > 1 else ""
     return f"{run}replicate {node.replicate} {node.key}"
@@ -351,10 +345,7 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
     by_id = {n.id: n for n in nodes}
     priority = study.remaining_path(nodes)
     waiting = {n.id: set(n.deps) for n in nodes}
-    children: dict = {n.id: [] for n in nodes}
-    for n in nodes:
-        for dep in n.deps:
-            children[dep].append(n.id)
+    children = study.children_of(nodes)
     threads = max(1, int(run_config.cpus_per_training))
     task = ray.remote(_train).options(
         num_cpus=run_config.cpus_per_training,
@@ -423,7 +414,7 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
             )
     finally:
         stop_all()
-    print(f"ray: {len(nodes)} tasks done in {_duration(time.time() - started)}", flush=True)
+    print(f"ray: {len(nodes)} tasks done in {study.format_duration(time.time() - started)}", flush=True)
     return trained
 
 
@@ -444,7 +435,7 @@ def _progress(node, result, configs, finished, in_flight, waiting, nodes, sessio
         critical = max(study.remaining_path(left).values(), default=0) if left else 0
         total = sum(n.steps for n in left)
         eta = rate * max(critical, total / session.slots)
-        line += f"; ETA {_duration(eta)} (critical path {critical:,} steps)"
+        line += f"; ETA {study.format_duration(eta)} (critical path {critical:,} steps)"
     return line
 
 
@@ -461,7 +452,3 @@ def absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
         data=dataclasses.replace(data, **changes),
         run=dataclasses.replace(config.run, output_dir=os.path.abspath(config.run.output_dir)),
     )
-
-
-def folders(configs) -> list[str]:
-    return [run_dir.experiment_dir(c) for c in configs]

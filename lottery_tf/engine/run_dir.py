@@ -134,6 +134,11 @@ def find_experiments(path: str) -> list[str]:
     return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(path, "**", "identity.json"), recursive=True))
 
 
+def replicates(config: ExperimentConfig) -> list[int]:
+    """The replicates a command runs: ``--replicate`` alone, or all of ``--replicates``."""
+    return [config.run.replicate] if config.run.replicate >= 0 else list(range(config.run.replicates))
+
+
 def replicates_of(experiment_folder: str) -> list[str]:
     """Replicate folders of an experiment, by index."""
     folders = glob.glob(os.path.join(experiment_folder, "replicate_*"))

@@ -19,6 +19,7 @@ import heapq
 import re
 
 from lottery_tf.engine.config import ExperimentConfig
+from lottery_tf.engine.run_dir import replicates
 
 SPEEDUP_WORKERS = (1, 2, 4, 8, 16)
 _MASKS = re.compile(r"level_(\d+)/main/masks\.npz$")
@@ -69,10 +70,6 @@ def producer_level(relative: str, config: ExperimentConfig) -> int:
     return config.pruning.levels  # anything else: after the whole main line
 
 
-def replicates(config: ExperimentConfig) -> list[int]:
-    return [config.run.replicate] if config.run.replicate >= 0 else list(range(config.run.replicates))
-
-
 def units(config: ExperimentConfig) -> list:
     """Every branch unit of one replicate, in the order the local executor runs them."""
     from lottery_tf.engine.branches.registry import branch_units
@@ -105,16 +102,22 @@ def plan(configs) -> list[Training]:
     return nodes
 
 
-def remaining_path(nodes) -> dict[str, int]:
-    """Per node: the steps of the longest chain from its start to the end of the study (itself included).
-
-    ``nodes`` may be part of a graph (those not yet finished): dependencies outside it are done.
-    """
+def children_of(nodes) -> dict[str, list]:
+    """Per node id: the ids of the nodes (among ``nodes``) that wait for it; dependencies outside are ignored."""
     children: dict[str, list] = {n.id: [] for n in nodes}
     for n in nodes:
         for dep in n.deps:
             if dep in children:
                 children[dep].append(n.id)
+    return children
+
+
+def remaining_path(nodes) -> dict[str, int]:
+    """Per node: the steps of the longest chain from its start to the end of the study (itself included).
+
+    ``nodes`` may be part of a graph (those not yet finished): dependencies outside it are done.
+    """
+    children = children_of(nodes)
     steps = {n.id: n.steps for n in nodes}
     longest: dict[str, int] = {}
     for n in reversed(nodes):  # children come after parents
@@ -130,10 +133,7 @@ def makespan(nodes, workers: int) -> int:
     """
     priority = remaining_path(nodes)
     waiting = {n.id: set(n.deps) for n in nodes}
-    children: dict[str, list] = {n.id: [] for n in nodes}
-    for n in nodes:
-        for dep in n.deps:
-            children[dep].append(n.id)
+    children = children_of(nodes)
     steps = {n.id: n.steps for n in nodes}
     ready = [(-priority[i], i) for i, deps in waiting.items() if not deps]
     heapq.heapify(ready)
@@ -166,6 +166,13 @@ def size(nodes) -> dict:
     }
 
 
+def format_duration(seconds: float) -> str:
+    """``1h 02m 03s`` or ``2m 03s``: how the command line prints wall times and ETAs."""
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
+
+
 def format_size(graph: dict) -> str:
     """The lines ``--dry_run`` prints."""
     speedups = "  ".join(f"{w}: {s:.2f}x" for w, s in graph["speedups"].items())
@@ -194,13 +201,11 @@ def run_training(ctx, key: str) -> bool:
 
     if key.startswith("main/level_"):
         return experiment.run_main_line(ctx, last=int(key.rsplit("_", 1)[1]))
-    unit = {u.key: u for u in units(ctx.config)}[key]
-    names = [n for n in ctx.config.branches.names if key in {u.key for u in _units_of(ctx.config, n)}]
-    experiment.ensure_branch_inputs(ctx, names, [unit.level])
-    return bool(unit.run(ctx))
-
-
-def _units_of(config: ExperimentConfig, name: str) -> list:
     from lottery_tf.engine.branches.registry import branch_units
 
-    return branch_units(config, name)
+    for name in ctx.config.branches.names:
+        for unit in branch_units(ctx.config, name):
+            if unit.key == key:
+                experiment.ensure_branch_inputs(ctx, [name], [unit.level])
+                return bool(unit.run(ctx))
+    raise KeyError(key)
