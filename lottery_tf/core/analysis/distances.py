@@ -42,7 +42,7 @@ def _pair(a, b, masks):
 def l2_distance(a: Mapping, b: Mapping, masks: Mapping | None = None) -> float:
     """‖m ⊙ a − m ⊙ b‖₂ over all named weights."""
     x, y = _pair(a, b, masks)
-    return float(_norm(x - y))
+    return _norm(x - y)
 
 
 def normalized_l2_distance(a: Mapping, b: Mapping, masks: Mapping | None = None) -> float:
@@ -55,7 +55,7 @@ def normalized_l2_distance(a: Mapping, b: Mapping, masks: Mapping | None = None)
     norm = _norm(x)
     if norm == 0:
         raise ValueError("the reference weights are all zero: no normalized distance")
-    return float(_norm(x - y) / norm)
+    return _norm(x - y) / norm
 
 
 def angle_degrees(a: Mapping, b: Mapping, masks: Mapping | None = None) -> float:

@@ -227,7 +227,7 @@ def _train_copy_unit(level: int, folder: str, name: str, k: int, seed_of, ctx: C
     return True
 
 
-def _measure_unit(analysis: str, level: int, folder: str, one, ctx: Context) -> bool:
+def _measure_unit(level: int, folder: str, one, ctx: Context) -> bool:
     """An analysis's measurement after its copies (units of their own) are trained."""
     with locks.hold(ctx.folder, _lock_name(level, folder), ctx.config.run.wait_for_lock):
         return one(ctx)
@@ -250,7 +250,7 @@ def _instability_units(config: ExperimentConfig, levels) -> list:
                         copies.append(f"level_{level:02d}/{folder}")
                         units.append(Unit(copies[-1], level, config.training.iterations - k, needs, run=run))
                     one = functools.partial(_instability_at, level, name, k, pair)
-                    run = functools.partial(_measure_unit, "instability", level, base, one)
+                    run = functools.partial(_measure_unit, level, base, one)
                     units.append(Unit(f"level_{level:02d}/{base}", level, 0, needs, tuple(copies), run=run))
     return units
 
@@ -283,7 +283,7 @@ def _stability_units(config: ExperimentConfig, levels) -> list:
                 if _reuses_main(config, name, k):
                     measure_needs += (os.path.join(f"level_{level:02d}", MAIN, "final_weights.npz"),)
                 one = functools.partial(_stability_at, level, name, k)
-                run = functools.partial(_measure_unit, "stability", level, base, one)
+                run = functools.partial(_measure_unit, level, base, one)
                 units.append(Unit(f"level_{level:02d}/{base}", level, 0, measure_needs, tuple(copies), run=run))
     return units
 
