@@ -1,12 +1,23 @@
-"""Test setup: quiet TensorFlow, two logical CPU devices for MirroredStrategy tests."""
+"""Test setup: quiet TensorFlow, an XLA compilation cache per run, two logical CPU devices for MirroredStrategy tests."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+# XLA's persistent compilation cache, one folder per test run, shared by the xdist workers and every process
+# they start: the suite compiles the same few training steps in about a hundred processes, and compiling was
+# a quarter of a smoke run's CPU time (10.5 s -> 8.0 s). A cached executable is what XLA compiled for the same
+# program: the smoke run's files are bit-identical with and without it (--deterministic), and the resume and
+# executor tests compare runs that compiled with runs that loaded.
+_RUN_OWNER = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
+XLA_CACHE = os.path.join(tempfile.gettempdir(), f"lottery_tf_test_xla_cache_{_RUN_OWNER}")
+os.environ.setdefault("TF_XLA_FLAGS", f"--tf_xla_persistent_cache_directory={XLA_CACHE}")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
@@ -54,10 +65,11 @@ def cli_runs(arguments: list, env: dict | None = None, timeout: int = 600) -> li
         Per args, an object with ``returncode``, ``stdout`` and ``stderr``, as ``subprocess.run`` gives.
     """
     import json
-    import subprocess
     import types
 
-    result = subprocess.run(
+    import launcher
+
+    result = launcher.run(
         [sys.executable, "-c", _CLI_RUNS],
         input=json.dumps(arguments),
         cwd=REPO,
@@ -91,3 +103,8 @@ def drawn(monkeypatch):
     yield figures
     for fig in figures.values():
         real_close(fig)
+
+
+def pytest_sessionfinish(session):
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the run's own process: every worker has ended
+        shutil.rmtree(XLA_CACHE, ignore_errors=True)

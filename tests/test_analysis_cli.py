@@ -5,9 +5,9 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
+import launcher
 import pytest
 from conftest import REPO
 
@@ -34,7 +34,7 @@ def run(out, crash=None):
     env = dict(ENV)
     if crash:
         env["LOTTERY_TF_CRASH_AT"] = crash
-    return subprocess.run(
+    return launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}"],
         cwd=REPO,
         env=env,
@@ -152,7 +152,7 @@ def test_rewinding_sweep_runs_one_experiment_per_step_and_reports_them(tmp_path)
     from lottery_tf.reports import cli as report_cli
 
     out = str(tmp_path / "sweep")
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             "-m",

@@ -10,9 +10,9 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 
+import launcher
 import numpy as np
 import pytest
 from absl import flags
@@ -37,7 +37,7 @@ def snapshot(root):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("finished") / "runs")
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *BASE, f"--output_dir={out}"],
         cwd=REPO,
         env=ENV,
@@ -364,7 +364,7 @@ def test_tfmot_schedule_without_the_extra_is_one_line_before_anything_trains(fin
 
 
 def _run(out, *extra):
-    return subprocess.run(
+    return launcher.run(
         [
             sys.executable,
             "-m",
@@ -406,7 +406,7 @@ def test_damaged_middle_level_is_retrained_alone(three_levels, tmp_path, damage)
         with open(path, "w") as handle:
             handle.write('{"level": 1, "bra' if damage == "truncated" else "{}")
     level0, level2, level3_masks = _level_files(root, 0), _level_files(root, 2), _level_files(root, 3)
-    health = subprocess.run(
+    health = launcher.run(
         [sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
     )
     assert health.returncode == 1 and path in health.stdout
@@ -422,7 +422,7 @@ def test_damaged_middle_level_is_retrained_alone(three_levels, tmp_path, damage)
 def test_both_checkpoints_corrupted_says_the_level_restarts(tmp_path):
     out = str(tmp_path / "runs")
     env = {**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:3"}
-    subprocess.run(
+    launcher.run(
         [
             sys.executable,
             "-m",
@@ -465,7 +465,7 @@ def test_health_check_names_every_damage(three_levels, tmp_path):
     open(os.path.join(rep, "level_00", "main", ".tmp-abc123"), "w").close()
     with open(os.path.join(experiment, "settings.json"), "w") as handle:
         handle.write('{"no": "settings"}')
-    health = subprocess.run(
+    health = launcher.run(
         [sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
     )
     assert health.returncode == 1

@@ -3,9 +3,9 @@
 import glob
 import json
 import os
-import subprocess
 import sys
 
+import launcher
 import numpy as np
 import pytest
 from conftest import REPO
@@ -23,7 +23,7 @@ METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("baselines") / "runs")
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             "-m",

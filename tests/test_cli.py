@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import launcher
 import numpy as np
 import pytest
 from conftest import REPO
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 
 
-def cli(*args, timeout=300, env=None):
-    return subprocess.run(
+def cli(*args, timeout=300, env=None, fresh=False):
+    """``python -m lottery_tf.main *args``: forked (tests/launcher.py), or ``fresh``: a new interpreter."""
+    return (subprocess.run if fresh else launcher.run)(
         [sys.executable, "-m", "lottery_tf.main", *args],
         cwd=REPO,
         env={**ENV, **(env or {})},
@@ -26,8 +28,8 @@ def cli(*args, timeout=300, env=None):
     )
 
 
-def smoke(out, *extra, env=None):
-    return cli("--flagfile=flags/smoke.flags", f"--output_dir={out}", *extra, env=env)
+def smoke(out, *extra, env=None, fresh=False):
+    return cli("--flagfile=flags/smoke.flags", f"--output_dir={out}", *extra, env=env, fresh=fresh)
 
 
 def error_lines(result):
@@ -42,7 +44,7 @@ def replicate(out, r=0):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs") / "smoke")
-    result = smoke(out)
+    result = smoke(out, fresh=True)  # the one run of this file in a new interpreter, as a user starts it
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 

@@ -3,9 +3,9 @@
 import glob
 import json
 import os
-import subprocess
 import sys
 
+import launcher
 import numpy as np
 import pytest
 from conftest import REPO
@@ -27,7 +27,7 @@ COMMON = [
 
 
 def cli(out, *extra):
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *COMMON, f"--output_dir={out}", *extra],
         cwd=REPO,
         env=ENV,
@@ -101,7 +101,7 @@ print(json.dumps({
 
 def test_resnet50_one_step_under_mirrored_imagenet_shapes():
     # Own process: collectives of one MirroredStrategy can break the next one's in the same process.
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-c", RESNET50_STEP], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]

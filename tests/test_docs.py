@@ -13,9 +13,9 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 
+import launcher
 import pytest
 from conftest import REPO, cli_runs
 
@@ -65,7 +65,7 @@ def test_python_blocks_run_as_printed(page, tmp_path):
     code = blocks(page, "python")
     assert not code[0].lstrip().startswith("# Continues"), "the first block has nothing to continue"
     (tmp_path / "blocks.json").write_text(json.dumps(code))
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             "-c",
@@ -96,7 +96,7 @@ def _commands():
 
 
 def _help(module):
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-m", module, "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-1000:]
@@ -126,7 +126,7 @@ def test_every_command_line_is_valid_as_printed():
                 assert os.path.exists(os.path.join(REPO, words[1])), (page, line)
                 text = helps.setdefault(
                     words[1],
-                    subprocess.run(
+                    launcher.run(
                         [sys.executable, words[1], "--help"], cwd=REPO, env=ENV, capture_output=True, text=True
                     ).stdout,
                 )
@@ -144,7 +144,7 @@ def test_every_command_line_is_valid_as_printed():
 
 
 def test_the_site_builds_strictly(tmp_path):
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
         cwd=REPO,
         env={**ENV, "NO_MKDOCS_2_WARNING": "1"},

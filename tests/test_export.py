@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import launcher
 import numpy as np
 import pytest
 from conftest import REPO
@@ -25,7 +26,7 @@ RUN = ["--flagfile=flags/smoke.flags", "--pruning_block=1x4", "--branch=reinit,r
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("export") / "runs")
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *RUN, f"--output_dir={out}"],
         cwd=REPO,
         env=ENV,
@@ -99,7 +100,7 @@ def test_load_ticket_errors_name_what_is_missing(run, kwargs, message):
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("exported") / "ticket")
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             "-m",
@@ -291,7 +292,7 @@ def test_int8_without_the_training_data_is_one_line(tmp_path, capsys):
     os.makedirs(data)
     write_idx_folder(data, n_train=120, n_test=40)
     out = str(tmp_path / "runs")
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             "-m",

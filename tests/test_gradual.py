@@ -3,9 +3,9 @@
 
 import json
 import os
-import subprocess
 import sys
 
+import launcher
 import numpy as np
 import pytest
 from conftest import REPO
@@ -86,7 +86,7 @@ def test_callback_prunes_each_layer_on_schedule_inside_fit():
 @pytest.fixture(scope="module")
 def tfmot_record():
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, os.path.join(REPO, "tests", "tfmot", "record_tfmot_pruning.py"), json.dumps(TFMOT_ARGS)],
         capture_output=True,
         text=True,

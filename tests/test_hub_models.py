@@ -3,10 +3,10 @@ names in every block; every kernel is masked under its unique name, two IMP leve
 zeros, and the wrapped model round-trips through .keras in a fresh process."""
 
 import os
-import subprocess
 import sys
 import warnings
 
+import launcher
 import numpy as np
 import pytest
 from conftest import REPO
@@ -122,7 +122,7 @@ out = m(d); out = out[sorted(out)[-1]] if isinstance(out, dict) else out
 np.testing.assert_allclose(np.asarray(out), np.load({str(tmp_path / "expected.npy")!r}), rtol=1e-5, atol=1e-6)
 print(len(lottery_tf.mask_names(m)), round(lottery_tf.overall_density(m), 4))
 """
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-c", code],
         cwd=REPO,
         capture_output=True,

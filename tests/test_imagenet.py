@@ -3,9 +3,9 @@
 import glob
 import json
 import os
-import subprocess
 import sys
 
+import launcher
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -119,7 +119,7 @@ def test_missing_archives_say_how_to_get_them(tmp_path):
 
 def test_cli_trains_two_levels_on_prepared_imagenet(prepared, tmp_path):
     out = tmp_path / "runs"
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             "-m",
@@ -181,7 +181,7 @@ def test_two_workers_decode_their_shares_and_match_one_process(prepared, tmp_pat
     workers = run_workers(tmp_path, tmp_path / "multi", "imagenet", flags=flags)
     for code, log, _, _ in workers:
         assert code == 0, log[-3000:]
-    single = subprocess.run(
+    single = launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *flags, f"--output_dir={tmp_path / 'single'}"],
         cwd=REPO,
         env=ENV,
@@ -196,7 +196,7 @@ def test_two_workers_decode_their_shares_and_match_one_process(prepared, tmp_pat
 
 
 def test_no_archives_through_the_cli(tmp_path):
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             "-m",

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 
+import launcher
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,6 +54,11 @@ AUDIT_HOOK = textwrap.dedent(
 )
 
 
+# The smoke run at 100 steps a level (checkpoints and evaluations at 50): collectives over loopback gRPC run
+# about 40 steps/s here, a tenth of one process's speed.
+SMOKE = ("--flagfile=flags/smoke.flags", "--iterations=100")
+
+
 def free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
@@ -63,8 +69,8 @@ def free_ports(count):
     return ports
 
 
-def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, flags=("--flagfile=flags/smoke.flags",)):
-    """Runs the smoke experiment (or ``flags``) on two workers.
+def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, flags=SMOKE):
+    """Runs the smoke experiment (or ``flags``) on two workers; ``crash_worker`` is killed after its first checkpoint.
 
     Returns:
         ``[(returncode, output, audited writes, pid)]`` for worker 0 (the chief), then worker 1.
@@ -85,11 +91,11 @@ def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, fla
             "AUDIT_LOG": str(tmp_path / f"{name}_audit_{index}.log"),
         }
         if crash_worker == index:
-            env["LOTTERY_TF_CRASH_AT"] = "after_checkpoint:3"
+            env["LOTTERY_TF_CRASH_AT"] = "after_checkpoint:1"
         log = open(tmp_path / f"{name}_worker_{index}.log", "w")
         logs.append(log)
         processes.append(
-            subprocess.Popen(
+            launcher.popen(
                 [
                     sys.executable,
                     "-m",
@@ -188,7 +194,7 @@ def test_a_lost_worker_stops_the_chief_and_a_restart_resumes(two_workers, tmp_pa
     out = tmp_path / "runs"
     first = run_workers(tmp_path, out, "preempted", crash_worker=1)
     (chief_code, chief_log, _, _), (worker_code, _, _, _) = first
-    assert worker_code == -9  # killed after its third checkpoint step (step 150 of level 0)
+    assert worker_code == -9  # killed after its first checkpoint (step 50 of level 0)
     assert chief_code == 2, chief_log[-3000:]
     errors = [line for line in chief_log.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "a worker stopped" in errors[0] and "restart every worker" in errors[0]
@@ -206,12 +212,12 @@ def test_two_workers_give_the_masks_of_one_process(two_workers, tmp_path):
     # The same computation without XLA on one device (XLA's numerics differ slightly: near-tie
     # weights can then be pruned differently after a few levels).
     _, _, results = two_workers
-    single = subprocess.run(
+    single = launcher.run(
         [
             sys.executable,
             "-m",
             "lottery_tf.main",
-            "--flagfile=flags/smoke.flags",
+            *SMOKE,
             f"--output_dir={tmp_path}",
             "--jit_compile=false",
             "--steps_per_execution=1",
@@ -252,7 +258,7 @@ def test_broadcast_from_chief_gives_every_worker_the_chiefs_values():
             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         }
         processes.append(
-            subprocess.Popen(
+            launcher.popen(
                 [sys.executable, "-c", BROADCAST],
                 cwd=REPO,
                 env=env,

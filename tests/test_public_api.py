@@ -12,9 +12,9 @@ def test_public_names():
 
 def test_package_import_registers_the_keras_classes():
     """keras.models.load_model needs the classes registered by a plain `import lottery_tf`."""
-    import subprocess
     import sys
 
+    import launcher
     from conftest import REPO
 
     code = (
@@ -22,5 +22,5 @@ def test_package_import_registers_the_keras_classes():
         "print([g(n) is not None for n in ('lottery_tf>MaskedLayer', 'lottery_tf>LotterySchedule', "
         "'lottery_tf>StepCountingLossScaleOptimizer', 'lottery_tf>SGDWithL2')])"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    out = launcher.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[True, True, True, True]"

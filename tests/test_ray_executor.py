@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 
+import launcher
 import pytest
 import ray  # noqa: F401  (tools/setup.sh installs the extra: without it these tests fail, never skip)
 from conftest import REPO, cli_runs
@@ -35,7 +36,7 @@ STUDY = [
 
 
 def cli(*args, env=None, timeout=600):
-    return subprocess.run(
+    return launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *args],
         cwd=REPO,
         env=env or ENV,
@@ -137,8 +138,11 @@ def local_and_ray(tmp_path_factory):
     local = cli(*STUDY, f"--output_dir={root / 'local'}")
     assert local.returncode == 0, local.stderr[-2000:]
     out = root / "ray"
-    # Each worker process pauses 6 s at its first checkpoint: time to kill it in the middle of a training.
-    env = {**ENV, "LOTTERY_TF_CRASH_AT": "after_checkpoint:1:pause=6"}
+    # Each worker process waits at its first checkpoint until the test has killed the one training main level 0
+    # in the middle of its training (and then releases them all).
+    release = root / "release"
+    env = {**ENV, "LOTTERY_TF_CRASH_AT": f"after_checkpoint:1:wait={release}"}
+    # A fresh interpreter (not tests/launcher.py's fork): the driver's silence without TF_CPP_MIN_LOG_LEVEL is checked.
     process = subprocess.Popen(
         [sys.executable, "-m", "lottery_tf.main", *STUDY, f"--output_dir={out}", "--executor=ray"],
         cwd=REPO,
@@ -155,7 +159,7 @@ def local_and_ray(tmp_path_factory):
             str(out / "lottery_*" / "replicate_0" / "level_00" / "main" / "checkpoints" / "ckpt-*.json")
         )
         seen = (seen or time.time()) if checkpoints else None
-        if locks and seen and time.time() - seen > 0.5:  # its .json is written last: the worker pauses after it
+        if locks and seen and time.time() - seen > 0.5:  # its .json is written last: the worker waits after it
             try:
                 holder = json.load(open(locks[0]))
             except (OSError, ValueError):
@@ -164,6 +168,7 @@ def local_and_ray(tmp_path_factory):
                 os.kill(holder["pid"], signal.SIGKILL)
                 killed = holder["pid"]
         time.sleep(0.1)
+    release.touch()
     stdout, stderr = process.communicate(timeout=600)
     return root, local, (process.returncode, stdout, stderr), killed
 
@@ -208,7 +213,7 @@ def _free_port() -> int:
 
 def _start_head(command: list, port: int):
     """Starts a ``ray start --head --block`` command in its own process group; returns once it listens on ``port``."""
-    head = subprocess.Popen(
+    head = launcher.popen(
         command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 60
@@ -295,7 +300,7 @@ def _one_line_and_nothing_written(result, out, starts):
 def test_ray_inputs_that_cannot_be_served_fail_before_anything_is_written(tmp_path):
     out = tmp_path / "runs"
     ray_args = [*STUDY, f"--output_dir={out}", "--executor=ray"]
-    blocked = subprocess.run(
+    blocked = launcher.run(
         [
             sys.executable,
             "-c",

@@ -2,9 +2,9 @@
 
 import os
 import re
-import subprocess
 import sys
 
+import launcher
 import pytest
 from conftest import REPO
 
@@ -27,7 +27,7 @@ def test_readme_python_blocks_run_as_printed(tmp_path):
         assert later.lstrip().startswith("# Continues"), later[:80]
     script = tmp_path / "readme.py"
     script.write_text("\n\n".join(blocks))
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
         capture_output=True,
@@ -46,7 +46,7 @@ def test_readme_python_blocks_run_as_printed(tmp_path):
         float(re.search(r"val acc ([\d.]+)", line).group(1)) > 0.6 for line in lines if line.startswith("level ")
     )
     # The saved ticket loads in a fresh process after a plain import, masks and zeros included.
-    check = subprocess.run(
+    check = launcher.run(
         [
             sys.executable,
             "-c",

@@ -4,9 +4,9 @@ import glob
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
+import launcher
 import pytest
 from conftest import REPO
 
@@ -16,7 +16,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 
 
 def runs(root):
-    return subprocess.run(
+    return launcher.run(
         [sys.executable, "-m", "lottery_tf.runs", root], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
     )
 
@@ -24,7 +24,7 @@ def runs(root):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("health") / "root")
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             "-m",
@@ -81,7 +81,7 @@ def test_incomplete_and_corrupted(finished, tmp_path):
 
 def test_interrupted_run_shows_incomplete(tmp_path):
     root = str(tmp_path / "root")
-    killed = subprocess.run(
+    killed = launcher.run(
         [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", f"--output_dir={root}"],
         cwd=REPO,
         env={**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:5"},

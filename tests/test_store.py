@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import launcher
 import numpy as np
 import pytest
 from absl import flags
@@ -53,7 +54,7 @@ def _op_determinism_off_afterwards():
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("store") / "runs")
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}"],
         cwd=REPO,
         env=ENV,
@@ -319,7 +320,7 @@ def test_missing_trained_weights_are_named_and_rebuilt_only_when_needed(finished
     assert code == 0 and "nothing to do" in out and snapshot(root) == before
     # A branch that starts from them: level 1 is trained again (deterministic run), checked, and kept.
     main_only = [a for a in ARGS if not a.startswith(("--branch", "--interpolation", "--instability", "--analysis"))]
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             "-m",
@@ -385,7 +386,7 @@ def test_a_checkpoint_of_another_level_is_refused_by_name(finished, tmp_path):
     root, experiment, rep = _copy(finished, tmp_path)
     # A checkpoint of level 0, taken from a run killed right after it, copied into level 1.
     donor = str(tmp_path / "donor")
-    killed = subprocess.run(
+    killed = launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={donor}"],
         cwd=REPO,
         env={**ENV, "LOTTERY_TF_CRASH_AT": "after_checkpoint:1"},
@@ -404,7 +405,7 @@ def test_a_checkpoint_of_another_level_is_refused_by_name(finished, tmp_path):
     metrics = os.path.join(rep, "level_01", "main", "metrics.json")
     recorded = json.load(open(metrics))
     os.remove(metrics)
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={root}"],
         cwd=REPO,
         env=ENV,
@@ -432,11 +433,12 @@ def test_two_processes_asked_for_different_branches_of_a_fresh_experiment(tmp_pa
         "--checkpoint_every=50",
         f"--output_dir={out}",
     ]
-    # The first process pauses after its first checkpoint, holding the main line, until the second has started.
-    first = subprocess.Popen(
+    # The first process waits after its first checkpoint, holding the main line, until the second is waiting.
+    release = tmp_path / "release"
+    first = launcher.popen(
         [sys.executable, "-m", "lottery_tf.main", *common, "--branch=reinit", "--branch_levels=1"],
         cwd=REPO,
-        env={**ENV, "LOTTERY_TF_CRASH_AT": "after_checkpoint:1:pause=20"},
+        env={**ENV, "LOTTERY_TF_CRASH_AT": f"after_checkpoint:1:wait={release}"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -445,17 +447,22 @@ def test_two_processes_asked_for_different_branches_of_a_fresh_experiment(tmp_pa
     while not glob.glob(os.path.join(out, "lottery_*", "replicate_0", ".locks", "main.lock")):
         assert time.time() < deadline and first.poll() is None, "the first process never took the main line"
         time.sleep(0.2)
-    second = subprocess.run(
-        [sys.executable, "-m", "lottery_tf.main", *common, "--branch=random_prune", "--branch_levels=1"],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    with open(tmp_path / "second.out", "w") as log, open(tmp_path / "second.err", "w") as err:
+        second = launcher.popen(
+            [sys.executable, "-m", "lottery_tf.main", *common, "--branch=random_prune", "--branch_levels=1"],
+            cwd=REPO,
+            env=ENV,
+            stdout=log,
+            stderr=err,
+        )
+        while "waiting for pid" not in (tmp_path / "second.out").read_text():
+            assert time.time() < deadline and second.poll() is None, (tmp_path / "second.err").read_text()[-2000:]
+            time.sleep(0.05)
+        release.touch()
+        assert second.wait(600) == 0, (tmp_path / "second.err").read_text()[-2000:]
+    second_out = (tmp_path / "second.out").read_text()
     first_out, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err[-2000:]
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "waiting for pid" in second.stdout and "this command's branches need its levels" in second.stdout
-    assert "level  1 [random_prune_layerwise] done" in second.stdout and "[main] done" not in second.stdout
+    assert "waiting for pid" in second_out and "this command's branches need its levels" in second_out
+    assert "level  1 [random_prune_layerwise] done" in second_out and "[main] done" not in second_out
     assert "level  1 [reinit] done" in first_out

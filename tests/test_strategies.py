@@ -1,9 +1,9 @@
 """Strategy plumbing: the custom training loop, per-worker input, chief-only writes, errors."""
 
 import os
-import subprocess
 import sys
 
+import launcher
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -144,7 +144,7 @@ print("ok", int(distributed.optimizer.iterations.numpy()))
 
 def test_loop_and_evaluation_under_mirrored_two_cpus_match_single_device():
     # Own process: one MirroredStrategy's collectives can break the next one's in the same process.
-    result = subprocess.run(
+    result = launcher.run(
         [sys.executable, "-c", LOOP_UNDER_MIRRORED], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -207,7 +207,7 @@ def test_unreachable_tpu_fails_fast():
 
 
 def cli(*args, env=None):
-    return subprocess.run(
+    return launcher.run(
         [sys.executable, "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags", *args],
         cwd=REPO,
         env={**ENV, **(env or {})},

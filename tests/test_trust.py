@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import launcher
 import numpy as np
 import pytest
 from conftest import REPO
@@ -25,7 +26,7 @@ ENV.pop("TF_CPP_MIN_LOG_LEVEL")  # the CLI's own default must keep TensorFlow qu
 
 
 def cli(*args, timeout=300):
-    return subprocess.run(
+    return launcher.run(
         [sys.executable, "-m", "lottery_tf.main", *args],
         cwd=REPO,
         env=ENV,
@@ -77,7 +78,7 @@ def test_health_check_flags_a_finished_level_with_nan_curves(tmp_path):
     record["curves"]["val"]["loss"][2] = float("nan")
     with open(path, "w") as handle:
         json.dump(record, handle)
-    health = subprocess.run(
+    health = launcher.run(
         [sys.executable, "-m", "lottery_tf.runs", out], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
     )
     assert health.returncode == 1
@@ -144,8 +145,23 @@ def test_help_exits_zero_and_names_flagfiles():
 
 
 def test_first_lines_are_ours(tmp_path):
-    result = cli(
-        "--flagfile=flags/smoke.flags", "--levels=0", "--branch=", "--branch_levels=", f"--output_dir={tmp_path}"
+    # A fresh interpreter (not tests/launcher.py's fork): TensorFlow's import-time lines are what is checked.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            "--flagfile=flags/smoke.flags",
+            "--levels=0",
+            "--branch=",
+            "--branch_levels=",
+            f"--output_dir={tmp_path}",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-1500:]
     assert "cuInit" not in result.stderr and "dataset_info.json" not in result.stderr
@@ -165,7 +181,7 @@ def test_second_process_is_told_who_holds_the_lock(tmp_path):
             holder = json.load(handle)
         assert holder["pid"] == os.getpid()
         code = f"from lottery_tf.store import locks\nwith locks.hold({str(tmp_path)!r}, 'main'): pass"
-        other = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True)
+        other = launcher.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True)
         assert other.returncode == 1 and f"is held by pid {os.getpid()} on " in other.stderr
         with locks.hold(str(tmp_path), "reinit_level_02"):  # another lineage: no conflict
             pass
@@ -173,7 +189,7 @@ def test_second_process_is_told_who_holds_the_lock(tmp_path):
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = launcher.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     os.makedirs(tmp_path / ".locks")
     import socket
 
@@ -214,24 +230,33 @@ def test_two_cli_processes_on_one_replicate(tmp_path):
         "--branch_levels=",
         f"--output_dir={out}",
     ]
-    # The first process pauses 25 s at its first checkpoint, holding the lock, so the second one meets it
-    # however loaded the machine is (a smoke run can otherwise end before a second TensorFlow has started).
-    slow = {**ENV, "LOTTERY_TF_CRASH_AT": "checkpoint_write:1:pause=25"}
-    first = subprocess.Popen(args, cwd=REPO, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The first process waits at its first checkpoint, holding the lock, until this test releases it: the
+    # second process meets the lock however loaded the machine is, and the third waits for it.
+    release = tmp_path / "release"
+    held = {**ENV, "LOTTERY_TF_CRASH_AT": f"checkpoint_write:1:wait={release}"}
+    first = launcher.popen(args, cwd=REPO, env=held, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while (
         not glob.glob(os.path.join(out, "lottery_*", "replicate_0", ".locks", "main.lock")) and time.time() < deadline
     ):
         time.sleep(0.05)
-    second = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    waited = subprocess.run(args + ["--wait_for_lock"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    second = launcher.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    with open(tmp_path / "waited.out", "w") as log:
+        waited = launcher.popen(args + ["--wait_for_lock"], cwd=REPO, env=ENV, stdout=log, stderr=subprocess.DEVNULL)
+        while "waiting for " not in (tmp_path / "waited.out").read_text() and time.time() < deadline:
+            assert waited.poll() is None, (tmp_path / "waited.out").read_text()
+            time.sleep(0.05)
+        release.touch()
+        assert waited.wait(300) == 0
     first.communicate(timeout=300)
     assert first.returncode == 0
     errors = [l for l in second.stderr.splitlines() if l.strip()]
     assert second.returncode == 2 and len(errors) == 1 and "main.lock is held by pid " in errors[0], second.stderr[
         -800:
     ]
-    assert waited.returncode == 0 and "nothing to do" in waited.stdout
+    waited_output = (tmp_path / "waited.out").read_text()
+    assert "waiting for " in waited_output and "main.lock, held by pid" in waited_output
+    assert "nothing to do" in waited_output
 
 
 # -- atomic writes -----------------------------------------------------------------------

@@ -2,10 +2,10 @@
 composite layers (attention, RNNs), every keras.applications model, saved tickets."""
 
 import os
-import subprocess
 import sys
 import warnings
 
+import launcher
 import numpy as np
 import pytest
 from conftest import REPO
@@ -148,7 +148,7 @@ def test_saved_ticket_loads_after_plain_import(tmp_path):
         f"m = keras.models.load_model({path!r}); "
         "print(type(m.layers[0]).__name__, int(lottery_tf.get_masks(m)['fc/kernel'].sum()))"
     )
-    out = subprocess.run(
+    out = launcher.run(
         [sys.executable, "-c", code],
         cwd=REPO,
         capture_output=True,
@@ -335,7 +335,7 @@ def test_a_users_residual_block_is_masked_inside_and_round_trips(tmp_path):
         f"np.testing.assert_allclose(m(np.load({str(tmp_path / 'x.npy')!r})), np.load({str(tmp_path / 'y.npy')!r}), rtol=1e-6); "
         "print(','.join(lottery_tf.mask_names(m)), round(lottery_tf.overall_density(m), 3))"
     )
-    out = subprocess.run(
+    out = launcher.run(
         [sys.executable, "-c", code],
         cwd=REPO,
         capture_output=True,

@@ -5,16 +5,18 @@
 #   bash tools/test.sh           everything (what .ci/run calls)
 #   bash tools/test.sh --quick   the edit-test loop: ruff and the tests not marked slow (no site build)
 # Other arguments go to pytest (bash tools/test.sh --quick tests/test_pruning.py).
-# The test files run in LOTTERY_TF_TEST_WORKERS pytest-xdist processes (default 2, one per core of the
-# project's machines; 1 runs them in this process), each file whole in one of them (--dist loadfile: a
-# file's shared runs are made once). Measured times: results/test_suite_time.txt.
+# The test files run in LOTTERY_TF_TEST_WORKERS pytest-xdist processes (default 3 on the project's 2-core
+# machines: a worker waits on its CLI subprocesses much of the time; 1 runs them in this process), each file
+# whole in one of them (--dist loadfile: a file's shared runs are made once). The tests' Python subprocesses
+# are forked from a process that has imported lottery_tf (tests/launcher.py), and XLA's compilations are
+# cached for the run (tests/conftest.py). Measured times: results/test_suite_time.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
 if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
 bash tools/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2 NO_MKDOCS_2_WARNING=1
-workers=${LOTTERY_TF_TEST_WORKERS:-2}
+workers=${LOTTERY_TF_TEST_WORKERS:-3}
 parallel=()
 if [ "$workers" != 1 ]; then parallel=(-n "$workers" --dist loadfile); fi
 python3 -m ruff check .

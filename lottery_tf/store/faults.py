@@ -3,9 +3,11 @@
 ``LOTTERY_TF_CRASH_AT=<name>:<n>`` makes the n-th (1-based) pass through
 ``crash_point(<name>)`` kill the process with SIGKILL, as a power cut or an OOM
 killer would. ``LOTTERY_TF_CRASH_AT=<name>:<n>:enospc`` raises the OSError a
-full disk raises instead, and ``<name>:<n>:pause=<seconds>`` sleeps there (a
-slow process holding its locks). Without the variable, ``crash_point`` does
-nothing.
+full disk raises instead, ``<name>:<n>:pause=<seconds>`` sleeps there (a
+slow process holding its locks), and ``<name>:<n>:wait=<path>`` waits there
+until ``<path>`` exists (at most ten minutes), so a test holds a process at
+that point exactly as long as it needs to, however loaded the machine is.
+Without the variable, ``crash_point`` does nothing.
 """
 
 import errno
@@ -31,6 +33,13 @@ def crash_point(name: str) -> None:
         import time
 
         time.sleep(float(kind.split("=", 1)[1]))
+        return
+    if kind.startswith("wait="):
+        import time
+
+        release, deadline = kind.split("=", 1)[1], time.monotonic() + 600
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return
     if kind == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<simulated full disk at {name}>")
