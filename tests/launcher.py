@@ -22,6 +22,7 @@ types it.
 import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def _socket_path() -> str:
         )
         ready = process.stdout.readline()
         assert ready.strip() == "ready", f"the fork server did not start (exit status {process.poll()})"
-        atexit.register(process.kill)
+        atexit.register(shutil.rmtree, folder, True)
+        atexit.register(process.kill)  # (it also ends by itself when this process has gone)
         _server.update(path=path, process=process)
     return _server["path"]
 

@@ -110,10 +110,17 @@ def test_both_analyses_at_two_levels_write_named_numbers(reference):
 
 
 def test_killed_in_a_copy_then_resumed_gives_the_same_numbers(tmp_path, reference):
+    # The reference without its level-1 analyses: the folder of a run whose main line and level-0 analyses are
+    # done (the branches run after the main line, level by level). Every checkpoint left to write is a copy's.
     out = str(tmp_path / "killed")
-    # Checkpoints: one per main level (step 50), one per copy that starts at 0: the 5th is level 1's ticket copy_a.
-    killed = run(out, crash="after_checkpoint:5")
+    shutil.copytree(reference[0], out)
+    (replicate,) = glob.glob(os.path.join(out, "lottery_*", "replicate_0"))
+    for analysis in ("instability", "stability"):
+        shutil.rmtree(os.path.join(replicate, "level_01", analysis))
+    killed = run(out, crash="after_checkpoint:1")
     assert killed.returncode == -signal.SIGKILL
+    (written,) = glob.glob(os.path.join(replicate, "level_01", "*", "**", "checkpoints", "ckpt-*.json"), recursive=True)
+    assert "copy_" in written or "_order" in written, written  # killed in the middle of a copy's training
     assert not analysis_results(out).keys() >= analysis_results(reference[0]).keys()
     resumed = run(out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -26,6 +26,7 @@ from tools.benchmark_ray import results_of
 
 ENV = {**os.environ, "PYTHONPATH": REPO}
 ENV.pop("TF_CPP_MIN_LOG_LEVEL", None)
+ENV.pop("TF_NUM_INTRAOP_THREADS", None)  # local runs with TensorFlow's default pool; Ray's workers with one thread
 STUDY = [
     "--flagfile=flags/smoke.flags",
     "--branch=reinit,instability,pai_snip",
