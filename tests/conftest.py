@@ -21,7 +21,9 @@ os.environ.setdefault("TF_XLA_FLAGS", f"--tf_xla_persistent_cache_directory={XLA
 # One intra-op thread per TensorFlow process (pytest's workers and every command they start): the suite runs
 # three workers and their subprocesses on two cores, where TensorFlow's thread pools spin while they wait.
 # Three concurrent baseline runs here: 27.2 s with the default pool, 20.9 s with one thread each.
-# (tests/test_ray_executor.py gives its local runs the default pool back, to compare with Ray's one thread.)
+# The tests of bit-identical results across processes give their runs TensorFlow's default pool back
+# (tests/test_resume.py, tests/test_analysis_cli.py; tests/test_ray_executor.py's local runs, which it
+# compares with Ray's one-thread workers).
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -23,6 +23,7 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -114,8 +115,9 @@ class _Stream:
             self.file.close()
 
 
-class Popen:
-    """``subprocess.Popen`` for a forked Python child: pid, poll, wait, kill, send_signal, communicate."""
+class ForkedProcess:
+    """What ``subprocess.Popen`` gives, for a forked child: pid, poll, wait, kill, send_signal, communicate
+    (``PIPE`` output is read back from temporary files; there are no ``stdin``/``stdout`` stream attributes)."""
 
     def __init__(self, args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False, _input=None):
         self.args, self.text, self.returncode = args, text, None
@@ -174,17 +176,13 @@ class Popen:
             os.kill(self.pid, sig)
 
     def kill(self):
-        import signal
-
         self.send_signal(signal.SIGKILL)
 
     def terminate(self):
-        import signal
-
         self.send_signal(signal.SIGTERM)
 
     def _decode(self, stream):
-        if stream is None or not stream.capture:
+        if not stream.capture:
             return None
         data = stream.read()
         return data.decode().replace("\r\n", "\n").replace("\r", "\n") if self.text else data
@@ -199,24 +197,17 @@ class Popen:
         return out, err
 
 
-def _forkable_popen(args, env, stdin, stdout, stderr, kwargs) -> bool:
-    return _forkable(args, env, kwargs) and all(
-        s in (None, PIPE, STDOUT, DEVNULL) or hasattr(s, "fileno") or isinstance(s, int)
-        for s in (stdin, stdout, stderr)
-    )
-
-
 def popen(args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False, **kwargs):
     """``subprocess.Popen(args, ...)``, forked when it can be (see the module docstring)."""
-    if not _forkable_popen(args, env, stdin, stdout, stderr, kwargs):
+    if stdin == PIPE or not _forkable(args, env, kwargs):  # a stdin to write to while it runs: a real pipe
         return subprocess.Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text, **kwargs)
-    return Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text)
+    return ForkedProcess(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text)
 
 
 def run(args, *, cwd=None, env=None, input=None, capture_output=False, text=False, timeout=None, check=False, **kwargs):
     """``subprocess.run(args, ...)``, forked when it can be (see the module docstring)."""
     stdout, stderr = (PIPE, PIPE) if capture_output else (kwargs.pop("stdout", None), kwargs.pop("stderr", None))
-    if not _forkable_popen(args, env, None, stdout, stderr, kwargs):
+    if not _forkable(args, env, kwargs):
         return subprocess.run(
             args,
             cwd=cwd,
@@ -229,7 +220,7 @@ def run(args, *, cwd=None, env=None, input=None, capture_output=False, text=Fals
             check=check,
             **kwargs,
         )
-    process = Popen(args, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text, _input=input)
+    process = ForkedProcess(args, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=text, _input=input)
     try:
         out, err = process.communicate(timeout=timeout)
     except TimeoutExpired:

@@ -14,6 +14,7 @@ from conftest import REPO
 pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+ENV.pop("TF_NUM_INTRAOP_THREADS", None)  # TensorFlow's default pool: bit-identical resumes with several threads
 ARGS = [
     "--flagfile=flags/smoke.flags",
     "--deterministic",

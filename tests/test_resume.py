@@ -20,6 +20,7 @@ from lottery_tf.store import checkpoint
 pytestmark = pytest.mark.slow  # end-to-end: left out of tools/test.sh --quick
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+ENV.pop("TF_NUM_INTRAOP_THREADS", None)  # TensorFlow's default pool: bit-identical resumes with several threads
 # Every crash point of the first cases is in the main line (branches run after it); the branches at level 2
 # check that a resumed main line hands them the same files. Crashes inside branches: ARGS_K's cases.
 ARGS = ["--flagfile=flags/smoke.flags", "--deterministic", "--branch=reinit,random_prune", "--branch_levels=2"]
