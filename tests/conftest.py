@@ -13,8 +13,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # XLA's persistent compilation cache, one folder per test run, shared by the xdist workers and every process
 # they start: the suite compiles the same few training steps in about a hundred processes, and compiling was
 # a quarter of a smoke run's CPU time (10.5 s -> 8.0 s). A cached executable is what XLA compiled for the same
-# program: the smoke run's files are bit-identical with and without it (--deterministic), and the resume and
-# executor tests compare runs that compiled with runs that loaded.
+# program: the smoke run's files are bit-identical with and without it (--deterministic). TensorFlow 2.21
+# writes an entry to a temporary file and renames it, so processes compiling at once never read half an entry.
 _RUN_OWNER = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
 XLA_CACHE = os.path.join(tempfile.gettempdir(), f"lottery_tf_test_xla_cache_{_RUN_OWNER}")
 os.environ.setdefault("TF_XLA_FLAGS", f"--tf_xla_persistent_cache_directory={XLA_CACHE}")
