@@ -36,11 +36,15 @@ def test_enospc_at_the_nth_pass_only(monkeypatch):
 def test_wait_holds_the_process_until_the_release_file_exists(monkeypatch, tmp_path):
     release = tmp_path / "release"
     monkeypatch.setenv("LOTTERY_TF_CRASH_AT", f"after_checkpoint:2:wait={release}")
+    waiting = tmp_path / "release.waiting"
     faults.crash_point("after_checkpoint")  # the first pass does not wait
-    timer = threading.Timer(0.3, release.touch)
+    assert not waiting.exists()
+    seen = []
+    timer = threading.Timer(0.3, lambda: (seen.append(waiting.exists()), release.touch()))
     timer.start()
     try:
         faults.crash_point("after_checkpoint")
         assert release.exists()  # it returned only once the file was there
+        assert seen == [True]  # and said it was waiting before it was released
     finally:
         timer.cancel()

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import launcher
 import numpy as np
@@ -69,8 +70,12 @@ def free_ports(count):
     return ports
 
 
-def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, flags=SMOKE):
+def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, flags=SMOKE, held=None):
     """Runs the smoke experiment (or ``flags``) on two workers; ``crash_worker`` is killed after its first checkpoint.
+
+    With ``held`` (a list), the chief is held once it is past its last collective, and ``held`` gets
+    whether worker 1 was still running 3 seconds later (it must wait for the chief: see
+    :func:`lottery_tf.engine.distribute.leave_together`).
 
     Returns:
         ``[(returncode, output, audited writes, pid)]`` for worker 0 (the chief), then worker 1.
@@ -92,6 +97,9 @@ def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, fla
         }
         if crash_worker == index:
             env["LOTTERY_TF_CRASH_AT"] = "after_checkpoint:1"
+        release = tmp_path / f"{name}_release"
+        if held is not None and index == 0:
+            env["LOTTERY_TF_CRASH_AT"] = f"before_leave:1:wait={release}"
         log = open(tmp_path / f"{name}_worker_{index}.log", "w")
         logs.append(log)
         processes.append(
@@ -113,6 +121,16 @@ def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, fla
         )
     pids = {1: processes[0].pid, 0: processes[1].pid}
     try:
+        if held is not None:
+            waiting, deadline = tmp_path / f"{name}_release.waiting", time.monotonic() + timeout
+            while not waiting.exists() and processes[1].poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            try:
+                processes[0].wait(3)
+                held.append(False)
+            except subprocess.TimeoutExpired:
+                held.append(True)
+            release.touch()
         codes = {1: processes[0].wait(timeout), 0: processes[1].wait(timeout)}
     finally:
         for p in processes:
@@ -141,11 +159,13 @@ def printed_masks(output):
 def two_workers(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("multi_worker")
     out = tmp_path / "runs"
-    return tmp_path, out, run_workers(tmp_path, out, "clean")
+    held = []
+    results = run_workers(tmp_path, out, "clean", held=held)
+    return tmp_path, out, results, held
 
 
 def test_two_workers_finish_with_identical_masks(two_workers):
-    _, out, results = two_workers
+    _, out, results, _ = two_workers
     (chief_code, chief_log, _, _), (worker_code, worker_log, _, _) = results
     assert chief_code == 0, chief_log[-3000:]
     assert worker_code == 0, worker_log[-3000:]
@@ -166,8 +186,16 @@ def test_two_workers_finish_with_identical_masks(two_workers):
     assert "| lottery_" in chief_log and "| lottery_" not in worker_log
 
 
+def test_no_worker_exits_while_the_chief_may_still_read_from_it(two_workers):
+    """A worker that leaves once its own side of the last collective is done can fail the chief's side
+    ("a worker stopped" after a run that went well): every worker waits until all are past it."""
+    _, _, results, held = two_workers
+    assert held == [True]  # worker 1 was still running with the chief held past its last collective
+    assert [code for code, _, _, _ in results] == [0, 0]
+
+
 def test_only_the_chief_writes(two_workers):
-    _, out, results = two_workers
+    _, out, results, _ = two_workers
     (_, _, chief_writes, chief_pid), (_, _, worker_writes, _) = results
     assert any("metrics.json" in line for line in chief_writes)  # the hook sees the chief's writes
     assert any("ckpt-" in line for line in chief_writes)
@@ -190,7 +218,7 @@ def test_only_the_chief_writes(two_workers):
 
 
 def test_a_lost_worker_stops_the_chief_and_a_restart_resumes(two_workers, tmp_path):
-    _, _, clean = two_workers
+    _, _, clean, _ = two_workers
     out = tmp_path / "runs"
     first = run_workers(tmp_path, out, "preempted", crash_worker=1)
     (chief_code, chief_log, _, _), (worker_code, _, _, _) = first
@@ -211,7 +239,7 @@ def test_a_lost_worker_stops_the_chief_and_a_restart_resumes(two_workers, tmp_pa
 def test_two_workers_give_the_masks_of_one_process(two_workers, tmp_path):
     # The same computation without XLA on one device (XLA's numerics differ slightly: near-tie
     # weights can then be pruned differently after a few levels).
-    _, _, results = two_workers
+    _, _, results, _ = two_workers
     single = launcher.run(
         [
             sys.executable,

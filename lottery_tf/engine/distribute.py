@@ -9,7 +9,9 @@ same across worker processes; the cluster comes from ``TF_CONFIG``) and
 The global batch size is split across replicas. Masks are mirrored variables
 and pruning runs in the cross-replica context, so every replica holds the same
 mask; across workers, :func:`broadcast_from_chief` makes the chief's pruning
-decision the one every worker uses. Only the chief (:func:`is_chief`) writes.
+decision the one every worker uses. Only the chief (:func:`is_chief`) writes,
+and no worker exits before every worker is past its last collective
+(:func:`leave_together`).
 """
 
 from __future__ import annotations
@@ -180,6 +182,32 @@ def barrier(strategy) -> None:
     """Waits until every worker gets here (files the chief wrote before are visible)."""
     if is_multi_worker(strategy):
         _from_replica_zero(strategy, tf.ones([1])).numpy()
+
+
+_leaves = 0  # how many times this process left together: every worker counts the same
+
+
+def leave_together(strategy, seconds: float = 600.0) -> None:
+    """Waits until every worker is past its last collective, before any of them exits.
+
+    A collective ends on each worker on its own: a worker that holds every
+    chunk it needs may exit while the chief still fetches its last chunk from
+    that worker, and the chief's step then fails ("a worker stopped") though
+    nothing went wrong. The coordination service's barrier, held by the chief,
+    lets a worker leave only once every worker has called it. Public TensorFlow
+    has no such call except through DTensor meshes, hence the eager context's.
+
+    Raises:
+        tf.errors.DeadlineExceededError: If some worker does not arrive within ``seconds``.
+        tf.errors.UnavailableError: If the chief stopped.
+    """
+    global _leaves
+    if not is_multi_worker(strategy):
+        return
+    from tensorflow.python.eager import context  # the one private TensorFlow module used; see above
+
+    _leaves += 1
+    context.context().wait_at_barrier(f"lottery_tf_leave_{_leaves}", int(seconds * 1000))
 
 
 def broadcast_from_chief(strategy, arrays: Mapping[str, np.ndarray]) -> dict:

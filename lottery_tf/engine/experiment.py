@@ -41,7 +41,14 @@ from lottery_tf.engine.config import (
 )
 from lottery_tf.engine.data import get_splits
 from lottery_tf.engine.data.registry import check_sizes, class_counts, splits_fingerprint
-from lottery_tf.engine.distribute import is_chief, is_multi_worker, make_strategy, split_cpu, worker_label
+from lottery_tf.engine.distribute import (
+    is_chief,
+    is_multi_worker,
+    leave_together,
+    make_strategy,
+    split_cpu,
+    worker_label,
+)
 from lottery_tf.engine.levels import (  # noqa: F401
     Context,
     agreement,
@@ -54,7 +61,7 @@ from lottery_tf.engine.levels import (  # noqa: F401
 )
 from lottery_tf.engine.recipe import build_masked_model
 from lottery_tf.engine.run_dir import MAIN, is_done, level_dir, replicates  # noqa: F401
-from lottery_tf.store import atomic, locks, states
+from lottery_tf.store import atomic, faults, locks, states
 from lottery_tf.store import reader as store
 
 StoreError = store.StoreError
@@ -191,6 +198,8 @@ def run(config: ExperimentConfig, ready: Ready | None = None) -> bool | None:
     try:
         with atomic.discarding_writes(not chief):
             trained = _run_replicates(config, ready)
+        faults.crash_point("before_leave")  # every collective is behind this worker
+        leave_together(strategy)
     except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as error:
         if not is_multi_worker(strategy):
             raise

@@ -6,7 +6,8 @@ killer would. ``LOTTERY_TF_CRASH_AT=<name>:<n>:enospc`` raises the OSError a
 full disk raises instead, ``<name>:<n>:pause=<seconds>`` sleeps there (a
 slow process holding its locks), and ``<name>:<n>:wait=<path>`` waits there
 until ``<path>`` exists (at most ten minutes), so a test holds a process at
-that point exactly as long as it needs to, however loaded the machine is.
+that point exactly as long as it needs to, however loaded the machine is; on
+arrival it creates ``<path>.waiting``, so the test knows the process is there.
 Without the variable, ``crash_point`` does nothing.
 """
 
@@ -38,6 +39,7 @@ def crash_point(name: str) -> None:
         import time
 
         release, deadline = kind.split("=", 1)[1], time.monotonic() + 600
+        open(release + ".waiting", "w").close()
         while not os.path.exists(release) and time.monotonic() < deadline:
             time.sleep(0.02)
         return
