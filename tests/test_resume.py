@@ -84,21 +84,58 @@ def reference(tmp_path_factory):
     return results(out)
 
 
-@pytest.mark.parametrize(
-    "crash",
-    [
-        "checkpoint_write:2",  # level 0, while the second checkpoint's .npz is being written
-        "checkpoint_between_files:4",  # level 1: .npz renamed, its .json never written
-        "atomic_write:9",  # at a level boundary (masks / metrics files)
-        # (a branch's level: in the k > 0 cases below)
-    ],
-)
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference, crash):
-    out = str(tmp_path / "run")
-    killed = run(out, crash=crash)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = run(out)
+def new_temporary_files(out, seen):
+    """``.tmp-*`` files a SIGKILL left (relative, without the experiment folder), not in ``seen``; adds them to it."""
+    found = set(glob.glob(os.path.join(out, "lottery_*", "replicate_0", "**", ".tmp-*"), recursive=True)) - seen
+    seen |= found
+    return sorted(os.path.dirname(os.path.relpath(p, out)).split(os.sep, 2)[2] for p in found)
+
+
+def kill_resume_chain(out, kills, args, resumes):
+    """Runs the CLI killed at each of ``kills`` in turn, each run going on from what the last one left.
+
+    ``kills`` holds ``(crash point, check)``: ``check(temporary files the kill left)`` says whether the kill
+    landed where it should (a crash point counts passes from the start of its own process). With
+    ``resumes``, every run after the first must say it resumed from a checkpoint. The last run is not killed.
+
+    Returns:
+        The last run's result.
+    """
+    seen = set()
+    for number, (crash, where) in enumerate(kills):
+        killed = run(out, crash=crash, args=args)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert number == 0 or not resumes or "resuming from" in killed.stdout, (crash, killed.stdout[-2000:])
+        left = new_temporary_files(out, seen)
+        assert where(left), (crash, left)
+    resumed = run(out, args=args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not resumes or "resuming from" in resumed.stdout
+    return resumed
+
+
+def checkpoint_without_json(out, folder):
+    """Whether ``folder``'s checkpoints hold an .npz whose .json was never written."""
+    pattern = os.path.join(out, "lottery_*", "replicate_0", folder, "checkpoints", "ckpt-*.npz")
+    return any(not os.path.exists(p[: -len(".npz")] + ".json") for p in glob.glob(pattern))
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference):
+    """Three kills in the main line, each in the run that resumed from the one before; then the same files."""
+    out = str(tmp_path / "run")
+    kill_resume_chain(
+        out,
+        [
+            # Level 0, while the second checkpoint's .npz is being written.
+            ("checkpoint_write:2", lambda left: left == ["level_00/main/checkpoints"]),
+            # Level 1 (the resumed run writes level 0's checkpoints at 100 and 150 first): .npz renamed, no .json.
+            ("checkpoint_between_files:3", lambda left: left == [] and checkpoint_without_json(out, "level_01/main")),
+            # At a level boundary: level 1's own files once it has trained.
+            ("atomic_write:6", lambda left: left == ["level_01/main"]),
+        ],
+        ARGS,
+        resumes=False,  # the second kill leaves no whole checkpoint of level 1: it trains again from its start
+    )
     assert_same(results(out), reference)
 
 
@@ -173,19 +210,18 @@ def test_uninterrupted_run_evaluates_at_the_same_steps_from_k(reference_k):
     assert any("lr_rewind_20" in k for k in curves) and any("level_02/reinit" in k for k in curves)
 
 
-@pytest.mark.parametrize(
-    "crash",
-    [
-        "checkpoint_write:8",  # level 1 (from k = 20) at step 110: not an evaluation step
-        "checkpoint_write:20",  # in a branch
-        "checkpoint_write:30",  # in the learning-rate-rewinding lineage
-    ],
-)
-def test_resume_with_checkpoints_between_evaluations_and_rewind_step(tmp_path, reference_k, crash):
+def test_resume_with_checkpoints_between_evaluations_and_rewind_step(tmp_path, reference_k):
+    """Kills in main level 1 (from k = 20) at a step that is no evaluation step, then in a branch, then in the
+    learning-rate-rewinding lineage, each in the run that resumed from the one before; then the same files."""
     out = str(tmp_path / "run")
-    killed = run(out, crash=crash, args=ARGS_K)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = run(out, args=ARGS_K)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout
+    kill_resume_chain(
+        out,
+        [
+            ("checkpoint_write:8", lambda left: left == ["level_01/main/checkpoints"]),  # its checkpoint at step 80
+            ("checkpoint_write:13", lambda left: left == ["level_01/reinit/checkpoints"]),
+            ("checkpoint_write:20", lambda left: left == ["level_01/lr_rewind_20/checkpoints"]),
+        ],
+        ARGS_K,
+        resumes=True,
+    )
     assert_same(results(out), reference_k)
