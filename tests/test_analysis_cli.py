@@ -111,13 +111,13 @@ def test_both_analyses_at_two_levels_write_named_numbers(reference):
 
 
 def test_killed_in_a_copy_then_resumed_gives_the_same_numbers(tmp_path, reference):
-    # The reference without its level-1 analyses: the folder of a run whose main line and level-0 analyses are
-    # done (the branches run after the main line, level by level). Every checkpoint left to write is a copy's.
+    # The reference without both analyses of the level-1 ticket rewound to k = 0 (an instability pair, the
+    # stability copies): a run whose main line is done. Every checkpoint left to write is a copy's.
     out = str(tmp_path / "killed")
     shutil.copytree(reference[0], out)
     (replicate,) = glob.glob(os.path.join(out, "lottery_*", "replicate_0"))
     for analysis in ("instability", "stability"):
-        shutil.rmtree(os.path.join(replicate, "level_01", analysis))
+        shutil.rmtree(os.path.join(replicate, "level_01", analysis, "ticket_k0"))
     killed = run(out, crash="after_checkpoint:1")
     assert killed.returncode == -signal.SIGKILL
     (written,) = glob.glob(os.path.join(replicate, "level_01", "*", "**", "checkpoints", "ckpt-*.json"), recursive=True)
