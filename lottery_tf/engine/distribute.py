@@ -206,6 +206,8 @@ def leave_together(strategy, seconds: float = 600.0) -> None:
         return
     from tensorflow.python.eager import context  # the one private TensorFlow module used; see above
 
+    if context.context().coordination_service is None:  # MultiWorkerMirroredStrategy configures it for its workers
+        return
     _leaves += 1
     context.context().wait_at_barrier(f"lottery_tf_leave_{_leaves}", int(seconds * 1000))
 
