@@ -90,6 +90,20 @@ def cli_runs(arguments: list, env: dict | None = None, timeout: int = 600) -> li
     return [types.SimpleNamespace(returncode=c, stdout=out, stderr=err) for c, out, err in found]
 
 
+def wait_until_printed(process, path, text: str, timeout: float = 120) -> None:
+    """Waits until the running ``process`` has written ``text`` to ``path`` (the file its stdout goes to).
+
+    Raises:
+        AssertionError: With the end of what it printed, if it ends first or ``timeout`` seconds pass.
+    """
+    import time
+
+    deadline = time.time() + timeout
+    while text not in open(path).read():
+        assert process.poll() is None and time.time() < deadline, open(path).read()[-2000:]
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def drawn(monkeypatch):
     """The figures the reports draw (matplotlib objects), by file name; the files are still written."""

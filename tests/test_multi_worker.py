@@ -86,6 +86,7 @@ def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, fla
     ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     processes, logs = [], []
+    release = tmp_path / f"{name}_release"  # with ``held``: the chief waits until it exists
     for index in (1, 0):  # the chief last, so it never waits for a worker still importing
         env = {
             **os.environ,
@@ -97,7 +98,6 @@ def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, fla
         }
         if crash_worker == index:
             env["LOTTERY_TF_CRASH_AT"] = "after_checkpoint:1"
-        release = tmp_path / f"{name}_release"
         if held is not None and index == 0:
             env["LOTTERY_TF_CRASH_AT"] = f"before_leave:1:wait={release}"
         log = open(tmp_path / f"{name}_worker_{index}.log", "w")
@@ -122,7 +122,7 @@ def run_workers(tmp_path, out, name, *extra, crash_worker=None, timeout=240, fla
     pids = {1: processes[0].pid, 0: processes[1].pid}
     try:
         if held is not None:
-            waiting, deadline = tmp_path / f"{name}_release.waiting", time.monotonic() + timeout
+            waiting, deadline = tmp_path / f"{release.name}.waiting", time.monotonic() + timeout
             while not waiting.exists() and processes[1].poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             try:

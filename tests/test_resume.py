@@ -97,9 +97,6 @@ def kill_resume_chain(out, kills, args, resumes):
     ``kills`` holds ``(crash point, check)``: ``check(temporary files the kill left)`` says whether the kill
     landed where it should (a crash point counts passes from the start of its own process). With
     ``resumes``, every run after the first must say it resumed from a checkpoint. The last run is not killed.
-
-    Returns:
-        The last run's result.
     """
     seen = set()
     for number, (crash, where) in enumerate(kills):
@@ -111,7 +108,6 @@ def kill_resume_chain(out, kills, args, resumes):
     resumed = run(out, args=args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not resumes or "resuming from" in resumed.stdout
-    return resumed
 
 
 def checkpoint_without_json(out, folder):

@@ -19,7 +19,7 @@ import launcher
 import numpy as np
 import pytest
 from absl import flags
-from conftest import REPO
+from conftest import REPO, wait_until_printed
 
 from lottery_tf import main as cli_main
 from lottery_tf.reports import health as runs
@@ -455,9 +455,7 @@ def test_two_processes_asked_for_different_branches_of_a_fresh_experiment(tmp_pa
             stdout=log,
             stderr=err,
         )
-        while "waiting for pid" not in (tmp_path / "second.out").read_text():
-            assert time.time() < deadline and second.poll() is None, (tmp_path / "second.err").read_text()[-2000:]
-            time.sleep(0.05)
+        wait_until_printed(second, tmp_path / "second.out", "waiting for pid")
         release.touch()
         assert second.wait(600) == 0, (tmp_path / "second.err").read_text()[-2000:]
     second_out = (tmp_path / "second.out").read_text()

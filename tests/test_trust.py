@@ -13,7 +13,7 @@ import time
 import launcher
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, wait_until_printed
 from test_data import write_idx_folder
 
 from lottery_tf.engine.monitor import summarize_curves
@@ -243,9 +243,7 @@ def test_two_cli_processes_on_one_replicate(tmp_path):
     second = launcher.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     with open(tmp_path / "waited.out", "w") as log:
         waited = launcher.popen(args + ["--wait_for_lock"], cwd=REPO, env=ENV, stdout=log, stderr=subprocess.DEVNULL)
-        while "waiting for " not in (tmp_path / "waited.out").read_text() and time.time() < deadline:
-            assert waited.poll() is None, (tmp_path / "waited.out").read_text()
-            time.sleep(0.05)
+        wait_until_printed(waited, tmp_path / "waited.out", "waiting for ")
         release.touch()
         assert waited.wait(300) == 0
     first.communicate(timeout=300)

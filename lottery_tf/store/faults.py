@@ -14,6 +14,7 @@ Without the variable, ``crash_point`` does nothing.
 import errno
 import os
 import signal
+import time
 
 _ENV = "LOTTERY_TF_CRASH_AT"
 _counts: dict[str, int] = {}
@@ -31,13 +32,9 @@ def crash_point(name: str) -> None:
     if _counts[name] != int(count or 1):
         return
     if kind.startswith("pause="):
-        import time
-
         time.sleep(float(kind.split("=", 1)[1]))
         return
     if kind.startswith("wait="):
-        import time
-
         release, deadline = kind.split("=", 1)[1], time.monotonic() + 600
         open(release + ".waiting", "w").close()
         while not os.path.exists(release) and time.monotonic() < deadline:
