@@ -22,10 +22,14 @@ Writes, in DIR (default ``EXPERIMENT_FOLDER/exports/replicate_R_level_LL_<branch
   reads it).
 
 Everything is checked before anything is written; the folder appears whole
-(written beside it, then renamed) and an existing export is replaced only with
-``--overwrite``. If one artifact fails at run time (a delegate that cannot
-prepare it), ``export.json`` and one line say so and the others are still
-written.
+(written beside it, then renamed). ``--out`` is never run data: not the
+experiment nor a folder that holds it, not inside a run folder (but under an
+experiment's ``exports/``), not a folder that holds experiments
+(:mod:`lottery_tf.store.output_folders`). An existing folder is replaced only
+with ``--overwrite``, and only if it is empty or an earlier export with nothing
+else in it (``export.json`` and the files it names). If one artifact fails at
+run time (a delegate that cannot prepare it), ``export.json`` and one line say
+so and the others are still written.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -42,6 +47,22 @@ import time
 import numpy as np
 
 FORMATS = ("keras", "litert", "saved_model")
+QUANTIZE = ("none", "dynamic", "int8")
+KERAS_FILE = "ticket.keras"
+SAVED_MODEL = "saved_model"
+
+
+def litert_file(mode: str) -> str:
+    """The LiteRT file of a quantization mode: ``ticket.tflite``, ``ticket_dynamic.tflite``, ``ticket_int8.tflite``."""
+    return "ticket.tflite" if mode == "none" else f"ticket_{mode}.tflite"
+
+
+# Every path an export folder may hold (what --overwrite may replace): its own files and, in its SavedModel,
+# what TensorFlow writes for a Keras model (no assets).
+_WRITTEN = {KERAS_FILE, *(litert_file(m) for m in QUANTIZE)}
+_SAVED_MODEL_PATH = re.compile(
+    r"(saved_model\.pb|fingerprint\.pb|assets|variables|variables/variables\.(index|data-\d{5}-of-\d{5}))"
+)
 LATENCY_RUNS = 50
 
 
@@ -152,13 +173,68 @@ def _weights_for(storage: list[dict], masks: dict) -> dict:
     return found
 
 
+def earlier_export_problem(folder: str) -> str | None:
+    """Why ``--overwrite`` may not replace the existing ``folder``, or None if it may.
+
+    It may replace an empty folder, or an earlier export with nothing else in
+    it: ``export.json`` and the files it names, each one that this command
+    writes and of its kind (a SavedModel holding only what TensorFlow writes).
+    """
+    if os.path.islink(folder):
+        return f"{folder} is a symbolic link: pass the folder it points to"
+    if not os.path.isdir(folder):
+        return f"{folder} exists and is not a folder"
+    if not os.listdir(folder):
+        return None
+
+    def refused(why: str) -> str:
+        return f"{folder} is not an earlier export ({why}): lottery_tf.export replaces only its own folders"
+
+    try:
+        with open(os.path.join(folder, "export.json")) as handle:
+            record = json.load(handle)
+        if not {"experiment", "level", "artifacts"} <= record.keys():
+            raise KeyError("a key of export.json")
+        named = {entry["file"] for entry in record["artifacts"].values() if "file" in entry}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return refused("it holds no readable export.json")
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder)
+            top, _, inner = relative.partition(os.sep)
+            if os.path.islink(path):
+                ours = False
+            elif top == SAVED_MODEL and top in named:
+                ours = (not inner and os.path.isdir(path)) or bool(inner and _SAVED_MODEL_PATH.fullmatch(inner))
+            else:
+                ours = relative == "export.json" or (relative in _WRITTEN and relative in named)
+                ours = ours and os.path.isfile(path)
+            if not ours:
+                return refused(f"it holds {relative!r}, which lottery_tf.export did not write there")
+    return None
+
+
+def _check_out(out: str, experiment: str, overwrite: bool) -> None:
+    """Refuses an output folder that is, holds or lies in run data, or exists and is not an earlier export."""
+    from lottery_tf.store import output_folders
+
+    problem = output_folders.output_problem(out, reads=[experiment], exports_allowed=True)
+    if problem is None and os.path.lexists(out):
+        problem = earlier_export_problem(out)
+        if problem is None and not overwrite:
+            problem = f"{out} exists; pass --overwrite to replace it"
+    if problem is not None:
+        raise ExportError(f"--out: {problem}")
+
+
 def export(args) -> dict:
     """Checks every input, then writes the export folder. Returns what ``export.json`` holds."""
     from lottery_tf.engine import ticket as ticket_lib
     from lottery_tf.engine.data import DataUnavailableError, get_splits
 
     formats = _items("formats", args.formats, FORMATS)
-    quantize = _items("quantize", args.quantize, ("none", "dynamic", "int8"))
+    quantize = _items("quantize", args.quantize, QUANTIZE)
     if args.weights not in ticket_lib.WEIGHTS:
         raise ExportError(f"--weights: expected final or rewind, got {args.weights!r}")
     if quantize != ["none"] and "litert" not in formats:
@@ -171,10 +247,7 @@ def export(args) -> dict:
         if args.out
         else default_folder(experiment, args.replicate, args.level, args.branch, args.weights)
     )
-    if os.path.exists(out) and not args.overwrite:
-        raise ExportError(f"--out: {out} exists; pass --overwrite to replace it")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ExportError(f"--out: {out} exists and is not a folder")
+    _check_out(out, experiment, args.overwrite)
     try:
         config = ticket_lib.settings_of(experiment)
         folder = ticket_lib.level_folder(experiment, args.replicate, args.level, args.branch)
@@ -246,14 +319,14 @@ def _write(args, config, folder, model, splits, formats, quantize, out, experime
         keras_entry = {"accuracy": _accuracy(keras_logits, y_test)}
         keras_entry["latency"] = _latency(lambda x: plain(x, training=False), x_test[:1], args.latency_runs)
         if "keras" in formats:
-            path = os.path.join(scratch, "ticket.keras")
+            path = os.path.join(scratch, KERAS_FILE)
             _inference_copy(plain).save(path)
             data = open(path, "rb").read()
-            keras_entry.update(file="ticket.keras", bytes=len(data), gzip_bytes=_gzip_size(data))
+            keras_entry.update(file=KERAS_FILE, bytes=len(data), gzip_bytes=_gzip_size(data))
         record["artifacts"]["keras"] = keras_entry
         if "litert" in formats:
             for mode in quantize:
-                name = "ticket.tflite" if mode == "none" else f"ticket_{mode}.tflite"
+                name = litert_file(mode)
                 record["artifacts"][name] = _litert_artifact(
                     scratch, name, plain, mode, splits, keras_logits, masks, args.latency_runs, record["problems"]
                 )
@@ -264,7 +337,8 @@ def _write(args, config, folder, model, splits, formats, quantize, out, experime
         with open(os.path.join(scratch, "export.json"), "w") as handle:
             json.dump(record, handle, indent=2)
             handle.write("\n")
-        if os.path.exists(out):  # --overwrite: the old export goes only once the new one is complete
+        if os.path.lexists(out):  # --overwrite: the old export goes only once the new one is complete
+            _check_out(out, experiment, overwrite=True)  # still an earlier export, and nothing else, now
             trash = tempfile.mkdtemp(prefix=".tmp-replaced-", dir=parent)
             os.rename(out, os.path.join(trash, "old"))
             os.rename(scratch, out)
@@ -329,10 +403,10 @@ def _litert_artifact(scratch, name, plain, mode, splits, keras_logits, masks, ru
 def _saved_model(scratch, plain, x_test, y_test, keras_logits, problems) -> dict:
     import tensorflow as tf
 
-    path = os.path.join(scratch, "saved_model")
+    path = os.path.join(scratch, SAVED_MODEL)
     plain.export(path, format="tf_saved_model", verbose=False)
     data = _folder_bytes(path)
-    entry = {"file": "saved_model", "bytes": len(data), "gzip_bytes": _gzip_size(data)}
+    entry = {"file": SAVED_MODEL, "bytes": len(data), "gzip_bytes": _gzip_size(data)}
     try:
         served = tf.saved_model.load(path).signatures["serving_default"]
         logits = np.concatenate(

@@ -336,6 +336,23 @@ def test_bad_input_is_one_line_and_leaves_finished_work_alone(
     ]  # no empty run folders left behind
 
 
+@pytest.mark.parametrize("inside", ["", "replicate_0", "replicate_0/level_01/new_root"])
+def test_an_output_dir_inside_an_experiment_is_one_line(finished, capfd, monkeypatch, inside):
+    """A new experiment is never made inside another one (it would be taken for part of its run data)."""
+    monkeypatch.chdir(REPO)
+    (experiment,) = glob.glob(os.path.join(finished, "lottery_*"))
+    target = os.path.join(experiment, inside) if inside else experiment
+    before = snapshot(finished)
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.run(["lottery_tf.main", *BASE, "--levels=2", f"--output_dir={target}"])
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    where = "the" if not inside else "inside the"
+    assert lines[0].startswith(f"error: --output_dir: {target} is {where} run folder {experiment}: "), lines[0]
+    assert snapshot(finished) == before
+
+
 def test_tfmot_schedule_without_the_extra_is_one_line_before_anything_trains(finished, capfd, monkeypatch):
     from lottery_tf.core import gradual
 

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -200,8 +201,6 @@ def test_a_dense_level_is_stored_dense(dense_export):
 
 
 def test_the_report_adds_a_deployment_table(run, exported, dense_export, tmp_path):
-    import shutil
-
     from lottery_tf.reports import cli as report_cli
 
     out, record, _ = exported
@@ -285,6 +284,94 @@ def test_bad_export_input_is_one_line_before_anything_is_written(run, tmp_path, 
     assert snapshot(os.path.dirname(run)) == before and os.listdir(existing) == []
 
 
+# Issue 28, item 1: `--out=EXPERIMENT --overwrite` replaced a finished study with its export. The targets: the
+# experiment, its parent (the runs root), the folder above that, the experiment under another name, folders
+# inside it, another store, and folders that are not earlier exports; with --overwrite, as the data loss was.
+OUT_TARGETS = {
+    "the experiment": ("{experiment}", "{experiment} is the run folder this command reads: write to a folder"),
+    "its parent, the runs root": ("{runs}", "{runs} holds {experiment}, which this command reads"),
+    "the folder above the runs root": ("{above}", "{above} holds {experiment}, which this command reads"),
+    "a link to the experiment": ("{link}", "{link} is the run folder this command reads ({experiment})"),
+    "the experiment spelled with ..": ("{experiment}/replicate_0/..", "is the run folder this command reads"),
+    "a replicate": ("{experiment}/replicate_0", "{experiment}/replicate_0 is inside the run folder {experiment}"),
+    "a level's branch": ("{experiment}/replicate_0/level_01/reinit", "is inside the run folder {experiment}"),
+    "a new folder in a level": ("{experiment}/replicate_0/level_01/x", "is inside the run folder {experiment}"),
+    "the exports folder itself": ("{experiment}/exports", "{experiment}/exports is inside the run folder"),
+    "another runs root": ("{other}", "{other} holds run data ({other}/lottery_0f0f)"),
+    "a folder inside another experiment": ("{other}/lottery_0f0f/replicate_0", "is inside the run folder {other}"),
+    "a studies folder, runs five deep": ("{t}/studies", "holds run data ({t}/studies/a/b/c/d/e/lottery_0e0e)"),
+    "a copy renamed, identity lost": ("{t}/backup/replicate_0/x", "is inside the run folder {t}/backup: write"),
+    "a replicate saved on its own": ("{t}/saved_replicate/new", "is inside the run folder {t}/saved_replicate"),
+    "a folder of the user's": ("{t}/user", "{t}/user is not an earlier export (it holds no readable export.json)"),
+    "an export with a file added": ("{t}/notes", "{t}/notes is not an earlier export (it holds 'notes.txt', which"),
+    "an export with a run in its SavedModel": ("{t}/hidden", "holds run data ({t}/hidden/saved_model)"),
+    "an export with a file in its SavedModel": ("{t}/sm_file", "(it holds 'saved_model/variables/notes.txt', which"),
+    "an export naming a level it holds": ("{t}/named", "{t}/named is the run folder {t}/named: write to a folder"),
+    "an export naming a file it never writes": ("{t}/named_file", "(it holds 'notes.txt', which lottery_tf.export"),
+}
+
+
+@pytest.fixture(scope="module")
+def targets(run, exported, tmp_path_factory):
+    """Folders that an export may not replace nor write into, beside the run (``t`` is their folder)."""
+    t = str(tmp_path_factory.mktemp("targets"))
+    runs = os.path.dirname(run)
+    level0 = os.path.join(run, "replicate_0", "level_00")
+    names = {"experiment": run, "runs": runs, "above": os.path.dirname(runs), "link": f"{t}/link", "t": t}
+    names["other"] = f"{t}/other"
+    os.symlink(run, names["link"])
+    os.makedirs(f"{t}/other/lottery_0f0f/replicate_0")
+    open(f"{t}/other/lottery_0f0f/identity.json", "w").write("{}")
+    os.makedirs(f"{t}/studies/a/b/c/d/e/lottery_0e0e")
+    open(f"{t}/studies/a/b/c/d/e/lottery_0e0e/identity.json", "w").write("{}")
+    shutil.copytree(level0, f"{t}/backup/replicate_0/level_00")  # no identity.json, not named lottery_*
+    shutil.copytree(level0, f"{t}/saved_replicate/level_00")
+    os.makedirs(f"{t}/user")
+    open(f"{t}/user/thesis.tex", "w").write("mine")
+    for name in ("notes", "hidden", "sm_file", "named", "named_file"):
+        shutil.copytree(exported[0], f"{t}/{name}")
+    for name in ("notes/notes.txt", "sm_file/saved_model/variables/notes.txt", "named_file/notes.txt"):
+        open(f"{t}/{name}", "w").write("mine")
+    shutil.copytree(os.path.join(run, "replicate_0"), f"{t}/hidden/saved_model/replicate_0")
+    shutil.copytree(level0, f"{t}/named/level_00")
+    for name, file in (("named", "level_00"), ("named_file", "notes.txt")):  # export.json edited to name them
+        record = json.load(open(f"{t}/{name}/export.json"))
+        record["artifacts"]["extra"] = {"file": file}
+        json.dump(record, open(f"{t}/{name}/export.json", "w"))
+    return names
+
+
+@pytest.mark.parametrize("target, message", OUT_TARGETS.values(), ids=list(OUT_TARGETS))
+def test_overwrite_never_replaces_run_data_nor_a_folder_that_is_not_an_export(run, targets, capsys, target, message):
+    above = targets["above"]
+    before = {**snapshot(above), **snapshot(targets["t"])}
+    for overwrite in (["--overwrite"], []):
+        code = export_cli.main([run, "--level=2", "--formats=keras", f"--out={target.format(**targets)}", *overwrite])
+        lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --out: "), lines
+        assert message.format(**targets) in lines[0], lines[0]
+    assert {**snapshot(above), **snapshot(targets["t"])} == before
+    assert [os.path.basename(p) for p in glob.glob(os.path.join(targets["runs"], "*"))] == [os.path.basename(run)]
+
+
+def test_overwrite_replaces_an_earlier_export_whole(run, tmp_path, capsys):
+    out = str(tmp_path / "ticket")
+    os.makedirs(out)  # an empty folder: nothing to lose, but it exists
+    assert export_cli.main([run, "--level=1", "--formats=keras", f"--out={out}", "--latency_runs=1"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out: {out} exists; pass --overwrite to replace it"
+    args = [run, "--level=1", "--formats=keras,litert", f"--out={out}", "--latency_runs=1", "--overwrite"]
+    assert export_cli.main(args) == 0
+    assert sorted(os.listdir(out)) == ["export.json", "ticket.keras", "ticket.tflite"]
+    assert export_cli.main([run, "--level=2", "--formats=keras", f"--out={out}", "--latency_runs=1"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out: {out} exists; pass --overwrite to replace it"
+    assert (
+        export_cli.main([run, "--level=2", "--formats=keras", f"--out={out}", "--latency_runs=1", "--overwrite"]) == 0
+    )
+    assert sorted(os.listdir(out)) == ["export.json", "ticket.keras"]  # the old export went whole
+    assert json.load(open(os.path.join(out, "export.json")))["level"] == 2
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
 def test_int8_without_the_training_data_is_one_line(tmp_path, capsys):
     from test_data import write_idx_folder
 
@@ -323,8 +410,6 @@ def test_int8_without_the_training_data_is_one_line(tmp_path, capsys):
 
 
 def test_the_report_draws_accuracy_and_size_per_structure(run, exported, dense_export, tmp_path, drawn):
-    import shutil
-
     from lottery_tf.reports import cli as report_cli
 
     out, record, _ = exported

@@ -80,6 +80,54 @@ def test_report_on_folder_without_runs_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def _files(folder):
+    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d, _, files in os.walk(folder) for f in files}
+
+
+REPORT_TARGETS = {
+    "the experiment": ("{experiment}", "{experiment} is the run folder this command reads: write to a folder"),
+    "its parent, the runs root": ("{root}", "{root} holds {experiment}, which this command reads"),
+    "the folder above": ("{above}", "{above} holds {experiment}, which this command reads"),
+    "a link to the experiment": ("{link}", "{link} is the run folder this command reads ({experiment})"),
+    "a replicate": ("{experiment}/replicate_1", "is inside the run folder {experiment}: write to a folder outside"),
+    "a new folder in a level": ("{experiment}/replicate_0/level_01/report", "is inside the run folder {experiment}"),
+    "the experiment's exports": ("{experiment}/exports/report", "is inside the run folder {experiment}"),
+    "another runs root": ("{other}", "{other} holds run data ({other}/g/lottery_0f0f)"),
+    "a studies folder, runs five deep": ("{deep}", "{deep} holds run data ({deep}/a/b/c/d/lottery_0d0d)"),
+}
+
+
+@pytest.mark.parametrize("target, message", REPORT_TARGETS.values(), ids=list(REPORT_TARGETS))
+def test_a_report_never_goes_into_run_data(two_replicates, tmp_path, capsys, target, message):
+    root, experiment = two_replicates
+    names = {"experiment": experiment, "root": root, "above": str(tmp_path), "link": str(tmp_path / "link")}
+    names["other"] = str(tmp_path / "other")
+    os.symlink(experiment, names["link"])
+    names["deep"] = str(tmp_path / "studies")
+    _write(os.path.join(names["other"], "g", "lottery_0f0f"), 0, 0, "main", 1.0, 0.5, 100, 0.5)
+    _write(os.path.join(names["deep"], "a", "b", "c", "d", "lottery_0d0d"), 0, 0, "main", 1.0, 0.5, 100, 0.5)
+    before = _files(str(tmp_path))
+    for paths in ([experiment], [root], [names["link"]]):
+        assert report_cli.main([*paths, "--out", target.format(**names), "--no_plots"]) == 2
+        lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: --out: "), lines
+        if paths == [experiment]:
+            assert message.format(**names) in lines[0], lines[0]
+    assert _files(str(tmp_path)) == before
+    # Beside the experiments, in a folder of its own, is fine.
+    assert report_cli.main([experiment, "--out", os.path.join(root, "report"), "--no_plots"]) == 0
+    assert sorted(os.listdir(os.path.join(root, "report"))) == ["table.csv", "table.md"]
+
+
+def test_a_report_out_with_a_tilde_goes_home_not_into_a_folder_named_tilde(two_replicates, tmp_path, monkeypatch):
+    _, experiment = two_replicates
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert report_cli.main([experiment, "--out=~/report", "--no_plots"]) == 0
+    assert sorted(os.listdir(tmp_path / "home" / "report")) == ["table.csv", "table.md"]
+    assert not os.path.exists(tmp_path / "~")
+
+
 def test_unreadable_metrics_named(two_replicates, tmp_path, capsys):
     root, experiment = two_replicates
     bad = os.path.join(experiment, "replicate_0", "level_00", "main", "metrics.json")

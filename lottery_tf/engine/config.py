@@ -16,6 +16,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from lottery_tf.store import output_folders
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("", "mixed_float16", "mixed_bfloat16")
@@ -1463,6 +1465,13 @@ def _run_rules(config) -> None:
         raise ConfigError("output_dir", "expected a folder path, got an empty string")
     if os.path.exists(r.output_dir) and not os.path.isdir(r.output_dir):
         raise ConfigError("output_dir", f"{r.output_dir!r} exists and is not a folder")
+    inside = output_folders.holding_run_folder(r.output_dir)
+    if inside is not None:  # an experiment inside another would be taken for part of its run data
+        raise ConfigError(
+            "output_dir",
+            f"{output_folders.in_run_folder(r.output_dir, inside)}: pass the folder that holds the experiments "
+            "(the runs root)",
+        )
     if r.replicate >= r.replicates:
         raise ConfigError(
             "replicate",

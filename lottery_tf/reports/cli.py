@@ -26,6 +26,7 @@ from lottery_tf.reports.tables import (
     plot_early_stop_vs_weights,
     write_tables,
 )
+from lottery_tf.store import output_folders
 
 
 def main(argv=None) -> int:
@@ -45,10 +46,16 @@ def main(argv=None) -> int:
         "replicates, at least 0.2)",
     )
     args = parser.parse_args(argv)
+    args.out = os.path.expanduser(args.out)  # "--out=~/x" reaches us unexpanded: never a folder named "~"
+    args.paths = [os.path.expanduser(p) for p in args.paths]
     try:
         levels = parse_levels(args.curve_levels) if args.curve_levels else ()
     except ValueError as error:
         print(f"error: --curve_levels: {error}", file=sys.stderr)
+        return 2
+    problem = output_folders.output_problem(args.out, reads=args.paths)
+    if problem is not None:  # a report never goes into the run store it reads, nor into any other
+        print(f"error: --out: {problem}", file=sys.stderr)
         return 2
     try:
         entries = aggregate(args.paths)
@@ -80,7 +87,7 @@ def main(argv=None) -> int:
     print(format_markdown(entries))
     if analysis_files:
         print(f"analyses: {', '.join(analysis_files)}")
-    print(f"wrote tables and plots to {args.out}")
+    print(f"wrote tables{'' if args.no_plots else ' and plots'} to {args.out}")
     return 0
 
 
