@@ -211,7 +211,8 @@ def earlier_export_problem(folder: str) -> str | None:
                 ours = relative == "export.json" or (relative in _WRITTEN and relative in named)
                 ours = ours and os.path.isfile(path)
             if not ours:
-                return refused(f"it holds {relative!r}, which lottery_tf.export did not write there")
+                kind = "link" if os.path.islink(path) else "folder" if os.path.isdir(path) else "file"
+                return refused(f"it holds the {kind} {relative!r}, which lottery_tf.export does not write there")
     return None
 
 

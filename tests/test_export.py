@@ -303,11 +303,21 @@ OUT_TARGETS = {
     "a copy renamed, identity lost": ("{t}/backup/replicate_0/x", "is inside the run folder {t}/backup: write"),
     "a replicate saved on its own": ("{t}/saved_replicate/new", "is inside the run folder {t}/saved_replicate"),
     "a folder of the user's": ("{t}/user", "{t}/user is not an earlier export (it holds no readable export.json)"),
-    "an export with a file added": ("{t}/notes", "{t}/notes is not an earlier export (it holds 'notes.txt', which"),
+    "an export with a file added": (
+        "{t}/notes",
+        "{t}/notes is not an earlier export (it holds the file 'notes.txt', which",
+    ),
     "an export with a run in its SavedModel": ("{t}/hidden", "holds run data ({t}/hidden/saved_model)"),
-    "an export with a file in its SavedModel": ("{t}/sm_file", "(it holds 'saved_model/variables/notes.txt', which"),
+    "an export with a file in its SavedModel": (
+        "{t}/sm_file",
+        "(it holds the file 'saved_model/variables/notes.txt', which",
+    ),
     "an export naming a level it holds": ("{t}/named", "{t}/named is the run folder {t}/named: write to a folder"),
-    "an export naming a file it never writes": ("{t}/named_file", "(it holds 'notes.txt', which lottery_tf.export"),
+    "an export whose ticket.keras is a folder": ("{t}/keras_dir", "(it holds the folder 'ticket.keras', which"),
+    "an export naming a file it never writes": (
+        "{t}/named_file",
+        "(it holds the file 'notes.txt', which lottery_tf.export",
+    ),
 }
 
 
@@ -328,12 +338,14 @@ def targets(run, exported, tmp_path_factory):
     shutil.copytree(level0, f"{t}/saved_replicate/level_00")
     os.makedirs(f"{t}/user")
     open(f"{t}/user/thesis.tex", "w").write("mine")
-    for name in ("notes", "hidden", "sm_file", "named", "named_file"):
+    for name in ("notes", "hidden", "sm_file", "named", "named_file", "keras_dir"):
         shutil.copytree(exported[0], f"{t}/{name}")
     for name in ("notes/notes.txt", "sm_file/saved_model/variables/notes.txt", "named_file/notes.txt"):
         open(f"{t}/{name}", "w").write("mine")
     shutil.copytree(os.path.join(run, "replicate_0"), f"{t}/hidden/saved_model/replicate_0")
     shutil.copytree(level0, f"{t}/named/level_00")
+    os.remove(f"{t}/keras_dir/ticket.keras")
+    os.makedirs(f"{t}/keras_dir/ticket.keras")
     for name, file in (("named", "level_00"), ("named_file", "notes.txt")):  # export.json edited to name them
         record = json.load(open(f"{t}/{name}/export.json"))
         record["artifacts"]["extra"] = {"file": file}

@@ -13,8 +13,14 @@ import pytest
 from lottery_tf.store import output_folders
 
 
+def _level(folder):
+    """A level's main folder with its masks, as a run writes it first."""
+    os.makedirs(os.path.join(folder, "main"), exist_ok=True)
+    open(os.path.join(folder, "main", "masks.npz"), "wb").close()
+
+
 def _experiment(folder, *names):
-    os.makedirs(os.path.join(folder, "replicate_0", "level_00", "main"), exist_ok=True)
+    _level(os.path.join(folder, "replicate_0", "level_00"))
     for name in names:
         with open(os.path.join(folder, name), "w") as handle:
             handle.write("{}")
@@ -40,18 +46,20 @@ def test_what_is_a_run_folder(tmp_path):
     (tmp_path / "lottery_0a1c" / "data.json").write_text("{}")
     assert output_folders.is_experiment(str(tmp_path / "lottery_0a1c"))
     # A replicate copied out on its own, renamed: run data, not an experiment.
-    os.makedirs(tmp_path / "saved_replicate" / "level_03" / "main")
+    _level(str(tmp_path / "saved_replicate" / "level_03"))
     assert output_folders.is_run_data(str(tmp_path / "saved_replicate"))
     assert not output_folders.is_experiment(str(tmp_path / "saved_replicate"))
     # A project folder with a settings.json of its own, an empty lottery_ folder, a non-hash name, a level
-    # folder without main: none of them.
+    # folder without main, an empty level_01/main (and a replicate_0 holding one): none of them.
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "settings.json").write_text("{}")
     (tmp_path / "lottery_0a1d").mkdir()
     (tmp_path / "lottery_notes").mkdir()
     (tmp_path / "lottery_notes" / "settings.json").write_text("{}")
     os.makedirs(tmp_path / "thesis" / "level_01" / "figures")
-    for name in ("project", "lottery_0a1d", "lottery_notes", "thesis", "missing"):
+    os.makedirs(tmp_path / "game" / "level_01" / "main")
+    os.makedirs(tmp_path / "chapters" / "replicate_0" / "level_01" / "main")
+    for name in ("project", "lottery_0a1d", "lottery_notes", "thesis", "game", "chapters", "missing"):
         assert not output_folders.is_run_data(str(tmp_path / name)), name
 
 
@@ -95,8 +103,10 @@ def test_an_output_folder_is_never_what_the_command_reads_nor_around_it(store):
     assert problem(os.path.join(experiment, "exports", "ticket")) == (
         f"{experiment}/exports/ticket is inside the run folder {experiment}: write to a folder outside every run folder"
     )
-    # A folder beside the experiments, a new folder elsewhere: fine.
+    # A folder beside the experiments, a new folder elsewhere, one beside an unrelated empty level_01/main: fine.
     assert problem(os.path.join(runs, "report")) is None and problem(tmp / "out") is None
+    os.makedirs(tmp / "game" / "level_01" / "main")
+    assert problem(tmp / "game" / "new") is None and problem(tmp / "game") is None
 
 
 def test_an_output_folder_never_holds_or_lies_in_other_run_data(store):

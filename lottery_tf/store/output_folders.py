@@ -38,9 +38,15 @@ def _names(folder: str) -> list[str]:
         return []
 
 
+_LEVEL_FILES = ("masks.npz", "metrics.json", "final_weights.npz", "checkpoints")  # what a level's main holds
+
+
 def _is_replicate(folder: str) -> bool:
-    """A replicate folder, whatever its name: it holds a ``level_<nn>`` folder with a ``main`` folder."""
-    return any(_LEVEL_NAME.fullmatch(n) and os.path.isdir(os.path.join(folder, n, "main")) for n in _names(folder))
+    """A replicate folder, whatever its name: a ``level_<nn>/main`` folder in it holds a level's files."""
+    return any(
+        _LEVEL_NAME.fullmatch(n) and any(os.path.exists(os.path.join(folder, n, "main", f)) for f in _LEVEL_FILES)
+        for n in _names(folder)
+    )
 
 
 def is_experiment(folder: str) -> bool:
@@ -48,7 +54,7 @@ def is_experiment(folder: str) -> bool:
 
     ``identity.json`` marks one (every experiment writes it first). Without it,
     a folder still is one if it holds a ``replicate_<n>`` folder with a
-    ``level_<nn>/main`` folder, or if it is named
+    level's files in ``level_<nn>/main``, or if it is named
     ``lottery_<hash>`` and holds ``settings.json``, ``data.json`` or a
     ``replicate_<n>`` folder.
     """
