@@ -29,6 +29,7 @@ EXPORTS = "exports"  # <experiment>/exports/<ticket>: where exports go by defaul
 _EXPERIMENT_NAME = re.compile(r"lottery_[0-9a-f]+")
 _REPLICATE_NAME = re.compile(r"replicate_\d+")
 _LEVEL_NAME = re.compile(r"level_\d+")
+_LEVEL_FILES = ("masks.npz", "metrics.json", "final_weights.npz", "checkpoints")  # what a level's main holds
 
 
 def _names(folder: str) -> list[str]:
@@ -36,9 +37,6 @@ def _names(folder: str) -> list[str]:
         return os.listdir(folder)
     except OSError:
         return []
-
-
-_LEVEL_FILES = ("masks.npz", "metrics.json", "final_weights.npz", "checkpoints")  # what a level's main holds
 
 
 def _is_replicate(folder: str) -> bool:
@@ -88,7 +86,10 @@ def run_folders_holding(path: str) -> list[str]:
 def holding_run_folder(path: str) -> str | None:
     """The run folder to name for ``path``: the innermost experiment that is or holds it, else the innermost
     run folder, else None."""
-    holders = run_folders_holding(path)
+    return _named(run_folders_holding(path))
+
+
+def _named(holders: list[str]) -> str | None:
     return next((h for h in holders if is_experiment(h)), holders[0] if holders else None)
 
 
@@ -143,7 +144,7 @@ def output_problem(out: str, reads: Sequence[str] = (), exports_allowed: bool = 
         exports = os.path.join(innermost, EXPORTS)
         if exports_allowed and is_experiment(innermost) and _within(real, exports) and real != exports:
             return None
-        named = holding_run_folder(real)
+        named = _named(holders)
         real_experiment = os.path.isfile(os.path.join(named, "identity.json"))
         where = f"{os.path.join(named, EXPORTS, '<name>')} or " if exports_allowed and real_experiment else ""
         return f"{in_run_folder(out, named)}: write to {where}a folder outside every run folder"
