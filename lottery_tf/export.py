@@ -46,6 +46,8 @@ import time
 
 import numpy as np
 
+from lottery_tf.store import output_folders
+
 FORMATS = ("keras", "litert", "saved_model")
 QUANTIZE = ("none", "dynamic", "int8")
 KERAS_FILE = "ticket.keras"
@@ -106,7 +108,9 @@ def _items(flag: str, text: str, allowed) -> list[str]:
 
 
 def default_folder(experiment: str, replicate: int, level: int, branch: str, weights: str) -> str:
-    return os.path.join(experiment, "exports", f"replicate_{replicate}_level_{level:02d}_{branch}_{weights}")
+    return os.path.join(
+        experiment, output_folders.EXPORTS, f"replicate_{replicate}_level_{level:02d}_{branch}_{weights}"
+    )
 
 
 def _gzip_size(data: bytes) -> int:
@@ -218,8 +222,6 @@ def earlier_export_problem(folder: str) -> str | None:
 
 def _check_out(out: str, experiment: str, overwrite: bool) -> None:
     """Refuses an output folder that is, holds or lies in run data, or exists and is not an earlier export."""
-    from lottery_tf.store import output_folders
-
     problem = output_folders.output_problem(out, reads=[experiment], exports_allowed=True)
     if problem is None and os.path.lexists(out):
         problem = earlier_export_problem(out)

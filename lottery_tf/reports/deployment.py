@@ -21,14 +21,14 @@ from collections import defaultdict
 import numpy as np
 
 from lottery_tf.reports import plotting, tables
-from lottery_tf.store import atomic
+from lottery_tf.store import atomic, output_folders
 
 
 def exports(experiment_folders) -> list[dict]:
     """Every export record of the experiments, sorted by experiment, branch, level."""
     found = []
     for experiment in experiment_folders:
-        for path in sorted(glob.glob(os.path.join(experiment, "exports", "*", "export.json"))):
+        for path in sorted(glob.glob(os.path.join(experiment, output_folders.EXPORTS, "*", "export.json"))):
             try:
                 with open(path) as handle:
                     record = json.load(handle)

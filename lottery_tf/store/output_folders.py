@@ -133,8 +133,9 @@ def output_problem(out: str, reads: Sequence[str] = (), exports_allowed: bool = 
     """
     real = os.path.realpath(out)
     for source in reads:
-        if _within(os.path.realpath(source), real):
-            if os.path.realpath(source) == real:
+        source_real = os.path.realpath(source)
+        if _within(source_real, real):
+            if source_real == real:
                 also = "" if os.path.normpath(out) == os.path.normpath(source) else f" ({source})"
                 return f"{out} is the run folder this command reads{also}: write to a folder of its own"
             return f"{out} holds {source}, which this command reads: write to a folder of its own"
