@@ -16,6 +16,8 @@ __version__ = "0.2.0"
 
 from lottery_tf.core import optimizers as _optimizers  # noqa: E402,F401  (registers the recipe's optimizers)
 from lottery_tf.core.callbacks import PruneRewindCallback  # noqa: E402
+from lottery_tf.core.controls import random_prune_control, reinit_control  # noqa: E402
+from lottery_tf.core.gradual import GradualPruningCallback  # noqa: E402
 from lottery_tf.core.masking import (  # noqa: E402
     MaskedLayer,
     apply_masks,
@@ -29,15 +31,21 @@ from lottery_tf.core.masking import (  # noqa: E402
     wrap_model,
 )
 from lottery_tf.core.pruning import PruningSpec, prune_by_magnitude  # noqa: E402
+from lottery_tf.core.summaries import SparsitySummaries  # noqa: E402
 from lottery_tf.engine.data import load as load_data  # noqa: E402
+from lottery_tf.engine.export_files import ExportError, export_model  # noqa: E402
 from lottery_tf.engine.ticket import TicketError, load_ticket  # noqa: E402
 
 __all__ = [
+    "ExportError",
+    "GradualPruningCallback",
     "MaskedLayer",
     "PruneRewindCallback",
     "PruningSpec",
+    "SparsitySummaries",
     "TicketError",
     "apply_masks",
+    "export_model",
     "get_masks",
     "get_prunable_weights",
     "layer_densities",
@@ -46,6 +54,8 @@ __all__ = [
     "mask_names",
     "overall_density",
     "prune_by_magnitude",
+    "random_prune_control",
+    "reinit_control",
     "set_masks",
     "strip_masks",
     "wrap_model",

@@ -41,7 +41,9 @@ def test_reset_to_init_survivors_equal_initial_values():
     initial_state = {v.path: v.numpy() for v in model.variables if "mask" not in v.path}
     imp = PruneRewindCallback(PruningSpec("layerwise", 0.2, output_fraction=0.1))
     model.fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[imp])
-    assert imp.level == 1
+    assert imp.level == 0 and imp.level_trained  # fit returns the trained level 0
+    imp.prune_and_rewind()  # what the next fit does first
+    assert imp.level == 1 and not imp.level_trained
     # fc1: 240 - ceil(48) = 192; out: 80 - 8 = 72.
     assert layer_densities(model) == {"fc1/kernel": 192 / 240, "out/kernel": 72 / 80}
     weights, masks = get_prunable_weights(model), get_masks(model)
@@ -62,6 +64,7 @@ def test_masks_come_from_trained_weights_not_initial_ones():
     model = _model()
     imp = PruneRewindCallback(PruningSpec("layerwise", 0.5), levels=2)
     model.fit(X, Y, batch_size=16, epochs=3, verbose=0, callbacks=[imp])
+    imp.prune_and_rewind()
     # What the callback decided equals pruning the trained weights by hand.
     trained = {}
 
@@ -83,12 +86,13 @@ def test_imp_loop_levels_and_final_level_keeps_trained_weights():
     model = _model()
     imp = PruneRewindCallback(PruningSpec("global", 0.5), levels=3)
     densities = []
-    for _ in range(3):
+    for _ in range(4):
         model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[imp])
         densities.append(sum(m.sum() for m in get_masks(model).values()))
-    assert densities == [160, 80, 80]  # 320 -> 160 -> 80, then the last level is kept
-    assert imp.level == 2
-    assert int(model.optimizer.iterations.numpy()) == 4  # trained, not rewound
+    # Each fit trains one level at the density it began with; the fourth goes on training the last.
+    assert densities == [320, 160, 80, 80]
+    assert imp.level == 2 and not imp.level_trained
+    assert int(model.optimizer.iterations.numpy()) == 8  # level 2 trained twice, never rewound again
 
 
 def test_rewind_to_step_k_restores_weights_at_k_and_schedule_position():
@@ -103,6 +107,7 @@ def test_rewind_to_step_k_restores_weights_at_k_and_schedule_position():
 
     imp = PruneRewindCallback(PruningSpec("layerwise", 0.2), rewind_step=2, rewind_optimizer="reset")
     model.fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[Record(), imp])
+    imp.prune_and_rewind()
     weights, masks = get_prunable_weights(model), get_masks(model)
     for name in weights:
         np.testing.assert_array_equal(weights[name], at_k[name] * masks[name])
@@ -121,6 +126,8 @@ def test_rewind_step_with_steps_per_execution():
     model = _model(steps_per_execution=2)
     imp = PruneRewindCallback(PruningSpec(), rewind_step=2, rewind_optimizer="reset")
     model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[imp])
+    assert int(model.optimizer.iterations.numpy()) == 4  # the trained level, 2 executions of 2 steps
+    imp.prune_and_rewind()
     assert int(model.optimizer.iterations.numpy()) == 2
 
 
@@ -166,6 +173,7 @@ def test_rewind_optimizer_restore_restores_adam_slots_at_k():
 
     imp = PruneRewindCallback(PruningSpec("layerwise", 0.2), rewind_step=2, rewind_optimizer="restore")
     model.fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[Record(), imp])
+    imp.prune_and_rewind()
     assert int(model.optimizer.iterations.numpy()) == 2
     slots = [v.numpy() for v in model.optimizer.variables]
     assert any(np.any(s) for s in at_k["slots"][2:])  # moments at step 2 are not zero

@@ -57,7 +57,7 @@ def _model(kernels=None):
     model = wrap_model(keras.Model(inputs, keras.layers.Dense(3, name="b")(keras.layers.Dense(8, name="a")(inputs))))
     if kernels:
         for name, kernel in kernels.items():
-            model.get_layer(name).layer.kernel.assign(np.asarray(kernel, np.float32))
+            model.get_layer(name).kernel.assign(np.asarray(kernel, np.float32))
     return model
 
 
@@ -81,6 +81,29 @@ def test_callback_prunes_each_layer_on_schedule_inside_fit():
             gradual.GradualPruningCallback(
                 **{"final_sparsity": 0.5, "begin_step": 2, "end_step": 8, "frequency": 2, **bad}
             )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        # begin == end made the schedule divide by zero: fit failed at step 2 with "cannot convert float NaN".
+        ({"begin_step": 2, "end_step": 2}, r"^begin_step \(2\) must be < end_step \(2\)"),
+        (
+            {"begin_step": 2, "end_step": 9, "frequency": 3},
+            r"^end_step - begin_step \(7\) is not a multiple of frequency",
+        ),
+        ({"initial_sparsity": 0.6}, r"^initial_sparsity \(0.6\) must be <= final_sparsity \(0.5\)"),
+        ({"power": 0}, r"^power must be a number > 0, got 0"),
+        ({"power": "3"}, r"^power must be a number > 0, got '3'"),
+        ({"begin_step": 2.0}, r"^begin_step must be an integer >= 1, got 2.0"),
+    ],
+)
+def test_bad_arguments_are_one_line_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        gradual.GradualPruningCallback(
+            **{"final_sparsity": 0.5, "begin_step": 2, "end_step": 8, "frequency": 1, **kwargs}
+        )
+    assert "\n" not in str(caught.value)
 
 
 @pytest.fixture(scope="module")

@@ -65,8 +65,7 @@ def _inputs(name, n):
 
 
 BUILDERS = {"bert": _bert, "gpt2": _gpt2, "vit": _vit, "resnet": _resnet}
-# Custom layers' own weights lottery_tf does not mask (what they compute is unknown), named when wrapping.
-STAYS_DENSE = {"bert": {"position_embedding/embeddings"}, "gpt2": {"position_embedding/embeddings"}}
+KERAS_CANNOT_RELOAD = {"vit"}
 
 
 def _first_output(outputs):
@@ -87,7 +86,7 @@ def test_hub_backbone_every_kernel_masked_two_levels_and_fresh_process_round_tri
         wrapped = wrap_model(model)
     # Count from the model's own variables: every kernel and embedding table, under its unique name.
     prunable = [n for n, v in naming.variable_names(model).items() if v.name in ("kernel", "embeddings")]
-    expected = [n for n in prunable if n not in STAYS_DENSE.get(name, set())]
+    expected = prunable  # position embeddings included: every table and kernel is a matrix
     assert mask_names(wrapped) == expected
     assert len(set(expected)) == len(expected) and len(expected) >= 6
     data = _inputs(name, 8)
@@ -98,10 +97,9 @@ def test_hub_backbone_every_kernel_masked_two_levels_and_fresh_process_round_tri
     )
     labels = RNG.integers(0, 2, 8)
     imp = PruneRewindCallback(PruningSpec("global", 0.5))
-    for _ in range(2):
+    for _ in range(3):  # levels 0, 1 and 2: each fit begins by pruning the level before
         wrapped.fit(data, labels, batch_size=4, epochs=1, verbose=0, callbacks=[imp])
-    assert overall_density(wrapped) == pytest.approx(0.25, abs=0.01)
-    wrapped.fit(data, labels, batch_size=4, epochs=1, verbose=0)  # the level-2 ticket trains
+    assert overall_density(wrapped) == pytest.approx(0.25, abs=0.01)  # the level-2 ticket, trained
     masks, weights = get_masks(wrapped), get_prunable_weights(wrapped)
     for key in masks:
         assert np.all(weights[key][masks[key] == 0] == 0.0), key
@@ -109,6 +107,15 @@ def test_hub_backbone_every_kernel_masked_two_levels_and_fresh_process_round_tri
 
     path = str(tmp_path / "ticket.keras")
     wrapped.save(path)
+    if name in KERAS_CANNOT_RELOAD:
+        # keras_hub 0.32's ViTPatchingAndEmbedding writes get_config keys its constructor refuses: Keras cannot
+        # load the file of the plain model either (checked here), so there is nothing for lottery_tf to keep.
+        plain = str(tmp_path / "plain.keras")
+        _classifier(BUILDERS[name]()).save(plain)
+        for file in (plain, path):
+            with pytest.raises(Exception, match="Unrecognized keyword arguments passed to ViTPatchingAndEmbedding"):
+                keras.models.load_model(file)
+        return
     np.savez(tmp_path / "data.npz", **(data if isinstance(data, dict) else {"x": data}))
     expected_out = np.asarray(_first_output(wrapped(data)))
     np.save(tmp_path / "expected.npy", expected_out)
@@ -120,7 +127,9 @@ d = dict(np.load({str(tmp_path / "data.npz")!r}))
 d = d["x"] if list(d) == ["x"] else d
 out = m(d); out = out[sorted(out)[-1]] if isinstance(out, dict) else out
 np.testing.assert_allclose(np.asarray(out), np.load({str(tmp_path / "expected.npy")!r}), rtol=1e-5, atol=1e-6)
-print(len(lottery_tf.mask_names(m)), round(lottery_tf.overall_density(m), 4))
+m = lottery_tf.wrap_model(m)  # the file is the plain model: wrapping it again finds the ticket's zeros
+w = lottery_tf.get_prunable_weights(m)
+print(len(w), round(sum(np.count_nonzero(v) for v in w.values()) / sum(v.size for v in w.values()), 4))
 """
     result = launcher.run(
         [sys.executable, "-c", code],

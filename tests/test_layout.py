@@ -12,6 +12,8 @@ from conftest import REPO
 
 ORDER = {"core": 0, "store": 1, "engine": 2, "reports": 3}
 COMMANDS = {"lottery_tf.main", "lottery_tf.report", "lottery_tf.runs", "lottery_tf.export", "lottery_tf"}
+# Aliases of modules that moved into core/, kept one more release with a warning (CHANGELOG.md).
+DEPRECATED = {"lottery_tf.pruning", "lottery_tf.masking", "lottery_tf.gradual", "lottery_tf.saliency"}
 
 
 def _modules():
@@ -46,7 +48,7 @@ def test_each_part_imports_only_the_parts_below_it():
     for module, path in modules.items():
         mine = _part(module)
         if mine is None:
-            assert module in COMMANDS, f"{module} is outside core, store, engine and reports"
+            assert module in COMMANDS | DEPRECATED, f"{module} is outside core, store, engine and reports"
             continue
         for target in _imports(path, modules):
             theirs = _part(target)

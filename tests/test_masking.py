@@ -90,7 +90,7 @@ def test_wrap_model_sequential_and_exclude():
         wrap_model(model, exclude=["nope"])
 
 
-def test_wrap_model_rejects_subclassed_models():
+def test_subclassed_models_are_masked_in_place_once_built():
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
@@ -100,9 +100,12 @@ def test_wrap_model_rejects_subclassed_models():
             return self.fc(x)
 
     net = Net()
-    net(np.zeros((1, 3), "float32"))
-    with pytest.raises(ValueError, match="Subclassed models cannot be cloned"):
+    with pytest.raises(ValueError, match="is not built, so its weights do not exist yet; call it on a batch"):
         wrap_model(net)
+    net(np.zeros((1, 3), "float32"))
+    assert wrap_model(net) is net
+    assert mask_names(net) == ["dense/kernel"]  # the unnamed Dense, named as a fresh process names it
+    assert get_masks(net)["dense/kernel"].shape == (3, 2)
 
 
 def test_subclassed_model_built_from_masked_layers():
@@ -149,12 +152,40 @@ def test_set_masks_zeroes_weights_and_densities():
 
 def test_model_without_masked_layers_is_a_clear_error():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5)])
-    with pytest.raises(ValueError, match="has no MaskedLayer"):
+    with pytest.raises(ValueError, match="has no masks; mask it with lottery_tf.wrap_model"):
         get_masks(model)
 
 
-def test_save_load_round_trip_keeps_masks_and_enforcement(tmp_path):
+def test_saved_model_masked_in_place_is_the_plain_model_with_its_zeros(tmp_path):
     model = wrap_model(_functional_with_nested())
+    masks = get_masks(model)
+    for name in masks:
+        masks[name].reshape(-1)[::3] = 0
+    set_masks(model, masks)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)  # no lottery_tf class in the file
+    x = RNG.normal(size=(8, 8)).astype("float32")
+    np.testing.assert_array_equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="has no masks"):
+        get_masks(loaded)
+    # Masks kept beside it (get_masks) put the ticket back: enforcement included.
+    set_masks(wrap_model(loaded), masks)
+    loaded.compile(optimizer="adam", loss="mse")
+    loaded.fit(x, np.ones((8, 3)), epochs=2, verbose=0)
+    weights = get_prunable_weights(loaded)
+    for name, mask in masks.items():
+        assert np.all(weights[name][mask == 0] == 0.0)
+
+
+def test_save_load_of_masked_layers_keeps_masks_and_enforcement(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            MaskedLayer(keras.layers.Dense(6, name="fc1")),
+            MaskedLayer(keras.layers.Dense(3, name="out")),
+        ]
+    )
     masks = get_masks(model)
     for name in masks:
         masks[name].reshape(-1)[::3] = 0

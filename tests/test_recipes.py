@@ -81,7 +81,7 @@ def test_mixed_precision_keeps_masks_exact(policy):
     )
     splits = get_splits(config.data)
     model = experiment.build_masked_model(config, splits, seed=0)
-    assert model.get_layer("conv1_1").layer.compute_dtype == policy.split("_")[1]
+    assert model.get_layer("conv1_1").compute_dtype == policy.split("_")[1]
     assert keras.ops.convert_to_numpy(model(splits.x_val[:2])).dtype == np.float32  # logits cast for the loss
     masks = get_masks(model)
     rng = np.random.default_rng(0)

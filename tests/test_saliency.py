@@ -25,7 +25,7 @@ def _linear(*kernels):
         x = keras.layers.Dense(kernel.shape[1], use_bias=False, name=f"d{i}")(x)
     model = wrap_model(keras.Model(inputs, x))
     for i, kernel in enumerate(kernels):
-        model.get_layer(f"d{i}").layer.kernel.assign(np.asarray(kernel, np.float32))
+        model.get_layer(f"d{i}").kernel.assign(np.asarray(kernel, np.float32))
     return model
 
 
@@ -100,7 +100,7 @@ def test_synflow_score_is_the_path_sum_through_each_weight():
     # All-ones input: a weight's score is |w| times the sum of |weights| on every path through it.
     np.testing.assert_allclose(scores["d0/kernel"], np.abs(w1) * np.abs(w2).sum(axis=1)[None, :], rtol=1e-12)
     np.testing.assert_allclose(scores["d1/kernel"], np.abs(w2) * np.abs(w1).sum(axis=0)[:, None], rtol=1e-12)
-    np.testing.assert_array_equal(model.get_layer("d0").layer.kernel.numpy(), w1.astype(np.float32))  # untouched
+    np.testing.assert_array_equal(model.get_layer("d0").kernel.numpy(), w1.astype(np.float32))  # untouched
 
 
 def test_synflow_rounds_follow_the_exponential_schedule():

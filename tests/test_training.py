@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from lottery_tf.core.keras_compat import keras
-from lottery_tf.core.masking import get_masks, get_prunable_weights, set_masks, wrap_model
+from lottery_tf.core.masking import get_masks, get_prunable_weights, mask_of, set_masks, wrap_model
 
 RNG = np.random.default_rng(1)
 X = RNG.normal(size=(96, 10)).astype("float32")
@@ -80,9 +80,10 @@ def test_mirrored_strategy_two_cpus_keeps_zeros_on_every_replica():
     model.fit(X, Y, batch_size=32, epochs=3, verbose=0)
     _check(model, masks, before)
     for layer in model.layers:
-        kernel = layer.layer._kernel
+        kernel = layer._kernel
         replicas = kernel.value.values  # one component per device
         assert len(replicas) == 2
+        assert len(mask_of(kernel).value.values) == 2  # the mask attached in place is mirrored like its weight
         mask = masks[f"{layer.name}/kernel"]
         for component in replicas:
             assert np.all(component.numpy()[mask == 0] == 0.0)
@@ -110,6 +111,7 @@ def _imp_masks(strategy):
     imp = PruneRewindCallback(PruningSpec("global", 0.3))
     for _ in range(2):
         model.fit(X, Y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[imp])
+    imp.prune_and_rewind()  # level 2 begins: its masks and rewound weights
     return get_masks(model), get_prunable_weights(model)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,11 +21,24 @@ class PruneRewindCallback(keras.callbacks.Callback):
     During the first ``fit`` the callback records the *rewind point*: every
     non-mask variable at training step ``rewind_step`` (0 = the original
     initialization, Frankle & Carbin 2019; k > 0 = rewinding, Frankle et al.
-    2019/2020). At the end of each ``fit`` it prunes ``spec`` of the remaining
+    2019/2020). Each ``fit`` trains one level, and when it returns the model
+    holds the weights that level trained: ``evaluate``, ``save``,
+    :func:`~lottery_tf.core.masking.strip_masks` and export see the trained
+    ticket. When the next ``fit`` begins (or on an explicit
+    :meth:`prune_and_rewind`), the callback prunes ``spec`` of the remaining
     weights by magnitude, sets the survivors back to their values at the rewind
     point and rewinds the optimizer to step ``rewind_step`` (see
     ``rewind_optimizer``), so the learning-rate schedule restarts from there.
-    The next ``fit`` trains the next level.
+
+    One callback drives one model: a callback that has seen a model refuses
+    another (create one callback per model, or call :meth:`reset` to start
+    over with a new model).
+
+    Custom training loops call the same steps by hand (:meth:`attach`,
+    :meth:`begin_level`, :meth:`end_step`, :meth:`end_level`); the learning
+    rate after a rewind is right in eager, ``tf.function`` and XLA steps,
+    because :meth:`attach` makes the schedule rewindable before the step is
+    traced and refuses an optimizer that has already taken a step.
 
     With ``rewind_weights=False`` the survivors keep their trained values and
     only the learning-rate schedule (and optimizer) is rewound: learning-rate
@@ -47,9 +61,9 @@ class PruneRewindCallback(keras.callbacks.Callback):
         rewind_step: Training step to rewind to; must be reached in the first
             ``fit``, at an execution boundary (a multiple of the model's
             ``steps_per_execution``).
-        levels: If set, the total number of levels to train; after the last one
-            the trained weights are kept instead of pruned. ``None`` prunes after
-            every ``fit``.
+        levels: If set, the total number of levels; a ``fit`` after the last
+            one goes on training the last level instead of pruning. ``None``
+            prunes before every ``fit`` after the first.
         output_layer: The mask (``"<layer>/<attribute>"``, or a layer name with
             one mask) that gets ``spec.output_fraction``; defaults to the last
             masked weight.
@@ -81,6 +95,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
     >>> imp = PruneRewindCallback(PruningSpec("layerwise", 0.2, output_fraction=0.1))
     >>> for level in range(5):
     ...     model.fit(x, y, epochs=2, callbacks=[imp])
+    ...     model.evaluate(x_test, y_test)  # the ticket this level trained
     """
 
     def __init__(
@@ -118,6 +133,89 @@ class PruneRewindCallback(keras.callbacks.Callback):
         self.rewind_point: collections.OrderedDict[str, np.ndarray] | None = None
         self.history: list[dict] = []
         self._checked = False
+        self._owner = None  # weak reference to the one model this callback drives
+        self._trained = False  # a level has trained and is not yet pruned
+
+    @property
+    def level_trained(self) -> bool:
+        """Whether a level has trained and the next one is not yet pruned and rewound."""
+        return self._trained
+
+    # -- one model ----------------------------------------------------------------------
+    def set_model(self, model):
+        """Binds the callback to ``model`` (Keras calls this in ``fit``).
+
+        Raises:
+            ValueError: If the callback already drives another model.
+        """
+        owner = self._owner() if self._owner is not None else None
+        if self._owner is not None and owner is not model:
+            raise ValueError(
+                f"This PruneRewindCallback drives model {self._owner_name!r} (level {self.level}); its rewind point "
+                f"and masks belong to it, not to model {model.name!r}. Create one callback per model, or call "
+                "callback.reset() to start over with another model."
+            )
+        if self._owner is None:
+            self._owner = weakref.ref(model)
+            self._owner_name = model.name
+        super().set_model(model)
+        optimizer = getattr(model, "optimizer", None)
+        if self.rewind_optimizer == "fresh" and optimizer is not None and not optimizer.built:
+            rewind.install_offset_schedule(optimizer)  # before any training step is traced
+
+    def reset(self) -> None:
+        """Forgets the model, its rewind point, level and history, so the callback can drive a new model."""
+        self._owner = None
+        self.level = 0
+        self.rewind_point = None
+        self.optimizer_point = None
+        self.history = []
+        self._checked = False
+        self._trained = False
+
+    # -- custom training loops ------------------------------------------------------------
+    def attach(self, model) -> None:
+        """Binds a model for a custom training loop; call it before the training step is traced or run.
+
+        Makes the optimizer's learning-rate schedule rewindable (a step traced
+        afterwards reads the rewound position from a variable), so the
+        learning rate after a rewind is right in eager, ``tf.function`` and XLA.
+
+        Raises:
+            ValueError: If the model is not compiled with an optimizer, or its
+                optimizer has already been built (a step traced before could not
+                see the rewind) while its schedule is not yet rewindable.
+        """
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError(
+                f"Model {model.name!r} has no optimizer; model.compile(optimizer=...) (or set model.optimizer) "
+                "before attach(), and train with that optimizer."
+            )
+        schedule = getattr(rewind.optimizer_chain(optimizer)[-1], "_learning_rate", None)
+        needs_offset = (
+            self.rewind_optimizer == "fresh"
+            and isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
+            and not isinstance(schedule, rewind.OffsetSchedule)
+        )
+        if needs_offset and optimizer.built:
+            raise ValueError(
+                "The optimizer has already been built (a training step ran or was traced), so a compiled step "
+                "would keep the schedule it traced and ignore rewinds; call attach(model) before the first step."
+            )
+        self.set_model(model)
+
+    def begin_level(self) -> None:
+        """Custom loops: call before a level's first step (prunes and rewinds after a trained level)."""
+        self.on_train_begin()
+
+    def end_step(self) -> None:
+        """Custom loops: call after every training step (records the rewind point at ``rewind_step``)."""
+        self.on_train_batch_end(None)
+
+    def end_level(self) -> None:
+        """Custom loops: call after a level's last step; the model keeps the trained weights."""
+        self.on_train_end()
 
     # -- checks before any step -------------------------------------------------------
     def _step(self) -> int:
@@ -139,6 +237,8 @@ class PruneRewindCallback(keras.callbacks.Callback):
         self._checked = True
 
     def on_train_begin(self, logs=None):
+        if self._trained:
+            self.prune_and_rewind()  # the previous level trained: this fit trains the next one
         built = self._model_built()
         if built and not self._checked:
             self.check_model()
@@ -191,15 +291,16 @@ class PruneRewindCallback(keras.callbacks.Callback):
         # Keras copies exponential moving averages into the weights at the end of
         # fit without constraints: pruned entries must be zero again.
         apply_masks(self.model)
-        if self.levels is not None and self.level + 1 >= self.levels:
-            return
-        self.prune_and_rewind()
+        # The model keeps what this level trained; the next level is pruned and rewound when it begins.
+        self._trained = self.levels is None or self.level + 1 < self.levels
 
     def prune_and_rewind(self) -> Mapping[str, np.ndarray]:
         """Prunes the current weights, rewinds survivors, rewinds the optimizer.
 
-        Transactional: if anything fails, the model's masks and weights are as
-        they were before the call.
+        Called when the next ``fit`` (or :meth:`begin_level`) begins after a
+        trained level; call it directly to prune and rewind at once (the next
+        ``fit`` then does not prune again). Transactional: if anything fails,
+        the model's masks and weights are as they were before the call.
 
         Returns:
             The new masks (name -> array).
@@ -219,6 +320,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
             rewind.restore(self.model, old_state)
             raise
         self.level += 1
+        self._trained = False
         alive = sum(int(np.count_nonzero(m)) for m in masks.values())
         total = sum(m.size for m in masks.values())
         self.history.append({"level": self.level, "density": alive / total})

@@ -126,8 +126,10 @@ class GradualPruningCallback(keras.callbacks.Callback):
             ``tfmot`` extra) for the sparsity values.
 
     Raises:
-        ValueError: For sparsities outside [0, 1), steps or frequency < 1,
-            ``end_step`` < ``begin_step``, an unknown schedule.
+        ValueError: For sparsities outside [0, 1) or decreasing, steps or
+            frequency < 1, ``end_step`` <= ``begin_step``, a frequency that
+            never lands on ``end_step``, ``power`` <= 0, an unknown schedule
+            (one line each, as the command line's checks).
 
     Example:
 
@@ -153,8 +155,19 @@ class GradualPruningCallback(keras.callbacks.Callback):
         for name, value in (("begin_step", begin_step), ("end_step", end_step), ("frequency", frequency)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if end_step < begin_step:
-            raise ValueError(f"end_step ({end_step}) must be >= begin_step ({begin_step})")
+        if end_step <= begin_step:
+            raise ValueError(
+                f"begin_step ({begin_step}) must be < end_step ({end_step}): the schedule runs between them"
+            )
+        if (end_step - begin_step) % frequency:
+            raise ValueError(
+                f"end_step - begin_step ({end_step - begin_step}) is not a multiple of frequency ({frequency}): "
+                "the schedule would never reach final_sparsity (pruning happens only at begin_step + n * frequency)"
+            )
+        if initial_sparsity > final_sparsity:
+            raise ValueError(f"initial_sparsity ({initial_sparsity}) must be <= final_sparsity ({final_sparsity})")
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
+            raise ValueError(f"power must be a number > 0, got {power!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         self.final_sparsity, self.initial_sparsity = float(final_sparsity), float(initial_sparsity)

@@ -1,23 +1,33 @@
-"""Where the mask is applied: the mask wrapper, and whole-model wrap/strip/query.
+"""Where the mask is applied: masks on a built model's own weights, and whole-model wrap/strip/query.
 
-A :class:`MaskedLayer` wraps a Keras layer and owns one non-trainable 0/1 mask
-variable per prunable weight (kernels, recurrent kernels and embeddings; never
-biases or normalisation weights), including the weights of every layer it
-holds, at any depth: the query/key/value/output projections of
-``MultiHeadAttention``, the cell of ``LSTM``/``GRU``/``SimpleRNN``, both
-directions of ``Bidirectional``, the layer inside ``TimeDistributed``, the
-sub-layers of a user's residual block or of a transformer block. Masks are
-named by the weights' unique names (:mod:`lottery_tf.core.naming`:
-``block_a/fc/kernel``). The mask is enforced as a variable *constraint*: Keras 3
-optimizers apply ``variable.constraint`` right after every update, for every
-optimizer, weight decay included, so pruned weights are exactly 0.0 after each
-step and the forward pass pays nothing for the mask. Because the stored weight
-itself is zero, saving, stripping and exporting need no extra step either.
+A mask is a non-trainable 0/1 variable attached to one weight variable as its
+*constraint*: Keras 3 optimizers apply ``variable.constraint`` right after every
+update, for every optimizer, weight decay included, so pruned weights are
+exactly 0.0 after each step and the forward pass pays nothing for the mask.
+:func:`wrap_model` attaches masks *in place* to the model the user built: no
+layer is copied, re-created or re-called, so any model Keras can build can be
+masked (blocks that make their sub-layers in ``__init__`` without ``build()``,
+layers called with mixed keyword arguments, layers whose ``get_config`` is
+broken, subclassed models). One weight has one mask and one name
+(:mod:`lottery_tf.core.naming`: ``block_a/fc/kernel``), however many paths lead
+to it (tied embeddings). Because the stored weight itself is zero, saving,
+stripping and exporting need no extra step: ``model.save`` writes the user's
+own model with its zeros, which loads without lottery_tf.
+
+Which weights are prunable: every floating-point weight with two or more
+dimensions longer than 1 that training updates (kernels of dense, convolutional, recurrent
+and attention layers, embedding tables, the experts of a mixture-of-experts
+layer, a custom layer's own matrices), and the kernels of Keras's prunable
+layer types even when frozen; never biases or normalisation weights.
+
+:class:`MaskedLayer` is the explicit form (a wrapper that owns its masks), for
+models written with it and for files saved by earlier versions.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import warnings
 from collections.abc import Iterable, Mapping
 
@@ -120,17 +130,29 @@ def prunable_variables(
     return found
 
 
-def _weight_variable(layer, attribute: str):
+def _weight_variable(layer, attribute: str, path: str | None = None):
     # Keras 3 keeps some kernels behind a property (for LoRA / quantization);
     # the variable itself lives at the underscored name.
+    where = f"Layer {path or layer.name!r} ({type(layer).__name__})"
+    if not layer.built:
+        raise ValueError(
+            f"{where} has not been built (it was never called), so its weights do not exist yet; "
+            "call the model on a batch (model(x[:1])) before masking it."
+        )
+    if getattr(layer, "quantization_mode", None):
+        raise ValueError(
+            f"{where} is quantized ({layer.quantization_mode}); prune before quantizing, or exclude the layer."
+        )
+    if getattr(layer, "lora_enabled", False):
+        raise ValueError(
+            f"{where} has LoRA enabled: its effective kernel is kernel + A.B, which a mask on the kernel cannot "
+            "keep sparse; merge or disable LoRA first, or exclude the layer."
+        )
     for candidate in ("_" + attribute, attribute):
         value = getattr(layer, candidate, None)
         if isinstance(value, keras.Variable):
             return value
-    raise ValueError(
-        f"Layer {layer.name!r} ({type(layer).__name__}) has no variable "
-        f"{attribute!r}; quantized or LoRA-enabled layers cannot be masked."
-    )
+    raise ValueError(f"{where} has no variable {attribute!r}.")
 
 
 class MaskConstraint(keras.constraints.Constraint):
@@ -360,51 +382,125 @@ def masked_layers(model) -> list[MaskedLayer]:
     return [layer for layer, _ in naming.walk(model) if isinstance(layer, MaskedLayer)]
 
 
+def mask_of(variable):
+    """The mask variable attached to ``variable`` (None if it has none)."""
+    constraint = getattr(variable, "constraint", None)
+    return constraint.mask if isinstance(constraint, MaskConstraint) else None
+
+
 def masked_weights(model) -> list[tuple[str, object, object]]:
-    """``(name, mask variable, weight variable)`` for every masked weight, in model order.
+    """``(name, mask variable, weight variable)`` for every masked weight, in ``model.variables`` order.
 
     Names are the weights' unique names (:mod:`lottery_tf.core.naming`): the layer
     names from the model down to the weight, ``"fc1/kernel"``,
     ``"block_a/fc/kernel"``, ``"transformer_layer_0/self_attention_layer/query/kernel"``.
+    A weight reached through several paths (tied embeddings) is listed once.
 
     Raises:
-        ValueError: If the model has no MaskedLayer or one is not built.
+        ValueError: If the model has no masks, or a MaskedLayer in it is not built.
     """
-    found = [(layer, name) for layer, name in naming.walk(model) if isinstance(layer, MaskedLayer)]
-    if not found:
-        raise ValueError(
-            f"Model {model.name!r} has no MaskedLayer; wrap it with "
-            "lottery_tf.wrap_model(model) or build it from MaskedLayer."
-        )
-    triples, seen = [], set()
-    for layer, prefix in found:
-        if not layer.built:
+    for layer, path in naming.walk(model):
+        if isinstance(layer, MaskedLayer) and not layer.built:
             raise ValueError(
-                f"MaskedLayer {layer.name!r} is not built; call the model on data "
+                f"MaskedLayer {path!r} is not built; call the model on data "
                 "(or build it) before reading or setting masks."
             )
-        for attribute, weight in layer.prunable_weights().items():
-            name = f"{prefix}/{attribute}"
-            if name in seen:  # only a layer object used at two places in one model
-                raise ValueError(f"The masked weight {name!r} appears twice in model {model.name!r}.")
-            seen.add(name)
-            triples.append((name, layer.masks[attribute], weight))
+    triples = [(name, mask_of(v), v) for name, v in naming.variable_names(model).items() if mask_of(v) is not None]
+    if not triples:
+        raise ValueError(
+            f"Model {model.name!r} has no masks; mask it with lottery_tf.wrap_model(model) "
+            "(in place) or build it from lottery_tf.MaskedLayer."
+        )
     return triples
 
 
+def _wrap_roots(model) -> dict:
+    """Weight name -> (path of the layer earlier versions wrapped, that layer's name, the rest of the name).
+
+    Earlier versions wrapped every layer directly under a Sequential or functional
+    model (nested models were entered) in a MaskedLayer; their files name masks and
+    mask variables after that layer.
+    """
+    layers = dict((path, layer) for layer, path in naming.walk(model))
+    roots = {}
+    for name, _, _ in masked_weights(model):
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            path = "/".join(parts[:i])
+            layer = layers.get(path)
+            if layer is None or not isinstance(layer, (keras.Sequential, Functional)):
+                break
+        roots[name] = (path, layer.name if layer is not None else parts[i - 1], "/".join(parts[i:]))
+    return roots
+
+
+def mask_variables(model) -> collections.OrderedDict[str, object]:
+    """Name -> mask variable, for the masks a checkpoint stores beside the model's variables.
+
+    Masks attached in place are not Keras variables of the model; they are named
+    as earlier versions named the mask variables of their wrappers
+    (``fc1/kernel_mask``, ``block/fc_kernel_mask``), so their checkpoints still read.
+    Masks of a :class:`MaskedLayer` are model variables already and are left out.
+    """
+    owned = {id(v) for v in model.variables}
+    found = collections.OrderedDict()
+    by_name = {name: mask for name, mask, _ in masked_weights(model)}
+    for name, (root, _, rest) in _wrap_roots(model).items():
+        mask = by_name[name]
+        if id(mask) not in owned:
+            found[f"{root}/{rest.replace('/', '_')}_mask"] = mask
+    return found
+
+
+def legacy_keras_paths(model) -> dict:
+    """Unique name -> the Keras ``variable.path`` earlier versions gave it, where it differs.
+
+    Earlier versions wrapped layers in MaskedLayers, which repeated the wrapped
+    layer's name in its variables' paths (``lenet/fc1/fc1/kernel``) and kept the
+    mask beside it (``lenet/fc1/kernel_mask``); files keyed by those paths (written
+    before names were unique) are read through this table. Covers the weights
+    and other variables under each wrapped layer and, by their checkpoint names
+    (:func:`mask_variables`), the masks attached in place.
+    """
+    try:
+        roots = _wrap_roots(model)
+    except ValueError:
+        return {}
+    masked_in_place = {id(v) for _, m, v in masked_weights(model) if id(m) not in {id(x) for x in model.variables}}
+    root_names = {}
+    for root, layer_name, _ in roots.values():
+        root_names[root] = layer_name
+    old = {}
+    variables = naming.variable_names(model)
+    for name, variable in variables.items():
+        for root, layer_name in root_names.items():
+            if not name.startswith(root + "/"):
+                continue
+            parts = variable.path.split("/")
+            if layer_name not in parts:
+                break
+            i = parts.index(layer_name)
+            old[name] = "/".join(parts[: i + 1] + parts[i:])
+            if id(variable) in masked_in_place:
+                rest = name[len(root) + 1 :]
+                old[f"{root}/{rest.replace('/', '_')}_mask"] = "/".join(
+                    parts[: i + 1] + [f"{rest.replace('/', '_')}_mask"]
+                )
+            break
+    return old
+
+
 def legacy_mask_names(model) -> dict:
-    """Mask names of files written before names were unique (``<masked layer>/<attribute>``) -> names now.
+    """Mask names of files written before names were unique (``<wrapped layer>/<attribute>``) -> names now.
 
     Empty if the old names repeat (such a model could not be pruned then).
     """
     old = {}
-    for layer, prefix in naming.walk(model):
-        if isinstance(layer, MaskedLayer) and layer.built:
-            for attribute in layer.masks:
-                key = f"{layer.name}/{attribute}"
-                if key in old:
-                    return {}
-                old[key] = f"{prefix}/{attribute}"
+    for name, (_, layer_name, rest) in _wrap_roots(model).items():
+        key = f"{layer_name}/{rest}"
+        if key in old:
+            return {}
+        old[key] = name
     return old
 
 
@@ -427,7 +523,7 @@ def set_masks(model, masks: Mapping[str, np.ndarray]) -> None:
     """Assigns masks and zeroes the newly pruned weights.
 
     Args:
-        model: A model containing MaskedLayers.
+        model: A model with masks (:func:`wrap_model`, or built from MaskedLayer).
         masks: Name -> 0/1 array for *every* masked weight of the model. Files
             written before mask names were unique (``<masked layer>/<attribute>``)
             are read too.
@@ -442,7 +538,12 @@ def set_masks(model, masks: Mapping[str, np.ndarray]) -> None:
         if legacy and sorted(masks) == sorted(legacy):
             masks = {legacy[name]: value for name, value in masks.items()}
         else:
-            raise ValueError(f"Masks must name exactly the model's masked weights {expected}; got {sorted(masks)}.")
+            missing = sorted(set(expected) - set(masks))
+            extra = sorted(set(masks) - set(expected))
+            raise ValueError(
+                f"Masks must name exactly the model's masked weights {expected}; got {sorted(masks)} "
+                f"(missing {missing[:5]}, unexpected {extra[:5]})."
+            )
     for name, mask_var, _ in triples:
         value = np.asarray(masks[name], dtype=np.float32)
         if value.shape != tuple(mask_var.shape):
@@ -491,17 +592,172 @@ def overall_density(model) -> float:
     return float(sum(np.count_nonzero(m) for m in masks)) / total
 
 
-def _clone_with(model, make_layer, what: str):
-    """clone_model with ``make_layer(layer) -> (new_layer, copy_from, copy_to)``.
+# -- masks attached in place ------------------------------------------------------
 
-    Keeps the original weights: ``clone_model`` would re-initialise them.
+# Weights that are never pruned, whatever their shape (EinsumDense biases are 2-D).
+_NEVER_PRUNED = ("bias", "gamma", "beta", "moving_mean", "moving_variance", "mean", "variance", "count")
+
+
+def _is_matrix(variable) -> bool:
+    """A floating-point weight that training updates, with two or more dimensions longer than 1.
+
+    A vector stored with extra unit dimensions (a ViT class token of shape
+    ``(1, 1, d)``, a per-channel scale) is not a matrix.
     """
-    if not isinstance(model, (keras.Sequential, Functional)):
-        raise ValueError(
-            f"{what} needs a Sequential or functional keras.Model; got "
-            f"{type(model).__name__}. Subclassed models cannot be cloned: build them "
-            "from lottery_tf.MaskedLayer directly."
+    return (
+        variable.trainable
+        and sum(1 for n in variable.shape if n is not None and n > 1) >= 2
+        and "float" in str(variable.dtype)
+        and variable.name not in _NEVER_PRUNED
+    )
+
+
+def _creation_scope(weight):
+    # A mask lives where its weight lives: a distributed weight gets a mask of the same strategy.
+    strategy = getattr(getattr(weight, "_value", None), "_distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def _attach(weight, name: str, value=None) -> None:
+    with _creation_scope(weight):
+        mask = keras.Variable(
+            np.ones(tuple(weight.shape), "float32") if value is None else np.asarray(value, "float32"),
+            dtype=weight.dtype,
+            trainable=False,
+            name=f"{name.replace('/', '_')}_mask",
         )
+    weight.constraint = MaskConstraint(mask, previous=weight.constraint)
+    weight.assign(weight * ops.cast(mask, weight.dtype))
+
+
+def _excluded_ids(model, walked, exclude: set) -> set:
+    ids = set()
+    for layer, path in walked:
+        if layer.name in exclude or path in exclude:
+            ids.update(id(v) for v in layer.variables)
+    for name, variable in naming.variable_names(model).items():
+        if name in exclude:
+            ids.add(id(variable))
+    return ids
+
+
+def prunable_weight_names(model, exclude: Iterable[str] = ()) -> list[str]:
+    """Unique names of the weights :func:`wrap_model` would mask (those already masked included).
+
+    Args:
+        model: A built Keras model.
+        exclude: Layer names (at any depth), layer paths or weight names to leave dense.
+
+    Raises:
+        ValueError: For a model that is not built, names in ``exclude`` that
+            match nothing, or a prunable layer that cannot be masked (never
+            built, quantized, LoRA-enabled), named by its path.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"wrap_model takes a keras.Model; got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built, so its weights do not exist yet; call it on a batch "
+            "(model(x[:1])) or model.build(input_shape) before wrap_model."
+        )
+    exclude = set(exclude)
+    walked = list(naming.walk(model))
+    variables = naming.variable_names(model)
+    known = {layer.name for layer, _ in walked} | {path for _, path in walked} | set(variables)
+    unknown = exclude - known
+    if unknown:
+        raise ValueError(
+            f"exclude names layers that are not in the model: {sorted(unknown)}; "
+            f"layers are {sorted({layer.name for layer, _ in walked})}."
+        )
+    excluded = _excluded_ids(model, walked, exclude)
+    # Below an excluded layer nothing is masked; a MaskedLayer decides for everything it holds.
+    closed = [
+        path for layer, path in walked if isinstance(layer, MaskedLayer) or layer.name in exclude or path in exclude
+    ]
+    for layer, _ in walked:
+        if isinstance(layer, MaskedLayer):
+            excluded.update(id(v) for v in layer.variables if mask_of(v) is None)
+    typed = set()
+    for layer, path in walked:
+        if any(path == c or path.startswith(c + "/") for c in closed):
+            continue
+        for attribute in prunable_attributes(layer):
+            typed.add(id(_weight_variable(layer, attribute, path)))
+    return [
+        name
+        for name, v in variables.items()
+        if id(v) not in excluded and (mask_of(v) is not None or id(v) in typed or _is_matrix(v))
+    ]
+
+
+def wrap_model(model, exclude: Iterable[str] = ()):
+    """Masks every prunable weight of a built model, in place, and returns the model.
+
+    Each prunable weight gets a 0/1 mask (all ones: dense) attached as its
+    constraint, so the optimizer keeps pruned weights at exactly 0.0 after
+    every step. No layer is copied or re-created: any model Keras can build
+    (Sequential, functional, subclassed; custom blocks, shared and tied layers,
+    keras_hub models) is masked as it is, and keeps its layers, weights,
+    ``get_config`` and compiled state. Prunable weights are every
+    floating-point weight with two or more dimensions longer than 1 that training updates
+    (kernels, embedding tables, recurrent kernels, experts of a
+    mixture-of-experts layer) and the kernels of Keras's prunable layer types;
+    biases and normalisation weights never. Weights that already have a mask
+    (a :class:`MaskedLayer` inside the model, an earlier ``wrap_model``) keep it.
+
+    Args:
+        model: A built Keras 3 model (call it on a batch first if it is not).
+        exclude: Weights to leave dense: a layer name (every layer of that
+            name, at any depth), a layer path (``"block_a/fc"``) or a weight
+            name (``"transformer_layer_0/mlp/experts/gate"``).
+
+    Returns:
+        ``model`` itself, masked (compiled or not, as it was).
+
+    Raises:
+        ValueError: For a model that is not built, names in ``exclude`` that
+            match nothing, a prunable layer that cannot be masked (named by
+            its path), or a model with nothing to prune.
+
+    Example:
+
+    >>> from lottery_tf.core.keras_compat import keras
+    >>> dense = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+    >>> masked = wrap_model(dense)
+    >>> masked is dense, mask_names(masked)
+    (True, ['fc/kernel'])
+    """
+    names = prunable_weight_names(model, exclude)
+    if not names:
+        raise ValueError(
+            f"Model {model.name!r} has no prunable weights (floating-point weights of two or more dimensions) "
+            "outside exclude; nothing to prune."
+        )
+    attach_masks(model, names)
+    return model
+
+
+def attach_masks(model, names: Iterable[str], masks: Mapping[str, np.ndarray] | None = None) -> None:
+    """Attaches masks (ones, or ``masks[name]``) to the named weights of ``model`` that have none.
+
+    Raises:
+        ValueError: If a name is not a weight of the model.
+    """
+    variables = naming.variable_names(model)
+    missing = sorted(set(names) - set(variables))
+    if missing:
+        raise ValueError(f"Model {model.name!r} has no weights named {missing[:5]}.")
+    for name in names:
+        if mask_of(variables[name]) is None:
+            _attach(variables[name], name, None if masks is None else masks[name])
+
+
+# -- stripping ----------------------------------------------------------------------
+
+
+def _clone_with(model, make_layer):
+    """clone_model with ``make_layer(layer) -> (new_layer, copy_from, copy_to)``, keeping the weights."""
     copies = []
 
     def clone_function(layer):
@@ -519,114 +775,7 @@ def _clone_with(model, make_layer, what: str):
     return clone
 
 
-def wrap_model(model, exclude: Iterable[str] = ()):
-    """Returns a copy of ``model`` with every prunable layer in a MaskedLayer.
-
-    Weights are copied, masks start dense (all ones). Nested Sequential or
-    functional models are wrapped recursively; a layer that holds prunable
-    layers (a residual block, a transformer block, attention) is wrapped as a
-    whole, with a mask for every prunable weight inside it.
-
-    Args:
-        model: A built Sequential or functional Keras 3 model.
-        exclude: Layers to leave unpruned: a layer name (every layer of that
-            name, at any depth) or a unique path (``"block_a/fc"``,
-            ``"transformer_layer_0/feedforward_output_dense"``).
-
-    Returns:
-        The wrapped model (not compiled).
-
-    Raises:
-        ValueError: For subclassed models, or names in ``exclude`` that match no
-            layer.
-
-    Example:
-
-    >>> from lottery_tf.core.keras_compat import keras
-    >>> dense = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
-    >>> masked = wrap_model(dense)
-    >>> mask_names(masked)
-    ['fc/kernel']
-    """
-    exclude = set(exclude)
-    paths = {}  # id(layer) -> its unique path in the original model
-    for layer, path in naming.walk(model):
-        paths.setdefault(id(layer), path)
-    known = {layer.name for layer, _ in naming.walk(model)} | set(paths.values())
-    unknown = exclude - known
-    if unknown:
-        raise ValueError(
-            f"exclude names layers that are not in the model: {sorted(unknown)}; "
-            f"layers are {sorted({layer.name for layer, _ in naming.walk(model)})}."
-        )
-
-    def excluded(layer, path) -> bool:
-        return layer.name in exclude or path in exclude
-
-    def excluded_inside(layer) -> tuple:
-        """Relative paths of the sub-layers of ``layer`` that ``exclude`` names."""
-        base = paths.get(id(layer), layer.name)
-        return tuple(
-            sorted(relative for inner, relative in naming.walk(layer) if excluded(inner, f"{base}/{relative}"))
-        )
-
-    def make_layer(layer):
-        if not isinstance(layer, keras.layers.Layer):
-            new = layer.__class__.from_config(layer.get_config())
-            return new, layer, new
-        new = clone_layer(layer)
-        if layer.built and not isinstance(layer, MaskedLayer):
-            build_config = layer.get_build_config() or {}
-            if "shapes_dict" in build_config:
-                # A layer of several inputs (attention): MaskedLayer cannot build it from
-                # one shape, so it is built here with the original's shapes. Layers of one
-                # input are built inside the model.
-                new.build_from_config(build_config)
-        inside = excluded_inside(layer)
-        if (
-            isinstance(layer, MaskedLayer)
-            or excluded(layer, paths.get(id(layer), layer.name))
-            or not can_be_masked(layer, inside)
-        ):
-            return new, layer, new
-        return MaskedLayer(new, exclude=inside), layer, new
-
-    wrapped = _clone_with(model, make_layer, "wrap_model")
-    _warn_dense_kernels(wrapped, exclude)
-    return wrapped
-
-
-def _warn_dense_kernels(model, exclude) -> None:
-    """Warns, by name, about kernel-like weights no mask covers (custom layers' own weights)."""
-    covered = {id(w) for layer in masked_layers(model) if layer.built for w in layer.prunable_weights().values()}
-    excluded = set()
-    for layer, path in naming.walk(model):
-        if layer.name in exclude or path in exclude:
-            excluded.update(id(w) for w in layer.weights)
-    dense = [
-        name
-        for name, v in naming.variable_names(model).items()
-        if v.name in _PRUNABLE_LOOKING and id(v) not in covered and id(v) not in excluded
-    ]
-    if dense:
-        warnings.warn(
-            f"wrap_model: {len(dense)} weight(s) stay dense because their layers cannot be masked: "
-            f"{', '.join(dense[:10])}{' ...' if len(dense) > 10 else ''}; pass their layers in "
-            "exclude= to silence this, or build them from lottery_tf.MaskedLayer.",
-            stacklevel=3,
-        )
-
-
-def strip_masks(model):
-    """Returns a plain Keras copy of ``model`` without MaskedLayers.
-
-    The pruned weights are already 0.0 in the wrapped layers, so the stripped
-    model computes the same function and holds the zeros in place.
-
-    Raises:
-        ValueError: For subclassed models.
-    """
-
+def _unwrap_masked_layers(model):
     def make_layer(layer):
         source = layer.layer if isinstance(layer, MaskedLayer) else layer
         if not isinstance(source, keras.layers.Layer):
@@ -635,4 +784,63 @@ def strip_masks(model):
             new = clone_layer(source)
         return new, source, new  # an operation (not a Layer) has no weights to copy
 
-    return _clone_with(model, make_layer, "strip_masks")
+    return _clone_with(model, make_layer)
+
+
+def _keras_copy(model):
+    """A copy of ``model`` made the way ``model.save`` and ``keras.models.load_model`` make one."""
+    import os
+    import tempfile
+
+    classes = {type(model).__name__: type(model)}
+    for layer, _ in naming.walk(model):
+        classes.setdefault(type(layer).__name__, type(layer))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(path)
+            return keras.models.load_model(path, custom_objects=classes, compile=False, safe_mode=False)
+
+
+def strip_masks(model):
+    """Returns a plain copy of ``model``: the same layers and weights, no masks.
+
+    The pruned weights are already 0.0, so the copy computes the same function
+    and holds the zeros; nothing keeps them at zero when it trains. A model
+    masked in place is copied the way ``model.save`` and
+    ``keras.models.load_model`` copy it (so it works for every model Keras can
+    save and load, subclassed ones included); MaskedLayers in a Sequential or
+    functional model are replaced by the layers they wrap. The model itself
+    is not changed.
+
+    Raises:
+        ValueError: If Keras cannot copy the model (the message says why and
+            what to do instead), or a subclassed model creates MaskedLayers in
+            its own code (a copy of it would too).
+    """
+    if masked_layers(model):
+        if isinstance(model, (keras.Sequential, Functional)):
+            return _unwrap_masked_layers(model)
+        raise ValueError(
+            f"Model {model.name!r} ({type(model).__name__}) creates lottery_tf.MaskedLayer in its own code, so any "
+            "copy of it has them too. Its pruned weights are exact zeros already: save or export it as it is, or "
+            "build it from plain layers and mask it in place with lottery_tf.wrap_model(model), which "
+            "strip_masks removes."
+        )
+    try:
+        copy = _keras_copy(model)
+    except Exception as error:  # whatever Keras raises: the copy is impossible, the reason is Keras's
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"strip_masks copies model {model.name!r} the way model.save and keras.models.load_model do, and Keras "
+            f"cannot ({type(error).__name__}: {first[:300]}). Its pruned weights are exact zeros already: use the "
+            "model as it is (export it, or save its weights)."
+        ) from error
+    expected, got = model.get_weights(), copy.get_weights()
+    if len(expected) != len(got) or any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(expected, got)):
+        raise ValueError(
+            f"strip_masks: Keras's copy of model {model.name!r} does not hold the model's weights "
+            "(its save and load do not round-trip); use the model as it is."
+        )
+    return copy

@@ -36,13 +36,16 @@ import numpy as np
 
 from lottery_tf.core import naming
 from lottery_tf.core.keras_compat import keras
-from lottery_tf.core.masking import apply_masks, masked_layers
+from lottery_tf.core.masking import apply_masks, legacy_keras_paths, masked_weights
 
 REWIND_OPTIMIZER = ("fresh", "reset", "restore")
 
 
 def _mask_ids(model) -> set:
-    return {id(m) for layer in masked_layers(model) for m in layer.masks.values()}
+    try:
+        return {id(mask) for _, mask, _ in masked_weights(model)}
+    except ValueError:  # nothing masked: every variable is state
+        return set()
 
 
 def state_variables(model) -> collections.OrderedDict[str, keras.Variable]:
@@ -64,7 +67,7 @@ def check_matches(model, state: Mapping[str, np.ndarray]) -> dict:
     Raises:
         ValueError: Unless ``state`` covers exactly the model's non-mask variables.
     """
-    return naming.rename_keys(dict(state), state_variables(model), "Rewind point")
+    return naming.rename_keys(dict(state), state_variables(model), "Rewind point", legacy_keras_paths(model))
 
 
 def restore(model, state: Mapping[str, np.ndarray]) -> None:
@@ -74,7 +77,7 @@ def restore(model, state: Mapping[str, np.ndarray]) -> None:
         ValueError: If the state does not cover exactly the model's variables.
     """
     variables = state_variables(model)
-    state = naming.rename_keys(dict(state), variables, "Rewind point")
+    state = naming.rename_keys(dict(state), variables, "Rewind point", legacy_keras_paths(model))
     for name, variable in variables.items():
         variable.assign(state[name])
     apply_masks(model)

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from lottery_tf.core.keras_compat import keras
-from lottery_tf.core.masking import get_masks, masked_weights, set_masks
+from lottery_tf.core.masking import attach_masks, get_masks, masked_weights, set_masks
 
 METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 GRASP_TEMPERATURE = 200.0
@@ -124,6 +124,8 @@ def float64_copy(model):
 
     copy = keras.models.clone_model(model, clone_function=clone_layer)
     copy.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+    masks = get_masks(model)
+    attach_masks(copy, list(masks), masks)
     return copy
 
 

@@ -250,6 +250,8 @@ def train_lineage(
             config.training.iterations - origin,
             extra_callbacks=[SaveTrainedState(os.path.join(folder, "final_weights.npz")), imp],
         )
+        if imp.level_trained:
+            imp.prune_and_rewind()  # the next level's masks, decided now so they are written before "done"
         if not is_done(ctx.folder, level + 1, name):
             atomic.write_npz(os.path.join(level_dir(ctx.folder, level + 1, name), "masks.npz"), get_masks(model))
         finish_level(ctx, level, name, metrics)

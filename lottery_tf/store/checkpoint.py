@@ -52,11 +52,26 @@ class Checkpoint:
 
 
 def _model_variables(model) -> dict:
-    """Unique name (:mod:`lottery_tf.core.naming`) -> variable, masks included."""
+    """Unique name (:mod:`lottery_tf.core.naming`) -> variable, masks included.
+
+    Masks attached in place are not variables of the model; they are stored
+    under the names earlier versions gave their wrappers' mask variables.
+    """
+    from lottery_tf.core.masking import mask_variables
+
     try:
-        return naming.variable_names(model)
+        variables = naming.variable_names(model)
+        try:
+            masks = mask_variables(model)
+        except ValueError:  # nothing masked
+            masks = {}
     except ValueError as error:
         raise CheckpointError(str(error)) from None
+    clash = sorted(set(masks) & set(variables))
+    if clash:
+        raise CheckpointError(f"model variables are named like masks: {clash[:3]}")
+    variables.update(masks)
+    return variables
 
 
 def save(folder: str, model, step: int, state: dict[str, Any], owner: dict | None = None) -> str:
@@ -214,9 +229,11 @@ def restore(model, checkpoint: Checkpoint) -> None:
     Raises:
         CheckpointError: If the checkpoint does not match the model.
     """
+    from lottery_tf.core.masking import legacy_keras_paths
+
     variables = _model_variables(model)
     try:  # checkpoints written before names were unique are keyed by Keras paths
-        values = naming.rename_keys(checkpoint.model, variables, "checkpoint")
+        values = naming.rename_keys(checkpoint.model, variables, "checkpoint", legacy_keras_paths(model))
     except ValueError:
         raise CheckpointError(f"{checkpoint.path}: does not match the model's variables") from None
     if not model.optimizer.built:

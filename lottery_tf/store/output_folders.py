@@ -16,7 +16,7 @@ A run folder is an experiment (:func:`is_experiment`: its ``identity.json``,
 or its replicates, when copied, renamed or damaged) or a replicate with levels
 copied out of one. Whether an existing folder is an earlier export that
 ``--overwrite`` may replace is the export command's own question
-(:func:`lottery_tf.export.earlier_export_problem`).
+(:func:`lottery_tf.engine.export_files.earlier_export_problem`).
 """
 
 from __future__ import annotations
