@@ -86,6 +86,10 @@ def test_attach_after_the_optimizer_took_a_step_is_refused():
     imp = PruneRewindCallback(PruningSpec("layerwise", 0.5), rewind_step=K)
     with pytest.raises(ValueError, match=r"already been built .* call attach\(model\) before the first step"):
         imp.attach(model)
+    with pytest.raises(
+        ValueError, match=r"^begin_level\(\) before attach\(model\): call callback.attach\(model\) first"
+    ):
+        PruneRewindCallback().begin_level()
     bare = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="has no optimizer"):
         PruneRewindCallback().attach(wrap_model(bare))

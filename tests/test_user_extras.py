@@ -66,13 +66,15 @@ def test_random_prune_control_keeps_each_weights_count_or_the_total_and_the_stru
         lottery_tf.random_prune_control(masks, seed=0, scope="all")
 
 
-def test_sparsity_summaries_write_each_weights_sparsity_to_tensorboard(tmp_path):
+@pytest.mark.parametrize("summaries_first", [False, True])
+def test_sparsity_summaries_write_each_weights_sparsity_to_tensorboard(tmp_path, summaries_first):
     model = lottery_tf.wrap_model(build())
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     imp = lottery_tf.PruneRewindCallback(lottery_tf.PruningSpec("layerwise", 0.5))
     summaries = lottery_tf.SparsitySummaries(str(tmp_path), update_freq=4)
     for _ in range(2):
-        model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[imp, summaries])
+        callbacks = [summaries, imp] if summaries_first else [imp, summaries]
+        model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=callbacks)
     scalars = {}
     for path in tf.io.gfile.glob(str(tmp_path / "sparsity" / "events.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -83,6 +85,8 @@ def test_sparsity_summaries_write_each_weights_sparsity_to_tensorboard(tmp_path)
     assert max(v for _, v in scalars["sparsity/overall"]) == pytest.approx(0.5)
     assert min(v for _, v in scalars["sparsity/overall"]) == 0.0
     assert scalars["sparsity/fc/kernel"][-1] == (4, pytest.approx(0.5))  # the last write: step 4 of level 1
+    # Level 1's first write (step 0) shows its own sparsity, whichever callback comes first.
+    assert [v for step, v in scalars["sparsity/overall"] if step == 0] == [0.0, pytest.approx(0.5)]
     with pytest.raises(ValueError, match="update_freq must be 'epoch' or an integer >= 1; got 0"):
         lottery_tf.SparsitySummaries(str(tmp_path), update_freq=0)
 
@@ -112,10 +116,16 @@ def test_export_model_writes_checked_artifacts_from_python(tmp_path):
         ({"out": str(tmp_path / "b"), "quantize": ("int8",)}, r"^x_train: quantize='int8' calibrates"),
         ({"out": str(tmp_path / "b"), "formats": ("onnx",)}, r"^formats: expected some of keras, litert"),
         ({"out": str(tmp_path / "b"), "x_test": X[:3]}, r"^x_test, y_test: expected examples and one"),
+        # Labels that are not the model's classes scored 0.0 without a word; examples of another width gave
+        # Keras's 9-line error.
+        ({"out": str(tmp_path / "b"), "y_test": np.full(64, 7)}, r"^y_test: labels must be classes 0\.\.2 of"),
+        ({"out": str(tmp_path / "b"), "y_test": np.full(64, 0.5)}, r"^y_test: expected integer class labels"),
+        ({"out": str(tmp_path / "b"), "x_test": X[:, :4]}, r"^x_test: the model cannot take examples of shape"),
     ]:
         arguments = {"model": model, "x_test": X, "y_test": Y, "latency_runs": 1, **kwargs}
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match=message) as caught:
             lottery_tf.export_model(**arguments)
+        assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
     assert sorted(os.listdir(tmp_path)) == ["export"]
     again = lottery_tf.export_model(model, out, X, Y, formats=("keras",), latency_runs=1, overwrite=True)
     assert sorted(os.listdir(out)) == ["export.json", "ticket.keras"] and "ticket.tflite" not in again["artifacts"]

@@ -29,6 +29,7 @@ for side in before after; do
 done
 status=0
 for run in smoke smoke_k50 resnet8 quickstart; do
-  echo "$run: $(python "$repo/tools/compare_runs.py" "$work/before/$run" "$work/after/$run" | tr '\n' ' ')" || status=1
+  result=$(python "$repo/tools/compare_runs.py" "$work/before/$run" "$work/after/$run") || status=1
+  echo "$run: $(echo "$result" | tr '\n' ' ')"
 done
 exit $status

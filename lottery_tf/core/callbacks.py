@@ -38,7 +38,8 @@ class PruneRewindCallback(keras.callbacks.Callback):
     :meth:`begin_level`, :meth:`end_step`, :meth:`end_level`); the learning
     rate after a rewind is right in eager, ``tf.function`` and XLA steps,
     because :meth:`attach` makes the schedule rewindable before the step is
-    traced and refuses an optimizer that has already taken a step.
+    traced, and refuses an optimizer with a schedule that has already taken a
+    step (a step traced then could not see a rewind).
 
     With ``rewind_weights=False`` the survivors keep their trained values and
     only the learning-rate schedule (and optimizer) is rewound: learning-rate
@@ -205,16 +206,23 @@ class PruneRewindCallback(keras.callbacks.Callback):
             )
         self.set_model(model)
 
+    def _attached(self, what: str) -> None:
+        if self.model is None:
+            raise ValueError(f"{what}() before attach(model): call callback.attach(model) first.")
+
     def begin_level(self) -> None:
         """Custom loops: call before a level's first step (prunes and rewinds after a trained level)."""
+        self._attached("begin_level")
         self.on_train_begin()
 
     def end_step(self) -> None:
         """Custom loops: call after every training step (records the rewind point at ``rewind_step``)."""
+        self._attached("end_step")
         self.on_train_batch_end(None)
 
     def end_level(self) -> None:
         """Custom loops: call after a level's last step; the model keeps the trained weights."""
+        self._attached("end_level")
         self.on_train_end()
 
     # -- checks before any step -------------------------------------------------------

@@ -40,8 +40,11 @@ def reinit_control(build: Callable[[], object], masks: Mapping[str, np.ndarray],
             came from, with its own initializers: the same function that
             built the ticket's model.
         masks: The ticket's masks (``lottery_tf.get_masks(ticket)``).
-        seed: Seed of the new initialization (``keras.utils.set_random_seed``);
-            use another seed than the ticket's.
+        seed: Seed of the new initialization; use another seed than the
+            ticket's. It is set with ``keras.utils.set_random_seed``, which
+            seeds Python's, NumPy's and TensorFlow's global generators too
+            (what draws from them afterwards, a shuffle of yours included,
+            follows from ``seed``).
         exclude: What the ticket's ``wrap_model`` excluded.
 
     Returns:

@@ -668,7 +668,7 @@ def prunable_weight_names(model, exclude: Iterable[str] = ()) -> list[str]:
     if unknown:
         raise ValueError(
             f"exclude names layers that are not in the model: {sorted(unknown)}; "
-            f"layers are {sorted({layer.name for layer, _ in walked})}."
+            f"layers are {sorted({path for _, path in walked})} (as mask names spell them)."
         )
     excluded = _excluded_ids(model, walked, exclude)
     # Below an excluded layer nothing is masked; a MaskedLayer decides for everything it holds.

@@ -14,9 +14,13 @@ class SparsitySummaries(keras.callbacks.Callback):
 
     Scalars ``sparsity/<mask name>`` (the share of that weight's entries that
     are pruned) and ``sparsity/overall`` (of all masked entries, each weight
-    counted once), at the optimizer's step, when training begins, every
-    ``update_freq`` steps and when it ends. Sparsity is read from the masks,
-    so it is what the ticket prunes, whatever the weights' values.
+    counted once), at the training step, before the first batch (after every
+    callback's ``on_train_begin``, so in any order beside a
+    ``PruneRewindCallback``), every ``update_freq`` steps and when training
+    ends. Sparsity is read from the masks, so it is what the ticket prunes,
+    whatever the weights' values. Each IMP level starts again at step 0 (or
+    at the rewind step k): give each level its own ``log_dir`` to see the
+    levels side by side.
 
     Args:
         log_dir: The TensorBoard folder (a ``sparsity`` subfolder is used, so
@@ -66,7 +70,14 @@ class SparsitySummaries(keras.callbacks.Callback):
         return values
 
     def on_train_begin(self, logs=None):
-        self.write()
+        # Written at the first batch, once every callback's on_train_begin has run: a PruneRewindCallback
+        # listed after this one prunes the new level there, and its sparsity is the one to show.
+        self._begin = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if getattr(self, "_begin", False):
+            self._begin = False
+            self.write()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.update_freq != "epoch" and self._step() % self.update_freq == 0:

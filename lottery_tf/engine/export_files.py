@@ -43,6 +43,7 @@ _SAVED_MODEL_PATH = re.compile(
     r"(saved_model\.pb|fingerprint\.pb|assets|variables|variables/variables\.(index|data-\d{5}-of-\d{5}))"
 )
 LATENCY_RUNS = 50
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Keras colours its messages for terminals
 
 
 class ExportError(ValueError):
@@ -295,8 +296,10 @@ def export_model(
         What ``export.json`` holds.
 
     Raises:
-        ValueError: For any bad input, before anything is written (one line
-            naming the argument).
+        ExportError: A ``ValueError``, for any bad input, before anything is
+            written (one line naming the argument): unknown formats, labels
+            that are not the model's classes, examples the model cannot take,
+            an output folder that is run data or not an earlier export.
 
     Example:
 
@@ -318,6 +321,20 @@ def export_model(
     if x_test.ndim < 2 or y_test.ndim != 1 or len(x_test) != len(y_test) or not len(y_test):
         raise ExportError(
             f"x_test, y_test: expected examples and one integer label each; got shapes {x_test.shape}, {y_test.shape}"
+        )
+    if not np.issubdtype(y_test.dtype, np.integer):
+        raise ExportError(f"y_test: expected integer class labels; got {y_test.dtype} values")
+    try:
+        outputs = np.asarray(model(x_test[:1], training=False))
+    except Exception as error:  # whatever Keras raises: the model cannot take these examples
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = _ANSI.sub("", first)[:120]
+        raise ExportError(f"x_test: the model cannot take examples of shape {x_test.shape[1:]} ({first})") from None
+    classes = int(outputs.shape[-1])
+    if outputs.ndim != 2 or y_test.min() < 0 or y_test.max() >= classes:
+        raise ExportError(
+            f"y_test: labels must be classes 0..{classes - 1} of the model's {classes} outputs; got "
+            f"{int(y_test.min())}..{int(y_test.max())} (outputs of shape {outputs.shape[1:]})"
         )
     if "int8" in quantize and (x_train is None or len(x_train) == 0):
         raise ExportError("x_train: quantize='int8' calibrates on training examples; pass x_train")
