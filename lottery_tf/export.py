@@ -166,10 +166,24 @@ def summary(record: dict) -> str:
         f"accuracy {100 * record['run_test_accuracy']:.2f}%"
     ]
     for name, entry in record["artifacts"].items():
-        accuracy = entry.get("accuracy", entry.get("without_default_delegates", {}).get("accuracy"))
         size = f"{entry['bytes']:,} bytes ({entry['gzip_bytes']:,} gzip)" if "bytes" in entry else "(not written)"
-        shown = f"{100 * accuracy:.2f}%" if accuracy is not None else "failed"
-        lines.append(f"  {name}: {size}, test accuracy {shown}")
+        if "accuracy" in entry:
+            lines.append(f"  {name}: {size}, test accuracy {100 * entry['accuracy']:.2f}%")
+            continue
+        shown = []
+        for label, words in (
+            ("default_delegates", "default delegates"),
+            ("without_default_delegates", "builtin kernels"),
+        ):
+            result = entry.get(label, {})
+            if "accuracy" in result:
+                mark = "" if result.get("agrees_with_keras") else " WRONG"
+                shown.append(f"{words} {100 * result['accuracy']:.2f}%{mark}")
+            elif "error" in result:
+                shown.append(f"{words} failed")
+        lines.append(f"  {name}: {size}, test accuracy {', '.join(shown) or 'not measured'}")
+    if record.get("problems"):
+        lines.append(f"  problems: {len(record['problems'])} (listed above and in export.json)")
     return "\n".join(lines)
 
 

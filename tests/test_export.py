@@ -148,9 +148,17 @@ def test_export_writes_every_artifact_and_measures_each_by_running_it(exported, 
     # few bytes of index per block.
     assert artifacts["ticket.tflite"]["bytes"] < (record["density"] + 0.05) * 1_066_368
     # The interpreter's failure on one artifact is named and the others are still written.
-    failed = [p for p in record["problems"] if "with default delegates" in p]
-    assert failed and all("failed to prepare" in p for p in failed)
+    failed = [p for p in record["problems"] if "under the interpreter's default delegates" in p]
+    assert failed and all(
+        "failed to prepare" in p
+        and p.endswith("run it with the builtin kernels (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)")
+        for p in failed
+    )
     assert all(f"warning: {p}" in result.stderr for p in failed)
+    # Every file's weights were decoded and checked against the ticket; each configuration against Keras.
+    for name in ("ticket.tflite", "ticket_dynamic.tflite", "ticket_int8.tflite"):
+        assert artifacts[name]["stored_weights"]["equal_to_ticket"], name
+        assert artifacts[name]["run_with"], name
 
 
 def test_the_tflite_file_runs_in_the_interpreter_with_the_keras_accuracy(exported):

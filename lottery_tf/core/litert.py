@@ -9,6 +9,11 @@
   bytes of its values and indices, its nonzeros, and which operator reads it
   (``DENSIFY`` means the interpreter expands it to dense when it loads: the
   dense kernel runs, the file is only smaller).
+* :func:`decode`: every such tensor's values as the runtime sees them, the
+  sparse format expanded (its traversal order, blocks and compressed
+  dimensions) and int8 values dequantized with their scales; and
+  :func:`compare_weights`, which checks them against the ticket's kept weights,
+  one by one (the converter drops a sparse tensor's last partial block).
 * :class:`Runner`: the LiteRT interpreter (``ai_edge_litert``, the maintained
   package, or TensorFlow's deprecated ``tf.lite.Interpreter`` when it is
   missing) with or without the default delegates (XNNPACK), any batch size.
@@ -28,7 +33,7 @@ from lottery_tf.core.keras_compat import quiet_native_output
 QUANTIZATIONS = ("none", "dynamic", "int8")
 
 
-def convert(model, quantize: str = "none", representative=None) -> bytes:
+def convert(model, quantize: str = "none", representative=None, sparse: bool = True) -> bytes:
     """A ``.tflite`` flatbuffer of a plain (stripped) Keras model, with sparse tensor encoding.
 
     Args:
@@ -38,6 +43,8 @@ def convert(model, quantize: str = "none", representative=None) -> bytes:
             and output).
         representative: For ``int8``: an array of input examples that set the
             activation ranges (from the training split).
+        sparse: Whether to ask for sparse tensor encoding
+            (``Optimize.EXPERIMENTAL_SPARSITY``); ``False`` stores every weight dense.
 
     Raises:
         ValueError: For an unknown ``quantize``, or ``int8`` without examples.
@@ -48,7 +55,7 @@ def convert(model, quantize: str = "none", representative=None) -> bytes:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter_log = io.StringIO()
-    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
     if quantize in ("dynamic", "int8"):
         converter.optimizations.append(tf.lite.Optimize.DEFAULT)
     if quantize == "int8":
@@ -135,6 +142,138 @@ def storage(flatbuffer: bytes) -> list[dict]:
                 }
             )
     return found
+
+
+def _densify(values: np.ndarray, shape: list, sparsity) -> np.ndarray:
+    """The dense tensor of a sparse one (TFLite's format: levels in traversal order, DENSE or SPARSE_CSR)."""
+    order = [int(d) for d in sparsity.traversalOrder]
+    block_map = [int(d) for d in (sparsity.blockMap if sparsity.blockMap is not None else ())]
+    levels = sparsity.dimMetadata
+    rank = len(shape)
+    where = {dimension: position for position, dimension in enumerate(order)}
+    dense = np.zeros(shape, values.dtype)
+    coordinates = [0] * len(order)
+
+    def children(level, parent):
+        meta = levels[level]
+        if meta.format == 0:  # DENSE
+            size = int(meta.denseSize)
+            return [(i, parent * size + i) for i in range(size)]
+        segments = np.asarray(meta.arraySegments.values)
+        indices = np.asarray(meta.arrayIndices.values)
+        return [(int(indices[p]), p) for p in range(int(segments[parent]), int(segments[parent + 1]))]
+
+    def place(position):
+        index = []
+        for dimension in range(rank):
+            outer = coordinates[where[dimension]]
+            if dimension in block_map:
+                inner_level = where[rank + block_map.index(dimension)]
+                size = int(levels[inner_level].denseSize)
+                index.append(outer * size + coordinates[inner_level])
+            else:
+                index.append(outer)
+        dense[tuple(index)] = values[position]
+
+    def walk(level, parent):
+        for index, position in children(level, parent):
+            coordinates[level] = index
+            if level == len(order) - 1:
+                place(position)
+            else:
+                walk(level + 1, position)
+
+    walk(0, 0)
+    return dense
+
+
+def decode(flatbuffer: bytes) -> list[dict]:
+    """Every constant tensor of rank >= 2 of a ``.tflite`` file, as the runtime computes with it.
+
+    Returns:
+        One dict per tensor, in :func:`storage`'s order: ``name``, ``shape``
+        and ``values`` (float64, dense, dequantized: ``(q - zero_point) *
+        scale`` per channel for int8) and ``step`` (the quantization step per
+        entry, 0 for float).
+    """
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
+    found = []
+    for graph in model.subgraphs:
+        for tensor in graph.tensors:
+            data = model.buffers[tensor.buffer].data
+            shape = [int(d) for d in (tensor.shape if tensor.shape is not None else ())]
+            if data is None or len(shape) < 2:
+                continue
+            raw = np.frombuffer(bytes(np.asarray(data, np.uint8)), _DTYPES.get(tensor.type, np.uint8))
+            dense = _densify(raw, shape, tensor.sparsity) if tensor.sparsity is not None else raw.reshape(shape)
+            values, step = dense.astype(np.float64), np.zeros(shape)
+            quantization = tensor.quantization
+            scales = None if quantization is None or quantization.scale is None else np.asarray(quantization.scale)
+            if scales is not None and len(scales) and np.issubdtype(dense.dtype, np.integer):
+                zeros = np.asarray(quantization.zeroPoint if quantization.zeroPoint is not None else [0])
+                axis = int(quantization.quantizedDimension) if len(scales) > 1 else 0
+                broadcast = [1] * len(shape)
+                broadcast[axis] = len(scales) if len(scales) > 1 else 1
+                scale = scales.reshape(broadcast)
+                values = (values - zeros.reshape(broadcast if len(zeros) > 1 else [1] * len(shape))) * scale
+                step = np.broadcast_to(scale, shape).astype(np.float64)
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            found.append({"name": name, "shape": shape, "values": values, "step": step})
+    return found
+
+
+def compare_weights(decoded: list[dict], weights: dict, masks: dict) -> dict:
+    """Checks every masked weight of the ticket against the tensor that stores it.
+
+    A weight is matched to the stored tensor of its runtime shape (outputs
+    first: :func:`lottery_tf.core.pruning.runtime_view`) that it agrees with
+    best. A kept weight must be stored at its value (float: exactly; int8:
+    within half a quantization step, or 0 where it rounds to 0); a pruned one
+    must be stored as 0.
+
+    Args:
+        decoded: :func:`decode` of the file.
+        weights: Name -> the ticket's weight (Keras layout).
+        masks: Name -> its mask.
+
+    Returns:
+        Name -> ``{"tensor", "kept", "lost", "pruned_stored_nonzero",
+        "max_error"}``; a weight no tensor holds gets ``{"tensor": None}``.
+    """
+    from lottery_tf.core.pruning import runtime_view
+
+    out, used = {}, set()
+    for name, mask in masks.items():
+        kept = runtime_view(mask) != 0
+        value = runtime_view(np.asarray(weights[name], np.float64))
+        best = None
+        for i, tensor in enumerate(decoded):
+            if i in used or int(np.prod(tensor["shape"])) != mask.size or tensor["shape"][0] != kept.shape[0]:
+                continue
+            stored = tensor["values"].reshape(kept.shape)
+            step = tensor["step"].reshape(kept.shape)
+            # Half a step, with room for the float32 arithmetic of the converter's rounding.
+            tolerance = step / 2 * (1 + 1e-3) + 1e-6 * np.abs(value) + 1e-12
+            error = np.abs(stored - value)
+            rounds_to_zero = np.abs(value) <= tolerance
+            lost = int(np.count_nonzero(kept & (error > tolerance) & ~(rounds_to_zero & (stored == 0))))
+            leaked = int(np.count_nonzero(~kept & (np.abs(stored) > tolerance)))
+            result = {
+                "tensor": tensor["name"],
+                "kept": int(np.count_nonzero(kept)),
+                "lost": lost,
+                "pruned_stored_nonzero": leaked,
+                "max_error": float(error[kept].max()) if kept.any() else 0.0,
+            }
+            if best is None or (lost + leaked, i) < (best[1]["lost"] + best[1]["pruned_stored_nonzero"], best[0]):
+                best = (i, result)
+        if best is None:
+            out[name] = {"tensor": None}
+        else:
+            used.add(best[0])
+            out[name] = best[1]
+    return out
 
 
 def interpreter_name() -> str:

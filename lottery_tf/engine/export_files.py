@@ -186,8 +186,9 @@ def write_folder(record, model, data, formats, quantize, out, latency_runs, expe
     x_test, y_test, representative = data
     try:
         masks = masking.get_masks(model)
-    except ValueError:  # a plain model (export_model): nothing to strip
-        masks = {}
+        weights = masking.get_prunable_weights(model)
+    except ValueError:  # a plain model (export_model): nothing to strip or to check weight by weight
+        masks, weights = {}, {}
     plain, record = _plain(model, masks, record)
     keras_logits = np.asarray(plain.predict(x_test, batch_size=256, verbose=0))
     record = {
@@ -215,7 +216,7 @@ def write_folder(record, model, data, formats, quantize, out, latency_runs, expe
             for mode in quantize:
                 name = litert_file(mode)
                 record["artifacts"][name] = _litert_artifact(
-                    scratch, name, plain, mode, data, keras_logits, masks, latency_runs, record["problems"]
+                    scratch, name, plain, mode, data, keras_logits, masks, weights, latency_runs, record["problems"]
                 )
         if "saved_model" in formats:
             record["artifacts"]["saved_model"] = _saved_model(
@@ -349,21 +350,113 @@ def export_model(
     return write_folder(record, model, (x_test, y_test, representative), formats, quantize, out, latency_runs, None)
 
 
-def _litert_artifact(scratch, name, plain, mode, data, keras_logits, masks, runs, problems) -> dict:
+# The configurations a user of a .tflite file gets without asking: the interpreter's defaults (XNNPACK on
+# CPU), and its builtin kernels (what runs where no delegate applies, and TFLite's sparse kernels).
+CONFIGURATIONS = {
+    "default_delegates": "the interpreter's default delegates (XNNPACK)",
+    "without_default_delegates": "the builtin kernels (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)",
+}
+AGREEMENT = (
+    "float32 files: every output within 1e-3 x (1 + the largest Keras output) of Keras's; quantized files: finite "
+    "outputs, the same top class as Keras for at least 95% of the test examples and accuracy at most 2 points below"
+)
+
+
+def agreement_with_keras(mode: str, logits, keras_logits, labels) -> dict:
+    """How a runtime's outputs compare with Keras's on the same examples, and whether they agree (:data:`AGREEMENT`).
+
+    Args:
+        mode: The file's quantization (``none``, ``dynamic``, ``int8``).
+        logits, keras_logits: The runtime's and Keras's outputs, (examples, classes).
+        labels: The examples' classes.
+    """
+    logits, keras_logits = np.asarray(logits, np.float64), np.asarray(keras_logits, np.float64)
+    finite = bool(np.all(np.isfinite(logits)))
+    agreement = float(np.mean(np.argmax(logits, -1) == np.argmax(keras_logits, -1)))
+    difference = float(np.max(np.abs(logits - keras_logits))) if finite else None
+    accuracy = _accuracy(logits, labels)
+    if mode == "none":
+        agrees = finite and difference <= 1e-3 * (1.0 + float(np.max(np.abs(keras_logits))))
+    else:
+        agrees = finite and agreement >= 0.95 and accuracy >= _accuracy(keras_logits, labels) - 0.02
+    return {
+        "accuracy": accuracy,
+        "max_output_difference": difference,
+        "finite_outputs": finite,
+        "prediction_agreement": agreement,
+        "agrees_with_keras": bool(agrees),
+    }
+
+
+def _warn(line: str, problems: list) -> None:
+    problems.append(line)
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+def _stored_check(flat: bytes, weights: dict, masks: dict) -> dict:
+    """Every masked weight of the ticket against the tensor the file stores it in (decoded, dequantized)."""
+    from lottery_tf.core import litert
+
+    per_weight = litert.compare_weights(litert.decode(flat), weights, masks)
+    missing = sorted(name for name, found in per_weight.items() if found["tensor"] is None)
+    found = [w for w in per_weight.values() if w["tensor"] is not None]
+    return {
+        "equal_to_ticket": not missing and not any(w["lost"] or w["pruned_stored_nonzero"] for w in found),
+        "lost": sum(w["lost"] for w in found),
+        "pruned_stored_nonzero": sum(w["pruned_stored_nonzero"] for w in found),
+        "not_found": missing,
+        "per_weight": per_weight,
+        "criterion": "kept weights stored at their value (float: exactly; int8: within half a quantization "
+        "step), pruned ones as 0",
+    }
+
+
+def _losses(check: dict) -> str:
+    parts = [
+        f"{name}: {w['lost']} of {w['kept']:,} kept weights"
+        + (f", {w['pruned_stored_nonzero']} pruned ones" if w["pruned_stored_nonzero"] else "")
+        for name, w in check["per_weight"].items()
+        if w["tensor"] is not None and (w["lost"] or w["pruned_stored_nonzero"])
+    ]
+    parts += [f"{name}: not found in the file" for name in check["not_found"]]
+    return "; ".join(parts)
+
+
+def _litert_artifact(scratch, name, plain, mode, data, keras_logits, masks, weights, runs, problems) -> dict:
     from lottery_tf.core import litert
 
     x_test, y_test, calibration = data
     representative = calibration if mode == "int8" else None
     flat = litert.convert(plain, mode, representative)
+    entry = {"file": name, "quantize": mode, "storage": "sparse tensor encoding where the converter chose it"}
+    check = _stored_check(flat, weights, masks) if masks else None
+    if check is not None and not check["equal_to_ticket"]:
+        # TensorFlow's converter drops the last block of a sparse tensor when it does not fill (an input width
+        # that is not a multiple of 4 for float, 16 for int8): store every weight dense instead.
+        losses = _losses(check)
+        dense = litert.convert(plain, mode, representative, sparse=False)
+        dense_check = _stored_check(dense, weights, masks)
+        if not dense_check["equal_to_ticket"]:
+            entry.update(
+                error=f"not written: its stored weights differ from the ticket's ({losses})", stored_weights=check
+            )
+            _warn(f"{name} {entry['error']}", problems)
+            return entry
+        entry["storage"] = "dense: the sparse encoding lost " + losses
+        print(f"note: {name}: the sparse encoding lost {losses}; written with dense storage", file=sys.stderr)
+        flat, check = dense, dense_check
     with open(os.path.join(scratch, name), "wb") as handle:
         handle.write(flat)
-    entry = {"file": name, "quantize": mode, "bytes": len(flat), "gzip_bytes": _gzip_size(flat)}
+    entry.update(bytes=len(flat), gzip_bytes=_gzip_size(flat))
+    if check is not None:
+        entry["stored_weights"] = {k: v for k, v in check.items() if k != "per_weight"}
     stored = litert.storage(flat)
     by_weight = _weights_for(stored, masks)
     entry["weights"] = {
         weight: {
             **stored[i],
             "kept": int(np.count_nonzero(masks[weight])),
+            **({k: check["per_weight"][weight][k] for k in ("lost", "max_error")} if check else {}),
             "kernel": (
                 "dense (DENSIFY expands it when the interpreter loads the file)"
                 if "DENSIFY" in stored[i]["read_by"]
@@ -377,13 +470,13 @@ def _litert_artifact(scratch, name, plain, mode, data, keras_logits, masks, runs
     entry["weight_bytes"] = sum(w["value_bytes"] + w["index_bytes"] for w in entry["weights"].values())
     entry["bytes_per_kept_weight"] = entry["weight_bytes"] / kept if kept else None
     entry["sparse_weights"] = len(sparse)
-    for label, delegates in (("default_delegates", True), ("without_default_delegates", False)):
+    keras_accuracy = _accuracy(keras_logits, y_test)
+    for label in CONFIGURATIONS:
         try:
-            runner = litert.Runner(flat, default_delegates=delegates)
+            runner = litert.Runner(flat, default_delegates=label == "default_delegates")
             logits = runner.predict(x_test)
             entry[label] = {
-                "accuracy": _accuracy(logits, y_test),
-                "max_output_difference": float(np.max(np.abs(logits - keras_logits))),
+                **agreement_with_keras(mode, logits, keras_logits, y_test),
                 "latency": {
                     "batch": 1,
                     "runs": runs,
@@ -391,10 +484,25 @@ def _litert_artifact(scratch, name, plain, mode, data, keras_logits, masks, runs
                 },
             }
         except RuntimeError as error:
-            entry[label] = {"error": str(error)}
-            line = f"{name} with {label.replace('_', ' ')}: {error}"
-            problems.append(line)
-            print(f"warning: {line}", file=sys.stderr, flush=True)
+            entry[label] = {"error": str(error), "agrees_with_keras": False}
+    entry["agreement_criterion"] = AGREEMENT
+    right = [label for label in CONFIGURATIONS if entry[label]["agrees_with_keras"]]
+    entry["run_with"] = [CONFIGURATIONS[label] for label in right]
+    for label in CONFIGURATIONS:
+        result = entry[label]
+        if result["agrees_with_keras"]:
+            continue
+        if "error" in result:
+            what = f"the interpreter cannot run it ({result['error']})"
+        elif not result["finite_outputs"]:
+            what = f"it computes non-finite outputs (accuracy {100 * result['accuracy']:.2f}%)"
+        else:
+            what = (
+                f"its outputs differ from Keras's (accuracy {100 * result['accuracy']:.2f}% against "
+                f"{100 * keras_accuracy:.2f}%, the same top class for {100 * result['prediction_agreement']:.1f}%)"
+            )
+        advice = f"run it with {entry['run_with'][0]}" if right else "no configuration computes the ticket"
+        _warn(f"{name} under {CONFIGURATIONS[label]}: {what}; {advice}", problems)
     return entry
 
 
