@@ -364,3 +364,42 @@ def test_a_tilde_in_a_folder_flag_is_the_home_folder(tmp_path, capfd, monkeypatc
     out = capfd.readouterr().out
     assert f"run folder: {tmp_path}/runs/lottery_" in out and '"output_dir": "' + str(tmp_path / "runs") in out
     assert not os.path.exists(os.path.join(REPO, "~"))
+
+
+def test_n_m_start_is_printed_from_the_masks_level_by_level(tmp_path):
+    """The earliest N:M level is printed before training; after each level, which weights have 2:4 (from
+    the level's own masks, as metrics.json records), and a warning if one has not got it by the last level."""
+    from lottery_tf.core.pruning import satisfies_n_m
+
+    out = tmp_path / "runs"
+    result = smoke(
+        out,
+        "--pruning_n_m=2:4",
+        "--levels=7",
+        "--iterations=40",
+        "--eval_every=20",
+        "--checkpoint_every=0",
+        "--branch=",
+        "--branch_levels=",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        "pruning: 2:4 can hold from level 4 at the earliest (the levels before keep more than 50% and prune "
+        "single weights); per weight, at the earliest: fc1/kernel level 4, fc2/kernel level 4, output/kernel level 7"
+    ) in result.stdout
+    folder = replicate(str(out))
+    for level in range(8):
+        metrics = json.load(open(os.path.join(folder, f"level_{level:02d}", "main", "metrics.json")))
+        with np.load(os.path.join(folder, f"level_{level:02d}", "main", "masks.npz")) as masks:
+            expected = {name: bool(satisfies_n_m(masks[name], (2, 4))) for name in masks.files}
+        assert metrics["n_m_holds"] == expected
+        have = [name for name, ok in expected.items() if ok]
+        assert (
+            f"replicate 0 level {level:2d} [main] 2:4 holds for {', '.join(have) or 'no weight yet'}" in result.stdout
+        )
+    assert not any(expected.values()) or level >= 4
+    lacking = [name for name, ok in expected.items() if not ok]  # the last level's
+    warned = "warning: 2:4 never held for " in result.stderr
+    assert warned == bool(lacking)
+    if lacking:
+        assert f"warning: 2:4 never held for {', '.join(lacking)} by level 7, the last (--levels)" in result.stderr

@@ -280,4 +280,49 @@ def test_prune_to_density_with_structure():
     out = prune_to_density(scores, {"k": np.ones((8, 1))}, 0.5, block=(1, 4))
     np.testing.assert_array_equal(out["k"].ravel(), [1, 1, 1, 1, 0, 0, 0, 0])
     out = prune_to_density(scores, {"k": np.ones((8, 1))}, 0.5, n_m=(2, 4))
-    np.testing.assert_array_equal(out["k"].ravel(), [1, 1, 0, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(out["k"].ravel(), [0, 0, 1, 1, 0, 0, 1, 1])  # equal scores: the later kept
+
+
+def test_one_tie_rule_unstructured_and_n_m_before_it_starts_prune_the_same_weights():
+    # A 4 x 2 kernel (4 inputs, 2 units) of 1s and 2s, 25% pruned: 2:4 has not started (6 kept > 4 allowed),
+    # so its decision must be the unstructured one: of equal magnitudes the earlier is pruned first.
+    kernel = np.array([[1.0, 2.0], [1.0, 2.0], [2.0, 1.0], [2.0, 1.0]])
+    masks = {"k": np.ones((4, 2))}
+    plain = prune_by_magnitude({"k": kernel}, masks, PruningSpec("layerwise", 0.25))["k"]
+    n_m = prune_by_magnitude({"k": kernel}, masks, PruningSpec("layerwise", 0.25, n_m=(2, 4)))["k"]
+    np.testing.assert_array_equal(plain, [[0, 1], [0, 1], [1, 1], [1, 1]])  # the 1s of inputs 0 and 1 go first
+    np.testing.assert_array_equal(n_m, plain)
+    blocks = prune_by_magnitude({"k": kernel}, masks, PruningSpec("layerwise", 0.5, block=(1, 2)))["k"]
+    np.testing.assert_array_equal(blocks, [[0, 1], [0, 1], [1, 0], [1, 0]])  # equal block norms: the earlier goes
+
+
+def test_edge_blocks_random_control_keeps_the_weight_count_per_layer_or_overall():
+    # 13 x 7 (Keras layout): 7 outputs x 13 inputs at runtime, 1x4 blocks of 4, 4, 4 and 1 inputs per row.
+    ticket = np.zeros((13, 7), np.float32)
+    ticket[:8, :4] = 1.0  # units 0-3 keep two whole blocks (inputs 0-7) ...
+    ticket[12, :4] = 1.0  # ... and their edge block of one input: 12 blocks, 36 weights
+    for seed in range(20):
+        random = random_masks_like({"k": ticket}, seed, block=(1, 4))["k"]
+        assert random.sum() == 36, seed  # not any 12 blocks (from 12 to 48 weights)
+        ids, _ = block_ids((13, 7), (1, 4))
+        kept_ids = np.unique(ids[random != 0])
+        assert all(np.all(random[ids == i] == 1) for i in kept_ids)  # whole blocks
+    # With a structure, per_layer=False keeps the total (it was ignored): 36 + 8 over two layers.
+    two = {"a": ticket, "b": np.pad(np.ones((8, 1), np.float32), ((0, 0), (0, 3)))}
+    pooled = random_masks_like(two, 3, per_layer=False, block=(1, 4))
+    assert sum(m.sum() for m in pooled.values()) == 44
+    layered = random_masks_like(two, 3, per_layer=True, n_m=(2, 4))
+    assert layered["a"].sum() == 36 and layered["b"].sum() == 8
+    pooled_n_m = random_masks_like(two, 3, per_layer=False, n_m=(2, 4))
+    assert sum(m.sum() for m in pooled_n_m.values()) == 44 and all(
+        satisfies_n_m(m, (2, 4)) for m in pooled_n_m.values()
+    )
+
+
+def test_prune_to_density_with_blocks_keeps_the_count_and_never_empties_a_layer():
+    rng = np.random.default_rng(0)
+    scores = {"k": rng.random((13, 7))}
+    out = prune_to_density(scores, {"k": np.ones((13, 7))}, 0.036, scope="layerwise", block=(1, 4))
+    assert out["k"].sum() == round(0.036 * 91) == 3  # the edge blocks of one input fill it (was 0 of 3)
+    out = prune_to_density({"k": rng.random((12, 4))}, {"k": np.ones((12, 4))}, 0.05, scope="layerwise", block=(1, 4))
+    assert out["k"].sum() == 4  # round(2.4) = 2 fits no block of 4: the best block, never nothing

@@ -38,11 +38,11 @@ def test_prune_to_density_global_and_layerwise():
     layerwise = prune_to_density(scores, masks, 0.5, scope="layerwise")  # 2 of a, 1 of b
     np.testing.assert_array_equal(layerwise["a"], [[1, 0], [1, 0]])
     np.testing.assert_array_equal(layerwise["b"], [1, 0])
-    # A pruned weight stays pruned however high its score; ties keep the first.
+    # A pruned weight stays pruned however high its score; of equal scores the earlier goes first (TIES).
     dead = {"a": np.array([[0, 1], [1, 1]], np.float32), "b": np.ones(2, np.float32)}
     np.testing.assert_array_equal(prune_to_density(scores, dead, 0.5)["a"], [[0, 1], [1, 0]])
     tied = prune_to_density({"c": np.ones(4)}, {"c": np.ones(4, np.float32)}, 0.5)
-    np.testing.assert_array_equal(tied["c"], [1, 1, 0, 0])
+    np.testing.assert_array_equal(tied["c"], [0, 0, 1, 1])
     inverted = prune_to_density(saliency.invert(scores), masks, 0.5)  # keeps the lowest: 0.1, 0.5, 1
     np.testing.assert_array_equal(inverted["a"], [[0, 1], [0, 1]])
     np.testing.assert_array_equal(inverted["b"], [0, 1])

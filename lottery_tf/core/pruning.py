@@ -258,19 +258,28 @@ def _split(keep: np.ndarray, names, masks) -> dict[str, np.ndarray]:
 
 
 def _eligible_n_m(scores: np.ndarray, alive: np.ndarray, shape: tuple, n_m: tuple) -> np.ndarray:
-    """The entries among the N highest-scoring alive ones of their group of M (ties: first in position)."""
+    """The entries among the N highest-scoring alive ones of their group of M (:data:`TIES`: the later one)."""
     n, m = n_m
     groups = group_ids(shape, m).ravel()
     flat_alive = np.flatnonzero(alive)
-    # Sort alive entries by group, then by score descending (stable: position breaks ties).
-    order = flat_alive[np.lexsort((-scores[flat_alive], groups[flat_alive]))]
-    ranks = np.empty(order.size, np.int64)
+    # Alive entries by group, then by score ascending (stable: the earlier of equal scores first); the last
+    # N of each group are its N best.
+    order = flat_alive[np.lexsort((scores[flat_alive], groups[flat_alive]))]
     sorted_groups = groups[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
-    ranks[:] = np.arange(order.size) - np.repeat(starts, np.diff(np.r_[starts, order.size]))
+    ends = np.r_[np.flatnonzero(np.diff(sorted_groups)) + 1, order.size]
+    starts = np.r_[0, ends[:-1]]
+    from_end = np.repeat(ends, ends - starts) - 1 - np.arange(order.size)
     eligible = np.zeros(alive.size, bool)
-    eligible[order[ranks < n]] = True
+    eligible[order[from_end < n]] = True
     return eligible
+
+
+def _best(scores: np.ndarray, pool: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` entries of ``pool`` with the highest scores (:data:`TIES`: of equal ones, the later)."""
+    if count <= 0:
+        return pool[:0]
+    order = np.argsort(scores[pool], kind="stable")
+    return pool[order[-count:]]
 
 
 def _prune_group_n_m(names, weights, masks, fraction, n_m) -> dict[str, np.ndarray]:
@@ -284,9 +293,8 @@ def _prune_group_n_m(names, weights, masks, fraction, n_m) -> dict[str, np.ndarr
     remaining = int(alive.sum())
     keep_count = remaining - count_to_prune(fraction, remaining)
     pool = np.flatnonzero(eligible) if keep_count <= int(eligible.sum()) else np.flatnonzero(alive)
-    order = np.argsort(-magnitudes[pool], kind="stable")
     keep = np.zeros(alive.size, bool)
-    keep[pool[order[:keep_count]]] = True
+    keep[_best(magnitudes, pool, keep_count)] = True
     return _split(keep, names, masks)
 
 
@@ -359,6 +367,10 @@ def resolve_output_name(spec: PruningSpec, names: Sequence[str], output_name: st
 
 
 SCOPES = ("global", "layerwise")
+TIES = (
+    "equal scores are decided by position (layer order, then the row-major position of the weight or block): the "
+    "earlier one is pruned first, and kept last"
+)
 
 
 def prune_to_density(
@@ -382,7 +394,10 @@ def prune_to_density(
 
     Returns:
         Name -> float32 mask keeping round(density · size) weights (fewer where
-        fewer are alive). Equal scores keep positional order (first kept).
+        fewer are alive). With ``block``: whole blocks, best first, each that
+        fits in the count left (so edge blocks, which are smaller, fill it
+        exactly where they can), and at least one block of a group whose count
+        is above 0. Equal scores: :data:`TIES`.
 
     Raises:
         ValueError: For a density outside (0, 1], an unknown scope, or
@@ -405,10 +420,8 @@ def prune_to_density(
             unit_sizes = np.bincount(unit_of, minlength=units.size)
             unit_alive = np.bincount(unit_of, weights=alive.astype(float), minlength=units.size) > 0
             candidates = np.flatnonzero(unit_alive)
-            order = candidates[np.argsort(-unit_scores[candidates], kind="stable")]
-            # Whole blocks, best first, while they fit in the weights to keep.
-            kept_units = order[np.cumsum(unit_sizes[order]) <= keep_count]
-            keep = alive & np.isin(unit_of, kept_units)
+            order = _best(unit_scores, candidates, candidates.size)[::-1]  # best first
+            keep = alive & np.isin(unit_of, _fill(order, unit_sizes, keep_count))
         else:
             pool = np.flatnonzero(alive)
             if n_m is not None:
@@ -424,9 +437,8 @@ def prune_to_density(
                 eligible = np.concatenate(eligible)
                 if keep_count <= eligible.sum():
                     pool = np.flatnonzero(eligible)
-            order = np.argsort(-values[pool], kind="stable")
             keep = np.zeros(values.size, bool)
-            keep[pool[order[:keep_count]]] = True
+            keep[_best(values, pool, keep_count)] = True
         out.update(_split(keep, names, masks))
     return {name: out[name] for name in masks}
 
@@ -446,51 +458,66 @@ def random_masks_like(
         per_layer: If True each layer keeps its own count of survivors
             (layer-wise control); otherwise only the total count is kept
             (global control).
-        block: ``(R, C)``: random *blocks*, as many alive per layer as in ``masks``.
-        n_m: ``(N, M)``: each layer's count placed at random, at most N of every M.
+        block: ``(R, C)``: random whole *blocks*, as many of each size as
+            ``masks`` keeps (edge blocks are smaller), so the number of
+            weights is the same.
+        n_m: ``(N, M)``: the count placed at random, at most N of every M.
 
     Returns:
-        A dict name -> float32 mask with exactly the same number of ones
-        (per layer, or in total; of blocks with ``block``).
+        A dict name -> float32 mask with the same number of ones as ``masks``,
+        per layer (``per_layer``) or in total, with or without a structure.
     """
     rng = np.random.default_rng(seed)
     names = list(masks)
-    if block is not None or n_m is not None:
-        return {name: _random_structured(np.asarray(masks[name]), rng, block, n_m) for name in names}
-    if per_layer:
-        out = {}
-        for name in names:
-            m = np.asarray(masks[name])
-            flat = np.zeros(m.size, np.float32)
-            flat[rng.permutation(m.size)[: int(np.count_nonzero(m))]] = 1.0
-            out[name] = flat.reshape(m.shape)
-        return out
-    sizes = [np.asarray(masks[n]).size for n in names]
-    total_alive = sum(int(np.count_nonzero(masks[n])) for n in names)
-    flat = np.zeros(sum(sizes), np.float32)
-    flat[rng.permutation(flat.size)[:total_alive]] = 1.0
-    out, offset = {}, 0
-    for name, size in zip(names, sizes):
-        out[name] = flat[offset : offset + size].reshape(np.shape(masks[name]))
-        offset += size
-    return out
+    groups = [[name] for name in names] if per_layer else [names]
+    out = {}
+    for group in groups:
+        shapes = [np.shape(masks[n]) for n in group]
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        count = sum(int(np.count_nonzero(masks[n])) for n in group)
+        if block is not None:
+            # As many random blocks of each size as the ticket keeps of that size: edge blocks are smaller, so
+            # this keeps the ticket's count of weights (and of blocks) exactly.
+            unit_of, units, _ = _units(group, masks, block)
+            unit_sizes = np.bincount(unit_of, minlength=units.size)
+            alive = np.concatenate([np.asarray(masks[n]).ravel() != 0 for n in group])
+            unit_alive = np.bincount(unit_of, weights=alive.astype(np.float64), minlength=units.size) > 0
+            chosen = [
+                rng.permutation(np.flatnonzero(unit_sizes == size))[: int(np.sum(unit_alive & (unit_sizes == size)))]
+                for size in np.unique(unit_sizes)
+            ]
+            keep = np.isin(unit_of, np.concatenate(chosen))
+        elif n_m is not None:
+            eligible = np.concatenate(
+                [_eligible_n_m(rng.random(size), np.ones(size, bool), shape, n_m) for size, shape in zip(sizes, shapes)]
+            )
+            if count > eligible.sum():  # denser than N:M allows: no structure to keep
+                eligible[:] = True
+            keep = np.zeros(eligible.size, bool)
+            keep[rng.permutation(np.flatnonzero(eligible))[:count]] = True
+        else:
+            keep = np.zeros(sum(sizes), bool)
+            keep[rng.permutation(keep.size)[:count]] = True
+        out.update(_split(keep, group, masks))
+    return {name: out[name] for name in names}
 
 
-def _random_structured(mask: np.ndarray, rng, block, n_m) -> np.ndarray:
-    shape = mask.shape
-    if block is not None:
-        ids, count = block_ids(shape, block)
-        alive_blocks = np.unique(ids[mask != 0])
-        chosen = rng.permutation(count)[: alive_blocks.size]
-        return np.isin(ids, chosen).astype(np.float32)
-    keep_count = int(np.count_nonzero(mask))
-    eligible = _eligible_n_m(rng.random(mask.size), np.ones(mask.size, bool), shape, n_m)
-    if keep_count > eligible.sum():  # denser than N:M allows: no structure to keep
-        eligible = np.ones(mask.size, bool)
-    pool = rng.permutation(np.flatnonzero(eligible))[:keep_count]
-    out = np.zeros(mask.size, np.float32)
-    out[pool] = 1.0
-    return out.reshape(shape)
+def _fill(order: np.ndarray, unit_sizes: np.ndarray, count: int) -> np.ndarray:
+    """Units taken in ``order``, each that fits in what is left of ``count`` weights (a larger one is skipped).
+
+    A positive ``count`` smaller than every unit still takes the first unit: a layer pruned to a density
+    above 0 keeps something.
+    """
+    taken, left = [], int(count)
+    for unit in order:
+        if left <= 0:
+            break
+        if unit_sizes[unit] <= left:
+            taken.append(unit)
+            left -= int(unit_sizes[unit])
+    if not taken and count > 0 and len(order):
+        taken.append(order[0])
+    return np.asarray(taken, np.int64)
 
 
 def density(masks: Mapping[str, np.ndarray]) -> float:

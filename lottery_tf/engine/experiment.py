@@ -253,7 +253,9 @@ def check_levels(config: ExperimentConfig, shapes: dict, names: list) -> str | N
     structure.
 
     Returns:
-        For N:M, one line saying from which level each layer has the structure.
+        For N:M, one line saying from which level each layer can have the
+        structure at the earliest (the level it has it from depends on the
+        trained weights; each level's line and ``metrics.json`` say).
 
     Raises:
         ConfigError: Naming --levels (or the structure's flag), the weight and the level.
@@ -324,9 +326,11 @@ def check_levels(config: ExperimentConfig, shapes: dict, names: list) -> str | N
         )
     first = min(reached.values())
     return (
-        f"pruning: {n_m[0]}:{n_m[1]} from level {first} on (levels before it keep more than "
-        f"{100 * n_m[0] / n_m[1]:g}% and prune single weights); per weight: "
-        + ", ".join(f"{name} from level {level}" for name, level in reached.items())
+        f"pruning: {n_m[0]}:{n_m[1]} can hold from level {first} at the earliest (the levels before keep more "
+        f"than {100 * n_m[0] / n_m[1]:g}% and prune single weights); per weight, at the earliest: "
+        + ", ".join(f"{name} level {level}" for name, level in reached.items())
+        + f". A weight has it from the first level whose kept weights fit among the {n_m[0]} largest survivors "
+        f"of every group of {n_m[1]}, which depends on the trained weights: each level's line says which have it"
     )
 
 

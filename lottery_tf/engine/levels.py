@@ -26,7 +26,7 @@ from lottery_tf.core import rewind
 from lottery_tf.core.callbacks import PruneRewindCallback
 from lottery_tf.core.keras_compat import keras
 from lottery_tf.core.masking import apply_masks, get_masks, layer_densities, mask_names, overall_density
-from lottery_tf.core.pruning import PruningSpec, fingerprint, resolve_mask_name
+from lottery_tf.core.pruning import PruningSpec, fingerprint, resolve_mask_name, satisfies_n_m
 from lottery_tf.engine import loop, run_dir
 from lottery_tf.engine.config import ConfigError, ExperimentConfig, non_default_identity
 from lottery_tf.engine.data import Splits, StreamingSplits
@@ -39,7 +39,7 @@ from lottery_tf.engine.distribute import (
 )
 from lottery_tf.engine.monitor import PeriodicEvaluation, summarize_curves
 from lottery_tf.engine.recipe import build_masked_model, compiled_fast_path, evaluation_splits, training_batches
-from lottery_tf.engine.run_dir import is_done, level_dir
+from lottery_tf.engine.run_dir import MAIN, is_done, level_dir
 from lottery_tf.store import atomic, checkpoint, faults, states
 
 
@@ -167,7 +167,12 @@ def train_level(
         strategy=ctx.strategy,
     )
     densities = layer_densities(model)
-    masks_sha256 = fingerprint(get_masks(model))
+    masks = get_masks(model)
+    masks_sha256 = fingerprint(masks)
+    n_m = tuple(config.pruning.n_m)
+    # Which weights have the N:M structure at this level, from the masks themselves: where it starts depends
+    # on which weights survive (their kept count must fit among the N largest survivors of every group).
+    structure = {"n_m_holds": {name: satisfies_n_m(mask, n_m) for name, mask in masks.items()}} if n_m else {}
     owner = {
         "replicate": ctx.replicate,
         "level": level,
@@ -199,6 +204,7 @@ def train_level(
         "start_step": origin,
         "steps": total_steps,
         "wall_seconds": wall_before + time.time() - start,
+        **structure,
         **summarize_curves(monitor.iterations, monitor.curves),
         "iterations": monitor.iterations,
         "curves": monitor.curves,
@@ -216,6 +222,24 @@ def finish_level(ctx: Context, level: int, branch: str, metrics: dict) -> None:
         f"{metrics['wall_seconds']:.0f}s  masks {metrics['masks_sha256']}",
         flush=True,
     )
+    holds = metrics.get("n_m_holds")
+    if holds:
+        n, m = ctx.config.pruning.n_m
+        have = [name for name, ok in holds.items() if ok]
+        lacking = [name for name, ok in holds.items() if not ok]
+        print(
+            f"replicate {ctx.replicate} level {level:2d} [{branch}] {n}:{m} holds for "
+            f"{', '.join(have) or 'no weight yet'}"
+            + (f"; not yet for {', '.join(lacking)}" if have and lacking else ""),
+            flush=True,
+        )
+        if lacking and branch == MAIN and level == ctx.config.pruning.levels:
+            print(
+                f"warning: {n}:{m} never held for {', '.join(lacking)} by level {level}, the last (--levels): "
+                f"the kept weights did not fit among the {n} largest survivors of every group of {m}; add levels",
+                file=sys.stderr,
+                flush=True,
+            )
     barrier(ctx.strategy)  # what the chief wrote is on disk before any worker goes on
 
 
