@@ -3,14 +3,15 @@
 Usage::
 
     python -m lottery_tf.export EXPERIMENT_FOLDER --replicate=0 --level=7 [--branch=main] [--weights=final]
-        [--out=DIR] [--formats=keras,litert,saved_model] [--quantize=none,dynamic,int8] [--overwrite]
+        [--out=DIR] [--formats=keras,litert,saved_model] [--quantize=none,dynamic,int8,int8_io] [--overwrite]
 
 Writes, in DIR (default ``EXPERIMENT_FOLDER/exports/replicate_R_level_LL_<branch>_<weights>``):
 
 * ``ticket.keras``: the ticket with its masks stripped, a plain Keras model
   that ``keras.models.load_model`` opens without lottery_tf;
 * ``ticket.tflite`` (``quantize=none``), ``ticket_dynamic.tflite`` (int8
-  weights), ``ticket_int8.tflite`` (int8 weights and activations, calibrated on
+  weights), ``ticket_int8.tflite`` (int8 weights and activations),
+  ``ticket_int8_io.tflite`` (int8 input and output too, as microcontrollers run; both calibrated on
   training examples): converted with sparse tensor encoding;
 * ``saved_model/``: a TF Serving SavedModel, if asked;
 * ``export.json``: per-layer and overall density; for every artifact its size
@@ -37,6 +38,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+import numpy as np
 
 from lottery_tf.engine.export_files import (
     FORMATS,
@@ -67,7 +70,7 @@ def _parse(argv):
     parser.add_argument("--weights", default="final", help="final (as evaluated) or rewind (the ticket at its start)")
     parser.add_argument("--out", default="", help="folder to write (default: <experiment>/exports/<ticket>)")
     parser.add_argument("--formats", default="keras,litert", help=f"some of {', '.join(FORMATS)}")
-    parser.add_argument("--quantize", default="none", help="LiteRT files: some of none, dynamic, int8")
+    parser.add_argument("--quantize", default="none", help="LiteRT files: some of none, dynamic, int8, int8_io")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
     parser.add_argument("--latency_runs", type=int, default=LATENCY_RUNS, help="batch-1 invocations timed per artifact")
     return parser.parse_args(argv)
@@ -120,7 +123,8 @@ def export(args) -> dict:
     try:
         splits = get_splits(config.data)
     except DataUnavailableError as error:
-        flag = "--quantize=int8" if "int8" in quantize else "the test accuracy"
+        full = [mode for mode in quantize if mode in ("int8", "int8_io")]
+        flag = f"--quantize={full[0]}" if full else "the test accuracy"
         raise ExportError(f"{flag} needs the run's data ({config.data.name}): {error}") from None
     if not hasattr(splits, "x_test"):
         raise ExportError(
@@ -155,8 +159,21 @@ def _write(args, config, folder, model, splits, formats, quantize, out, experime
         "masks_sha256": metrics.get("masks_sha256"),
         "run_test_accuracy": run_accuracy,
     }
-    data = (splits.x_test, splits.y_test, splits.x_train[:256])
-    return write_folder(record, model, data, formats, quantize, out, args.latency_runs, experiment)
+    standardize = getattr(splits, "standardize", None)
+    if standardize is not None and getattr(splits, "raw_x_test", None) is not None:
+        # The files take what a user has: raw pixels. The test set as it was read; calibration examples
+        # from the training split, un-standardized.
+        mean, std = np.asarray(standardize["mean"]), np.asarray(standardize["std"])
+        calibration = (splits.x_train[:256] * std + mean) / standardize["scale"]
+        raw_shape = splits.raw_x_test.shape[1:]
+        data = (
+            splits.raw_x_test.astype(np.float32),
+            splits.y_test,
+            np.clip(calibration, 0, 1 / standardize["scale"]).reshape(-1, *raw_shape).astype(np.float32),
+        )
+    else:
+        standardize, data = None, (splits.x_test, splits.y_test, splits.x_train[:256])
+    return write_folder(record, model, data, formats, quantize, out, args.latency_runs, experiment, standardize)
 
 
 def summary(record: dict) -> str:

@@ -105,3 +105,98 @@ def test_a_configuration_that_computes_wrong_or_cannot_run_is_flagged_and_the_ri
     assert line.startswith("ticket_dynamic.tflite under the interpreter's default delegates (XNNPACK): ")
     assert line.endswith("; run it with the builtin kernels (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)")
     assert f"warning: {line}" in capfd.readouterr().err
+
+
+def test_raw_input_model_standardizes_as_the_run_did_per_channel():
+    from lottery_tf.engine.export_files import raw_input_model
+
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    standardize = {"scale": 1 / 255, "mean": [0.5, 0.25, 0.1], "std": [0.2, 0.3, 0.4]}
+    raw = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3)).astype(np.float32)
+    by_hand = (raw / 255 - np.array([0.5, 0.25, 0.1])) / np.array([0.2, 0.3, 0.4])
+    model = raw_input_model(inner, standardize, (4, 4, 3))
+    np.testing.assert_allclose(model(raw), inner(by_hand.astype(np.float32)), rtol=1e-5, atol=1e-5)
+    gray = keras.Sequential([keras.Input((3, 3, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    pixels = np.arange(18, dtype=np.float32).reshape(2, 3, 3) * 14  # no channel axis, as IDX files hold them
+    wrapped = raw_input_model(gray, {"scale": 1 / 255, "mean": [0.3], "std": [0.35]}, (3, 3))
+    expected = gray(((pixels / 255 - 0.3) / 0.35)[..., None].astype(np.float32))
+    np.testing.assert_allclose(wrapped(pixels), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_exported_files_take_raw_pixels_and_score_the_runs_accuracy(tmp_path):
+    """Fashion-MNIST (the real IDX files): every file takes raw 0-255 pixels, any batch, and scores the run."""
+    import json
+    import sys
+
+    import launcher
+    from conftest import REPO
+
+    from lottery_tf.engine.data import load
+
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+    out = str(tmp_path / "runs")
+    common = [
+        "--dataset=fashion_mnist",
+        "--model=lenet_300_100",
+        "--iterations=60",
+        "--eval_every=30",
+        "--checkpoint_every=0",
+    ]
+    run = launcher.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.main",
+            *common,
+            "--levels=1",
+            "--branch=",
+            "--branch_levels=",
+            f"--output_dir={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    (experiment,) = [str(p) for p in (tmp_path / "runs").glob("lottery_*")]
+    export = launcher.run(
+        [
+            sys.executable,
+            "-m",
+            "lottery_tf.export",
+            experiment,
+            "--level=1",
+            f"--out={tmp_path / 'e'}",
+            "--quantize=none,int8_io",
+            "--latency_runs=1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env},
+    )
+    assert export.returncode == 0, export.stderr[-2000:]
+    record = json.load(open(tmp_path / "e" / "export.json"))
+    contract = record["input_contract"]
+    assert contract["shape"] == [28, 28] and contract["range"] == [0, 255]
+    assert contract["preprocessing"].startswith("inside every file, as the run standardized its data: x * 0.00392157")
+    assert record["artifacts"]["keras"]["accuracy"] == record["run_test_accuracy"]
+    assert record["artifacts"]["ticket.tflite"]["without_default_delegates"]["accuracy"] == record["run_test_accuracy"]
+    assert record["artifacts"]["ticket_int8_io.tflite"]["without_default_delegates"]["agrees_with_keras"]
+    # A user's own raw pixels (uint8, as read from the IDX file), any batch, without lottery_tf's data code.
+    raw = load("fashion_mnist").x_test  # standardized: undo it to get the file's pixels back
+    pixels = np.rint((raw[..., 0] * 0.353024 + 0.286041) * 255).clip(0, 255)[:300].astype(np.uint8)
+    ticket = keras.models.load_model(str(tmp_path / "e" / "ticket.keras"))
+    runner = litert.Runner(open(tmp_path / "e" / "ticket.tflite", "rb").read(), default_delegates=False)
+    np.testing.assert_allclose(
+        runner(pixels.astype(np.float32)), ticket.predict(pixels.astype(np.float32), verbose=0), atol=1e-4
+    )
+    integer = litert.Runner(open(tmp_path / "e" / "ticket_int8_io.tflite", "rb").read(), default_delegates=False)
+    assert integer.input["dtype"] == np.int8 and integer.output["dtype"] == np.int8
+    agreement = np.mean(
+        np.argmax(integer(pixels), -1) == np.argmax(ticket.predict(pixels.astype(np.float32), verbose=0), -1)
+    )
+    assert agreement > 0.95

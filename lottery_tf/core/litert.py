@@ -30,7 +30,7 @@ import numpy as np
 
 from lottery_tf.core.keras_compat import quiet_native_output
 
-QUANTIZATIONS = ("none", "dynamic", "int8")
+QUANTIZATIONS = ("none", "dynamic", "int8", "int8_io")
 
 
 def convert(model, quantize: str = "none", representative=None, sparse: bool = True) -> bytes:
@@ -39,8 +39,9 @@ def convert(model, quantize: str = "none", representative=None, sparse: bool = T
     Args:
         model: A Keras model without MaskedLayers (:func:`lottery_tf.strip_masks`).
         quantize: ``none`` (float32 weights), ``dynamic`` (int8 weights, float
-            activations) or ``int8`` (int8 weights and activations, float input
-            and output).
+            activations), ``int8`` (int8 weights and activations, float input
+            and output) or ``int8_io`` (full integer: int8 input and output
+            too, what microcontrollers run).
         representative: For ``int8``: an array of input examples that set the
             activation ranges (from the training split).
         sparse: Whether to ask for sparse tensor encoding
@@ -56,14 +57,17 @@ def convert(model, quantize: str = "none", representative=None, sparse: bool = T
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter_log = io.StringIO()
     converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
-    if quantize in ("dynamic", "int8"):
+    if quantize in ("dynamic", "int8", "int8_io"):
         converter.optimizations.append(tf.lite.Optimize.DEFAULT)
-    if quantize == "int8":
+    if quantize in ("int8", "int8_io"):
         if representative is None or len(representative) == 0:
-            raise ValueError("int8 quantization needs representative input examples")
+            raise ValueError(f"{quantize} quantization needs representative input examples")
         examples = np.asarray(representative, np.float32)
         converter.representative_dataset = lambda: ([example[None]] for example in examples)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if quantize == "int8_io":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
     # The converter's own chatter (the SavedModel it writes on the way, its warnings) is not the user's concern.
     with contextlib.redirect_stdout(converter_log), warnings.catch_warnings(), quiet_native_output():
         warnings.simplefilter("ignore")
@@ -335,15 +339,25 @@ class Runner:
             self.batch = batch
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """The model's outputs for a batch."""
-        x = np.asarray(x, self.input["dtype"])
+        """The model's outputs for a batch (float; an integer input or output is (de)quantized with its scale)."""
+        dtype = self.input["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(np.asarray(x, np.float64) / scale + zero), info.min, info.max).astype(dtype)
+        else:
+            x = np.asarray(x, dtype)
         self._resize(len(x))
         try:
             self.interpreter.set_tensor(self.input["index"], x)
             self.interpreter.invoke()
         except (RuntimeError, ValueError) as error:
             raise RuntimeError(_first_line(error)) from None
-        return np.array(self.interpreter.get_tensor(self.output["index"]))
+        out = np.array(self.interpreter.get_tensor(self.output["index"]))
+        if np.issubdtype(out.dtype, np.integer):
+            scale, zero = self.output["quantization"]
+            out = (out.astype(np.float64) - zero) * scale
+        return out
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return np.concatenate([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

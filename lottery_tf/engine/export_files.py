@@ -26,13 +26,14 @@ import numpy as np
 from lottery_tf.store import output_folders
 
 FORMATS = ("keras", "litert", "saved_model")
-QUANTIZE = ("none", "dynamic", "int8")
+QUANTIZE = ("none", "dynamic", "int8", "int8_io")
 KERAS_FILE = "ticket.keras"
 SAVED_MODEL = "saved_model"
 
 
 def litert_file(mode: str) -> str:
-    """The LiteRT file of a quantization mode: ``ticket.tflite``, ``ticket_dynamic.tflite``, ``ticket_int8.tflite``."""
+    """The LiteRT file of a quantization mode: ``ticket.tflite``, ``ticket_dynamic.tflite``, ``ticket_int8.tflite``,
+    ``ticket_int8_io.tflite``."""
     return "ticket.tflite" if mode == "none" else f"ticket_{mode}.tflite"
 
 
@@ -179,8 +180,67 @@ def _inference_copy(plain):
     return copy
 
 
-def write_folder(record, model, data, formats, quantize, out, latency_runs, experiment) -> dict:
-    """Measures and writes every artifact of ``model`` into ``out`` (whole, or not at all); returns the record."""
+def raw_input_model(plain, standardize: dict, raw_shape: tuple):
+    """``plain`` behind the run's own preprocessing, so it takes the inputs a user has (raw pixels, 0-255).
+
+    The splits were made as ``x = (raw * scale - mean) / std`` (per channel);
+    the returned model does the same in its first layers (``Rescaling``, then
+    ``Normalization``), and adds the channel axis a grayscale model expects.
+    """
+    from lottery_tf.core.keras_compat import keras
+
+    mean = np.asarray(standardize["mean"], np.float32)
+    std = np.asarray(standardize["std"], np.float32)
+    inputs = keras.Input(tuple(raw_shape), dtype="float32", name="pixels")
+    x = keras.layers.Rescaling(float(standardize["scale"]), name="to_unit_range")(inputs)
+    axis = None if mean.size == 1 else -1
+    x = keras.layers.Normalization(
+        axis=axis,
+        mean=mean if axis else float(mean[0]),
+        variance=(std**2) if axis else float(std[0] ** 2),
+        name="standardize",
+    )(x)
+    model_shape = tuple(plain.input_shape[1:])
+    if tuple(raw_shape) != model_shape:
+        x = keras.layers.Reshape(model_shape, name="channels")(x)
+    return keras.Model(inputs, plain(x), name=plain.name)
+
+
+def input_contract(shape, standardize: dict | None) -> dict:
+    """What the exported files take (one example of ``shape``): dtype, range, the preprocessing inside them, the batch."""
+    shape = [int(d) for d in shape]
+    batch = (
+        "any: Keras, the SavedModel and the LiteRT interpreter take any batch (a .tflite file's input has batch "
+        "1 until interpreter.resize_tensor_input(index, [n, ...]) and interpreter.allocate_tensors())"
+    )
+    if standardize is None:
+        return {
+            "shape": shape,
+            "dtype": "float32",
+            "range": None,
+            "preprocessing": "none inside the files: they take what the model took",
+            "batch": batch,
+        }
+    mean = ", ".join(f"{v:.6g}" for v in standardize["mean"])
+    std = ", ".join(f"{v:.6g}" for v in standardize["std"])
+    return {
+        "shape": shape,
+        "dtype": "float32 (the raw values; ticket_int8_io.tflite: int8, quantized with its input scale)",
+        "range": [0, round(1 / standardize["scale"])],
+        "preprocessing": (
+            f"inside every file, as the run standardized its data: x * {standardize['scale']:.6g}, then "
+            f"(x - [{mean}]) / [{std}]"
+        ),
+        "batch": batch,
+    }
+
+
+def write_folder(record, model, data, formats, quantize, out, latency_runs, experiment, standardize=None) -> dict:
+    """Measures and writes every artifact of ``model`` into ``out`` (whole, or not at all); returns the record.
+
+    With ``standardize`` (the run's preprocessing), every artifact takes raw inputs
+    (:func:`raw_input_model`) and ``data`` holds raw examples.
+    """
     from lottery_tf.core import litert, masking
 
     x_test, y_test, representative = data
@@ -190,6 +250,9 @@ def write_folder(record, model, data, formats, quantize, out, latency_runs, expe
     except ValueError:  # a plain model (export_model): nothing to strip or to check weight by weight
         masks, weights = {}, {}
     plain, record = _plain(model, masks, record)
+    if standardize is not None:
+        plain = raw_input_model(plain, standardize, x_test.shape[1:])
+    record = {**record, "input_contract": input_contract(x_test.shape[1:], standardize)}
     keras_logits = np.asarray(plain.predict(x_test, batch_size=256, verbose=0))
     record = {
         **record,
@@ -272,7 +335,8 @@ def export_model(
     Writes ``out/`` whole or not at all: ``ticket.keras`` (plain Keras, masks
     stripped, pruned weights 0.0), LiteRT files with sparse tensor storage
     (``ticket.tflite``; ``ticket_dynamic.tflite`` with int8 weights;
-    ``ticket_int8.tflite`` with int8 weights and activations, calibrated on
+    ``ticket_int8.tflite`` with int8 weights and activations and
+    ``ticket_int8_io.tflite`` with int8 input and output too, calibrated on
     ``x_train``), a SavedModel if asked, and ``export.json``: densities, every
     file's size, its accuracy on ``(x_test, y_test)`` run in its own runtime
     (the LiteRT interpreter with and without its default delegates), the
@@ -288,8 +352,9 @@ def export_model(
             empty or an earlier export with nothing else in it.
         x_test, y_test: Examples and integer labels the accuracy is measured on.
         formats: Some of ``"keras"``, ``"litert"``, ``"saved_model"``.
-        quantize: LiteRT files: some of ``"none"``, ``"dynamic"``, ``"int8"``.
-        x_train: Examples to calibrate ``"int8"`` on (the first 256 are used).
+        quantize: LiteRT files: some of ``"none"``, ``"dynamic"``, ``"int8"``,
+            ``"int8_io"``.
+        x_train: Examples to calibrate ``"int8"`` and ``"int8_io"`` on (the first 256 are used).
         latency_runs: Batch-1 invocations timed per artifact (>= 1).
         overwrite: Whether an earlier export in ``out`` may be replaced.
 
@@ -337,8 +402,9 @@ def export_model(
             f"y_test: labels must be classes 0..{classes - 1} of the model's {classes} outputs; got "
             f"{int(y_test.min())}..{int(y_test.max())} (outputs of shape {outputs.shape[1:]})"
         )
-    if "int8" in quantize and (x_train is None or len(x_train) == 0):
-        raise ExportError("x_train: quantize='int8' calibrates on training examples; pass x_train")
+    full = [mode for mode in quantize if mode in ("int8", "int8_io")]
+    if full and (x_train is None or len(x_train) == 0):
+        raise ExportError(f"x_train: quantize={full[0]!r} calibrates on training examples; pass x_train")
     if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 1:
         raise ExportError(f"latency_runs: expected an integer >= 1, got {latency_runs!r}")
     if not isinstance(out, str) or not out:
@@ -366,7 +432,7 @@ def agreement_with_keras(mode: str, logits, keras_logits, labels) -> dict:
     """How a runtime's outputs compare with Keras's on the same examples, and whether they agree (:data:`AGREEMENT`).
 
     Args:
-        mode: The file's quantization (``none``, ``dynamic``, ``int8``).
+        mode: The file's quantization (``none``, ``dynamic``, ``int8``, ``int8_io``).
         logits, keras_logits: The runtime's and Keras's outputs, (examples, classes).
         labels: The examples' classes.
     """
@@ -426,7 +492,7 @@ def _litert_artifact(scratch, name, plain, mode, data, keras_logits, masks, weig
     from lottery_tf.core import litert
 
     x_test, y_test, calibration = data
-    representative = calibration if mode == "int8" else None
+    representative = calibration if mode in ("int8", "int8_io") else None
     flat = litert.convert(plain, mode, representative)
     entry = {"file": name, "quantize": mode, "storage": "sparse tensor encoding where the converter chose it"}
     check = _stored_check(flat, weights, masks) if masks else None

@@ -56,6 +56,33 @@ def _accuracy(entry, label="without_default_delegates"):
     return (entry.get(label) or {}).get("accuracy")
 
 
+def _checks(record) -> str:
+    """What the export's checks found, per LiteRT file: weights stored as the ticket, wrong configurations."""
+    notes = []
+    for name, entry in record["artifacts"].items():
+        if not name.endswith(".tflite"):
+            continue
+        short = name[len("ticket") : -len(".tflite")].lstrip("_") or "float"
+        stored = entry.get("stored_weights")
+        if "error" in entry:
+            notes.append(f"{short}: not written")
+            continue
+        if stored is not None and not stored.get("equal_to_ticket", True):
+            notes.append(f"{short}: {stored.get('lost', 0)} weights differ")
+        if str(entry.get("storage", "")).startswith("dense"):
+            notes.append(f"{short}: stored dense (sparse lost {entry['storage'].split('lost ', 1)[-1]})")
+        wrong = [
+            c
+            for c in ("default_delegates", "without_default_delegates")
+            if not entry.get(c, {}).get("agrees_with_keras", True)
+        ]
+        if wrong:
+            notes.append(f"{short}: wrong under {' and '.join(w.replace('_', ' ') for w in wrong)}")
+    if not notes and any("stored_weights" in e for e in record["artifacts"].values()):
+        return "all stored = ticket, all configurations agree"
+    return "; ".join(notes)
+
+
 def rows(records) -> list[dict]:
     dense = {}
     for r in records:
@@ -86,6 +113,7 @@ def rows(records) -> list[dict]:
             "size_vs_dense": None,
             "latency_vs_dense": None,
             "kernel": "",
+            "checks": _checks(r),
         }
         if tflite:
             kernels = {w["kernel"] for w in tflite.get("weights", {}).values()}
@@ -117,8 +145,8 @@ def format_markdown(table) -> str:
     lines = [
         "| experiment | structure | branch | level | replicate | weights % | run test acc % | Keras acc % | .tflite acc % "
         "| int8 acc % | .tflite bytes | gzip bytes | size / dense | bytes per kept weight | latency / dense (batch 1) "
-        "| kernel |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| kernel | checks |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in table:
         lines.append(
@@ -126,13 +154,15 @@ def format_markdown(table) -> str:
             f"{_pct(r['density'])} | {_pct(r['run_accuracy'])} | {_pct(r['keras_accuracy'])} | {_pct(r['tflite_accuracy'])} | "
             f"{_pct(r['int8_accuracy'])} | {_count(r['tflite_bytes'])} | "
             f"{_count(r['tflite_gzip_bytes'])} | {_ratio(r['size_vs_dense'])} | "
-            f"{_ratio(r['bytes_per_kept_weight'])} | {_ratio(r['latency_vs_dense'])} | {r['kernel']} |"
+            f"{_ratio(r['bytes_per_kept_weight'])} | {_ratio(r['latency_vs_dense'])} | {r['kernel']} | {r['checks']} |"
         )
     lines.append("")
     lines.append(
         ".tflite acc: the float file run by the LiteRT interpreter without its default delegates on the "
         "whole test set; latency: batch 1, one thread, from export.json (tools/benchmark_export.py measures "
-        "it carefully)."
+        "it carefully); checks: each LiteRT file's stored weights decoded against the ticket (a file whose sparse "
+        "encoding would lose weights is stored dense) and each file run under the default delegates and the builtin "
+        "kernels against Keras (export.json: stored_weights, agrees_with_keras, run_with)."
     )
     return "\n".join(lines) + "\n"
 

@@ -81,4 +81,7 @@ def cifar10(config: DataConfig) -> Splits:
         return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
 
     x_train, y_train, x_val, y_val = hold_out_validation(prep(x_train), y_train, config.validation_examples)
-    return Splits(x_train, y_train, x_val, y_val, prep(x_test), y_test, 10, source, make_augment(mean, std))
+    standardize = {"scale": 1 / 255, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    return Splits(
+        x_train, y_train, x_val, y_val, prep(x_test), y_test, 10, source, make_augment(mean, std), x_test, standardize
+    )

@@ -115,7 +115,8 @@ def _mnist_like(name: str, config: DataConfig) -> Splits:
         return ((images.astype(np.float32) / 255.0 - mean) / std)[..., None]
 
     x_train, y_train, x_val, y_val = hold_out_validation(prep(x_train), y_train, config.validation_examples)
-    return Splits(x_train, y_train, x_val, y_val, prep(x_test), y_test, 10, source)
+    standardize = {"scale": 1 / 255, "mean": [mean], "std": [std]}
+    return Splits(x_train, y_train, x_val, y_val, prep(x_test), y_test, 10, source, None, x_test, standardize)
 
 
 @DATASETS.register("mnist")

@@ -33,6 +33,10 @@ class Splits:
     # Optional training augmentation ``augment(images, seed) -> images`` on a batch,
     # with stateless randomness keyed by ``seed`` (a pair of int64s).
     augment: object = None
+    # The inputs as a user has them, for an exported model that takes them: the raw test images (uint8
+    # pixels) and how the splits were made from them, x = (raw * scale - mean) / std (per channel).
+    raw_x_test: np.ndarray | None = None
+    standardize: dict | None = None  # {"scale": 1 / 255, "mean": [...], "std": [...]}
 
     @property
     def input_shape(self) -> tuple:
