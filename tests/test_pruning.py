@@ -326,3 +326,8 @@ def test_prune_to_density_with_blocks_keeps_the_count_and_never_empties_a_layer(
     assert out["k"].sum() == round(0.036 * 91) == 3  # the edge blocks of one input fill it (was 0 of 3)
     out = prune_to_density({"k": rng.random((12, 4))}, {"k": np.ones((12, 4))}, 0.05, scope="layerwise", block=(1, 4))
     assert out["k"].sum() == 4  # round(2.4) = 2 fits no block of 4: the best block, never nothing
+    # round(0.05 x 8) = 0: still one weight (or block) per layer at a density above 0 (a new user's case).
+    eight = {"a": np.ones((8, 1)), "b": np.ones((8, 1))}
+    for block, kept in ((None, 1), ((1, 4), 4)):
+        out = prune_to_density(eight, {n: np.ones((8, 1)) for n in eight}, 0.05, scope="layerwise", block=block)
+        assert {n: int(m.sum()) for n, m in out.items()} == {"a": kept, "b": kept}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import time
 import warnings
 
@@ -375,4 +376,5 @@ class Runner:
 
 def _first_line(error) -> str:
     text = str(error).strip()
-    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    line = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return re.sub(r"(#\d+)(Node number)", r"\1; \2", line)  # TFLite glues two of its messages together

@@ -394,10 +394,12 @@ def prune_to_density(
 
     Returns:
         Name -> float32 mask keeping round(density · size) weights (fewer where
-        fewer are alive). With ``block``: whole blocks, best first, each that
-        fits in the count left (so edge blocks, which are smaller, fill it
-        exactly where they can), and at least one block of a group whose count
-        is above 0. Equal scores: :data:`TIES`.
+        fewer are alive), and at least one: with ``scope="layerwise"`` no
+        layer is emptied at a density above 0 (with ``"global"`` one ranking
+        decides, and it may empty a layer: the layer collapse SynFlow
+        studies). With ``block``: whole blocks, best first, each that fits in
+        the count left (so edge blocks, which are smaller, fill it exactly
+        where they can), and at least one block. Equal scores: :data:`TIES`.
 
     Raises:
         ValueError: For a density outside (0, 1], an unknown scope, or
@@ -413,7 +415,9 @@ def prune_to_density(
     for names in groups:
         values = np.concatenate([np.asarray(scores[n], np.float64).ravel() for n in names])
         alive = np.concatenate([np.asarray(masks[n]).ravel() != 0 for n in names])
-        keep_count = min(int(round(density * values.size)), int(alive.sum()))
+        # At least one weight of a group with any alive: a density above 0 never empties a layer (layerwise) or
+        # the model (global; a global ranking may still empty one layer, the "layer collapse" SynFlow studies).
+        keep_count = min(max(int(round(density * values.size)), 1), int(alive.sum()))
         if block is not None:
             unit_of, units, _ = _units(names, masks, block)
             unit_scores = np.bincount(unit_of, weights=np.where(alive, values, 0.0), minlength=units.size)
