@@ -377,4 +377,4 @@ class Runner:
 def _first_line(error) -> str:
     text = str(error).strip()
     line = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
-    return re.sub(r"(#\d+)(Node number)", r"\1; \2", line)  # TFLite glues two of its messages together
+    return re.sub(r"(#\d+)(?=[A-Za-z])", r"\1; ", line)  # TFLite glues its messages together
