@@ -466,7 +466,8 @@ def legacy_keras_paths(model) -> dict:
         roots = _wrap_roots(model)
     except ValueError:
         return {}
-    masked_in_place = {id(v) for _, m, v in masked_weights(model) if id(m) not in {id(x) for x in model.variables}}
+    owned = {id(x) for x in model.variables}  # a MaskedLayer's masks are model variables; in-place ones are not
+    masked_in_place = {id(v) for _, m, v in masked_weights(model) if id(m) not in owned}
     root_names = {}
     for root, layer_name, _ in roots.values():
         root_names[root] = layer_name
