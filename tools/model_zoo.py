@@ -205,12 +205,9 @@ def _tokens(length=8, vocabulary=50):
     return RNG.integers(1, vocabulary, (N, length)).astype("int32")
 
 
-def _find(model, name):
-    """The layer called ``name`` at any depth."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if layer.name == name:
-            return layer
-    raise KeyError(name)
+def _token_batch():
+    """Token ids and an all-ones padding mask, the inputs of keras_hub's language models."""
+    return {"token_ids": _tokens(), "padding_mask": np.ones((N, 8), "int32")}
 
 
 def _named(model, *suffixes):
@@ -434,7 +431,7 @@ def frozen_layer():
     return model, _x(8), [frozen.kernel, head.kernel]  # a Dense kernel is prunable frozen or not
 
 
-LANGUAGE_MODELS = set()  # trained on next-token targets with their own loss and metrics
+LANGUAGE_MODELS = {"gpt2_causal_lm", "gemma_causal_lm"}  # trained on next-token targets, with their own loss
 
 
 def _hub():
@@ -449,8 +446,7 @@ def gpt2_causal_lm():
         vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=8
     )
     model = hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-    data = {"token_ids": _tokens(), "padding_mask": np.ones((N, 8), "int32")}
-    LANGUAGE_MODELS.add("gpt2_causal_lm")
+    data = _token_batch()
     # The token embedding is also the output head (tied): one weight, listed once.
     return model, data, _named(backbone, "embeddings", "kernel")
 
@@ -467,8 +463,7 @@ def gemma_causal_lm():
         head_dim=8,
     )
     model = hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
-    data = {"token_ids": _tokens(), "padding_mask": np.ones((N, 8), "int32")}
-    LANGUAGE_MODELS.add("gemma_causal_lm")
+    data = _token_batch()
     return model, data, _named(backbone, "embeddings", "kernel")
 
 
@@ -491,7 +486,7 @@ def llama():
     model = hub.models.LlamaBackbone(
         vocabulary_size=50, num_layers=1, num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32
     )
-    data = {"token_ids": _tokens(), "padding_mask": np.ones((N, 8), "int32")}
+    data = _token_batch()
     return model, data, _named(model, "embeddings", "kernel")
 
 
@@ -516,7 +511,7 @@ def mixtral():
         num_experts=4,
         top_k=2,
     )
-    data = {"token_ids": _tokens(), "padding_mask": np.ones((N, 8), "int32")}
+    data = _token_batch()
     # The experts' weights are most of the matrix parameters: they are masked with the rest.
     expected = _named(model, "embeddings", "kernel", "expert_feedforward_gate_dense")
     expected += _named(model, "expert_feedforward_intermediate_dense", "expert_feedforward_output_dense")

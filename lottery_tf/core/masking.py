@@ -60,9 +60,6 @@ _PRUNABLE = (
 _BUILDS_SUBLAYERS = tuple(
     t for t in (keras.layers.MultiHeadAttention, getattr(keras.layers, "GroupQueryAttention", None)) if t is not None
 )
-# Names of weights that look prunable: a custom layer's own weights with these names cannot be
-# masked (what they do is unknown), so wrap_model names them in a warning.
-_PRUNABLE_LOOKING = ("kernel", "recurrent_kernel", "embeddings", "depthwise_kernel", "pointwise_kernel")
 
 
 def prunable_attributes(layer) -> tuple[str, ...]:
