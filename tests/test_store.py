@@ -455,12 +455,13 @@ def test_two_processes_asked_for_different_branches_of_a_fresh_experiment(tmp_pa
             stdout=log,
             stderr=err,
         )
-        wait_until_printed(second, tmp_path / "second.out", "waiting for pid")
+        wait_until_printed(second, tmp_path / "second.out", "s so far: held by pid")
         release.touch()
         assert second.wait(600) == 0, (tmp_path / "second.err").read_text()[-2000:]
     second_out = (tmp_path / "second.out").read_text()
     first_out, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err[-2000:]
-    assert "waiting for pid" in second_out and "this command's branches need its levels" in second_out
+    assert "(the main lineage: this command's branches need its levels)" in second_out
+    assert " s so far: held by pid " in second_out
     assert "level  1 [random_prune_layerwise] done" in second_out and "[main] done" not in second_out
     assert "level  1 [reinit] done" in first_out

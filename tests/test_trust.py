@@ -253,7 +253,7 @@ def test_two_cli_processes_on_one_replicate(tmp_path):
         -800:
     ]
     waited_output = (tmp_path / "waited.out").read_text()
-    assert "waiting for " in waited_output and "main.lock, held by pid" in waited_output
+    assert "main.lock (the main lineage), " in waited_output and " s so far: held by pid" in waited_output
     assert "nothing to do" in waited_output
 
 
