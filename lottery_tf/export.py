@@ -35,17 +35,19 @@ so and the others are still written.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
+from lottery_tf.engine.errors import ArgumentParser
 from lottery_tf.engine.export_files import (
     FORMATS,
     LATENCY_RUNS,
+    MAX_LATENCY_RUNS,
     QUANTIZE,
     ExportError,
+    check_latency_runs,
     check_out,
     structure_satisfied,
     write_folder,
@@ -53,14 +55,9 @@ from lottery_tf.engine.export_files import (
 from lottery_tf.store import output_folders
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2, as every lottery_tf command
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def _parse(argv):
-    parser = _Parser(prog="python -m lottery_tf.export", description=__doc__.split("\n")[0])
+    # One line and exit status 2, as every lottery_tf command; an unknown flag is named first.
+    parser = ArgumentParser(prog="python -m lottery_tf.export", description=__doc__.split("\n")[0])
     parser.add_argument("experiment", help="a run folder <output_dir>/lottery_<hash>")
     parser.add_argument("--replicate", type=int, default=0)
     parser.add_argument("--level", type=int, required=True)
@@ -72,7 +69,12 @@ def _parse(argv):
     parser.add_argument("--formats", default="keras,litert", help=f"some of {', '.join(FORMATS)}")
     parser.add_argument("--quantize", default="none", help="LiteRT files: some of none, dynamic, int8, int8_io")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    parser.add_argument("--latency_runs", type=int, default=LATENCY_RUNS, help="batch-1 invocations timed per artifact")
+    parser.add_argument(
+        "--latency_runs",
+        type=int,
+        default=LATENCY_RUNS,
+        help=f"batch-1 invocations timed per artifact (1..{MAX_LATENCY_RUNS})",
+    )
     return parser.parse_args(argv)
 
 
@@ -105,8 +107,7 @@ def export(args) -> dict:
         raise ExportError(f"--weights: expected final or rewind, got {args.weights!r}")
     if quantize != ["none"] and "litert" not in formats:
         raise ExportError(f"--quantize={args.quantize} applies to LiteRT files: add litert to --formats")
-    if args.latency_runs < 1:
-        raise ExportError(f"--latency_runs: expected an integer >= 1, got {args.latency_runs}")
+    check_latency_runs(args.latency_runs, "--latency_runs")
     experiment = os.path.normpath(os.path.expanduser(args.experiment))
     out = (
         os.path.normpath(os.path.expanduser(args.out))

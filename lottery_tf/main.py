@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 
@@ -78,7 +79,8 @@ flags.DEFINE_bool(
     "rerecord_data",
     False,
     "Record the data found now as the run's data (data.json), for a run whose "
-    "data.json was lost; only if you know it is the data the run was trained on.",
+    "data.json was lost or damaged after levels were done; only if you know it is the data the run was trained "
+    "on. Refused for a new run folder and for one whose data.json is intact (nothing would read it).",
 )
 
 
@@ -157,7 +159,7 @@ def _value(setting: config_lib.Setting, epoch: int):
     if kind == "names":
         return tuple(item.strip() for item in raw)
     if kind == "str" and flag in _PATH_FLAGS and raw:
-        return os.path.expanduser(raw)
+        return os.path.expanduser(raw)  # "~nosuchuser/x" stays as it is: the settings' check refuses it
     return raw
 
 
@@ -225,6 +227,9 @@ def main(argv):
             config_lib.validate(config, DATASETS.names(), MODELS, sweep)
         check_sizes(config.data, config.training.batch_size, config.branches)
         _check_initializer(config.model.initializer)
+        if FLAGS.rerecord_data:
+            for config in configs:
+                _check_rerecord(config)
         ray = config.run.executor == "ray"
         if ray:
             from lottery_tf.engine import ray_executor
@@ -255,12 +260,60 @@ def main(argv):
         _fail(errors.bug_line(error))
 
 
+def _check_rerecord(config) -> None:
+    """``--rerecord_data`` is read only by a run folder whose data record is damaged after levels were done.
+
+    Raises:
+        ConfigError: For a run folder that does not exist yet, or whose ``data.json`` is intact.
+    """
+    from lottery_tf.store import reader as store
+
+    folder = run_dir.experiment_dir(config)
+    if not os.path.isdir(folder):
+        raise config_lib.ConfigError(
+            "rerecord_data",
+            f"the run folder {folder} does not exist yet: a new run records its data itself, so nothing reads it; "
+            "remove it",
+        )
+    report = store.inspect_experiment(folder)
+    if any(getattr(problem, "kind", None) == "data" for problem in report.problems):
+        return
+    path = os.path.join(folder, "data.json")
+    damage = store.json_problem(path, ("source", "fingerprint"))
+    if damage is None:
+        why = "is intact: it records the data the run was trained on (data that moved keeps its fingerprint)"
+    else:
+        why = f"{damage}, but no level is done yet: the run records its data again itself"
+    raise config_lib.ConfigError("rerecord_data", f"data.json {why}, so nothing reads it; remove it ({path})")
+
+
+def _check_cpu_devices(config) -> None:
+    """``--cpu_devices`` splits the CPU for ``--strategy=mirrored``, which uses the GPUs instead where there are any.
+
+    Raises:
+        ConfigError: Where this machine has GPUs.
+    """
+    if config.run.cpu_devices <= 0 or config.run.strategy != "mirrored":
+        return
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        raise config_lib.ConfigError(
+            "cpu_devices",
+            f"{config.run.cpu_devices} is set, but --strategy=mirrored uses this machine's {len(gpus)} GPU(s), "
+            "not the CPU, so nothing reads it; remove it",
+        )
+
+
 def _run(configs, session) -> None:
     """Checks every run of the invocation, then trains it here (``session`` None) or on Ray."""
     from lottery_tf.engine import experiment
     from lottery_tf.engine.distribute import describe_devices
 
     started = time.time()
+    if session is None:  # on Ray the trainings run on other machines, with their own devices
+        _check_cpu_devices(configs[0])
     # Every run of a sweep is checked (data, model, the run store, branch inputs) before any trains.
     checked = [experiment.check(config, rerecord_data=FLAGS.rerecord_data) for config in configs]
     if session is not None:
@@ -328,19 +381,89 @@ def _quiet_python_logging() -> None:
 
 
 def _parse_flags(argv):
-    """absl's parser, with its errors as one line and exit status 2; ``--help`` exits 0."""
+    """absl's parser, with its errors as one line and exit status 2; ``--help`` exits 0.
+
+    Before absl reads anything: every flagfile, in every spelling absl accepts
+    (``--flagfile=X``, ``--flagfile X``, ``-flagfile=X``, ``-flagfile X``, and
+    nested), is checked (:func:`flagfile_problem`); then an unknown flag is named
+    before any other error.
+    """
     if any(arg in ("--help", "-h", "-help", "--helpshort") for arg in argv[1:]):
         print(USAGE + FLAGS.module_help(sys.modules[__name__]))
         sys.exit(0)
-    for arg in argv[1:]:
-        if arg.startswith("--flagfile="):
-            problem = flagfile_problem(arg.split("=", 1)[1])
-            if problem:
-                _fail(f"--flagfile: {problem}")
+    for spelling, path in flagfile_arguments(argv[1:]):
+        problem = f"expected a file after {spelling}" if path is None else flagfile_problem(path)
+        if problem:
+            _fail(f"--flagfile: {problem}")
+    unknown = _unknown_flag(argv[1:])
+    if unknown:
+        _fail(unknown)
     try:
         return FLAGS(argv)
     except flags.Error as error:
         _fail(_flag_error(str(error).splitlines()[0]))
+
+
+_FLAGFILE_SPELLINGS = ("--flagfile", "-flagfile")
+
+
+def flagfile_arguments(args) -> list:
+    """``(spelling, path)`` of every flagfile the command line names, as absl finds them (path None: missing).
+
+    absl reads ``--flagfile=X``, ``-flagfile=X`` and, with the path as the next
+    argument, ``--flagfile X`` and ``-flagfile X``; it stops at ``--``. Paths are
+    expanded as absl expands them (``~``; the ``=`` forms also stripped).
+    """
+    found, rest = [], list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            break
+        if arg in _FLAGFILE_SPELLINGS:
+            found.append((arg, os.path.expanduser(rest.pop(0)) if rest else None))
+            continue
+        for spelling in _FLAGFILE_SPELLINGS:
+            if arg.startswith(spelling + "="):
+                found.append((arg, os.path.expanduser(arg[len(spelling) + 1 :].strip())))
+    return found
+
+
+def _unknown_flag(args) -> str | None:
+    """``--NAME: unknown flag ...`` for the first flag absl does not know (flagfiles read), or None."""
+    import difflib
+
+    try:
+        expanded = FLAGS.read_flags_from_files(list(args), force_gnu=True)
+    except (flags.Error, OSError, UnicodeDecodeError):
+        return None  # absl's own parse says what is wrong
+    known = {name: FLAGS[name] for name in FLAGS}
+    undefok, rest = set(), list(expanded)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            break
+        if not arg.startswith("-"):
+            continue
+        name, equals, _ = arg[2:].partition("=") if arg.startswith("--") else arg[1:].partition("=")
+        if not name:
+            continue
+        if name == "undefok":
+            value = arg.partition("=")[2] if equals else (rest.pop(0) if rest else "")
+            undefok.update(v.strip() for v in value.split(","))
+            continue
+        flag = known.get(name)
+        if flag is not None:
+            if not flag.boolean and not equals and rest:
+                rest.pop(0)  # "--flag value": absl takes the next argument as the value
+            continue
+        if name.startswith("no") and name[2:] in known and known[name[2:]].boolean:
+            continue
+        if name in undefok or (name.startswith("no") and name[2:] in undefok):
+            continue
+        close = difflib.get_close_matches(name, [n for n in known if len(n) > 2], n=1, cutoff=0.6)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        return f"--{name}: unknown flag{hint}; python -m lottery_tf.main --help lists the flags"
+    return None
 
 
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false"}
@@ -348,8 +471,6 @@ _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false"}
 
 def _flag_error(line: str) -> str:
     """absl's "flag --levels=abc: invalid literal for int() ..." in the form every other flag error has."""
-    import re
-
     match = re.match(r"flag --(\w+)=(.*?): ", line)
     setting = config_lib.SETTING.get(match.group(1)) if match else None
     if setting is None or setting.kind not in _EXPECTED:
@@ -357,12 +478,21 @@ def _flag_error(line: str) -> str:
     return f"--{setting.flag}: expected {_EXPECTED[setting.kind]}{setting._range()}, got {match.group(2)!r}"
 
 
+# What absl reads as one flag on a flagfile's line: one or two dashes, a name, and "=value" or nothing.
+_FLAG_LINE = re.compile(r"--?[A-Za-z_][A-Za-z0-9_.-]*(=.*)?", re.DOTALL)
+_QUOTES = "\"'"
+
+
 def flagfile_problem(path: str, seen=()) -> str | None:
     """What is wrong with a flagfile (and the flagfiles it includes), or None.
 
-    absl reads flagfiles itself; a binary file, a byte-order mark or a line that
-    is not a flag would otherwise end in a traceback or an "unexpected arguments"
-    that names no file, and an empty file would silently run the defaults.
+    absl reads flagfiles itself, line by line, each line one argument as
+    written: a binary file, a byte-order mark, a line that is not a flag (a
+    bare ``--`` ends the flags), a quoted value (absl keeps the quotes), an
+    indented comment or ``--flagfile=`` (absl reads neither as such) would
+    otherwise end in a traceback, an "unexpected arguments" that names no
+    file, or a setting other than the one written; an empty file would silently
+    run the defaults. Every problem names the file, and the line where there is one.
     """
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         return f"{path!r} does not exist or is not readable"
@@ -379,17 +509,36 @@ def flagfile_problem(path: str, seen=()) -> str | None:
     if "\x00" in text:
         return f"{path!r} is not a text file of flags (it holds NUL bytes)"
     flag_lines = 0
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#") or line.startswith("//"):
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        where = f"{path!r} line {number}"
+        if not line or raw.startswith("#") or raw.startswith("//"):
             continue
-        if not line.startswith("-"):
-            return f"{path!r} line {number}: expected --flag=value, got {line[:60]!r}"
-        flag_lines += 1
-        if line.startswith("--flagfile="):
-            problem = flagfile_problem(line.split("=", 1)[1], (*seen, os.path.abspath(path)))
+        indented = raw != raw.lstrip()
+        if line.startswith("#") or line.startswith("//"):
+            return f"{where}: an indented comment, which absl reads as an argument; start the line with # or //"
+        if line in _FLAGFILE_SPELLINGS:
+            return f"{where}: expected --flagfile=PATH on one line, got {line!r}"
+        if line.startswith(tuple(spelling + "=" for spelling in _FLAGFILE_SPELLINGS)):
+            if indented:
+                return f"{where}: an indented {line.split('=', 1)[0]}=, which absl does not read as a flagfile; remove the indent"
+            nested = os.path.expanduser(line.split("=", 1)[1].strip())
+            problem = flagfile_problem(nested, (*seen, os.path.abspath(path)))
             if problem:
                 return problem
+            flag_lines += 1
+            continue
+        if line.strip("-") == "":
+            return f"{where}: a bare {line!r}, which ends the flags (absl would read every later line as an argument); remove it"
+        if not _FLAG_LINE.fullmatch(line):
+            return f"{where}: expected --flag=value, got {line[:60]!r}"
+        name, _, value = line.lstrip("-").partition("=")
+        if value and (value[0] in _QUOTES or value[-1] in _QUOTES):
+            return (
+                f"{where}: the value of --{name} is in quotes ({value[:60]}); a flagfile takes values as written "
+                "(absl would keep the quotes in it): remove them"
+            )
+        flag_lines += 1
     if not flag_lines:
         return f"{path!r} holds no flags (only comments or blank lines); it would run the default experiment"
     return None

@@ -72,6 +72,17 @@ def idx_folders(tmp_path_factory):
     images = np.zeros((120, 28, 28), np.float32)
     images[3, 4, 5] = np.nan
     _write_float_idx(os.path.join(folders["nan_images"], "train-images-idx3-ubyte.gz"), images)
+    for name in ("wide_pixels", "negative_pixels"):
+        folder = str(root / name)
+        os.makedirs(folder)
+        write_idx_folder(folder, n_train=120, n_test=40)
+        folders[name] = folder
+    # 16-bit pixels up to 1020 (10-bit data scaled by 4); float pixels below 0 (data standardized already).
+    wide = (np.arange(120 * 28 * 28) % 1021).reshape(120, 28, 28)
+    _write_float_idx(os.path.join(folders["wide_pixels"], "train-images-idx3-ubyte.gz"), wide, ">i2", 0x0B)
+    negative = np.full((40, 28, 28), 0.5, np.float32)
+    negative[0, 0, 0] = -5
+    _write_float_idx(os.path.join(folders["negative_pixels"], "t10k-images-idx3-ubyte.gz"), negative)
     return folders
 
 
@@ -285,17 +296,89 @@ CASES_ROUND_3 = [
 ]
 CASES = CASES + CASES_ROUND_3
 
+# Round 4 (issue 28, items 5 and 6): settings nothing reads in the chosen setup, degenerate values, paths and
+# flagfiles in every spelling absl reads, data outside what the format promises, and clearer messages. The
+# cases marked "own" are further shapes of the same classes.
+FF = "{flagfiles}"
+MNIST_SMALL = ["--dataset=mnist", "--validation_examples=20", "--batch_size=20"]
+CASES_ROUND_4 = [
+    # Set but unused (or changing the run's identity while unused).
+    (["--cpu_devices=2"], "--cpu_devices: 2 is set, but only --strategy=mirrored"),
+    (["--strategy=one_device", "--cpu_devices=2"], "--cpu_devices: 2 is set, but only --strategy=mirrored"),
+    (["--branch=instability", *PAI1, "--batchnorm_batches=5"], "--batchnorm_batches: 5 is set, but --model="),
+    (["--rerecord_data"], "--rerecord_data: data.json is intact"),  # the finished run's data.json records its data
+    (["--rerecord_data", "--seed=7"], "--rerecord_data: the run folder"),  # a folder that does not exist yet
+    (["--branch=pai_random", *PAI1, "--pai_ablations=shuffle"], "--pai_ablations: shuffle with --branch=pai_random"),
+    (["--exclude_layers=output", "--output_pruning_fraction=0.2"], "--output_pruning_fraction: 0.2 is set, but"),
+    (
+        ["--branch=instability", *PAI1, "--batchnorm_statistics=interpolate"],
+        "--batchnorm_statistics: interpolate is set, but --model=lenet",
+    ),  # own
+    (["--branch=pai_random", *PAI1, "--pai_ablations=invert"], "--pai_ablations: invert"),  # own
+    (["--branch=pai_random", *PAI1, "--pai_ablations=reinit"], "--pai_ablations: reinit"),  # own: at k = 0
+    (["--layer_pruning_fractions=output=0.3", "--output_pruning_fraction=0.2"], "--output_pruning_fraction: 0.2 is"),
+    (["--layer_pruning_fractions=fc1=0.3,fc2=0.3", "--pruning_fraction=0.5"], "--pruning_fraction: 0.5 is set"),
+    (["--exclude_layers=output"], "--exclude_layers: output leaves the output layer's weight"),  # own: default 0.1
+    ([*MNIST_SMALL, "--data_dir={small}", "--tfds_download=false"], "--tfds_download: false is set"),  # own
+    ([*MNIST_SMALL, "--data_dir={small}", "--tfds_data_dir=/tmp"], "--tfds_data_dir: /tmp is set"),  # own
+    # Degenerate values.
+    (["--lr_schedule=step", "--lr_milestones=100", "--lr_gamma=1"], "--lr_gamma: 1 multiplies the rate by 1"),
+    (["--checkpoint_every=400"], "--checkpoint_every: 400 is beyond --iterations=200"),
+    (["--synthetic_shape="], "--synthetic_shape: expected 1 to 3 sizes"),
+    (["--strategy=mirrored", "--cpu_devices=1"], "--cpu_devices: expected an integer in [2, 256], got 1"),  # own
+    (["--synthetic_shape=2,2,2,2"], "--synthetic_shape: expected 1 to 3 sizes"),  # own
+    (["--synthetic_classes=2000"], "--synthetic_classes: 2000 classes for 1536 training examples"),  # own
+    (
+        ["--branch=retrain", *PAI1, "--branch_iterations=300", "--checkpoint_every=350"],
+        "--checkpoint_every: 350 is beyond",
+    ),
+    # Paths and flagfiles, in every spelling absl reads.
+    ([*MNIST_SMALL, "--data_dir=~nosuchuser/x"], "--data_dir: ~nosuchuser/x: there is no user 'nosuchuser'"),
+    (["--flagfile=" + FF + "/quoted.flags"], "--flagfile: '" + FF + "/quoted.flags' line 2: the value of --output_dir"),
+    (["--flagfile=" + FF + "/single_quoted.flags"], "--flagfile: '" + FF + "/single_quoted.flags' line 1: the value"),
+    (["--flagfile", FF + "/empty.flags"], "--flagfile: '" + FF + "/empty.flags' holds no flags"),
+    (["--flagfile", FF + "/binary.flags"], "--flagfile: '" + FF + "/binary.flags' is not a text file"),
+    (["-flagfile=" + FF + "/bom.flags"], "--flagfile: '" + FF + "/bom.flags' starts with a UTF-8 byte-order mark"),
+    (["-flagfile", FF + "/comments.flags"], "--flagfile: '" + FF + "/comments.flags' holds no flags"),  # own
+    (["--flagfile=" + FF + "/nested_single_dash.flags"], "--flagfile: '" + FF + "/binary.flags' is not"),  # own
+    (["--flagfile=" + FF + "/dash.flags"], "--flagfile: '" + FF + "/dash.flags' line 2: a bare '--'"),
+    (["--flagfile=" + FF + "/indented_comment.flags"], "--flagfile: '" + FF + "/indented_comment.flags' line 2"),  # own
+    (["--flagfile=" + FF + "/indented_nested.flags"], "--flagfile: '" + FF + "/indented_nested.flags' line 2"),  # own
+    # Data outside what MNIST-format files promise.
+    (
+        [*MNIST_SMALL, "--data_dir={wide_pixels}"],
+        "train-images-idx3-ubyte.gz: pixel values 0..1020 are outside 0..255 (int16",
+    ),
+    (
+        [*MNIST_SMALL, "--data_dir={negative_pixels}"],
+        "t10k-images-idx3-ubyte.gz: pixel values -5..0.5 are outside 0..255 (float32",
+    ),  # own
+    # Item 6: the flag at fault, in one clean line.
+    (["--model=conv6", "--synthetic_shape=4,4,1"], "--synthetic_shape: 4x4x1 images are too small for --model=conv6"),
+    (["--model=conv2", "--synthetic_shape=28,28"], "--synthetic_shape: --model=conv2 cannot take 28x28 images"),  # own
+    (["--exclude_layers=,"], "--exclude_layers: ',' holds an empty name"),
+    (["--branch=reinit,", *PAI1], "--branch: 'reinit,' holds an empty name"),  # own
+    (["--lvl=2", "--levels=abc"], "--lvl: unknown flag (did you mean --levels?)"),
+    (["--flagfile=" + FF + "/unknown.flags", "--seed=-1"], "--lvl: unknown flag"),  # own: in a flagfile
+    (["--nolevels"], "--nolevels: unknown flag"),  # own: "no" only negates a true/false flag
+]
+CASES = CASES + CASES_ROUND_4
+
 
 def test_at_least_sixty_bad_inputs_and_forty_more_of_round_three():
     assert len(CASES) >= 60 + 40 and len(CASES_ROUND_3) >= 40
 
 
-def _write_float_idx(path, array):
-    """An IDX file of big-endian float32 values (type 0x0D), gzipped."""
+def test_round_four_has_every_case_of_issue_28_items_5_and_6_and_more():
+    assert len(CASES_ROUND_4) >= 40 and len(CASES) >= 60 + 40 + 40
+
+
+def _write_float_idx(path, array, dtype=">f4", code=0x0D):
+    """An IDX file of big-endian float32 values (type 0x0D; or ``dtype`` and its type ``code``), gzipped."""
     import gzip
 
-    array = np.ascontiguousarray(array, dtype=">f4")
-    header = bytes([0, 0, 0x0D, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    array = np.ascontiguousarray(array, dtype=dtype)
+    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as handle:
         handle.write(header + array.tobytes())
 
@@ -309,6 +392,13 @@ def flagfiles(tmp_path_factory):
     (root / "comments.flags").write_text("# a comment\n\n// another\n")
     (root / "word.flags").write_text("--levels=1\nlevels=2\n")
     (root / "nested.flags").write_text("--levels=1\n--flagfile=flags/missing.flags\n")
+    (root / "quoted.flags").write_text('--levels=1\n--output_dir="runs/quoted"\n')
+    (root / "single_quoted.flags").write_text("--seed='3'\n")
+    (root / "dash.flags").write_text("--levels=1\n--\n--seed=2\n")
+    (root / "indented_comment.flags").write_text("--levels=1\n  # the seed\n")
+    (root / "indented_nested.flags").write_text(f"--levels=1\n  --flagfile={root / 'empty.flags'}\n")
+    (root / "nested_single_dash.flags").write_text(f"--levels=1\n-flagfile={root / 'binary.flags'}\n")
+    (root / "unknown.flags").write_text("--levels=1\n--lvl=2\n")
     return str(root)
 
 
@@ -328,6 +418,7 @@ def test_bad_input_is_one_line_and_leaves_finished_work_alone(
     assert exit_info.value.code == 2, captured.err[-1500:]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert named in lines[0], lines[0]
+    assert "\x1b" not in captured.err  # no terminal colour codes (Keras's)
     assert snapshot(finished) == before
     assert not [
         p
@@ -351,6 +442,53 @@ def test_an_output_dir_inside_an_experiment_is_one_line(finished, capfd, monkeyp
     where = "the" if not inside else "inside the"
     assert lines[0].startswith(f"error: --output_dir: {target} is {where} run folder {experiment}: "), lines[0]
     assert snapshot(finished) == before
+
+
+@pytest.mark.parametrize(
+    "output_dir, named",
+    [
+        ("~nosuchuser/x", "--output_dir: ~nosuchuser/x: there is no user 'nosuchuser'"),
+        ("/proc/lottery_runs", "--output_dir: /proc is a proc filesystem that holds no files"),
+        ("{tmp}/a_file/runs", "--output_dir: {tmp}/a_file is a file, not a folder"),
+        ("{tmp}/loop/runs", "--output_dir: {tmp}/loop is a symbolic link that leads nowhere"),
+    ],
+)
+def test_an_output_dir_that_cannot_be_made_is_one_line_and_nothing_is_made(
+    tmp_path, capfd, monkeypatch, output_dir, named
+):
+    """Issue 28, item 5: "~nosuchuser/x" made a folder named "~nosuchuser" in the working folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "a_file").write_text("")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    monkeypatch.chdir(work)
+    output_dir, named = output_dir.format(tmp=tmp_path), named.format(tmp=tmp_path)
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.run(["lottery_tf.main", f"--flagfile={REPO}/flags/smoke.flags", "--branch=", "--branch_levels=",
+                      f"--output_dir={output_dir}"])  # fmt: skip
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {named}"), lines
+    assert os.listdir(work) == [] and not os.path.exists("/proc/lottery_runs")
+
+
+def test_test_files_identical_to_the_training_files_warn_in_one_line(tmp_path, capfd):
+    """Issue 28, item 5: with the training files copied as the test files, "test accuracy" is training accuracy.
+
+    A warning, not an error (decided in issue 28): a study may overlap the splits on purpose, and data.json
+    records the data's fingerprint whatever it is.
+    """
+    folder = str(tmp_path / "same")
+    write_idx_folder(folder, n_train=40, n_test=40)
+    for kind in ("images-idx3", "labels-idx1"):
+        shutil.copy(os.path.join(folder, f"train-{kind}-ubyte.gz"), os.path.join(folder, f"t10k-{kind}-ubyte.gz"))
+    idx.load_folder(folder)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {folder}/t10k-images-idx3-ubyte.gz: 40 of its 40 test")
+    assert "(the same images): the test accuracy measures accuracy on training data" in lines[0]
+    write_idx_folder(str(tmp_path / "apart"), n_train=40, n_test=40)  # independent images: no warning
+    idx.load_folder(str(tmp_path / "apart"))
+    assert capfd.readouterr().err == ""
 
 
 def test_tfmot_schedule_without_the_extra_is_one_line_before_anything_trains(finished, capfd, monkeypatch):

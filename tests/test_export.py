@@ -467,3 +467,44 @@ def test_the_report_draws_accuracy_and_size_per_structure(run, exported, dense_e
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[3] == f"{100 * record['density']:.2f}" and cells[7] == f"{ticket['ticket.tflite']['bytes']:,}"
     assert cells[9] == f"{ticket['ticket.tflite']['bytes'] / dense['ticket.tflite']['bytes']:.2f}" and cells[-1] == "1"
+
+
+# Issue 28, items 5 and 6: an unknown flag named before the missing --level, a latency bound, and an --out that
+# cannot be made named as --out (not an OS error about a temporary folder); one line, nothing written.
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lvl=2"], "--lvl: unknown flag (did you mean --level?); python -m lottery_tf.export --help lists"),
+        (["--level=2", "--overwrit"], "--overwrit: unknown flag (did you mean --overwrite?)"),  # no abbreviations
+        (["--level=2", "--latency_runs=1000000000"], "--latency_runs: expected an integer in [1, 1000]"),
+        (["--level=2", "--latency_runs=0"], "--latency_runs: expected an integer in [1, 1000]"),
+        (["--level=2", "--out=/proc/x"], "--out: /proc is a proc filesystem that holds no files"),
+        (["--level=2", "--out={tmp}/loop/x"], "--out: {tmp}/loop is a symbolic link that leads nowhere"),
+        (["--level=2", "--out={tmp}/a_file/x"], "--out: {tmp}/a_file is a file, not a folder"),
+        (["--level=2", "--out=~nosuchuser/x"], "--out: ~nosuchuser/x: there is no user 'nosuchuser'"),
+    ],
+)
+def test_bad_export_input_of_round_four_is_one_line(run, tmp_path, capsys, monkeypatch, extra, message):
+    (tmp_path / "a_file").write_text("")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    monkeypatch.chdir(tmp_path)
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    before = snapshot(os.path.dirname(run)), sorted(os.listdir(tmp_path))
+    try:
+        code = export_cli.main([run, *extra])
+    except SystemExit as exit_info:  # the parser's own errors
+        code = exit_info.code
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message.format(tmp=tmp_path)}"), lines
+    assert (snapshot(os.path.dirname(run)), sorted(os.listdir(tmp_path))) == before
+    assert not os.path.exists("/proc/x")
+
+
+def test_export_model_bounds_the_latency_runs_too(tmp_path):
+    from lottery_tf.core.keras_compat import keras
+    from lottery_tf.engine.export_files import ExportError, export_model
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ExportError, match=r"^latency_runs: expected an integer in \[1, 1000\]"):
+        export_model(model, str(tmp_path / "out"), np.zeros((3, 4)), np.zeros(3, int), latency_runs=10**9)
+    assert os.listdir(tmp_path) == []

@@ -381,3 +381,49 @@ def test_no_figure_stays_open(one_replicate, tmp_path, monkeypatch):
     while len(saved) <= 20:  # more figures in one process than matplotlib's 20-figure warning
         assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 0
         assert plt.get_fignums() == []
+
+
+# Issue 28, items 5 and 6: values no report can mean, an --out that cannot be made, and unknown flags named
+# before anything else; one line, exit status 2, nothing written.
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--matching_tolerance=nan"], "--matching_tolerance: expected percentage points in [0, 100], got nan"),
+        (["--matching_tolerance=-1"], "--matching_tolerance: expected percentage points in [0, 100], got -1"),
+        (["--matching_tolerance", "-0.5"], "--matching_tolerance: expected percentage points in [0, 100], got -0.5"),
+        (["--matching_tolerance=inf"], "--matching_tolerance: expected percentage points in [0, 100], got inf"),
+        (["--matching_tolerance=150"], "--matching_tolerance: expected percentage points in [0, 100], got 150"),
+        (["--lvl=2"], "--lvl: unknown flag; python -m lottery_tf.report --help lists the flags"),
+        (["--curve_level=0"], "--curve_level: unknown flag (did you mean --curve_levels?)"),
+        (["--no_plot"], "--no_plot: unknown flag (did you mean --no_plots?)"),  # no abbreviations
+        (["--out={tmp}/a_file/report"], "--out: {tmp}/a_file is a file, not a folder"),
+        (["--out={tmp}/loop/report"], "--out: {tmp}/loop is a symbolic link that leads nowhere"),
+        (["--out=/proc/report"], "--out: /proc is a proc filesystem that holds no files"),
+        (["--out=~nosuchuser/report"], "--out: ~nosuchuser/report: there is no user 'nosuchuser'"),
+    ],
+)
+def test_bad_report_input_is_one_line_and_writes_nothing(two_replicates, tmp_path, capsys, monkeypatch, extra, message):
+    root, experiment = two_replicates
+    (tmp_path / "a_file").write_text("")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    monkeypatch.chdir(tmp_path)
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    if not any(e.startswith("--out") for e in extra):
+        extra.append(f"--out={tmp_path / 'report'}")
+    before = _files(root), sorted(os.listdir(tmp_path))
+    try:
+        code = report_cli.main([experiment, *extra])
+    except SystemExit as exit_info:  # the parser's own errors
+        code = exit_info.code
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message.format(tmp=tmp_path)}"), lines
+    assert (_files(root), sorted(os.listdir(tmp_path))) == before and not os.path.exists("/proc/report")
+
+
+def test_an_unknown_flag_is_named_before_a_missing_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report_cli.main(["--lvl=2"])  # no path and no --out either
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert exit_info.value.code == 2 and lines == [
+        "error: --lvl: unknown flag; python -m lottery_tf.report --help lists the flags"
+    ]

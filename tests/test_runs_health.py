@@ -100,3 +100,21 @@ def test_root_without_runs(tmp_path):
     result = runs(str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path} holds no lottery_tf runs (no lottery_*/identity.json)"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{root}", "--lvl=2"], "--lvl: unknown flag; python -m lottery_tf.runs --help lists the flags"),
+        (["--lvl=2"], "--lvl: unknown flag; python -m lottery_tf.runs --help lists the flags"),  # before ROOT
+        ([], "the following arguments are required: root"),
+    ],
+)
+def test_runs_input_errors_are_one_line(tmp_path, capsys, argv, message):
+    """Issue 28, item 6: argparse's usage lines and "unrecognized arguments" last; an unknown flag comes first."""
+    from lottery_tf.reports import health
+
+    with pytest.raises(SystemExit) as exit_info:
+        health.main([a.format(root=tmp_path) for a in argv])
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert exit_info.value.code == 2 and lines == [f"error: {message}"]

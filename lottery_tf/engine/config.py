@@ -415,7 +415,25 @@ READERS = {
         _branch_names,
     ),
 }
-TFDS_DATASETS = _datasets("mnist", "fashion_mnist", "cifar10", "imagenet2012")
+MNIST_FAMILY = ("mnist", "fashion_mnist")
+
+
+def _tfds_reader(*names: str) -> Reader:
+    """TFDS settings: read by ``names``, except the MNIST family with ``--data_dir`` (its IDX files are all it reads)."""
+    others = [n for n in names if n not in MNIST_FAMILY]
+    return Reader(
+        f"--dataset={' or '.join(others)}, or --dataset=mnist or fashion_mnist without --data_dir (whose IDX files "
+        "are all they read)",
+        lambda c, s: c.data.name in names and not (c.data.name in MNIST_FAMILY and c.data.data_dir),
+        lambda c: f"--dataset={c.data.name}" + (f" --data_dir={c.data.data_dir}" if c.data.data_dir else ""),
+    )
+
+
+MIRRORED = Reader(
+    "--strategy=mirrored (without GPUs)",
+    lambda c, s: c.run.strategy == "mirrored",
+    lambda c: f"--strategy={c.run.strategy}",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -483,6 +501,16 @@ class Setting:
             items = value
             if not isinstance(items, tuple):
                 raise ConfigError(self.flag, f"expected a comma-separated list, got {value!r}")
+            if self.kind == "names" and any(isinstance(v, str) and not v.strip() for v in items):
+                raise ConfigError(
+                    self.flag, f"{','.join(items)!r} holds an empty name (a stray comma?); expected names like a,b"
+                )
+            if self.kind == "shape" and not 1 <= len(items) <= 3:
+                raise ConfigError(
+                    self.flag,
+                    f"expected 1 to 3 sizes (height,width,channels) like 32,32,3, got {self.shown(config)} "
+                    f"({'an image needs at least one size' if not items else 'an image has at most three'})",
+                )
             if self.kind != "shape" and len(set(items)) != len(items):
                 repeated = sorted({str(v) for v in items if items.count(v) > 1})
                 raise ConfigError(self.flag, f"{', '.join(repeated)} given twice; give each once")
@@ -593,15 +621,16 @@ SETTINGS: tuple[Setting, ...] = (
         "tfds_data_dir",
         "data.tfds_data_dir",
         "str",
-        "TFDS data folder. Empty: TFDS's default (~/tensorflow_datasets).",
-        reader=TFDS_DATASETS,
+        "TFDS data folder. Empty: TFDS's default (~/tensorflow_datasets). Not read with --data_dir.",
+        reader=_tfds_reader("mnist", "fashion_mnist", "cifar10", "imagenet2012"),
     ),
     S(
         "tfds_download",
         "data.tfds_download",
         "bool",
-        "Try a TFDS download (only if the network answers within seconds) when no local copy exists.",
-        reader=_datasets("mnist", "fashion_mnist", "cifar10"),
+        "Try a TFDS download (only if the network answers within seconds) when no local copy exists. Not read "
+        "with --data_dir.",
+        reader=_tfds_reader("mnist", "fashion_mnist", "cifar10"),
     ),
     S(
         "tfds_manual_dir",
@@ -653,7 +682,7 @@ SETTINGS: tuple[Setting, ...] = (
         "synthetic_shape",
         "data.synthetic_shape",
         "shape",
-        "Image shape of the synthetic dataset, e.g. 32,32,3.",
+        "Image shape of the synthetic dataset: 1 to 3 sizes (height,width,channels), e.g. 32,32,3.",
         low=1,
         high=4096,
         reader=_datasets("synthetic"),
@@ -744,7 +773,7 @@ SETTINGS: tuple[Setting, ...] = (
         "lr_gamma",
         "training.lr_gamma",
         "float",
-        "step schedule: factor at each milestone.",
+        "step schedule: factor at each milestone, in (0, 1) (1 would never decay).",
         low=0,
         high=1,
         low_open=True,
@@ -826,7 +855,8 @@ SETTINGS: tuple[Setting, ...] = (
         "output_pruning_fraction",
         "pruning.output_fraction",
         "float",
-        "Fraction for the output layer, in [0.001, 1); 0 = same rule as other layers.",
+        "Fraction for the output layer, in [0.001, 1); 0 = same rule as other layers. With the output layer "
+        "excluded (--exclude_layers) it must be 0: another layer would get it.",
         low=MIN_PRUNING_FRACTION,
         high=1,
         high_open=True,
@@ -1021,7 +1051,8 @@ SETTINGS: tuple[Setting, ...] = (
         "batchnorm_batches",
         "branches.batchnorm_batches",
         "int",
-        "instability: training batches used to re-estimate BatchNorm statistics (1..10000).",
+        "instability: training batches used to re-estimate BatchNorm statistics (1..10000); only for a model "
+        "with BatchNorm.",
         low=1,
         high=10_000,
         reader=READERS["batchnorm_batches"],
@@ -1049,7 +1080,7 @@ SETTINGS: tuple[Setting, ...] = (
         "names",
         "pai_*: also run these ablations, each in its own folder: "
         "shuffle (each layer's mask shuffled), reinit (fresh initialization after pruning), invert (prune the highest "
-        "scores).",
+        "scores). Refused with pai_random alone: each would train pai_random again.",
         choices=PAI_ABLATIONS,
         reader=_branches("pai_*", description="a --branch=pai_*"),
     ),
@@ -1133,7 +1164,8 @@ SETTINGS: tuple[Setting, ...] = (
         "checkpoint_every",
         "run.checkpoint_every",
         "length",
-        "Checkpoint every this many steps (or e.g. 1ep) within a level (0 = only between levels).",
+        "Checkpoint every this many steps (or e.g. 1ep) within a level (0 = only between levels); at most "
+        "--iterations (a longer period never checkpoints).",
         low=0,
     ),
     S(
@@ -1163,9 +1195,12 @@ SETTINGS: tuple[Setting, ...] = (
         "cpu_devices",
         "run.cpu_devices",
         "int",
-        "Split the CPU into this many logical devices (for mirrored runs without GPUs).",
-        low=0,
+        "--strategy=mirrored without GPUs: split the CPU into this many logical devices (2..256; 0 = the CPU "
+        "as one device). Refused where nothing reads it (another strategy, or a machine with GPUs).",
+        low=2,
         high=256,
+        default_means=0,
+        reader=MIRRORED,
     ),
     S(
         "wait_for_lock",
@@ -1332,8 +1367,31 @@ def validate(config: ExperimentConfig, dataset_names=None, model_names=None, stu
         rule(config)
 
 
+PATH_SETTINGS = ("output_dir", "data_dir", "tfds_data_dir", "tfds_manual_dir")
+
+
+def _path_rules(config) -> None:
+    """A path still starting with ``~`` names a user that does not exist (the command line expands the others):
+    it would make a folder literally named ``~user``."""
+    for flag in PATH_SETTINGS:
+        problem = output_folders.home_problem(SETTING[flag].value(config))
+        if problem:
+            raise ConfigError(flag, problem)
+
+
 def _data_rules(config) -> None:
     data = config.data
+    if (
+        data.name == "synthetic"
+        and data.synthetic_classes > data.synthetic_train_examples - data.validation_examples > 0
+    ):
+        train = data.synthetic_train_examples - data.validation_examples
+        raise ConfigError(
+            "synthetic_classes",
+            f"{data.synthetic_classes} classes for {train} training examples (--synthetic_train_examples="
+            f"{data.synthetic_train_examples} less --validation_examples={data.validation_examples}): some classes "
+            "would have no training example; expected at most as many classes as training examples",
+        )
     for flag, folder in (("data_dir", data.data_dir), ("tfds_manual_dir", data.tfds_manual_dir)):
         if folder and not os.path.isdir(folder):
             expected = (
@@ -1356,6 +1414,25 @@ def _training_rules(config) -> None:
         )
     if t.iterations % t.eval_every:
         raise ConfigError("eval_every", f"must divide --iterations={t.iterations}; got {t.eval_every}")
+    b = config.branches
+    longest = max(t.iterations, b.iterations if "retrain" in b.names else 0)
+    if config.run.checkpoint_every > longest:
+        training = (
+            f"the longest training (--iterations={t.iterations}, --branch_iterations={longest})"
+            if longest > t.iterations
+            else f"--iterations={t.iterations}"
+        )
+        raise ConfigError(
+            "checkpoint_every",
+            f"{config.run.checkpoint_every} is beyond {training}: no level trains that long, so it would never "
+            f"checkpoint; expected 0 (only between levels) or at most {longest}",
+        )
+    if t.lr_schedule == "step" and t.lr_gamma == 1:
+        raise ConfigError(
+            "lr_gamma",
+            "1 multiplies the rate by 1 at every milestone: the step schedule would never decay; expected a "
+            "factor in (0, 1), or --lr_schedule=constant",
+        )
     if t.lr_schedule == "step":
         if not t.lr_milestones:
             raise ConfigError(
@@ -1428,6 +1505,21 @@ def _branch_rules(config) -> None:
                 raise ConfigError(
                     "analysis_rewind_steps", f"must be multiples of --steps_per_execution={steps}; got {k}"
                 )
+    pai = {name for name in b.names if name.startswith("pai_")}
+    if pai == {"pai_random"}:
+        # pai_random's scores are random: each ablation gives pai_random again (another sample of it).
+        same = {
+            "shuffle": "shuffling a random mask within each layer gives another random mask of the same densities",
+            "invert": "inverting random scores gives random scores",
+            "reinit": "with --rewind_step=0 a random mask on a fresh initialization is another sample of pai_random",
+        }
+        for ablation in b.pai_ablations:
+            if ablation != "reinit" or p.rewind_step == 0:
+                raise ConfigError(
+                    "pai_ablations",
+                    f"{ablation} with --branch=pai_random trains pai_random again ({same[ablation]}); remove it, or "
+                    "add a --branch=pai_* that scores weights",
+                )
     if "reinit" in b.analysis_controls and "stability" in b.names and "instability" not in b.names:
         raise ConfigError(
             "analysis_controls",
@@ -1465,6 +1557,9 @@ def _run_rules(config) -> None:
         raise ConfigError("output_dir", "expected a folder path, got an empty string")
     if os.path.exists(r.output_dir) and not os.path.isdir(r.output_dir):
         raise ConfigError("output_dir", f"{r.output_dir!r} exists and is not a folder")
+    problem = output_folders.creatable_problem(r.output_dir)  # a file or a link loop on the way, /proc, read-only
+    if problem:
+        raise ConfigError("output_dir", problem)
     inside = output_folders.holding_run_folder(r.output_dir)
     if inside is not None:  # an experiment inside another would be taken for part of its run data
         raise ConfigError(
@@ -1490,7 +1585,7 @@ def _run_rules(config) -> None:
         )
 
 
-_RULES = (_data_rules, _training_rules, _branch_rules, _run_rules)
+_RULES = (_path_rules, _data_rules, _training_rules, _branch_rules, _run_rules)
 
 
 def lr_rewind_step(config: ExperimentConfig) -> int:

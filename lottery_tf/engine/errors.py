@@ -7,6 +7,10 @@ driver prints it, so a study fails the same way on either executor.
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import sys
+
 from lottery_tf.engine.config import ConfigError, StrategyError
 from lottery_tf.engine.data.registry import DataUnavailableError
 from lottery_tf.store.atomic import CorruptFileError
@@ -46,3 +50,44 @@ def bug_line(error: BaseException) -> str:
         f"{type(error).__name__}: {error}. This is a bug in lottery_tf, not in your settings; please "
         "report it with the command line and the traceback above"
     )
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands (export, report, runs): every error is one ``error:`` line and exit status 2.
+
+    An unknown flag is named before anything else (argparse would first say a
+    required flag is missing), and flags must be spelled in full: argparse's
+    abbreviations would take ``--lev`` for ``--level`` and any typo that
+    happens to be a prefix.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        unknown = self.unknown_flag(args)
+        if unknown:
+            self.error(unknown)
+        return super().parse_args(args, namespace)
+
+    def unknown_flag(self, args) -> str | None:
+        """``--NAME: unknown flag ...`` for the first argument that looks like a flag this parser lacks, or None."""
+        known = [name for name in self._option_string_actions if name.startswith("--")]
+        for arg in args:
+            if arg == "--":
+                return None
+            if not arg.startswith("-") or arg == "-" or self._negative_number_matcher.match(arg):
+                continue
+            name = arg.split("=", 1)[0]
+            if name in self._option_string_actions:
+                continue
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"{name}: unknown flag{hint}; {self.prog} --help lists the flags"
+        return None

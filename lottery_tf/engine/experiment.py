@@ -221,12 +221,11 @@ def check_model(config: ExperimentConfig, splits) -> None:
         ConfigError: Naming the flag and the valid names.
     """
     from lottery_tf.core.masking import wrap_model
-    from lottery_tf.engine.models import build_model
+    from lottery_tf.engine.models import checks as model_checks
 
+    built = model_checks.build_for_data(config, splits.input_shape, splits.num_classes)  # names the images' flag
     try:
-        model = wrap_model(
-            build_model(config.model, splits.input_shape, splits.num_classes), exclude=config.pruning.exclude_layers
-        )
+        model = wrap_model(built, exclude=config.pruning.exclude_layers)
     except ValueError as error:
         raise ConfigError("exclude_layers", str(error).rstrip(".")) from None
     try:
@@ -238,6 +237,7 @@ def check_model(config: ExperimentConfig, splits) -> None:
             f"{config.model.name}; exclude fewer layers",
         ) from None
     check_layer_names(config, model)
+    model_checks.check_settings(config, model)  # settings this model does not read
     note = check_levels(config, {name: tuple(m.shape) for name, m in get_masks(model).items()}, names)
     if note:
         print(note, flush=True)

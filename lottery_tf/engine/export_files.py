@@ -44,6 +44,10 @@ _SAVED_MODEL_PATH = re.compile(
     r"(saved_model\.pb|fingerprint\.pb|assets|variables|variables/variables\.(index|data-\d{5}-of-\d{5}))"
 )
 LATENCY_RUNS = 50
+# A batch-1 median settles within a few percent after tens of runs; 1,000 (20x the default) already takes
+# minutes per artifact for a large model (ResNet-50: ~1 min at 60 ms a run, and an export times up to ten
+# artifacts and delegate settings). More is a typo (1000000000 would run for years), not a measurement.
+MAX_LATENCY_RUNS = 1000
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Keras colours its messages for terminals
 
 
@@ -159,9 +163,25 @@ def earlier_export_problem(folder: str) -> str | None:
     return None
 
 
+def check_latency_runs(runs, flag: str = "latency_runs") -> None:
+    """``runs`` must be an integer in 1..:data:`MAX_LATENCY_RUNS`.
+
+    Raises:
+        ExportError: Naming ``flag``.
+    """
+    if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= MAX_LATENCY_RUNS:
+        raise ExportError(
+            f"{flag}: expected an integer in [1, {MAX_LATENCY_RUNS}] (batch-1 runs timed per artifact; the "
+            f"median settles after tens), got {runs!r}"
+        )
+
+
 def check_out(out: str, experiment: str | None, overwrite: bool, flag: str = "--out") -> None:
-    """Refuses an output folder that is, holds or lies in run data, or exists and is not an earlier export."""
-    problem = output_folders.output_problem(out, reads=[experiment] if experiment else [], exports_allowed=True)
+    """Refuses an output folder that cannot be made (a file or a link loop on its path, a filesystem without
+    files, no permission), that is, holds or lies in run data, or exists and is not an earlier export."""
+    problem = output_folders.creatable_problem(out)
+    if problem is None:
+        problem = output_folders.output_problem(out, reads=[experiment] if experiment else [], exports_allowed=True)
     if problem is None and os.path.lexists(out):
         problem = earlier_export_problem(out)
         if problem is None and not overwrite:
@@ -355,7 +375,7 @@ def export_model(
         quantize: LiteRT files: some of ``"none"``, ``"dynamic"``, ``"int8"``,
             ``"int8_io"``.
         x_train: Examples to calibrate ``"int8"`` and ``"int8_io"`` on (the first 256 are used).
-        latency_runs: Batch-1 invocations timed per artifact (>= 1).
+        latency_runs: Batch-1 invocations timed per artifact (1..1000).
         overwrite: Whether an earlier export in ``out`` may be replaced.
 
     Returns:
@@ -405,8 +425,7 @@ def export_model(
     full = [mode for mode in quantize if mode in ("int8", "int8_io")]
     if full and (x_train is None or len(x_train) == 0):
         raise ExportError(f"x_train: quantize={full[0]!r} calibrates on training examples; pass x_train")
-    if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 1:
-        raise ExportError(f"latency_runs: expected an integer >= 1, got {latency_runs!r}")
+    check_latency_runs(latency_runs)
     if not isinstance(out, str) or not out:
         raise ExportError(f"out: expected a folder path, got {out!r}")
     out = os.path.normpath(os.path.expanduser(out))

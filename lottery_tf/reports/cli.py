@@ -8,11 +8,12 @@ baselines' (:mod:`~lottery_tf.reports.baselines`) and the deployment table
 
 from __future__ import annotations
 
-import argparse
+import math
 import os
 import sys
 
 from lottery_tf.engine.config import parse_levels
+from lottery_tf.engine.errors import ArgumentParser
 from lottery_tf.reports import analysis as report_analysis
 from lottery_tf.reports import baselines as report_baselines
 from lottery_tf.reports import deployment as report_deployment
@@ -28,9 +29,12 @@ from lottery_tf.reports.tables import (
 )
 from lottery_tf.store import output_folders
 
+MAX_MATCHING_TOLERANCE = 100.0  # percentage points: above it every network is "matching"
+
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lottery_tf.report", description=__doc__.split("\n")[0])
+    # One line and exit status 2, as every lottery_tf command; an unknown flag is named first.
+    parser = ArgumentParser(prog="python -m lottery_tf.report", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="root, experiment (lottery_<hash>) or replicate folders")
     parser.add_argument("--out", required=True, help="folder for the tables and plots")
     parser.add_argument(
@@ -43,7 +47,7 @@ def main(argv=None) -> int:
         default=None,
         help="instability table: a network is matching when its test accuracy is at least the dense "
         "network's minus this many percentage points (default: the dense accuracy's std over "
-        "replicates, at least 0.2)",
+        "replicates, at least 0.2); a number in [0, 100]",
     )
     args = parser.parse_args(argv)
     args.out = os.path.expanduser(args.out)  # "--out=~/x" reaches us unexpanded: never a folder named "~"
@@ -53,7 +57,17 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: --curve_levels: {error}", file=sys.stderr)
         return 2
-    problem = output_folders.output_problem(args.out, reads=args.paths)
+    tolerance = args.matching_tolerance
+    if tolerance is not None and not (math.isfinite(tolerance) and 0 <= tolerance <= MAX_MATCHING_TOLERANCE):
+        # NaN would make no network matching (every comparison false), a negative one demands more than the
+        # dense accuracy, and above 100 points every network matches.
+        print(
+            f"error: --matching_tolerance: expected percentage points in [0, {MAX_MATCHING_TOLERANCE:g}], "
+            f"got {tolerance:g}",
+            file=sys.stderr,
+        )
+        return 2
+    problem = output_folders.creatable_problem(args.out) or output_folders.output_problem(args.out, reads=args.paths)
     if problem is not None:  # a report never goes into the run store it reads, nor into any other
         print(f"error: --out: {problem}", file=sys.stderr)
         return 2

@@ -16,12 +16,12 @@ Exit status 0 if there is no problem, 1 if there is one, 2 if ROOT holds no runs
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from lottery_tf.engine import run_dir
 from lottery_tf.engine.config import experiment_hash_of
+from lottery_tf.engine.errors import ArgumentParser
 from lottery_tf.store import reader as store
 
 
@@ -83,7 +83,7 @@ def has_problems(reports: list[store.ExperimentReport]) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lottery_tf.runs", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m lottery_tf.runs", description=__doc__.split("\n")[0])
     parser.add_argument("root", help="folder holding lottery_<hash> run folders")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.root):

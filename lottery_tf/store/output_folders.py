@@ -32,6 +32,100 @@ _LEVEL_NAME = re.compile(r"level_\d+")
 _LEVEL_FILES = ("masks.npz", "metrics.json", "final_weights.npz", "checkpoints")  # what a level's main holds
 
 
+def home_problem(path: str) -> str | None:
+    """Why ``path`` cannot be used because of a leading ``~``, or None.
+
+    The commands expand ``~`` and ``~user`` as a shell would; what still starts
+    with ``~`` names a user this machine does not have (or was never expanded),
+    and would become a folder literally named ``~user`` in the working folder.
+    """
+    if not isinstance(path, str) or not path.startswith("~"):
+        return None
+    head = path[1:].split(os.sep, 1)[0]
+    if os.path.expanduser(path) != path:  # a caller that did not expand it
+        return f"{path} starts with ~, which is not expanded here: pass os.path.expanduser({path!r})"
+    if head:
+        return f"{path}: there is no user {head!r} to expand ~{head} for; expected a path (a folder named '~{head}' is not made)"
+    return f"{path}: ~ cannot be expanded (no home folder is known); expected a path"
+
+
+def nearest_existing(path: str) -> str:
+    """``path`` itself if it exists (as a link or not), else its nearest existing ancestor."""
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
+
+
+# Filesystems that hold no user files: a folder cannot be made there, whatever the permissions say.
+_PSEUDO_FILESYSTEMS = frozenset(
+    "proc sysfs devtmpfs devpts cgroup cgroup2 debugfs tracefs securityfs configfs mqueue bpf pstore "
+    "fusectl binfmt_misc efivarfs autofs rpc_pipefs nsfs".split()
+)
+
+
+def _mount_of(path: str) -> tuple[str, str, set] | None:
+    """(mount point, filesystem type, mount options) of the mount holding real path ``path`` (Linux), or None."""
+    try:
+        with open("/proc/self/mountinfo") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if not sep or len(fields) < 6 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if _within(path, point) or point == "/":
+            if best is None or len(point) >= len(best[0]):
+                best = (point, rest[0], set(fields[5].split(",")))
+    return best
+
+
+def creatable_problem(out: str) -> str | None:
+    """Why folder ``out`` cannot be made (or written) by this process, or None; nothing is written to find out.
+
+    Names what is wrong with the path itself: a component that is a file, a
+    symbolic link that leads nowhere (a loop, a missing target), a folder that
+    is not writable, or a filesystem that holds no files (``/proc``, ``/sys``)
+    or is mounted read-only.
+    """
+    problem = home_problem(out)
+    if problem:
+        return problem
+    absolute = os.path.abspath(out)
+    parts = absolute.split(os.sep)
+    for end in range(2, len(parts) + 1):
+        prefix = os.sep.join(parts[:end]) or os.sep
+        if not os.path.lexists(prefix):
+            break
+        try:
+            os.stat(prefix)
+        except OSError as error:
+            if os.path.islink(prefix):
+                return f"{prefix} is a symbolic link that leads nowhere ({error.strerror.lower()}: a loop or a missing target)"
+            return f"{prefix} cannot be read ({error.strerror})"
+        if not os.path.isdir(prefix) and prefix != absolute:
+            return f"{prefix} is a file, not a folder: nothing can be made below it"
+    existing = nearest_existing(absolute)
+    folder = existing if os.path.isdir(existing) else os.path.dirname(existing)
+    real = os.path.realpath(folder)
+    mount = _mount_of(real)
+    where = "" if mount is None or real == mount[0] else f" is in {mount[0]}, which"
+    if mount is not None and mount[1] in _PSEUDO_FILESYSTEMS:
+        return f"{real}{where} is a {mount[1]} filesystem that holds no files: write to a folder on a disk"
+    if mount is not None and "ro" in mount[2]:
+        return f"{real}{where} is mounted read-only: write to a writable folder"
+    if not os.access(real, os.W_OK | os.X_OK):
+        return f"{real} is not writable by this user: write to a folder you can write"
+    return None
+
+
 def _names(folder: str) -> list[str]:
     try:
         return os.listdir(folder)

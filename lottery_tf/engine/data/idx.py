@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 
 import numpy as np
 
@@ -82,7 +83,7 @@ def load_folder(
     """
     if not os.path.isdir(folder):
         raise IdxError(f"{folder} is not a readable folder")
-    out = {}
+    out, paths = {}, {}
     for split, (images_stem, labels_stem) in SPLITS.items():
         images_path, labels_path = find_file(folder, images_stem), find_file(folder, labels_stem)
         images = read_idx(images_path)
@@ -104,6 +105,11 @@ def load_folder(
             raise IdxError(
                 f"{images_path}: {int(np.count_nonzero(~np.isfinite(images)))} pixel values are NaN or infinite"
             )
+        if images.dtype != np.uint8 and images.size and (images.min() < 0 or images.max() > 255):
+            raise IdxError(
+                f"{images_path}: pixel values {images.min():g}..{images.max():g} are outside 0..255 ({images.dtype.name} "
+                "IDX data); MNIST-format images are 8-bit pixels: convert the file to values 0..255"
+            )
         if np.issubdtype(labels.dtype, np.floating):
             if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
                 raise IdxError(
@@ -115,7 +121,40 @@ def load_folder(
                 f"{labels_path}: label values {int(labels.min())}..{int(labels.max())} are outside 0..{classes - 1}"
             )
         out[split] = (images, labels.astype(np.int64))
+        paths[split] = images_path
+    _warn_shared(out, paths)
     return out
+
+
+# The share of test images also found among the training images from which a warning is printed. Independently
+# collected splits share almost none (Fashion-MNIST: 0 of 10,000); a copied or overlapping file shares most.
+SHARED_WARNING = 0.1
+
+
+def shared_test_images(train: np.ndarray, test: np.ndarray) -> int:
+    """How many test images are exact copies of a training image."""
+    seen = {row.tobytes() for row in train.reshape(len(train), -1)}
+    return sum(row.tobytes() in seen for row in test.reshape(len(test), -1))
+
+
+def _warn_shared(arrays: dict, paths: dict) -> None:
+    """One ``warning:`` line when the test split is (mostly) training images: its accuracy is then training accuracy.
+
+    A warning, not an error: a study may overlap the splits on purpose (memorization), and the run's
+    ``data.json`` fingerprint records the data whatever it is.
+    """
+    train, test = arrays["train"][0], arrays["test"][0]
+    if train.shape[1:] != test.shape[1:]:
+        return
+    shared = shared_test_images(train, test)
+    if shared and shared >= SHARED_WARNING * len(test):
+        same = " (the same images)" if shared == len(test) == len(train) else ""
+        print(
+            f"warning: {paths['test']}: {shared} of its {len(test)} test images are also training images in "
+            f"{paths['train']}{same}: the test accuracy measures accuracy on training data",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def write_idx(path: str, array: np.ndarray) -> None:
