@@ -6,7 +6,7 @@ Used to show that a change to the library leaves the command line's results
 bit-identical: run the same flagfiles with the old and the new code into two
 roots, then compare (the roots differ, so `output_dir` is left out too). Checkpoints (``checkpoints/``), locks, logs and
 TensorBoard files are left out (they record times and hosts); in
-``metrics.json`` the wall-clock fields are left out. Exit status 1 if any
+``metrics.json`` the wall-clock fields (and the seal, which covers them) are left out. Exit status 1 if any
 compared file differs or exists on one side only.
 """
 
@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 SKIPPED_DIRS = {"checkpoints", "tensorboard", "exports"}
-TIMING_KEYS = {"wall_seconds", "seconds", "started", "finished", "host", "pid", "time", "timestamp", "output_dir"}
+TIMING_KEYS = {"wall_seconds", "record_sha256", "seconds", "started", "finished", "host", "pid", "time", "timestamp", "output_dir"}
 
 
 def _files(root: str) -> set[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -55,13 +56,14 @@ from lottery_tf.engine.levels import (  # noqa: F401
     check_layer_names,
     dense_optimizer_at,
     pruning_spec,
+    record_cache,
     todo,
     train_level,
     train_lineage,
 )
 from lottery_tf.engine.recipe import build_masked_model
 from lottery_tf.engine.run_dir import MAIN, is_done, level_dir, replicates  # noqa: F401
-from lottery_tf.store import atomic, faults, locks, states
+from lottery_tf.store import atomic, faults, locks, records, states
 from lottery_tf.store import reader as store
 
 StoreError = store.StoreError
@@ -101,6 +103,7 @@ def run_main_line(ctx: Context, last: int | None = None) -> bool:
             repair.record_rewind_point(ctx, state)
             if imp.optimizer_point is not None:
                 states.save_optimizer(imp.optimizer_point, optimizer_path)
+                record_cache(ctx, optimizer_path)
 
         imp = PruneRewindCallback(
             pruning_spec(config),
@@ -138,6 +141,7 @@ class Ready:
     splits: object
     record: dict  # the data record (source, fingerprint, sizes)
     new_data_record: bool  # data.json is to be written
+    store_lines: list = dataclasses.field(default_factory=list)  # what the store check found and the run does about it
 
 
 def check(config: ExperimentConfig, rerecord_data: bool = False) -> Ready:
@@ -171,8 +175,8 @@ def check(config: ExperimentConfig, rerecord_data: bool = False) -> Ready:
         "input_shape": list(splits.input_shape),
         "num_classes": int(splits.num_classes),
     }
-    new_data_record = check_store(config, record, rerecord_data)
-    return Ready(strategy, splits, record, new_data_record)
+    new_data_record, lines = check_store(config, record, rerecord_data)
+    return Ready(strategy, splits, record, new_data_record, lines)
 
 
 def run(config: ExperimentConfig, ready: Ready | None = None) -> bool | None:
@@ -334,11 +338,16 @@ def check_levels(config: ExperimentConfig, shapes: dict, names: list) -> str | N
     )
 
 
-def check_store(config: ExperimentConfig, record: dict, rerecord_data: bool = False) -> bool:
+def check_store(config: ExperimentConfig, record: dict, rerecord_data: bool = False) -> tuple[bool, list]:
     """What the run folder must allow before anything is written: its identity, its data record, its damage.
 
+    The verdict is the health check's (:func:`lottery_tf.store.reader.inspect_experiment`, the same code):
+    a problem it marks ``refuse`` stops the run with its line; every other problem is printed with its
+    line, the one ``python -m lottery_tf.runs`` prints, before the run acts on it.
+
     Returns:
-        Whether ``data.json`` is to be written (a new run, or ``rerecord_data``).
+        Whether ``data.json`` is to be written (a new run, or ``rerecord_data``), and the lines to print:
+        ``warning: <problem>`` for damage the run repairs, ``note: <problem>`` for what it leaves alone.
 
     Raises:
         StoreError: For damage no run can rebuild (the line the health check prints).
@@ -346,19 +355,20 @@ def check_store(config: ExperimentConfig, record: dict, rerecord_data: bool = Fa
     """
     folder = run_dir.experiment_dir(config)
     if not os.path.isdir(folder):
-        return True
+        return True, []
     expected = json.loads(json.dumps(non_default_identity(config)))
     report = store.inspect_experiment(folder, expected_identity=expected, folder_hash=experiment_hash_of)
-    for problem in report.problems:
-        if problem.action == store.REFUSE and not (problem.kind == "data" and rerecord_data):
+    problems = report.problems + [p for health in report.replicates.values() for p in health.problems]
+    lines = []
+    for problem in problems:
+        if problem.kind == "data" and rerecord_data:
+            continue
+        if problem.action == store.REFUSE:
             raise StoreError(problem.line())
-    for health in report.replicates.values():
-        for problem in health.problems:
-            if problem.action == store.REFUSE:
-                raise StoreError(problem.line())
+        lines.append(f"{'note' if problem.action == store.NOTE else 'warning'}: {problem.line()}")
     path = os.path.join(folder, "data.json")
     if rerecord_data or store.json_problem(path):
-        return True
+        return True, lines
     previous = store.read_json(path)
     if previous.get("fingerprint") != record["fingerprint"]:
         raise ConfigError(
@@ -367,7 +377,7 @@ def check_store(config: ExperimentConfig, record: dict, rerecord_data: bool = Fa
             f"but the data found now is {record['source']} (fingerprint {record['fingerprint']}); point "
             "--data_dir or --tfds_data_dir at the run's data, or use another --output_dir",
         )
-    return False
+    return False, lines
 
 
 def check_baselines(config: ExperimentConfig) -> None:
@@ -391,17 +401,19 @@ def open_store(config: ExperimentConfig, ready: Ready) -> None:
     Called only after every check: a command whose data, model or store fails writes nothing.
     """
     splits, record = ready.splits, ready.record
+    for line in ready.store_lines:
+        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
     run_dir.prepare(config)
     if ready.new_data_record:
-        atomic.write_json(os.path.join(run_dir.experiment_dir(config), "data.json"), record)
+        atomic.write_json(os.path.join(run_dir.experiment_dir(config), "data.json"), records.seal(record))
     train, val, test = splits.sizes()
     print(
         f"data: {splits.source}  train {train}  val {val}  test {test}  fingerprint {record['fingerprint']}", flush=True
     )
 
 
-def context(config: ExperimentConfig, splits, replicate: int, strategy=None) -> Context:
-    """What every level of one replicate needs."""
+def context(config: ExperimentConfig, splits, replicate: int, strategy=None, data_fingerprint=None) -> Context:
+    """What every level of one replicate needs (``data_fingerprint``: the data record's, computed if not given)."""
     return Context(
         config,
         splits,
@@ -409,6 +421,7 @@ def context(config: ExperimentConfig, splits, replicate: int, strategy=None) -> 
         replicate_seed(config.seed, replicate),
         run_dir.replicate_dir(config, replicate),
         strategy,
+        data_fingerprint or splits_fingerprint(splits),
     )
 
 
@@ -417,7 +430,7 @@ def _run_replicates(config: ExperimentConfig, ready: Ready) -> bool:
     open_store(config, ready)
     trained = False
     for r in replicates(config):
-        ctx = context(config, splits, r, ready.strategy)
+        ctx = context(config, splits, r, ready.strategy, ready.record["fingerprint"])
         trained |= run_main_line(ctx)
         ensure_branch_inputs(ctx)
         trained |= run_branches(ctx)

@@ -12,11 +12,13 @@ exports out of run data.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -255,6 +257,40 @@ def input_contract(shape, standardize: dict | None) -> dict:
     }
 
 
+def _owner_tag() -> str:
+    """``<host>.<pid>``: whose temporary export folder it is (a later export removes it once that process is gone)."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()).replace("-", "_")
+    return f"{host}.{os.getpid()}"
+
+
+def remove_leftovers(parent: str) -> list[str]:
+    """Removes the temporary folders of exports into ``parent`` killed on this host (their process is gone).
+
+    Returns:
+        The folders removed. Those of live processes, of other hosts, or named without an owner are kept
+        (the health check names them).
+    """
+    removed = []
+    host = _owner_tag().rsplit(".", 1)[0]
+    for path in glob.glob(os.path.join(parent, ".tmp-export-*")) + glob.glob(os.path.join(parent, ".tmp-replaced-*")):
+        match = re.match(r"\.tmp-(?:export|replaced)-(.+)\.(\d+)-[^-]+$", os.path.basename(path))
+        if not match or match.group(1) != host or _alive(int(match.group(2))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_folder(record, model, data, formats, quantize, out, latency_runs, experiment, standardize=None) -> dict:
     """Measures and writes every artifact of ``model`` into ``out`` (whole, or not at all); returns the record.
 
@@ -285,7 +321,8 @@ def write_folder(record, model, data, formats, quantize, out, latency_runs, expe
     }
     parent = os.path.dirname(out) or "."
     os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    remove_leftovers(parent)
+    scratch = tempfile.mkdtemp(prefix=f".tmp-export-{_owner_tag()}-", dir=parent)
     try:
         keras_entry = {"accuracy": _accuracy(keras_logits, y_test)}
         keras_entry["latency"] = _latency(lambda x: plain(x, training=False), x_test[:1], latency_runs)
@@ -310,7 +347,7 @@ def write_folder(record, model, data, formats, quantize, out, latency_runs, expe
             handle.write("\n")
         if os.path.lexists(out):  # overwrite: the old export goes only once the new one is complete
             check_out(out, experiment, overwrite=True)  # still an earlier export, and nothing else, now
-            trash = tempfile.mkdtemp(prefix=".tmp-replaced-", dir=parent)
+            trash = tempfile.mkdtemp(prefix=f".tmp-replaced-{_owner_tag()}-", dir=parent)
             os.rename(out, os.path.join(trash, "old"))
             os.rename(scratch, out)
             shutil.rmtree(trash, ignore_errors=True)

@@ -27,8 +27,8 @@ from lottery_tf.core.callbacks import PruneRewindCallback
 from lottery_tf.core.keras_compat import keras
 from lottery_tf.core.masking import apply_masks, get_masks, layer_densities, mask_names, overall_density
 from lottery_tf.core.pruning import PruningSpec, fingerprint, resolve_mask_name, satisfies_n_m
-from lottery_tf.engine import loop, run_dir
-from lottery_tf.engine.config import ConfigError, ExperimentConfig, non_default_identity
+from lottery_tf.engine import loop
+from lottery_tf.engine.config import ConfigError, ExperimentConfig, experiment_hash, non_default_identity
 from lottery_tf.engine.data import Splits, StreamingSplits
 from lottery_tf.engine.distribute import (
     barrier,
@@ -40,7 +40,8 @@ from lottery_tf.engine.distribute import (
 from lottery_tf.engine.monitor import PeriodicEvaluation, summarize_curves
 from lottery_tf.engine.recipe import build_masked_model, compiled_fast_path, evaluation_splits, training_batches
 from lottery_tf.engine.run_dir import MAIN, is_done, level_dir
-from lottery_tf.store import atomic, checkpoint, faults, states
+from lottery_tf.store import atomic, checkpoint, faults, records, states
+from lottery_tf.store import reader as store
 
 
 @dataclasses.dataclass
@@ -53,6 +54,11 @@ class Context:
     seed: int  # the replicate's seed: initialization and data order
     folder: str  # the replicate's folder
     strategy: object = None  # tf.distribute.Strategy; None = the default one
+    data_fingerprint: str | None = None  # data.json's fingerprint: every record says which data it was trained on
+
+    def belongs_to(self, level: int | None = None, folder: str | None = None) -> dict:
+        """What a record of this replicate (a level's, with ``level`` and ``folder``) says it belongs to."""
+        return records.belongs_to(experiment_hash(self.config), self.data_fingerprint, self.replicate, level, folder)
 
 
 def pruning_spec(config: ExperimentConfig) -> PruningSpec:
@@ -104,7 +110,8 @@ class _CheckpointSaver(keras.callbacks.Callback):
         super().__init__()
         self.folder, self.every, self.monitor = folder, every, monitor
         self.origin, self.end, self.wall_before = origin, end, wall_before
-        self.owner = {k: owner[k] for k in ("replicate", "level", "branch", "start_step", "masks_sha256")}
+        keys = ("experiment", "data", "replicate", "level", "branch", "start_step", "masks_sha256")
+        self.owner = {k: owner[k] for k in keys if k in owner}
 
     def on_train_begin(self, logs=None):
         self.start = time.time()
@@ -173,7 +180,9 @@ def train_level(
     # Which weights have the N:M structure at this level, from the masks themselves: where it starts depends
     # on which weights survive (their kept count must fit among the N largest survivors of every group).
     structure = {"n_m_holds": {name: satisfies_n_m(mask, n_m) for name, mask in masks.items()}} if n_m else {}
+    belongs = ctx.belongs_to()
     owner = {
+        **{k: belongs[k] for k in ("experiment", "data") if k in belongs},
         "replicate": ctx.replicate,
         "level": level,
         "branch": branch,
@@ -213,7 +222,10 @@ def train_level(
 
 def finish_level(ctx: Context, level: int, branch: str, metrics: dict) -> None:
     folder = level_dir(ctx.folder, level, branch)
-    atomic.write_json(os.path.join(folder, "metrics.json"), metrics)
+    record = {**metrics, records.BELONGS: ctx.belongs_to(level, branch)}
+    if atomic.writes_enabled():  # the files beside it as they are now (a worker that only reads has none)
+        record[records.FILES] = records.files_of(folder)
+    atomic.write_json(os.path.join(folder, "metrics.json"), records.seal(record))
     checkpoint.remove_all(os.path.join(folder, "checkpoints"))
     print(
         f"replicate {ctx.replicate} level {level:2d} [{branch}] done: density {100 * metrics['density']:.2f}%  "
@@ -277,26 +289,17 @@ def train_lineage(
         if imp.level_trained:
             imp.prune_and_rewind()  # the next level's masks, decided now so they are written before "done"
         if not is_done(ctx.folder, level + 1, name):
-            atomic.write_npz(os.path.join(level_dir(ctx.folder, level + 1, name), "masks.npz"), get_masks(model))
+            following = os.path.join(level_dir(ctx.folder, level + 1, name), "masks.npz")
+            atomic.write_npz(following, get_masks(model))
+            if atomic.writes_enabled():  # the next level's masks carry this level's word until that level ends
+                metrics = {**metrics, records.NEXT_MASKS: records.content_sha256(following)}
         finish_level(ctx, level, name, metrics)
         previous = level
 
 
 def todo(ctx: Context, name: str, levels) -> list[int]:
-    """Levels of a lineage still to train; a damaged ``metrics.json`` is named and its level trained again."""
-    todo = []
-    for level in levels:
-        if is_done(ctx.folder, level, name):
-            continue
-        problem = run_dir.damaged_metrics(ctx.folder, level, name)
-        if problem:
-            print(
-                f"warning: {problem}; level {level} [{name}] is trained again (finished levels are not touched)",
-                file=sys.stderr,
-                flush=True,
-            )
-        todo.append(level)
-    return todo
+    """Levels of a lineage still to train (a damaged ``metrics.json`` was named by the store check's line)."""
+    return [level for level in levels if not is_done(ctx.folder, level, name)]
 
 
 def agreement(ctx: Context):
@@ -328,7 +331,7 @@ def replay(ctx: Context, step: int) -> tuple[dict, list]:
     """The dense run's non-mask state and optimizer variables at ``step``, replayed from the initialization and cached."""
     path = os.path.join(ctx.folder, "rewind_points", f"step_{step}.npz")
     optimizer_path = os.path.join(ctx.folder, "rewind_points", f"step_{step}_optimizer.npz")
-    if os.path.exists(path) and os.path.exists(optimizer_path):
+    if store.npz_problem(path) is None and store.npz_problem(optimizer_path) is None:
         return states.load(path), states.load_optimizer(optimizer_path)
     model = build_masked_model(ctx.config, ctx.splits, ctx.seed, strategy=ctx.strategy)
     if step:
@@ -336,7 +339,15 @@ def replay(ctx: Context, step: int) -> tuple[dict, list]:
     state, values = rewind.capture(model), rewind.optimizer_values(model.optimizer)
     states.save(state, path)
     states.save_optimizer(values, optimizer_path)
+    record_cache(ctx, path)
+    record_cache(ctx, optimizer_path)
     return state, values
+
+
+def record_cache(ctx: Context, path: str) -> None:
+    """Writes the record beside a replayed state: its content and whose it is (checked before it is used)."""
+    if atomic.writes_enabled():
+        atomic.write_json(records.cache_record(path), records.cache_record_of(path, ctx.belongs_to()))
 
 
 def replayed_state(ctx: Context, step: int) -> dict:
@@ -345,7 +356,7 @@ def replayed_state(ctx: Context, step: int) -> dict:
     if step == ctx.config.pruning.rewind_step and os.path.exists(main_path):
         return states.load(main_path)
     path = os.path.join(ctx.folder, "rewind_points", f"step_{step}.npz")
-    if os.path.exists(path):
+    if store.npz_problem(path) is None:
         return states.load(path)
     return replay(ctx, step)[0]
 
@@ -362,6 +373,6 @@ def dense_optimizer_at(ctx: Context, step: int):
     if ctx.config.pruning.rewind_optimizer != "restore" or not step:
         return None
     main_path = os.path.join(ctx.folder, "rewind_optimizer.npz")
-    if step == ctx.config.pruning.rewind_step and os.path.exists(main_path):
+    if step == ctx.config.pruning.rewind_step and store.npz_problem(main_path) is None:
         return states.load_optimizer(main_path)
     return replay(ctx, step)[1]

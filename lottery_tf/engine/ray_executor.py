@@ -304,7 +304,7 @@ def _train(config_dict: dict, record: dict, replicate: int, key: str, threads: i
             from lottery_tf.engine import experiment
 
             strategy, splits = _setup(config, threads, record)
-            ctx = experiment.context(config, splits, replicate, strategy)
+            ctx = experiment.context(config, splits, replicate, strategy, record.get("fingerprint"))
             result["trained"] = bool(study.run_training(ctx, key))
     except Exception as error:  # noqa: BLE001  (reported to the driver, which stops the study)
         line = errors.user_message(error, config.data.name)

@@ -34,7 +34,7 @@ from lottery_tf.engine.config import lr_rewind_step
 from lottery_tf.engine.levels import Context, SaveTrainedState, dense_optimizer_at, pruning_spec, replay, train_level
 from lottery_tf.engine.recipe import build_masked_model
 from lottery_tf.engine.run_dir import MAIN, level_dir
-from lottery_tf.store import atomic, states
+from lottery_tf.store import atomic, records, states
 from lottery_tf.store import reader as store
 from lottery_tf.store.reader import RepairError, StoreError  # noqa: F401  (raised here)
 
@@ -43,7 +43,13 @@ def record_rewind_point(ctx: Context, state) -> None:
     """Writes ``rewind_point.json``: the step and fingerprint a rebuilt rewind point is checked against."""
     atomic.write_json(
         os.path.join(ctx.folder, "rewind_point.json"),
-        {"step": ctx.config.pruning.rewind_step, "sha256": store.state_fingerprint(state)},
+        records.seal(
+            {
+                "step": ctx.config.pruning.rewind_step,
+                "sha256": store.state_fingerprint(state),
+                records.BELONGS: ctx.belongs_to(),
+            }
+        ),
     )
 
 
@@ -57,7 +63,11 @@ def _problems(ctx: Context, kinds) -> list:
 
 def main_line_damage(ctx: Context) -> list:
     """The damage :func:`rebuild_main_line` rebuilds (the rewind point, lineage masks)."""
-    return [p for p in _problems(ctx, ("rewind_point", "masks")) if p.kind == "rewind_point" or p.folder == MAIN]
+    return [
+        p
+        for p in _problems(ctx, ("rewind_point", "rewind_record", "masks"))
+        if p.kind.startswith("rewind") or p.folder == MAIN
+    ]
 
 
 def rebuild_input(ctx: Context, relative: str) -> None:
@@ -74,9 +84,12 @@ def rebuild_input(ctx: Context, relative: str) -> None:
 
 
 def rebuild_main_line(ctx: Context) -> None:
-    """Rebuilds the rewind point and the masks of the main line (and lr_rewind lineages) that are damaged."""
+    """Rebuilds the rewind point (or its record) and the main line's masks that are damaged."""
     for problem in _problems(ctx, ("rewind_point",)):
         rebuild_rewind_point(ctx, problem)
+    for problem in _problems(ctx, ("rewind_record",)):
+        record_rewind_point(ctx, states.load(os.path.join(ctx.folder, "rewind_point.npz")))
+        print(f"rebuilt {problem.path} (from rewind_point.npz)", flush=True)
     for problem in sorted(_problems(ctx, ("masks",)), key=lambda p: p.level):
         if problem.folder == MAIN:
             rebuild_masks(ctx, MAIN, problem.level)
@@ -93,10 +106,14 @@ def rebuild_rewind_point(ctx: Context, problem=None) -> None:
     if store.json_problem(record_path) is None:
         recorded = store.read_json(record_path).get("sha256")
         if recorded and store.state_fingerprint(state) != recorded:
+            cause = (
+                "although the run is deterministic: the data, the code or rewind_point.json changed"
+                if ctx.config.run.deterministic
+                else "it cannot be rebuilt without --deterministic"
+            )
             raise RepairError(
                 f"{path}: the replayed rewind point (step {k}) differs from the one the run recorded "
-                f"({recorded}); it cannot be rebuilt without --deterministic: delete {ctx.folder} to "
-                "train this replicate again"
+                f"({recorded}); {cause}: delete {ctx.folder} to train this replicate again"
             )
     states.save(state, path)
     if store.json_problem(record_path):
@@ -215,5 +232,11 @@ def rebuild_final_weights(ctx: Context, lineage: str, level: int) -> None:
                     f"{path} is missing and level {level} trained again prunes to other masks than "
                     f"{following}; delete level {level + 1} onward to train them again"
                 )
+        recorded_content = records.recorded_sha256(path)
+        if recorded_content and records.content_sha256(trained_path) != recorded_content:
+            raise RepairError(
+                f"{path}: level {level} trained again gives the same curves but other weights than metrics.json "
+                f"recorded ({recorded_content}); delete that metrics.json and the later levels to train them again"
+            )
         os.replace(trained_path, path)
     print(f"rebuilt {path} (level {level} trained again: the same curves and masks)", flush=True)

@@ -60,12 +60,6 @@ def is_done(replicate_folder: str, level: int, branch: str) -> bool:
     return store.is_done(replicate_folder, level, branch)
 
 
-def damaged_metrics(replicate_folder: str, level: int, branch: str) -> str | None:
-    """The problem of a level's ``metrics.json`` that exists but is not a complete record."""
-    path = os.path.join(level_dir(replicate_folder, level, branch), "metrics.json")
-    return metrics_problem(path) if os.path.isfile(path) else None
-
-
 def levels_with(replicate_folder: str, branch: str, filename: str) -> list[int]:
     """Levels of ``branch`` whose folder holds ``filename``."""
     found = []

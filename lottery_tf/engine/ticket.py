@@ -18,7 +18,7 @@ from lottery_tf.core import rewind
 from lottery_tf.core.masking import get_masks, set_masks
 from lottery_tf.core.pruning import fingerprint
 from lottery_tf.engine import run_dir
-from lottery_tf.engine.config import ExperimentConfig, replicate_seed
+from lottery_tf.engine.config import ExperimentConfig, experiment_hash_of, replicate_seed
 from lottery_tf.store import atomic, states
 from lottery_tf.store import reader as store
 
@@ -88,7 +88,14 @@ def level_folder(experiment_folder: str, replicate: int, level: int, branch: str
         raise TicketError(
             f"{experiment_folder} has no replicate {replicate}; it has replicates {', '.join(have) or 'none'}"
         )
-    report = store.inspect_replicate(replicate_folder)
+    # The store's verdict, the one the runner and the health check give: a ticket is never read from a folder
+    # a run would refuse, nor from a level whose files no longer hold what the level recorded.
+    experiment = store.inspect_experiment(experiment_folder, folder_hash=experiment_hash_of)
+    report = experiment.replicates[os.path.basename(replicate_folder)]
+    inside = os.path.join(run_dir.level_dir(replicate_folder, level, branch), "")
+    for problem in experiment.problems + report.problems:
+        if problem.action == store.REFUSE or (problem.action != store.NOTE and problem.path.startswith(inside)):
+            raise TicketError(f"{problem.line()} (python -m lottery_tf.runs {experiment_folder} shows every problem)")
     if branch not in report.done:
         have = ", ".join(sorted(report.done)) or "none"
         raise TicketError(f"{replicate_folder} has no finished level of branch {branch!r}; its branches are {have}")

@@ -68,6 +68,9 @@ def _dense_accuracy(experiment_folder: str):
     for replicate in run_dir.replicates_of(experiment_folder):
         path = os.path.join(run_dir.level_dir(replicate, 0, run_dir.MAIN), "metrics.json")
         if os.path.exists(path):
+            problem = store.metrics_problem(path)
+            if problem:
+                raise tables.ReportError(f"{path} {problem}; check the run with python -m lottery_tf.runs")
             values.append(_read(path)["final_test_accuracy"])
     if not values:
         return None, None

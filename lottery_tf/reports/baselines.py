@@ -35,7 +35,9 @@ import numpy as np
 
 from lottery_tf.engine import run_dir
 from lottery_tf.reports import plotting
+from lottery_tf.reports.tables import ReportError
 from lottery_tf.store import atomic
+from lottery_tf.store import reader as store
 
 PAI_METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 ABLATIONS = ("", "shuffled", "reinit", "inverted")  # "" = the method as published
@@ -183,6 +185,9 @@ def layer_densities(experiment_folder: str, levels: list[int]) -> dict:
                 branch = os.path.basename(os.path.dirname(path))
                 if not os.path.exists(os.path.join(os.path.dirname(path), "metrics.json")):
                     continue  # not trained yet: its mask is not a result
+                problem = store.npz_problem(path)
+                if problem:  # the store's verdict: swapped, edited or damaged masks are no result
+                    raise ReportError(f"{path} {problem}; check the run with python -m lottery_tf.runs")
                 for name, mask in atomic.read_npz(path).items():
                     found[branch][level][name].append(float(np.mean(mask)))
     return {

@@ -48,6 +48,10 @@ def collect_rows(replicate_folder: str, with_curves: bool = False) -> list[dict]
     rows = []
     for path in sorted(glob.glob(os.path.join(replicate_folder, "level_*", "*", "metrics.json"))):
         metrics = read_metrics(path)
+        # The store's verdict: a record edited, or copied from another experiment, replicate or level, is not shown.
+        problem = store.metrics_problem(path)
+        if problem:
+            raise ReportError(f"{path} {problem}; check the run with python -m lottery_tf.runs")
         if not isinstance(metrics, dict) or any(k not in metrics for k in ("branch", "level", *STATS)):
             raise ReportError(f"{path} is not a complete metrics record; check the run with python -m lottery_tf.runs")
         iterations = metrics.get("iterations") or [None]

@@ -161,7 +161,7 @@ def mismatch(found: Checkpoint, owner: dict) -> str | None:
     within the level and that its masks are the level's masks.
     """
     recorded = found.owner
-    for key in ("replicate", "level", "branch", "start_step", "masks_sha256"):
+    for key in ("experiment", "data", "replicate", "level", "branch", "start_step", "masks_sha256"):
         if key in recorded and key in owner and recorded[key] != owner[key]:
             return f"it belongs to {_describe(recorded)}, not to {_describe(owner)}"
     if (
@@ -182,9 +182,11 @@ def mismatch(found: Checkpoint, owner: dict) -> str | None:
 
 
 def _describe(owner: dict) -> str:
+    experiment = f" in experiment {owner['experiment']}" if "experiment" in owner else ""
+    data = f" (data {owner['data']})" if "data" in owner else ""
     return (
         f"replicate {owner.get('replicate', '?')} level {owner.get('level', '?')} [{owner.get('branch', '?')}] "
-        f"from step {owner.get('start_step', '?')} with masks {owner.get('masks_sha256', '?')}"
+        f"from step {owner.get('start_step', '?')} with masks {owner.get('masks_sha256', '?')}{experiment}{data}"
     )
 
 

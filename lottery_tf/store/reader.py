@@ -1,9 +1,12 @@
 """The run store read by one piece of code: what is done, what is damaged, and what a run does about it.
 
-Both the runner (:mod:`lottery_tf.engine.experiment` and the modules it drives) and
-the health check (``python -m lottery_tf.runs``) read run folders through this
-module, so they cannot disagree: the health check prints, for every problem,
-the sentence the runner acts on. No TensorFlow here.
+The runner (:mod:`lottery_tf.engine.experiment` and the modules it drives), the
+health check (``python -m lottery_tf.runs``), the reports, ``load_ticket`` and
+the export read run folders through this module, so they cannot disagree: the
+health check prints, for every problem, the sentence the runner prints and
+acts on. A file whose content no longer matches what its record holds
+(:mod:`lottery_tf.store.records`) is damaged like an unreadable one. No
+TensorFlow here.
 
 Every :class:`Problem` carries an ``action``:
 
@@ -20,8 +23,10 @@ Every :class:`Problem` carries an ``action``:
   run that needs them (the next level's masks, a branch that starts from them)
   trains the level again and keeps the weights only if they prune to the masks
   the run already recorded.
-* ``refuse``: nothing can be rebuilt (the data record, the identity); a run
-  refuses with the same line.
+* ``refuse``: nothing can be rebuilt (the data record, the identity), a
+  record is another experiment's, replicate's, level's or branch's (copied or
+  renamed here: :mod:`lottery_tf.store.records`), or a folder cannot be read;
+  a run refuses with the same line.
 * ``note``: harmless for the results (a leftover temporary file, a stale lock,
   a damaged checkpoint that a resume skips, a truncated TensorBoard file).
 """
@@ -43,6 +48,7 @@ import zipfile
 import numpy as np
 
 from lottery_tf.core.pruning import fingerprint
+from lottery_tf.store import records
 
 RETRAIN, REBUILD, REBUILD_WHEN_NEEDED, REFUSE, NOTE = "retrain", "rebuild", "rebuild_when_needed", "refuse", "note"
 MAIN = "main"
@@ -96,8 +102,12 @@ def format_levels(levels) -> str:
 # -- single files -------------------------------------------------------------------------------------
 
 
-def json_problem(path: str, required=()) -> str | None:
-    """What is wrong with a JSON file (None if it reads as an object with the ``required`` keys)."""
+def json_problem(path: str, required=(), content: bool = True) -> str | None:
+    """What is wrong with a JSON file (None if it reads as an object with the ``required`` keys).
+
+    With ``content``, also a sealed record edited after it was written, or a file that no longer holds what
+    its level's record says it held (:mod:`lottery_tf.store.records`).
+    """
     try:
         with open(path) as handle:
             record = json.load(handle)
@@ -110,7 +120,7 @@ def json_problem(path: str, required=()) -> str | None:
     missing = [k for k in required if k not in record]
     if missing:
         return f"is incomplete (no {', '.join(missing)})"
-    return None
+    return (records.seal_problem(record) or records.content_problem(path)) if content else None
 
 
 def read_json(path: str):
@@ -118,8 +128,11 @@ def read_json(path: str):
         return json.load(handle)
 
 
-def npz_problem(path: str) -> str | None:
-    """What is wrong with an ``.npz`` archive (None if every array reads back; zip CRCs are checked)."""
+def npz_problem(path: str, content: bool = True) -> str | None:
+    """What is wrong with an ``.npz`` archive (None if every array reads back; zip CRCs are checked).
+
+    With ``content``, also an archive that no longer holds what its level's record says it held.
+    """
     if not os.path.exists(path):
         return "is missing"
     try:
@@ -128,7 +141,7 @@ def npz_problem(path: str) -> str | None:
                 data[key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
         return f"is unreadable or corrupted ({error})"
-    return None
+    return records.content_problem(path) if content else None
 
 
 def read_npz(path: str) -> dict:
@@ -158,15 +171,35 @@ def _non_finite_curves(record) -> list[str]:
     return bad
 
 
+def expected_owner(path: str) -> dict:
+    """What a record at ``path`` (inside ``replicate_R/level_LL/<folder>/``, or a replicate's own file) belongs to."""
+    location = records.level_location(path)
+    if location:
+        replicate_folder = location.pop("replicate_folder")
+        return {**records.experiment_of(replicate_folder), **location}
+    return records.experiment_of(os.path.dirname(path))
+
+
+def owner_problem(path: str) -> str | None:
+    """Why the record at ``path`` is another experiment's, replicate's, level's or branch's (None if it is this one's)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    return records.owner_problem(record, expected_owner(path))
+
+
 def metrics_problem(path: str) -> str | None:
-    """What is wrong with a ``metrics.json`` (None if it is a complete, finite record: the level is done)."""
-    problem = json_problem(path, REQUIRED_METRICS)
+    """What is wrong with a ``metrics.json`` (None if it is a complete, finite, sealed record of this level: done)."""
+    problem = json_problem(path, REQUIRED_METRICS, content=False) or owner_problem(path)
     if problem:
         return problem
     bad = _non_finite_curves(read_json(path))
     if bad:
         return f"holds NaN or infinity in its {', '.join(bad)} curves (a diverged or damaged result)"
-    return None
+    return records.seal_problem(read_json(path))
 
 
 def level_dir(replicate_folder: str, level: int, branch: str) -> str:
@@ -189,7 +222,7 @@ def result_problem(path: str) -> str | None:
     analysis = os.path.basename(path)[: -len(".json")]
     return json_problem(
         path, ("analysis", "network", "level", "rewind_step", "replicate", *_RESULT_KEYS.get(analysis, ()))
-    )
+    ) or owner_problem(path)
 
 
 _COPY_FILES = ("branch.json", "metrics.json", "masks.npz", "final_weights.npz")
@@ -285,28 +318,67 @@ def event_file_problem(path: str) -> str | None:
 
 # -- locks ----------------------------------------------------------------------------------------------
 
+_LOCK_MAX_BYTES = 65536  # a lock file is a few dozen bytes of JSON; anything longer is not one
+
+
+def process_identity(pid: int) -> dict:
+    """What tells process ``pid`` from a later process given the same pid: ``{"boot_id", "start_ticks"}``.
+
+    On Linux, the boot's id (``/proc/sys/kernel/random/boot_id``) and the
+    process's start time in clock ticks since boot (field 22 of
+    ``/proc/<pid>/stat``). Empty where these cannot be read (no ``/proc``, as
+    on macOS, or a ``/proc`` that hides other users' processes): a lock
+    written there records no start time and is read like an old lock.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as handle:
+            boot_id = handle.read(256).decode("ascii").strip()
+        with open(f"/proc/{int(pid)}/stat", "rb") as handle:
+            stat = handle.read(4096).decode("ascii", "replace")
+        # Field 2 (the command name, in parentheses) may hold spaces and ")": field 3 starts after the last ")".
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22
+    except (OSError, ValueError, IndexError, OverflowError):
+        return {}
+    return {"boot_id": boot_id, "start_ticks": start_ticks} if boot_id else {}
+
 
 @dataclasses.dataclass(frozen=True)
 class LockState:
-    """A lock file and who holds it: ``live`` (a running process, or another host's), ``stale`` or ``unreadable``."""
+    """A lock file and who holds it: ``live`` (a running process, or another host's), ``stale`` or ``unreadable``.
+
+    ``detail`` says why: what makes a lock stale (its process is gone, or its pid
+    is now another process), what cannot be checked about a live one (another
+    host; an old lock without the holder's start time), or what is wrong with an
+    unreadable one.
+    """
 
     path: str
     state: str
     holder: dict
     age_seconds: float
+    detail: str = ""
 
-    def line(self) -> str:
-        who = (
+    def who(self) -> str:
+        if not self.holder:
+            return f"a process still writing it (unreadable for now, {self.age_seconds:.0f} s old)"
+        return (
             f"pid {self.holder.get('pid', '?')} on {self.holder.get('host', '?')} since {self.holder.get('since', '?')}"
         )
-        if self.state == "live":
-            return f"{self.path}: held by {who}"
+
+    def reason(self) -> str:
+        """Why the lock is stale or unreadable, or what cannot be checked about a live one ("" if nothing)."""
         if self.state == "stale":
-            return f"{self.path}: stale (its process, {who}, is gone); the next run takes it over"
-        return (
-            f"{self.path}: unreadable and {self.age_seconds:.0f} s old (a process was killed while creating it); "
-            "the next run takes it over"
-        )
+            return self.detail or f"its process, {self.who()}, is gone"
+        if self.state == "unreadable":
+            return self.detail or "a process was killed while creating it"
+        return self.detail
+
+    def line(self) -> str:
+        if self.state == "live":
+            return f"{self.path}: held by {self.who()}" + (f"; {self.detail}" if self.detail else "")
+        if self.state == "stale":
+            return f"{self.path}: stale ({self.reason()}); the next run takes it over"
+        return f"{self.path}: unreadable and {self.age_seconds:.0f} s old ({self.reason()}); the next run takes it over"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -314,29 +386,73 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except (OverflowError, ValueError):
+        return False  # no process has such a pid
     except PermissionError:
         return True
     return True
 
 
+def _unreadable(path: str, age: float, why: str) -> LockState:
+    # Young, it may be a lock another process is writing this instant; old, a kill or damage left it.
+    if age < STALE_LOCK_SECONDS:
+        return LockState(path, "live", {}, age)
+    return LockState(path, "unreadable", {}, age, why)
+
+
 def lock_state(path: str, now: float | None = None) -> LockState | None:
-    """The state of one lock file (None if it does not exist)."""
+    """The state of one lock file (None if it does not exist).
+
+    Read as bytes, so no content can make it raise: content that is not UTF-8
+    JSON naming a host and pid is ``unreadable`` (taken over once older than
+    :data:`STALE_LOCK_SECONDS`). A lock of this host is ``stale`` when its pid
+    is gone, when the machine rebooted since it was written, or when the pid is
+    alive but started at another time than the holder it records ("pid N is now
+    another process"). A lock without the holder's start time (written before
+    locks recorded it, or where ``/proc`` is missing) whose pid is alive stays
+    ``live``, as before, but says it cannot be checked: taking over a lock a
+    running trainer holds would let two processes delete each other's files,
+    whereas a wrong wait ends when the user deletes the lock, as the wait says.
+    Another host's lock is ``live`` (nothing here can check it).
+    """
     try:
         age = (now or time.time()) - os.path.getmtime(path)
-        with open(path) as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read(_LOCK_MAX_BYTES + 1)
     except FileNotFoundError:
         return None
-    except OSError:
-        return LockState(path, "unreadable", {}, 0.0)
+    except OSError as error:
+        return LockState(path, "unreadable", {}, 0.0, f"cannot be read: {error.strerror or error}")
+    if not data:
+        return _unreadable(path, age, "empty: a process was killed while creating it")
     try:
-        holder = json.loads(text)
-        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+        if len(data) > _LOCK_MAX_BYTES:
             raise ValueError
-    except ValueError:
-        return LockState(path, "unreadable" if age >= STALE_LOCK_SECONDS else "live", {}, age)
-    if holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"]):
+        holder = json.loads(data.decode("utf-8"))
+        pid = holder.get("pid") if isinstance(holder, dict) else None
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(holder.get("host"), str):
+            raise ValueError
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return _unreadable(path, age, "not a lock this package writes: not UTF-8 JSON naming a host and pid")
+    if holder.get("host") != socket.gethostname():
+        elsewhere = "on another host: whether it still runs cannot be checked from here"
+        return LockState(path, "live", holder, age, elsewhere)
+    if not _pid_alive(pid):
         return LockState(path, "stale", holder, age)
+    boot_id, start_ticks = holder.get("boot_id"), holder.get("start_ticks")
+    if not isinstance(boot_id, str) or not isinstance(start_ticks, int):
+        unchecked = f"an older lock, without its holder's start time: whether pid {pid} is still its holder"
+        return LockState(path, "live", holder, age, f"{unchecked} cannot be checked")
+    current = process_identity(pid)
+    if not current:
+        unchecked = f"pid {pid}'s start time cannot be read here: whether it is still the lock's holder"
+        return LockState(path, "live", holder, age, f"{unchecked} cannot be checked")
+    if current["boot_id"] != boot_id:
+        reused = f"the machine rebooted since {holder.get('since', '?')}"
+        return LockState(path, "stale", holder, age, f"pid {pid} is now another process: {reused}")
+    if current["start_ticks"] != start_ticks:
+        reused = f"not the one that took the lock at {holder.get('since', '?')}, which is gone"
+        return LockState(path, "stale", holder, age, f"pid {pid} is now another process: {reused}")
     return LockState(path, "live", holder, age)
 
 
@@ -382,7 +498,21 @@ def is_lineage(folder: str) -> bool:
 
 def inspect_replicate(folder: str) -> ReplicateReport:
     """Reads one replicate folder: done levels, levels in progress, problems (with what a run does), locks."""
-    report = ReplicateReport(folder, locks=locks_of(folder))
+    report = ReplicateReport(folder)
+    unreadable = _unreadable_folders(folder)
+    for path, error in unreadable:
+        report.problems.append(
+            Problem(
+                path,
+                f"cannot be read ({error})",
+                REFUSE,
+                "a run refuses this replicate: give this user access to it again, or move it aside",
+                "unreadable",
+            )
+        )
+    if unreadable and os.path.normpath(unreadable[0][0]) == os.path.normpath(folder):
+        return report  # nothing in it can be seen: no verdict on its levels
+    report.locks = locks_of(folder)
     levels = _levels(folder)
     done_main = {level for level, path in levels if is_done(folder, level, MAIN)}
     for level, level_folder in levels:
@@ -401,6 +531,18 @@ def inspect_replicate(folder: str) -> ReplicateReport:
     for branch in report.done:
         report.done[branch].sort()
     return report
+
+
+def _unreadable_folders(folder: str) -> list[tuple[str, str]]:
+    """Folders of a replicate this process cannot list (``(path, reason)``): what is in them is unknown."""
+    found = []
+
+    def note(error: OSError) -> None:
+        found.append((error.filename or folder, error.strerror or str(error)))
+
+    for _ in os.walk(folder, onerror=note):
+        pass
+    return found
 
 
 def _mark_done(report, level, branch):
@@ -431,6 +573,12 @@ def _inspect_level(
                 )
             )
     if os.path.exists(metrics_path):
+        foreign = owner_problem(metrics_path)
+        if foreign:
+            report.problems.append(
+                Problem(metrics_path, foreign, REFUSE, _foreign_fix(folder, label), "foreign", level, rel)
+            )
+            return
         problem = metrics_problem(metrics_path)
         if problem:
             fix = (
@@ -480,13 +628,39 @@ def _inspect_level(
         report.incomplete.append(label)
 
 
+def _foreign_fix(folder: str, label: str) -> str:
+    return (
+        f"a run refuses this folder: move {folder} back where it came from, or aside (then the next run "
+        f"trains {label} here)"
+    )
+
+
+def checkpoint_owner_problem(meta_path: str, owner: dict) -> str | None:
+    """Why a checkpoint's recorded owner (``ckpt-*.json``'s ``owner``) is not this location's experiment and level."""
+    recorded = {
+        "experiment": owner.get("experiment"),
+        "data": owner.get("data"),
+        "replicate": owner.get("replicate"),
+        "level": owner.get("level"),
+        "folder": owner.get("branch"),
+    }
+    recorded = {k: v for k, v in recorded.items() if v is not None}
+    return records.owner_problem({records.BELONGS: recorded}, expected_owner(os.path.dirname(meta_path)))
+
+
 def _checkpoint_problem(meta: str) -> str | None:
     try:
         with open(meta) as handle:
             record = json.load(handle)
         expected = record["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        owner = record.get("owner") or {}
+        if not isinstance(owner, dict):
+            raise TypeError("its owner is not a JSON object")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         return f"is unreadable ({error})"
+    foreign = checkpoint_owner_problem(meta, owner)
+    if foreign:
+        return foreign.replace("is the record of", "is the checkpoint of", 1)
     npz = meta[: -len(".json")] + ".npz"
     try:
         with open(npz, "rb") as handle:
@@ -500,7 +674,7 @@ def _checkpoint_problem(meta: str) -> str | None:
 
 def _inspect_done_files(report, level, branch, folder, rel, record, copy_of) -> None:
     masks_path = os.path.join(folder, "masks.npz")
-    problem = npz_problem(masks_path)
+    problem = npz_problem(masks_path, content=False)
     expected = record.get("masks_sha256")
     if problem is None and expected:
         found = fingerprint(read_npz(masks_path))
@@ -509,6 +683,7 @@ def _inspect_done_files(report, level, branch, folder, rel, record, copy_of) -> 
                 f"has mask fingerprint {found}, but metrics.json says the level trained with {expected}: "
                 "the masks were changed"
             )
+    problem = problem or records.content_problem(masks_path)
     if problem:
         if copy_of is not None:
             who, source = "the next run that includes the analysis", "the copy's start"
@@ -652,13 +827,42 @@ def _inspect_rewind_points(report: ReplicateReport, done_main: set, levels) -> N
     folder = report.folder
     point = os.path.join(folder, "rewind_point.npz")
     needed = bool(done_main) or any(level > 0 for level, _ in levels)
+    record_path = os.path.join(folder, "rewind_point.json")
+    foreign = owner_problem(record_path) if os.path.exists(record_path) else None
+    if foreign:
+        report.problems.append(
+            Problem(
+                record_path,
+                foreign,
+                REFUSE,
+                f"a run refuses this replicate: move {record_path} and rewind_point.npz back where they came "
+                "from, or aside (then the next run replays the rewind point)",
+                "foreign",
+                None,
+                None,
+            )
+        )
+        return
     if needed:
         problem = npz_problem(point)
-        record = json_problem(os.path.join(folder, "rewind_point.json"))
+        record = json_problem(record_path)
         if problem is None and record is None:
-            recorded = read_json(os.path.join(folder, "rewind_point.json")).get("sha256")
+            recorded = read_json(record_path).get("sha256")
             if recorded and state_fingerprint(read_npz(point)) != recorded:
                 problem = f"does not match rewind_point.json's fingerprint {recorded}"
+        if problem is None and record is not None and os.path.exists(record_path):
+            report.problems.append(
+                Problem(
+                    record_path,
+                    record,
+                    REBUILD,
+                    "the next run writes it again from rewind_point.npz (the record a rebuilt rewind point is "
+                    "checked against)",
+                    "rewind_record",
+                    None,
+                    None,
+                )
+            )
         if problem:
             report.problems.append(
                 Problem(
@@ -676,6 +880,26 @@ def _inspect_rewind_points(report: ReplicateReport, done_main: set, levels) -> N
         glob.glob(os.path.join(folder, "rewind_points", "*.npz"))
         + glob.glob(os.path.join(folder, "rewind_optimizer.npz"))
     ):
+        cache_record = records.cache_record(path)
+        try:
+            owner = read_json(cache_record) if os.path.exists(cache_record) else {}
+        except (OSError, ValueError):
+            owner = {}
+        foreign = records.owner_problem(owner, records.experiment_of(folder)) if isinstance(owner, dict) else None
+        if foreign:
+            report.problems.append(
+                Problem(
+                    cache_record,
+                    foreign,
+                    REFUSE,
+                    f"a run refuses this replicate: move {cache_record} and {os.path.basename(path)} back where "
+                    "they came from, or aside (then the next run that needs them replays them)",
+                    "foreign",
+                    None,
+                    None,
+                )
+            )
+            continue
         problem = npz_problem(path)
         if problem:
             report.problems.append(
@@ -778,6 +1002,19 @@ def experiment_problems(
                     "settings",
                 )
             )
+    for leftover in sorted(
+        glob.glob(os.path.join(folder, ".tmp-*"))
+        + glob.glob(os.path.join(folder, "exports", "**", ".tmp-*"), recursive=True)
+    ):
+        problems.append(
+            Problem(
+                leftover,
+                "is a leftover of an interrupted write or export",
+                NOTE,
+                "harmless; the next export removes those of processes that are gone, or delete it",
+                "tmp",
+            )
+        )
     data_path = os.path.join(folder, "data.json")
     if os.path.exists(data_path) or any_done:
         damage = json_problem(data_path, ("source", "fingerprint"))

@@ -62,7 +62,7 @@ from lottery_tf.engine.levels import (
 )
 from lottery_tf.engine.recipe import build_masked_model, training_batches
 from lottery_tf.engine.run_dir import MAIN, is_done, level_dir
-from lottery_tf.store import atomic, locks, states
+from lottery_tf.store import atomic, locks, records, states
 from lottery_tf.store import reader as store
 
 STABLE_THRESHOLD = 0.02  # the LMC paper: stable when instability < 2 percentage points
@@ -336,7 +336,7 @@ def _instability_one(ctx: Context, level: int, name: str, k: int, pair: int) -> 
     }
     record["instability"] = record["test"]["instability"]
     record["stable"] = record["instability"] < STABLE_THRESHOLD
-    atomic.write_json(result_path, record)
+    atomic.write_json(result_path, records.seal({**record, records.BELONGS: ctx.belongs_to(level, base)}))
     _tensorboard(
         ctx,
         level,
@@ -432,7 +432,7 @@ def _stability_one(ctx: Context, level: int, name: str, k: int) -> bool:
         # The same subnetwork under two data orders.
         "to_data_order": compare_weights(weights["same"], weights["other"], network.masks),
     }
-    atomic.write_json(result_path, record)
+    atomic.write_json(result_path, records.seal({**record, records.BELONGS: ctx.belongs_to(level, base)}))
     _tensorboard(
         ctx,
         level,
