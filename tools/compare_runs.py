@@ -20,7 +20,18 @@ import sys
 import numpy as np
 
 SKIPPED_DIRS = {"checkpoints", "tensorboard", "exports"}
-TIMING_KEYS = {"wall_seconds", "record_sha256", "seconds", "started", "finished", "host", "pid", "time", "timestamp", "output_dir"}
+TIMING_KEYS = {
+    "wall_seconds",
+    "record_sha256",
+    "seconds",
+    "started",
+    "finished",
+    "host",
+    "pid",
+    "time",
+    "timestamp",
+    "output_dir",
+}
 
 
 def _files(root: str) -> set[str]:

@@ -115,7 +115,8 @@ def recorded_sha256(path: str) -> str | None:
     if name not in SEALED_FILES:
         return None
     record = _read(os.path.join(folder, "metrics.json"))
-    if name == "masks.npz" and not os.path.exists(os.path.join(folder, "metrics.json")):  # a level not trained yet: the previous level wrote its masks
+    # A level not trained yet: the previous level wrote its masks and recorded them.
+    if name == "masks.npz" and not os.path.exists(os.path.join(folder, "metrics.json")):
         location = level_location(path)
         if location.get("level", 0) > 0:
             previous = os.path.join(
