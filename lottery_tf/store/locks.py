@@ -5,71 +5,145 @@ other's checkpoints and temporary files. Each lineage a process trains (the
 main line, one branch at one level, the learning-rate-rewinding lineage) is
 guarded by a lock file ``<replicate>/.locks/<name>.lock`` created atomically
 (``O_CREAT | O_EXCL``) and holding JSON: the owner's ``host``, ``pid`` and
-``since`` (local time), and on Linux what tells the owner from a later process
+``since`` (local time); on Linux what tells the owner from a later process
 given the same pid: ``boot_id`` (``/proc/sys/kernel/random/boot_id``) and
-``start_ticks`` (the process's start time, field 22 of ``/proc/<pid>/stat``).
-Different replicates, and different branches of one replicate, take different
-locks, so they run in parallel from several processes or machines.
+``start_ticks`` (the process's start time, field 22 of ``/proc/<pid>/stat``);
+a ``token`` naming this hold; and a lease: ``renewed`` and ``expires`` (Unix
+times of the holder's clock). Different replicates, and different branches of
+one replicate, take different locks, so they run in parallel from several
+processes or machines.
 
-A lock of this host is stale, and taken over with one line saying why, when its
-pid no longer exists, when the machine rebooted since it was taken, or when its
-pid is alive but is another process (another start time: pid reuse, such as
-pid 1 after a reboot). An unreadable lock (empty, garbage bytes, not JSON naming
-a pid) older than :data:`lottery_tf.store.reader.STALE_LOCK_SECONDS` (a kill
-between creating the file and writing it) is taken over too; younger, it may be
-a lock being written, and counts as held. Lock files are read as bytes, so no
-content makes a reader raise.
+**The lease.** While it holds a lock, a thread of the holder renews it every
+lease / 4 seconds: it checks that the lock still carries its token and
+rewrites it (a temporary file renamed over it) with fresh ``renewed`` and
+``expires`` times, or, where that write fails (a full disk), touches it. The
+lease lasts :data:`LEASE_SECONDS` (120 s; ``$LOTTERY_TF_LOCK_LEASE_SECONDS``
+overrides it, for tests; a reader uses the length the holder wrote). A lock
+whose lease ended more than :data:`lottery_tf.store.reader.LEASE_GRACE_SECONDS`
+ago (60 s; ``$LOTTERY_TF_LOCK_GRACE_SECONDS``) is stale **from any host** and
+taken over with one line ("its lease expired N s ago: the holder on host H is
+gone"): a lost machine, a killed Ray worker, a force-cancelled task or a
+SIGKILL leaves a lock that the next run, or a waiting process, takes over
+within lease + grace (3 minutes) of the last renewal. The grace covers clocks
+that differ between hosts: a reader takes the later of the holder's
+``renewed`` time and the file's modification time (the file system's clock;
+on a shared folder often the file server's), so a lease is taken over early
+only where this host's clock runs ahead of both by more than the grace. Keep
+the cluster's clocks synchronised (NTP) within a minute, or raise the grace.
+A live holder renews every 30 s, so it is never taken over, however long it
+trains. A holder that could not renew for longer than lease + grace (stopped
+with SIGSTOP, hung, or cut off from a shared folder) and whose lock was taken
+over finds another token at its next renewal: it prints one line, stops (a
+KeyboardInterrupt in its main thread, turned into :class:`LockedError`), and
+leaves the other process's lock alone.
 
-Two cases cannot be checked, and count as held: a lock without a start time
-(written before locks recorded one, or where ``/proc`` is missing) whose pid is
-alive; and a lock of another host (until leases exist; see the issue "A study on
-a real cluster"). Taking over a lock a running trainer holds would let two
-processes delete each other's files, whereas a wrong wait ends when the user
-deletes the lock. So a second process exits with one line naming the holder, or,
-with ``--wait_for_lock``, waits; a process that asks for branches waits for a
-main line another process is training (it needs those levels), then runs its
+A lock of this host is also stale, and taken over with one line saying why,
+when its pid no longer exists or when its pid is alive but is another process
+(another start time: pid reuse). An unreadable lock (empty, garbage bytes, not
+JSON naming a pid) older than :data:`lottery_tf.store.reader.STALE_LOCK_SECONDS`
+(a kill between creating the file and writing it) is taken over too; younger,
+it may be a lock being written, and counts as held. Lock files are read as
+bytes, so no content makes a reader raise.
+
+Lock files written before leases existed keep the old rules: one of this host
+is stale when its pid is gone, reused, or the machine rebooted since; two
+cases cannot be checked and count as held: such a lock without a start time
+(or where ``/proc`` is missing) whose pid is alive, and such a lock of another
+host. Taking over a lock a running trainer holds would let two processes delete
+each other's files, whereas a wrong wait ends when the user deletes the lock.
+So a second process exits with one line naming the holder and its lease, or,
+with ``--wait_for_lock``, waits, judging the lock again at every poll (the
+wait ends when the lease expires); a process that asks for branches waits for
+a main line another process is training (it needs those levels), then runs its
 branches. A waiting process prints one line when it starts waiting and then
-every :data:`REPORT_SECONDS`: the lock file, the holder (pid, host, since), how
-long it has waited, what cannot be checked, where the holder's progress shows
-(``python -m lottery_tf.runs <replicate>``) and how to clear the lock if the
-holder is gone. Lock states are read by :mod:`lottery_tf.store.reader`, which
-the health check reports from.
+every :data:`REPORT_SECONDS`: the lock file, the holder (pid, host, since), its
+lease (renewed N s ago, expires in M s), how long it has waited, what cannot
+be checked, where the holder's progress shows (``python -m lottery_tf.runs
+<replicate>``) and what happens, or what to do, if the holder is gone. Lock
+states are read by :mod:`lottery_tf.store.reader`, which the health check
+reports from.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import json
 import os
+import re
 import socket
+import sys
+import threading
 import time
+import uuid
 
 from lottery_tf.store import atomic
 from lottery_tf.store import reader as store
 
 REPORT_SECONDS = 60.0  # a waiting process prints where it stands this often
+LEASE_SECONDS = 120.0  # a holder renews its lock every LEASE_SECONDS / 4; unrenewed this long (plus grace), it is stale
+LEASE_ENV = "LOTTERY_TF_LOCK_LEASE_SECONDS"  # overrides LEASE_SECONDS (tests: a second or two)
+_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 class LockedError(RuntimeError):
-    """Another process holds the lock; the message names it."""
+    """Another process holds the lock (the message names it), or this process lost it while holding it."""
 
 
 def lock_path(replicate_folder: str, name: str) -> str:
     return os.path.join(replicate_folder, ".locks", f"{name}.lock")
 
 
-def _me() -> dict:
+def lease_seconds() -> float:
+    """How long a lock this process takes stays valid without renewal (:data:`LEASE_SECONDS`, or ``$LOTTERY_TF_LOCK_LEASE_SECONDS``)."""
+    return store.seconds_from_env(LEASE_ENV, LEASE_SECONDS)
+
+
+def _me(lease: float) -> dict:
     """What this process writes into a lock it takes."""
+    now = time.time()
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         **store.process_identity(os.getpid()),
+        "token": uuid.uuid4().hex,  # tells this hold from any other, of this process or another
+        "renewed": now,
+        "expires": now + lease,
     }
 
 
-def _try_acquire(path: str) -> store.LockState | None:
-    """Takes the lock; returns None on success, else the holder's state.
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(65537)
+    except FileNotFoundError:
+        return None
+
+
+def _snapshot(path: str) -> bytes | None:
+    """The lock's bytes as they are now (None if missing or unreadable), to tell whether it changed."""
+    try:
+        return _read(path)
+    except OSError:
+        return None
+
+
+def _token_of(data: bytes | None) -> str | None:
+    try:
+        token = json.loads(data.decode("utf-8")).get("token")
+    except (AttributeError, ValueError, RecursionError):
+        return None
+    return token if isinstance(token, str) and _TOKEN.fullmatch(token) else None
+
+
+def _renewal_file(path: str, token: str) -> str:
+    """The temporary file a holder writes its renewed lock into before renaming it over the lock."""
+    return f"{path}.{token}.renew"
+
+
+def _try_acquire(path: str, me: dict) -> store.LockState | None:
+    """Takes the lock, writing ``me``; returns None on success, else the holder's state.
 
     A stale lock (see the module's docstring), or one that is unreadable and
     older than :data:`lottery_tf.store.reader.STALE_LOCK_SECONDS`, is taken
@@ -81,10 +155,13 @@ def _try_acquire(path: str) -> store.LockState | None:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            judged = _snapshot(path)
             state = store.lock_state(path)
             if state is None:
                 continue  # released meanwhile
             if state.state in ("stale", "unreadable"):
+                if _snapshot(path) != judged:
+                    continue  # renewed or replaced while it was judged: judge it again
                 print(f"taking over {path}: {state.state} ({state.reason()})", flush=True)
                 try:
                     os.remove(path)
@@ -95,12 +172,105 @@ def _try_acquire(path: str) -> store.LockState | None:
                         f"{path} is {state.state} ({state.reason()}) but cannot be removed "
                         f"({error.strerror or error}): remove it by hand"
                     ) from error
+                token = _token_of(judged)
+                if token:  # what a holder killed while renewing left
+                    with contextlib.suppress(OSError):
+                        os.remove(_renewal_file(path, token))
                 continue
             return state
         with os.fdopen(fd, "w") as handle:
-            json.dump(_me(), handle)
+            json.dump(me, handle)
         return None
     return store.lock_state(path) or state or store.LockState(path, "live", {}, 0.0)
+
+
+class _Renewer(threading.Thread):
+    """Renews a held lock every lease / 4 seconds; notices when another process took it over.
+
+    A renewal rewrites the lock with fresh ``renewed`` and ``expires`` times (a
+    temporary file renamed over it), after checking that the lock still holds
+    this hold's token; where the rewrite fails (a full disk) it touches the
+    file instead (readers take the later of ``renewed`` and the modification
+    time). A lock deleted by hand is written again. A lock another process
+    took over (this process did not renew it for longer than its lease and
+    grace: stopped, hung, or cut off from the folder) is lost: one line on
+    stderr, and, where the lock was taken in the main thread, a
+    KeyboardInterrupt there, which :func:`hold` turns into :class:`LockedError`.
+    """
+
+    def __init__(self, path: str, holder: dict, lease: float):
+        super().__init__(name=f"lottery_tf lease {os.path.basename(path)}", daemon=True)
+        self.path, self.holder, self.lease = path, dict(holder), lease
+        self.lost: str | None = None
+        self.stopping = threading.Event()
+        self.deciding = threading.Lock()  # no interrupt once the hold has ended
+        self.in_main = threading.current_thread() is threading.main_thread()
+        self.warned = False
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.lease / 4):
+            with self.deciding:
+                if self.stopping.is_set():
+                    return
+                try:
+                    self._renew()
+                except OSError as error:
+                    if not self.warned:
+                        print(
+                            f"warning: cannot renew the lease of {self.path} ({error.strerror or error}); "
+                            f"retrying every {self.lease / 4:g} s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        self.warned = True
+                if self.lost:
+                    print(f"error: {self.lost}", file=sys.stderr, flush=True)
+                    if self.in_main:
+                        _thread.interrupt_main()
+                    return
+
+    def _renew(self) -> None:
+        token = self.holder["token"]
+        current = _read(self.path)
+        if current is None:  # deleted by hand while held: write it again
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                current = _read(self.path)
+            else:
+                self._stamp()
+                with os.fdopen(fd, "w") as handle:
+                    json.dump(self.holder, handle)
+                print(f"warning: {self.path} was deleted while this process held it; written again", flush=True)
+                return
+        if _token_of(current) != token:
+            state = store.lock_state(self.path)
+            who = state.who() if state and state.holder else "another process"
+            self.lost = (
+                f"lost the lock {self.path}: {who} took it over (this process did not renew its lease for longer "
+                f"than the lease and its grace: it was stopped, hung, or cut off from the folder); stopping, so "
+                f"that two processes do not train the same levels"
+            )
+            return
+        self._stamp()
+        renewal = _renewal_file(self.path, token)
+        try:
+            with open(renewal, "w") as handle:
+                json.dump(self.holder, handle)
+            os.replace(renewal, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(renewal)
+            os.utime(self.path)  # needs no space; raises if this fails too
+
+    def _stamp(self) -> None:
+        now = time.time()
+        self.holder["renewed"], self.holder["expires"] = now, now + self.lease
+
+    def stop(self) -> None:
+        with self.deciding:
+            self.stopping.set()
+        self.join(timeout=10)
 
 
 def _held_by_another(state: store.LockState | None) -> bool:
@@ -129,6 +299,12 @@ def _if_gone(state: store.LockState) -> str:
     if not state.holder:
         return f"a run takes it over once it is {store.STALE_LOCK_SECONDS:.0f} s old and still unreadable"
     if state.holder.get("host") != socket.gethostname():
+        if state.lease:
+            left = _duration(max(0.0, state.lease.ends_in + state.lease.grace))
+            return (
+                f"if host {state.holder.get('host')} is lost, the lock is taken over when its lease runs out "
+                f"(in {left} unless renewed)"
+            )
         return f"if that process is gone, delete {path}"
     if state.detail:  # alive, but not known to be the holder
         return f"if pid {pid} is not a lottery_tf process training this lineage, delete {path}"
@@ -140,6 +316,7 @@ def waiting_line(state: store.LockState, waited: float, what: str, replicate_fol
     parts = [
         f"waiting for {state.path} ({what}), {_duration(waited)} so far: held by {state.who()}",
         state.detail,
+        state.lease.text() if state.lease else "",
         f"progress: python -m lottery_tf.runs {replicate_folder}",
         _if_gone(state),
     ]
@@ -167,9 +344,12 @@ def wait_until_free(
 ) -> None:
     """Waits while another process holds ``name``'s lock (it is producing what this process needs).
 
-    Prints :func:`waiting_line` when it starts waiting and every ``report_seconds``
-    (default :data:`REPORT_SECONDS`). Does nothing where this process does not
-    write (a worker that is not the chief follows the chief).
+    Judges the lock again at every poll, so the wait ends when the holder
+    releases it or when it turns stale (its lease expires, its process is
+    gone). Prints :func:`waiting_line` when it starts waiting and every
+    ``report_seconds`` (default :data:`REPORT_SECONDS`). Does nothing where
+    this process does not write (a worker that is not the chief follows the
+    chief).
     """
     if not atomic.writes_enabled():
         return
@@ -182,6 +362,13 @@ def wait_until_free(
         time.sleep(poll_seconds)
 
 
+def _release(path: str, token: str) -> None:
+    """Removes the lock if it is still this hold's."""
+    if _token_of(_snapshot(path)) == token:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
 @contextlib.contextmanager
 def hold(
     replicate_folder: str,
@@ -190,36 +377,52 @@ def hold(
     poll_seconds: float = 5.0,
     report_seconds: float | None = None,
 ):
-    """Holds ``<replicate_folder>/.locks/<name>.lock`` inside the block.
+    """Holds ``<replicate_folder>/.locks/<name>.lock`` inside the block, renewing its lease.
 
-    With ``wait``, polls every ``poll_seconds`` and prints :func:`waiting_line`
-    when it starts waiting and every ``report_seconds`` (default
-    :data:`REPORT_SECONDS`). Does nothing where this process does not write (a
-    worker that is not the chief).
+    With ``wait``, judges the lock again every ``poll_seconds`` (so the wait
+    ends when the holder releases it or when it turns stale: its lease
+    expires, its process is gone) and prints :func:`waiting_line` when it
+    starts waiting and every ``report_seconds`` (default
+    :data:`REPORT_SECONDS`). Inside the block a thread renews the lease every
+    :func:`lease_seconds` / 4. Does nothing where this process does not write
+    (a worker that is not the chief).
 
     Raises:
         LockedError: If another live process (or one that cannot be checked)
-            holds it and ``wait`` is false.
+            holds it and ``wait`` is false; or if another process took the
+            lock over while this one held it (its lease was not renewed in
+            time: this process was stopped, hung, or cut off from the folder).
     """
     if not atomic.writes_enabled():
         yield
         return
     path = lock_path(replicate_folder, name)
+    lease = lease_seconds()
     report = _Reporter(f"the {name} lineage", replicate_folder, report_seconds)
     while True:
-        state = _try_acquire(path)
+        me = _me(lease)
+        state = _try_acquire(path, me)
         if state is None:
             break
         if not wait:
-            detail = f" ({state.detail})" if state.detail else ""
+            detail = "".join(f" ({part})" for part in (state.detail, state.lease.text() if state.lease else "") if part)
             raise LockedError(
                 f"{path} is held by {state.who()}{detail}: that process is training the same levels; wait for it, "
                 f"pass --wait_for_lock, or {_if_gone(state)}"
             )
         report(state)
         time.sleep(poll_seconds)
+    renewer = _Renewer(path, me, lease)
+    renewer.start()
     try:
         yield
+    except KeyboardInterrupt:
+        if renewer.lost:
+            raise LockedError(renewer.lost) from None
+        raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+        renewer.stop()
+        if not renewer.lost:
+            _release(path, me["token"])
+    if renewer.lost:
+        raise LockedError(renewer.lost)

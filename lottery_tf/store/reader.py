@@ -319,6 +319,31 @@ def event_file_problem(path: str) -> str | None:
 # -- locks ----------------------------------------------------------------------------------------------
 
 _LOCK_MAX_BYTES = 65536  # a lock file is a few dozen bytes of JSON; anything longer is not one
+LEASE_GRACE_SECONDS = 60.0  # an expired lease is stale this long after it ran out: clocks of two hosts may differ
+GRACE_ENV = "LOTTERY_TF_LOCK_GRACE_SECONDS"  # overrides LEASE_GRACE_SECONDS (tests: a second or two)
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """A positive, finite number of seconds from environment variable ``name``, else ``default``.
+
+    Raises:
+        ValueError: If the variable is set to anything else, naming it.
+    """
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def lease_grace_seconds() -> float:
+    """How long after its end an expired lease still counts as held (clock skew between hosts)."""
+    return seconds_from_env(GRACE_ENV, LEASE_GRACE_SECONDS)
 
 
 def process_identity(pid: int) -> dict:
@@ -343,13 +368,65 @@ def process_identity(pid: int) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
+class Lease:
+    """A lock's lease as this host sees it: ``renewed_ago`` and ``ends_in`` seconds (negative: over), ``grace``.
+
+    Both come from the later of two clocks: the time the holder wrote into the
+    lock (``renewed``, ``expires``: the holder's clock) and the file's
+    modification time (the file system's clock; on a shared folder, often the
+    file server's). A lease is ``expired`` only once both say it ended more
+    than ``grace`` seconds ago, so a holder or a file server whose clock lags
+    this host's by less than the grace is never taken over early.
+    """
+
+    seconds: float
+    renewed_ago: float
+    ends_in: float
+    grace: float
+
+    @property
+    def expired(self) -> bool:
+        return self.ends_in + self.grace < 0
+
+    def text(self) -> str:
+        """``lease renewed N s ago, expires in M s`` (or how long ago it ran out, and when it is taken over)."""
+        ago = f"lease renewed {max(0, round(self.renewed_ago))} s ago"
+        if self.ends_in >= 0:
+            ahead = ""
+            if self.ends_in > self.seconds + self.grace:
+                ahead = " (the holder's clock is ahead of this host's)"
+            return f"{ago}, expires in {round(self.ends_in)} s{ahead}"
+        over = f"{ago}, expired {round(-self.ends_in)} s ago"
+        if self.expired:
+            return over
+        left = round(self.ends_in + self.grace)
+        return f"{over}: taken over in {left} s unless renewed ({self.grace:g} s grace for clock skew)"
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _lease_of(holder: dict, modified: float, now: float) -> Lease | None:
+    """The lease a lock records (None for a lock written before leases, or a lease that makes no sense)."""
+    renewed, expires = holder.get("renewed"), holder.get("expires")
+    if not _number(renewed) or not _number(expires) or expires <= renewed:
+        return None
+    seconds = expires - renewed
+    last = max(renewed, modified)  # the later of the holder's clock and the file system's
+    return Lease(seconds, now - last, last + seconds - now, lease_grace_seconds())
+
+
+@dataclasses.dataclass(frozen=True)
 class LockState:
     """A lock file and who holds it: ``live`` (a running process, or another host's), ``stale`` or ``unreadable``.
 
-    ``detail`` says why: what makes a lock stale (its process is gone, or its pid
-    is now another process), what cannot be checked about a live one (another
-    host; an old lock without the holder's start time), or what is wrong with an
-    unreadable one.
+    ``detail`` says why: what makes a lock stale (its process is gone, its pid
+    is now another process, or its lease expired), what cannot be checked
+    about a live one (an old lock of another host, without a lease; an old lock
+    without the holder's start time), or what is wrong with an unreadable one.
+    ``lease`` is the lock's :class:`Lease`, None for a lock written before
+    leases.
     """
 
     path: str
@@ -357,6 +434,7 @@ class LockState:
     holder: dict
     age_seconds: float
     detail: str = ""
+    lease: Lease | None = None
 
     def who(self) -> str:
         if not self.holder:
@@ -375,7 +453,8 @@ class LockState:
 
     def line(self) -> str:
         if self.state == "live":
-            return f"{self.path}: held by {self.who()}" + (f"; {self.detail}" if self.detail else "")
+            lease = self.lease.text() if self.lease else ""
+            return f"{self.path}: held by {self.who()}" + "".join(f"; {part}" for part in (self.detail, lease) if part)
         if self.state == "stale":
             return f"{self.path}: stale ({self.reason()}); the next run takes it over"
         return f"{self.path}: unreadable and {self.age_seconds:.0f} s old ({self.reason()}); the next run takes it over"
@@ -400,23 +479,45 @@ def _unreadable(path: str, age: float, why: str) -> LockState:
     return LockState(path, "unreadable", {}, age, why)
 
 
+def _expired(path: str, holder: dict, age: float, lease: Lease) -> LockState:
+    expired = f"its lease expired {round(-lease.ends_in)} s ago"
+    if holder["host"] == socket.gethostname() and _pid_alive(holder["pid"]):
+        gone = f"{expired}: its holder, pid {holder['pid']} on this host, stopped renewing it (stopped, hung or gone)"
+    else:
+        gone = f"{expired}: the holder on host {holder['host']} is gone"
+    return LockState(path, "stale", holder, age, gone, lease)
+
+
 def lock_state(path: str, now: float | None = None) -> LockState | None:
     """The state of one lock file (None if it does not exist).
 
     Read as bytes, so no content can make it raise: content that is not UTF-8
     JSON naming a host and pid is ``unreadable`` (taken over once older than
-    :data:`STALE_LOCK_SECONDS`). A lock of this host is ``stale`` when its pid
-    is gone, when the machine rebooted since it was written, or when the pid is
-    alive but started at another time than the holder it records ("pid N is now
-    another process"). A lock without the holder's start time (written before
-    locks recorded it, or where ``/proc`` is missing) whose pid is alive stays
-    ``live``, as before, but says it cannot be checked: taking over a lock a
-    running trainer holds would let two processes delete each other's files,
-    whereas a wrong wait ends when the user deletes the lock, as the wait says.
-    Another host's lock is ``live`` (nothing here can check it).
+    :data:`STALE_LOCK_SECONDS`).
+
+    A lock with a lease (``renewed``, ``expires``: its holder renews it while
+    it holds it, :mod:`lottery_tf.store.locks`) is ``stale``, from any host,
+    once the lease ended more than :func:`lease_grace_seconds` ago ("its lease
+    expired N s ago: the holder on host H is gone"), and ``live`` before that
+    unless this host can tell that the holder is gone.
+
+    A lock of this host is also ``stale`` when its pid is gone, or when the pid
+    is alive but started at another time than the holder it records ("pid N is
+    now another process"); or, without a lease, when the machine rebooted since
+    it was written (with a lease that has not expired, another boot id may be
+    another machine of the same name: the lease decides). A lock without the
+    holder's start time (written before locks recorded it, or where ``/proc``
+    is missing) whose pid is alive stays ``live`` until its lease expires, or,
+    without a lease, as before: it says it cannot be checked, since taking over
+    a lock a running trainer holds would let two processes delete each other's
+    files, whereas a wrong wait ends when the user deletes the lock, as the
+    wait says. Another host's lock without a lease (written before leases) is
+    ``live``: nothing here can check it.
     """
+    now = time.time() if now is None else now
     try:
-        age = (now or time.time()) - os.path.getmtime(path)
+        modified = os.path.getmtime(path)
+        age = now - modified
         with open(path, "rb") as handle:
             data = handle.read(_LOCK_MAX_BYTES + 1)
     except FileNotFoundError:
@@ -434,26 +535,40 @@ def lock_state(path: str, now: float | None = None) -> LockState | None:
             raise ValueError
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return _unreadable(path, age, "not a lock this package writes: not UTF-8 JSON naming a host and pid")
+    lease = _lease_of(holder, modified, now)
+    if lease is not None and lease.expired:
+        return _expired(path, holder, age, lease)
     if holder.get("host") != socket.gethostname():
-        elsewhere = "on another host: whether it still runs cannot be checked from here"
+        if lease is not None:
+            return LockState(path, "live", holder, age, "", lease)
+        elsewhere = "an older lock without a lease, on another host: whether it still runs cannot be checked from here"
         return LockState(path, "live", holder, age, elsewhere)
     if not _pid_alive(pid):
-        return LockState(path, "stale", holder, age)
+        return LockState(path, "stale", holder, age, "", lease)
     boot_id, start_ticks = holder.get("boot_id"), holder.get("start_ticks")
     if not isinstance(boot_id, str) or not isinstance(start_ticks, int):
+        if lease is not None:
+            return LockState(path, "live", holder, age, "", lease)  # someone renews it: its lease decides
         unchecked = f"an older lock, without its holder's start time: whether pid {pid} is still its holder"
         return LockState(path, "live", holder, age, f"{unchecked} cannot be checked")
     current = process_identity(pid)
     if not current:
+        if lease is not None:
+            return LockState(path, "live", holder, age, "", lease)
         unchecked = f"pid {pid}'s start time cannot be read here: whether it is still the lock's holder"
         return LockState(path, "live", holder, age, f"{unchecked} cannot be checked")
     if current["boot_id"] != boot_id:
+        if lease is not None:
+            other = (
+                "written under another boot id (another machine of this name, or before a reboot): its lease decides"
+            )
+            return LockState(path, "live", holder, age, other, lease)
         reused = f"the machine rebooted since {holder.get('since', '?')}"
         return LockState(path, "stale", holder, age, f"pid {pid} is now another process: {reused}")
     if current["start_ticks"] != start_ticks:
         reused = f"not the one that took the lock at {holder.get('since', '?')}, which is gone"
-        return LockState(path, "stale", holder, age, f"pid {pid} is now another process: {reused}")
-    return LockState(path, "live", holder, age)
+        return LockState(path, "stale", holder, age, f"pid {pid} is now another process: {reused}", lease)
+    return LockState(path, "live", holder, age, "", lease)
 
 
 def locks_of(replicate_folder: str) -> list[LockState]:
