@@ -237,14 +237,26 @@ def main(argv):
             ray_executor.check_installed(config.run)
             configs = [ray_executor.absolute_paths(c) for c in configs]
         if FLAGS.dry_run:
+            if ray:  # checked as a run checks them (the cluster joined and left, or this machine read); no study
+                _quiet_python_logging()
+                offered = ray_executor.check_for_dry_run(config.run)
             for config in configs:
                 print(config.to_json(), end="")
                 print(f"run folder: {run_dir.experiment_dir(config)}")
-            print(study.format_size(study.size(study.plan(configs))), end="")
+            nodes = study.plan(configs)
+            print(study.format_size(study.size(nodes)), end="")
+            if ray:
+                print(ray_executor.describe_slots(offered, config.run))
+                if line := ray_executor.estimate(nodes, offered, config.run):
+                    print(line)
             return
         _quiet_python_logging()
         session = ray_executor.connect(config.run) if ray else None
         try:
+            if session is not None:  # before the study: what Ray offers, what outlives a kill, local or Ray
+                print(session.describe(), flush=True)
+                if line := ray_executor.estimate(study.plan(configs), session, config.run):
+                    print(line, flush=True)
             _run(configs, session)
         finally:
             if session is not None:

@@ -282,6 +282,12 @@ def test_a_task_that_fails_for_a_user_error_stops_the_study_with_the_local_line(
         ({"run__gpus_per_training": 0.5}, "--gpus_per_training: 0.5 is set, but only --executor=ray reads it"),
         ({"run__executor": "ray", "run__strategy": "multi_worker_mirrored"}, "--executor: ray schedules whole"),
         ({"run__executor": "dask"}, "--executor: unknown value 'dask'; expected one of local, ray"),
+        (
+            {"run__executor": "ray", "run__ray_address": "ray://head:10001"},
+            "--ray_address: ray://head:10001 is a Ray Client address, which lottery_tf does not support",
+        ),
+        ({"run__executor": "ray", "run__ray_address": "head:port"}, "--ray_address: expected auto or HOST:PORT"),
+        ({"run__executor": "ray", "run__ray_address": "http://head:8265"}, "--ray_address: expected auto or HOST:PORT"),
     ],
 )
 def test_executor_settings_are_checked_with_one_line(changes, expected):
@@ -331,7 +337,7 @@ def test_ray_inputs_that_cannot_be_served_fail_before_anything_is_written(tmp_pa
         with open(os.path.join(ray_tmp, "ray", "ray_current_cluster"), "w") as f:
             f.write("127.0.0.1:1")
         cases = [
-            (["--cpus_per_training=64"], "error: --cpus_per_training: 64 asked, but the largest node"),
+            (["--cpus_per_training=64"], "error: --cpus_per_training: 64 asked, but this machine has"),
             (["--ray_address=auto"], "error: --ray_address: cannot reach a Ray cluster at 127.0.0.1:1"),
         ]
         import tensorflow as tf
@@ -351,14 +357,25 @@ def _can_unshare() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_unshare(), reason="needs mount namespaces (unshare -m) to hide the folder from Ray")
-def test_an_output_folder_the_workers_do_not_share_is_refused(tmp_path):
-    """Ray's workers run in a mount namespace where the output folder is another (empty) filesystem."""
+@pytest.mark.parametrize(
+    "mount, starts, says",
+    [
+        ("mount -t tmpfs none {out}", "{out} is not shared with Ray's workers", "shared filesystem"),
+        (
+            "mount --bind -o ro {out} {out}",
+            "Ray's worker on ",
+            "cannot write in {out} (Read-only file system): --output_dir must be a folder every node can write",
+        ),
+    ],
+    ids=["another_filesystem", "read_only"],
+)
+def test_an_output_folder_the_workers_do_not_share_is_refused(tmp_path, mount, starts, says):
+    """Ray's workers run in a mount namespace where the output folder is another (empty) filesystem, or read-only."""
     out = tmp_path / "runs"
     out.mkdir()
     port = _free_port()
     script = (
-        f"mount -t tmpfs none {out} && exec ray start --head --port={port} --num-cpus=1 "
-        "--include-dashboard=false --block"
+        f"{mount.format(out=out)} && exec ray start --head --port={port} --num-cpus=1 --include-dashboard=false --block"
     )
     head = _start_head(["unshare", "-m", "--propagation", "private", "sh", "-c", script], port)
     try:
@@ -367,8 +384,173 @@ def test_an_output_folder_the_workers_do_not_share_is_refused(tmp_path):
         _stop(head)
     assert result.returncode == 2, result.stderr[-1500:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: --output_dir: {out} is not shared with Ray's workers"), (
-        lines
-    )
-    assert "shared filesystem" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"error: --output_dir: {starts.format(out=out)}"), lines
+    assert says.format(out=out) in lines[0]
     assert os.listdir(out) == []  # no run folder, no probe left behind
+
+
+# -- addresses, the dry run, a killed driver, local or Ray ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_address_where_no_ray_cluster_answers_fails_with_one_line(tmp_path):
+    """Another server there, a port that accepts and never answers, Ray Client's ray://, a far host: one line each.
+
+    Ray's own client retries such an address for minutes with a warning a second; the subprocess timeout is
+    the guard (no assertion on speed).
+    """
+    from concurrent import futures
+
+    import grpc
+
+    out = tmp_path / "runs"
+    http_port = _free_port()
+    http = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    silent = socket.socket()  # accepts connections (the kernel does), never reads or answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    other = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # a gRPC server that knows none of Ray's calls
+    grpc_port = other.add_insecure_port("127.0.0.1:0")
+    other.start()
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        silent_address = f"127.0.0.1:{silent.getsockname()[1]}"
+        not_ray = "something listens there, but it is not a Ray cluster (no gRPC answer within 5 s)"
+        cases = [
+            (f"127.0.0.1:{http_port}", f"127.0.0.1:{http_port}: {not_ray}"),
+            (silent_address, f"{silent_address}: {not_ray}"),
+            (f"127.0.0.1:{grpc_port}", f"127.0.0.1:{grpc_port}: a server answers there, but not as a Ray cluster"),
+            (
+                "ray://127.0.0.1:10001",
+                "ray://127.0.0.1:10001 is a Ray Client address, which lottery_tf does not support",
+            ),
+            # TEST-NET-3: routed nowhere (a timeout), or answered by a proxy that is not Ray's.
+            ("203.0.113.1:6379", ""),
+        ]
+        for address, says in cases:
+            result = cli(*STUDY, f"--output_dir={out}", "--executor=ray", f"--ray_address={address}", timeout=60)
+            _one_line_and_nothing_written(result, out, "error: --ray_address: ")
+            assert says in result.stderr and address in result.stderr, result.stderr
+    finally:
+        http.kill()
+        http.wait()
+        silent.close()
+        other.stop(0)
+
+
+@pytest.mark.slow
+def test_dry_run_checks_the_ray_settings_a_run_checks(tmp_path, cluster):
+    """Joined and left (an address), or this machine read as Ray counts it (none): no study starts, nothing written."""
+    from lottery_tf.engine import ray_executor
+
+    out = tmp_path / "runs"
+    dry = [*STUDY, f"--output_dir={out}", "--executor=ray", "--dry_run"]
+    cpus, gpus = ray_executor._this_machine()
+    more = max(64, 2 * cpus)
+    cases = [
+        (["--ray_address=127.0.0.1:1"], "error: --ray_address: cannot reach a Ray cluster at 127.0.0.1:1"),
+        (["--ray_address=ray://127.0.0.1:10001"], "error: --ray_address: ray://127.0.0.1:10001 is a Ray Client"),
+        ([f"--cpus_per_training={more:g}"], f"error: --cpus_per_training: {more:g} asked, but this machine has"),
+        (
+            [f"--ray_address={cluster}", "--cpus_per_training=3"],
+            f"error: --cpus_per_training: 3 asked, but the largest node of the cluster at {cluster} has 2 CPUs",
+        ),
+    ]
+    if not gpus:
+        cases.append((["--gpus_per_training=0.5"], "error: --gpus_per_training: 0.5 asked, but Ray sees no GPU"))
+    for args, starts in cases:
+        _one_line_and_nothing_written(cli(*dry, *args, timeout=120), out, starts)
+    # Settings that can be served: what the study would get, and whether the local executor would be faster.
+    whole = cli(*dry, f"--cpus_per_training={cpus:g}")
+    assert whole.returncode == 0, whole.stderr[-1500:]
+    assert f"ray: this machine offers {cpus:g} CPUs, {gpus:g} GPUs: 1 training(s) at once ({cpus:g} CPU each)" in (
+        whole.stdout
+    )
+    assert "estimate (training steps only, not measured): the local executor would be faster" in whole.stdout
+    joined = cli(*dry, f"--ray_address={cluster}")
+    assert joined.returncode == 0, joined.stderr[-1500:]
+    assert f"ray: the cluster at {cluster} offers 2 CPUs, 0 GPUs: 2 training(s) at once (1 CPU each)" in joined.stdout
+    assert not joined.stderr.strip() and not os.path.exists(out)
+
+
+def test_the_estimate_says_when_the_local_executor_would_be_faster():
+    from lottery_tf.engine import ray_executor
+
+    nodes = [
+        study.Training(0, 0, "main/level_00", 0, 100),
+        study.Training(0, 0, "main/level_01", 1, 50, ("0/0/main/level_00",)),
+        study.Training(0, 0, "a", 1, 50, ("0/0/main/level_00",)),
+        study.Training(0, 0, "b", 1, 50, ("0/0/main/level_00",)),
+    ]
+    run = config_lib.RunConfig(executor="ray")
+    here = [{"NodeID": "", "Resources": {"CPU": 2.0}}]
+    one = ray_executor.estimate(nodes, ray_executor.Session(True, 2.0, 0.0, 1, here), run)
+    assert one.startswith("estimate (training steps only, not measured): the local executor would be faster")
+    two = ray_executor.estimate(nodes, ray_executor.Session(True, 2.0, 0.0, 2, here), run)
+    # 250 steps in the time of 200: Ray gains 50 steps' time and pays 15 s to start (6 s here, 9 s its workers).
+    assert "finish this graph's 250 steps in the time of 200 (1.25x), but Ray takes about 15 s more to start" in two
+    assert "faster if it needs under 1m 15s for the study (a step under 300 ms)" in two
+    assert two.endswith("or if a training on 1 CPU runs over 1.25x slower than one on all 2 CPUs")
+    joined = ray_executor.estimate(nodes, ray_executor.Session(False, 2.0, 0.0, 2, here, "the cluster at h:1"), run)
+    assert "Ray takes about 9 s more to start" in joined  # the cluster runs already: only its workers start
+    cluster = ray_executor.Session(False, 4.0, 0.0, 4, here * 2, "the cluster at h:1")
+    assert ray_executor.estimate(nodes, cluster, run) == ""  # several machines: nothing local to compare with
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == start and fields[0] != "Z"  # the same process, not a zombie waiting to be reaped
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="follows processes through /proc")
+def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
+    """SIGKILL the driver that started Ray while a training runs: every process Ray started ends within seconds.
+
+    Ray ends its GCS and raylet with the driver, but its agents would wait a minute or more for the dead GCS.
+    """
+    from conftest import wait_until_printed
+
+    from lottery_tf.engine import ray_watchdog
+
+    out = tmp_path / "runs"
+    printed = tmp_path / "stdout"
+    with open(printed, "w") as handle:
+        driver = launcher.popen(
+            [sys.executable, "-m", "lottery_tf.main", *STUDY, f"--output_dir={out}", "--executor=ray"],
+            cwd=REPO,
+            env=ENV,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_printed(driver, printed, "its processes end with this command, killed or not", timeout=180)
+        deadline = time.time() + 180
+        while not glob.glob(str(out / "lottery_*" / "replicate_0" / "level_00" / "main" / "checkpoints" / "*")):
+            assert driver.poll() is None and time.time() < deadline, open(printed).read()[-2000:]
+            time.sleep(0.2)
+        started = ray_watchdog.tree(ray_watchdog.process_table(), ray_watchdog.children(driver.pid))
+        names = " ".join(open(f"/proc/{pid}/cmdline").read() for pid in started if _alive(pid, started[pid]))
+        assert "raylet" in names and "ray_watchdog" in names, names
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid, start) for pid, start in started.items()):
+        time.sleep(0.5)
+    left = [open(f"/proc/{pid}/cmdline").read()[:80] for pid, start in started.items() if _alive(pid, start)]
+    assert not left, left

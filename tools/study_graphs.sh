@@ -24,7 +24,7 @@ trap 'rm -f "$tmp" "$tmp.sections"' EXIT
   for f in flags/*.flags; do
     echo "## $(basename "$f")"
     echo
-    python -m lottery_tf.main --flagfile="$f" --executor=ray --dry_run 2>&1 | sed -n '/^study graph:/,$p' | sed 's/^/    /'
+    python -m lottery_tf.main --flagfile="$f" --executor=ray --dry_run 2>&1 | sed -n '/^study graph:/,/^ideal speed-up/p' | sed 's/^/    /'
     echo
   done
 } > "$tmp.sections"

@@ -1583,6 +1583,27 @@ def _run_rules(config) -> None:
             f"ray schedules whole trainings, each in one process; --strategy={r.strategy} spans several "
             "machines for one training: use --executor=local for it",
         )
+    if r.executor == "ray" and r.ray_address:
+        problem = ray_address_problem(r.ray_address)
+        if problem:
+            raise ConfigError("ray_address", problem)
+
+
+def ray_address_problem(address: str) -> str | None:
+    """What is wrong with the form of a ``--ray_address`` (``auto`` or HOST:PORT), or None; nothing is contacted."""
+    if address == "auto":
+        return None
+    if address.lower().startswith("ray://"):
+        return (
+            f"{address} is a Ray Client address, which lottery_tf does not support: its driver reads and writes "
+            "the output folder itself, so it runs on a machine of the cluster and joins through the head's GCS "
+            "port; run the command on the head with --ray_address=auto, or give HOST:PORT of `ray start --head "
+            "--port=PORT` (6379 by default)"
+        )
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"expected auto or HOST:PORT (the --port of `ray start --head`, 6379 by default), got {address!r}"
+    return None
 
 
 _RULES = (_path_rules, _data_rules, _training_rules, _branch_rules, _run_rules)

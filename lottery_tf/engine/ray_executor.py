@@ -37,6 +37,15 @@ from lottery_tf.engine.config import ConfigError, ExperimentConfig
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 _PROBE_PREFIX = ".lottery_tf_probe_"
 _WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+PROBE_SECONDS = 5.0  # how long the address checks wait for an answer
+# A call every Ray GCS answers (Ray 2.x), made with grpc alone: Ray's own client retries a server that is not
+# Ray's for minutes, with a warning a second.
+_GCS_CALL = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+# What Ray costs before its first training steps, beyond the local executor's own start, measured on this
+# project's 2-core machine (an estimate elsewhere): starting a local instance (ray.init) about 6 s; then each
+# worker process imports TensorFlow, 7-9 s with two side by side, once (a worker is kept for the next trainings).
+RAY_INIT_SECONDS = 6.0
+WORKER_START_SECONDS = 9.0
 
 
 def check_installed(run) -> None:
@@ -69,19 +78,91 @@ class Session:
     gpus: float
     slots: int  # trainings Ray can run at once with the per-training resources
     nodes: list
+    where: str = "this machine"
+    watchdog: object = dataclasses.field(default=None, repr=False)  # (process, pipe) of :func:`_start_watchdog`
+
+    def describe(self) -> str:
+        """The line the driver prints once connected: what Ray offers, and what outlives this command."""
+        nodes = f"{len(self.nodes)} node(s), " if len(self.nodes) > 1 else ""
+        offers = f"{nodes}{self.cpus:g} CPUs, {self.gpus:g} GPUs"
+        if self.started_here:
+            ends = "its processes end with this command, killed or not"
+            if not self.watchdog:  # no /proc to follow them: Ray's own fate-sharing only
+                ends = "it stops with this command; if the command is killed, Ray's agents may linger for a minute"
+            return f"ray: started a local Ray instance ({offers}); {ends}"
+        return (
+            f"ray: joined {self.where} ({offers}); if this command is killed, Ray stops its trainings and the "
+            "cluster keeps running"
+        )
 
     def close(self) -> None:
         import ray
 
         ray.shutdown()
+        if self.watchdog is not None:
+            process, pipe = self.watchdog
+            self.watchdog = None
+            os.close(pipe)  # the watchdog ends what ray.shutdown left running, then exits
+            with contextlib.suppress(Exception):
+                process.wait(timeout=10)
+
+
+def _start_watchdog(before: set):
+    """Starts :mod:`lottery_tf.engine.ray_watchdog` over the processes ray.init started (children not in ``before``).
+
+    Returns:
+        (process, pipe): the driver closes ``pipe`` after ``ray.shutdown``, or dies; either way the watchdog
+        then ends what is left. None where it cannot run (no /proc).
+    """
+    import subprocess
+    import sys
+
+    from lottery_tf.engine import ray_watchdog
+
+    roots = _own_children() - before
+    if not roots:
+        return None
+    read, write = os.pipe()
+    try:
+        process = subprocess.Popen(  # -I: no environment, no script folder on the path (only the standard library)
+            [sys.executable, "-I", ray_watchdog.__file__, *map(str, sorted(roots))],
+            stdin=read,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C or a kill of the driver's process group leaves it to do its work
+        )
+    except OSError:
+        os.close(write)
+        return None
+    finally:
+        os.close(read)
+    return process, write
+
+
+def _own_children() -> set:
+    from lottery_tf.engine import ray_watchdog
+
+    try:
+        return ray_watchdog.children(os.getpid())
+    except OSError:  # no /proc: no watchdog
+        return set()
+
+
+def _split(address: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT address (``[v6]:PORT`` too)."""
+    from lottery_tf.engine.config import ray_address_problem
+
+    problem = ray_address_problem(address) if address != "auto" else "expected HOST:PORT"
+    if problem:
+        raise ConfigError("ray_address", problem)
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _reachable(address: str) -> None:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError("ray_address", f"expected auto or HOST:PORT, got {address!r}")
+    host, port = _split(address)
     try:
-        with socket.create_connection((host, int(port)), timeout=5):
+        with socket.create_connection((host, port), timeout=PROBE_SECONDS):
             pass
     except OSError as error:
         raise ConfigError(
@@ -119,102 +200,286 @@ def _has_token() -> bool:
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
+def _token() -> str:
+    """This machine's Ray authentication token, where Ray reads it ('' if none)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _speaks_ray(address: str) -> None:
+    """Checks that what listens at ``address`` is a Ray cluster's GCS: one gRPC call, answered within seconds.
+
+    Raises:
+        ConfigError: For another server there (an HTTP server, the dashboard's or Ray Client's port, anything
+            that is not Ray's GCS), or a cluster that refuses this machine's authentication token.
+    """
+    import grpc
+
+    host, port = _split(address)
+    token = _token()
+    hint = (
+        "give the HOST:PORT that `ray start --head --port=PORT` listens on (6379 by default; not the dashboard's "
+        "8265 or Ray Client's 10001)"
+    )
+    channel = grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=PROBE_SECONDS)
+        except grpc.FutureTimeoutError:
+            raise ConfigError(
+                "ray_address",
+                f"{address}: something listens there, but it is not a Ray cluster (no gRPC answer within "
+                f"{PROBE_SECONDS:g} s); {hint}",
+            ) from None
+        try:
+            metadata = (("authorization", f"Bearer {token}"),) if token else ()
+            channel.unary_unary(_GCS_CALL)(b"", timeout=PROBE_SECONDS, metadata=metadata)
+        except grpc.RpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                raise ConfigError("ray_address", f"{address}: {_auth_problem(bool(token))}") from None
+            why = "it does not know Ray's calls" if code == grpc.StatusCode.UNIMPLEMENTED else code.name.lower()
+            raise ConfigError(
+                "ray_address", f"{address}: a server answers there, but not as a Ray cluster ({why}); {hint}"
+            ) from None
+    finally:
+        channel.close()
+
+
+def _auth_problem(has_token: bool) -> str:
+    if has_token:
+        return (
+            "the Ray cluster there refuses this machine's authentication token ($RAY_AUTH_TOKEN or "
+            "~/.ray/auth_token): copy ~/.ray/auth_token from its head node"
+        )
+    return "the Ray cluster there asks for its authentication token: copy ~/.ray/auth_token from its head node"
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Ray's C++ client writes its warnings to file descriptor 2: none of them reach the terminal meanwhile."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def connect(run) -> Session:
     """Starts a local Ray instance (no ``--ray_address``) or joins a cluster, and checks what it offers.
+
+    Joining, the address is checked first (it answers, and as a Ray cluster: :func:`_speaks_ray`), so a
+    wrong one fails in seconds with one line. Starting Ray here, a watchdog process ends Ray's processes
+    when this process ends, killed or not (:mod:`lottery_tf.engine.ray_watchdog`).
 
     Args:
         run: :class:`lottery_tf.engine.config.RunConfig`.
 
     Raises:
-        ConfigError: For an unreachable address, GPUs asked where Ray sees none, or more CPUs per
-            training than any node has.
+        ConfigError: For an address that is not a reachable Ray cluster, GPUs asked where Ray sees none,
+            or more CPUs per training than any node has.
     """
     import logging
 
     import ray
 
     address = run.ray_address
+    resolved = _resolve(address) if address else ""
     if address:
-        _reachable(_resolve(address))
+        _reachable(resolved)
+        _speaks_ray(resolved)
     options = dict(
         include_dashboard=False,
         log_to_driver=False,  # each task's TensorFlow output stays in Ray's worker logs
         logging_level=logging.ERROR,
         runtime_env={"env_vars": dict(_WORKER_ENV)},
     )
+    before = set() if address else _own_children()
     try:
         # "local" always starts a new instance: with no address Ray would join the cluster `ray start` last
         # started on this machine, and hang if that one has stopped.
-        ray.init(address=address or "local", **options)
+        with _stderr_silenced() if address else contextlib.nullcontext():
+            ray.init(address=address or "local", **options)
     except (ConnectionError, RuntimeError) as error:
         cause = str(error).splitlines()[0]
         if "auth" in repr(error.__cause__ or error).lower():
-            cause = "the cluster asks for its authentication token: copy ~/.ray/auth_token from its head node"
+            cause = _auth_problem(_has_token())
         raise ConfigError(
             "ray_address",
             f"{address}: cannot join a Ray cluster there ({cause}); start one with `ray start --head`, "
             "or leave --ray_address out to start a local Ray instance",
         ) from None
+    watchdog = None if address else _start_watchdog(before)
     resources = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
-    session = Session(
-        started_here=not address,
-        cpus=float(resources.get("CPU", 0)),
-        gpus=float(resources.get("GPU", 0)),
-        slots=0,
-        nodes=nodes,
-    )
-    where = "this machine" if not address else f"the cluster at {address}"
+    where = f"the cluster at {resolved}" if address else "this machine"
+    session = Session(not address, float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), 0, nodes, where)
+    session.watchdog = watchdog
     try:
-        if run.gpus_per_training > 0 and session.gpus == 0:
-            raise ConfigError(
-                "gpus_per_training", f"{run.gpus_per_training:g} asked, but Ray sees no GPU on {where}; leave it at 0"
-            )
-        biggest = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-        if run.cpus_per_training > biggest:
-            raise ConfigError(
-                "cpus_per_training",
-                f"{run.cpus_per_training:g} asked, but the largest node of {where} has {biggest:g} CPUs",
-            )
+        session.slots = _slots(run, session)
     except ConfigError:
         session.close()
         raise
+    return session
+
+
+def _slots(run, session: Session) -> int:
+    """Trainings ``session`` can run at once with ``run``'s resources per training.
+
+    Raises:
+        ConfigError: GPUs asked where Ray sees none, more CPUs per training than any node has, or no node
+            with both the CPUs and the GPU share a training asks for.
+    """
+    where = session.where
+    if run.gpus_per_training > 0 and session.gpus == 0:
+        raise ConfigError(
+            "gpus_per_training", f"{run.gpus_per_training:g} asked, but Ray sees no GPU on {where}; leave it at 0"
+        )
+    biggest = max((n["Resources"].get("CPU", 0) for n in session.nodes), default=0)
+    if run.cpus_per_training > biggest:
+        what = "this machine has" if where == "this machine" else f"the largest node of {where} has"
+        raise ConfigError(
+            "cpus_per_training", f"{run.cpus_per_training:g} asked, but {what} {biggest:g} CPUs (Ray's count)"
+        )
     per_node = []
-    for n in nodes:
+    for n in session.nodes:
         cpu_slots = int(n["Resources"].get("CPU", 0) // run.cpus_per_training)
         if run.gpus_per_training > 0:
             cpu_slots = min(cpu_slots, int(round(n["Resources"].get("GPU", 0) / run.gpus_per_training, 6)))
         per_node.append(cpu_slots)
-    session.slots = max(1, sum(per_node))
+    if not sum(per_node):
+        raise ConfigError(
+            "cpus_per_training",
+            f"{run.cpus_per_training:g} CPUs and {run.gpus_per_training:g} GPU asked, but no node of {where} has "
+            "both; lower either",
+        )
+    return sum(per_node)
+
+
+def _this_machine() -> tuple[float, float]:
+    """(CPUs, GPUs) a local Ray instance would offer here, as Ray counts them (cgroups, CUDA_VISIBLE_DEVICES)."""
+    try:
+        from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+        spec = ResourceAndLabelSpec().resolve(is_head=True, node_ip_address="127.0.0.1")
+        return float(spec.num_cpus), float(spec.num_gpus or 0)
+    except Exception:  # noqa: BLE001  (another Ray version: the CPUs this process may use, the NVIDIA devices)
+        import glob
+
+        return float(len(os.sched_getaffinity(0))), float(len(glob.glob("/dev/nvidia[0-9]*")))
+
+
+def check_for_dry_run(run) -> Session:
+    """The checks of :func:`connect` without a study, for ``--dry_run``; a closed session says what Ray offers.
+
+    With ``--ray_address`` it joins the cluster to read its resources and leaves; without, it reads this
+    machine's as a local Ray instance would count them, and starts nothing.
+
+    Raises:
+        ConfigError: As :func:`connect`.
+    """
+    if run.ray_address:
+        session = connect(run)
+        session.close()
+        return session
+    cpus, gpus = _this_machine()
+    nodes = [{"NodeID": "", "Resources": {"CPU": cpus, "GPU": gpus}}]
+    session = Session(True, cpus, gpus, 0, nodes, "this machine")
+    session.slots = _slots(run, session)
     return session
+
+
+def describe_slots(session: Session, run) -> str:
+    """What the study would get: Ray's resources and the trainings at once (printed by ``--dry_run``)."""
+    gpu = f", {run.gpus_per_training:g} GPU" if run.gpus_per_training else ""
+    return (
+        f"ray: {session.where} offers {session.cpus:g} CPUs, {session.gpus:g} GPUs"
+        f"{f' on {len(session.nodes)} nodes' if len(session.nodes) > 1 else ''}: {session.slots} training(s) at once "
+        f"({run.cpus_per_training:g} CPU{gpu} each)"
+    )
+
+
+def estimate(nodes, session: Session, run) -> str:
+    """Whether the local executor would be faster, by the study graph's numbers ('' unless Ray runs on one node).
+
+    Counts training steps only, as ``--dry_run``'s ideal speed-ups do, plus Ray's start
+    (:data:`RAY_INIT_SECONDS` where it starts an instance, :data:`WORKER_START_SECONDS`): the local executor
+    runs the trainings one after another; Ray runs ``session.slots`` at once, longest path first
+    (:func:`lottery_tf.engine.study.makespan`). A step's cost is not known before training, so the line gives
+    the break-even (the local run time above which Ray's start pays for itself, every training as fast as
+    alone) and the slowdown of trainings side by side at which Ray loses whatever the run time.
+    """
+    total = sum(n.steps for n in nodes)
+    if len(session.nodes) != 1 or not total:
+        return ""
+    span = study.makespan(nodes, session.slots)
+    head = "estimate (training steps only, not measured): "
+    seconds = WORKER_START_SECONDS + (RAY_INIT_SECONDS if session.started_here else 0)
+    start = f"Ray takes about {seconds:g} s more to start"
+    if span >= total:
+        return (
+            f"{head}the local executor would be faster: with {session.slots} training(s) at once this graph's "
+            f"{total:,} steps take as long on Ray as one after another, and {start}; use --executor=local"
+        )
+    per_step = seconds / (total - span)  # the local seconds per step at which Ray breaks even
+    speedup = total / span
+    if run.gpus_per_training:
+        slower = f"trainings sharing a GPU ({run.gpus_per_training:g} each) slow each other by more than {speedup:.2f}x"
+    else:
+        slower = f"a training on {run.cpus_per_training:g} CPU runs over {speedup:.2f}x slower than one on all {session.cpus:g} CPUs"
+    return (
+        f"{head}{session.slots} trainings at once finish this graph's {total:,} steps in the time of {span:,} "
+        f"({speedup:.2f}x), but {start}: the local executor would be faster if it needs under "
+        f"{study.format_duration(total * per_step)} for the study (a step under {per_step * 1000:.0f} ms), "
+        f"or if {slower}"
+    )
 
 
 def _probe(folder: str, token: str) -> dict:
     """On a worker: write a probe file in the output folder for the driver to read."""
     host = socket.gethostname()
     if not os.path.isdir(folder):
-        return {"host": host, "path": None, "why": f"{folder} does not exist there"}
+        return {"host": host, "path": None, "why": f"{folder} does not exist on {host}", "unwritable": False}
     path = os.path.join(folder, f"{_PROBE_PREFIX}{token}_{uuid.uuid4().hex[:8]}")
     try:
         with open(path, "w") as handle:
             handle.write(token)
     except OSError as error:
-        return {"host": host, "path": None, "why": f"cannot write {path}: {error.strerror or error}"}
-    return {"host": host, "path": path, "why": ""}
+        return {"host": host, "path": None, "why": error.strerror or str(error), "unwritable": True}
+    return {"host": host, "path": path, "why": "", "unwritable": False}
 
 
 def check_shared_store(session: Session, folder: str) -> None:
     """Every node's workers must see the output folder: a worker on each node writes a file the driver reads.
 
     Raises:
-        ConfigError: Naming ``--output_dir`` and the node that does not share it.
+        ConfigError: Naming ``--output_dir`` and the node that does not share it or cannot write in it.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     folder = os.path.abspath(folder)
     created = not os.path.isdir(folder)
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise ConfigError("output_dir", f"cannot make {folder}: {error.strerror or error}") from None
     token = uuid.uuid4().hex
     probe = ray.remote(_probe)
     refs = [
@@ -223,7 +488,7 @@ def check_shared_store(session: Session, folder: str) -> None:
         ).remote(folder, token)
         for node in session.nodes
     ]
-    problem = None
+    problem = unwritable = None
     for result in ray.get(refs):
         path = result["path"]
         seen = False
@@ -234,13 +499,21 @@ def check_shared_store(session: Session, folder: str) -> None:
                 os.remove(path)
             except OSError:
                 seen = False
-        if not seen and problem is None:
+        if result["unwritable"] and unwritable is None:
+            unwritable = result
+        elif not seen and problem is None:
             why = result["why"] or f"a worker on {result['host']} wrote {path}, which this machine cannot read"
             problem = why
+    if (problem or unwritable) and created:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+    if unwritable:  # a read-only mount, or a user that may not write there
+        raise ConfigError(
+            "output_dir",
+            f"Ray's worker on {unwritable['host']} cannot write in {folder} ({unwritable['why']}): --output_dir "
+            "must be a folder every node can write, on a filesystem they all mount read-write at the same path",
+        )
     if problem:
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
         raise ConfigError(
             "output_dir",
             f"{folder} is not shared with Ray's workers ({problem}); on a cluster --output_dir must be a "
