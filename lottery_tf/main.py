@@ -495,13 +495,31 @@ _FLAG_LINE = re.compile(r"--?[A-Za-z_][A-Za-z0-9_.-]*(=.*)?", re.DOTALL)
 _QUOTES = "\"'"
 
 
+# A comment after a flag on its line: absl has no trailing comments, so it would be part of the value.
+_TRAILING_COMMENT = re.compile(r"\s(#|//)")
+
+
+def _trailing_comment(line: str) -> str | None:
+    """What is wrong with a flag line that ends in a comment (``--output_dir=/x # y``), or None."""
+    match = _TRAILING_COMMENT.search(line)
+    if match is None or not _FLAG_LINE.fullmatch(line[: match.start()].rstrip()):
+        return None
+    name, equals, _ = line[: match.start()].lstrip("-").partition("=")
+    after, part = (f"the value of --{name}", "the value") if equals else (f"--{name}", "the flag")
+    return (
+        f"a comment after {after} ({line[match.start() :].strip()[:40]!r}), which absl would read as part of "
+        f"{part}: put comments on their own lines"
+    )
+
+
 def flagfile_problem(path: str, seen=()) -> str | None:
     """What is wrong with a flagfile (and the flagfiles it includes), or None.
 
     absl reads flagfiles itself, line by line, each line one argument as
     written: a binary file, a byte-order mark, a line that is not a flag (a
     bare ``--`` ends the flags), a quoted value (absl keeps the quotes), an
-    indented comment or ``--flagfile=`` (absl reads neither as such) would
+    indented comment or ``--flagfile=`` (absl reads neither as such), a
+    comment after a value (absl keeps it in the value) would
     otherwise end in a traceback, an "unexpected arguments" that names no
     file, or a setting other than the one written; an empty file would silently
     run the defaults. Every problem names the file, and the line where there is one.
@@ -534,7 +552,13 @@ def flagfile_problem(path: str, seen=()) -> str | None:
         if line.startswith(tuple(spelling + "=" for spelling in _FLAGFILE_SPELLINGS)):
             if indented:
                 return f"{where}: an indented {line.split('=', 1)[0]}=, which absl does not read as a flagfile; remove the indent"
+            if problem := _trailing_comment(line):
+                return f"{where}: {problem}"
             nested = os.path.expanduser(line.split("=", 1)[1].strip())
+            if not nested:
+                return f"{where}: {line.split('=', 1)[0]}= names no file; give the path after the ="
+            if not os.path.isfile(nested) or not os.access(nested, os.R_OK):
+                return f"{nested!r} does not exist or is not readable (named on {where})"
             problem = flagfile_problem(nested, (*seen, os.path.abspath(path)))
             if problem:
                 return problem
@@ -542,6 +566,8 @@ def flagfile_problem(path: str, seen=()) -> str | None:
             continue
         if line.strip("-") == "":
             return f"{where}: a bare {line!r}, which ends the flags (absl would read every later line as an argument); remove it"
+        if problem := _trailing_comment(line):
+            return f"{where}: {problem}"
         if not _FLAG_LINE.fullmatch(line):
             return f"{where}: expected --flag=value, got {line[:60]!r}"
         name, _, value = line.lstrip("-").partition("=")

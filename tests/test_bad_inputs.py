@@ -83,6 +83,16 @@ def idx_folders(tmp_path_factory):
     negative = np.full((40, 28, 28), 0.5, np.float32)
     negative[0, 0, 0] = -5
     _write_float_idx(os.path.join(folders["negative_pixels"], "t10k-images-idx3-ubyte.gz"), negative)
+    for name in ("unit_pixels", "two_copies", "one_class"):
+        folder = str(root / name)
+        os.makedirs(folder)
+        written = write_idx_folder(folder, n_train=120, n_test=40)
+        folders[name] = folder
+    # Issue 30, item 5: pixels already scaled to 0..1; a plain copy beside the .gz that differs; one class only.
+    _write_float_idx(os.path.join(folders["unit_pixels"], "train-images-idx3-ubyte.gz"), np.full((120, 28, 28), 0.5))
+    idx.write_idx(os.path.join(folders["two_copies"], "t10k-labels-idx1-ubyte"), np.arange(40) % 7)
+    idx.write_idx(os.path.join(folders["one_class"], "train-labels-idx1-ubyte.gz"), np.full(120, 3))
+    assert not (written["t10k-labels-idx1-ubyte"] == np.arange(40) % 7).all()
     return folders
 
 
@@ -361,6 +371,33 @@ CASES_ROUND_4 = [
     (["--lvl=2", "--levels=abc"], "--lvl: unknown flag (did you mean --levels?)"),
     (["--flagfile=" + FF + "/unknown.flags", "--seed=-1"], "--lvl: unknown flag"),  # own: in a flagfile
     (["--nolevels"], "--nolevels: unknown flag"),  # own: "no" only negates a true/false flag
+    # Issue 30, item 5: IDX data the MNIST family does not hold.
+    (
+        [*MNIST_SMALL, "--data_dir={unit_pixels}"],
+        "train-images-idx3-ubyte.gz: the file holds 0..1 values (float32 pixels 0.5..0.5) where 0..255 is expected",
+    ),
+    (
+        [*MNIST_SMALL, "--data_dir={two_copies}"],
+        "--data_dir: {two_copies}/t10k-labels-idx1-ubyte and {two_copies}/t10k-labels-idx1-ubyte.gz are both there",
+    ),
+    ([*MNIST_SMALL, "--data_dir={one_class}"], "train-labels-idx1-ubyte.gz: the training labels hold one class only"),
+    # Issue 30, items 2 and 3: a comment after a value (absl keeps it in the value: the folder "/tmp/u/q # comment"),
+    # and an empty --flagfile= inside a flagfile, named with the file and line that hold them.
+    (
+        ["--flagfile=" + FF + "/trailing_comment.flags"],
+        "--flagfile: '" + FF + "/trailing_comment.flags' line 2: a comment after the value of --output_dir ('# runs')",
+    ),
+    (
+        ["--flagfile=" + FF + "/trailing_slashes.flags"],
+        "trailing_slashes.flags' line 1: a comment after the value of --levels ('// one level')",
+    ),
+    (["--flagfile=" + FF + "/trailing_bool.flags"], "trailing_bool.flags' line 2: a comment after --dry_run ('#x')"),
+    (["--flagfile=" + FF + "/empty_nested.flags"], "--flagfile: '" + FF + "/empty_nested.flags' line 2: --flagfile="),
+    (["--flagfile=" + FF + "/nested_comment.flags"], "nested_comment.flags' line 1: a comment after the value of"),
+    (
+        ["--flagfile=" + FF + "/nested.flags"],
+        "does not exist or is not readable (named on '" + FF + "/nested.flags' line 2)",
+    ),
 ]
 CASES = CASES + CASES_ROUND_4
 
@@ -399,6 +436,11 @@ def flagfiles(tmp_path_factory):
     (root / "indented_nested.flags").write_text(f"--levels=1\n  --flagfile={root / 'empty.flags'}\n")
     (root / "nested_single_dash.flags").write_text(f"--levels=1\n-flagfile={root / 'binary.flags'}\n")
     (root / "unknown.flags").write_text("--levels=1\n--lvl=2\n")
+    (root / "trailing_comment.flags").write_text(f"--levels=1\n--output_dir={root}/q # runs\n")
+    (root / "trailing_slashes.flags").write_text("--levels=1 // one level\n")
+    (root / "trailing_bool.flags").write_text("--levels=1\n--dry_run\t#x\n")
+    (root / "empty_nested.flags").write_text("--levels=1\n--flagfile=\n")
+    (root / "nested_comment.flags").write_text(f"--flagfile={root / 'empty.flags'}  # the defaults\n")
     return str(root)
 
 
@@ -408,7 +450,7 @@ def test_bad_input_is_one_line_and_leaves_finished_work_alone(
 ):
     monkeypatch.chdir(REPO)  # flagfiles are relative to the repository
     extra = [e.format(**idx_folders, flagfiles=flagfiles) for e in extra]
-    named = named.format(flagfiles=flagfiles)
+    named = named.format(**idx_folders, flagfiles=flagfiles)
     before = snapshot(finished)
     flags.FLAGS.unparse_flags()
     with pytest.raises(SystemExit) as exit_info:

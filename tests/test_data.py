@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 
 import numpy as np
 import pytest
@@ -62,6 +63,64 @@ def test_malformed_idx_files_named_in_errors(tmp_path):
     os.remove(tmp_path / "t10k-images-idx3-ubyte.gz")
     with pytest.raises(idx.IdxError, match=r"t10k-images-idx3-ubyte\[.gz\] not found"):
         idx.find_file(str(tmp_path), "t10k-images-idx3-ubyte")
+
+
+def _write_float_images(path, images):
+    array = np.ascontiguousarray(images, ">f4")
+    header = bytes([0, 0, 0x0D, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+
+
+def test_float_pixels_in_0_to_1_are_refused_and_0_to_255_read_as_uint8_pixels(tmp_path):
+    """Issue 30, item 5a: 0..1 floats were read as 0..255 pixels; training matched (standardization undoes the
+    scale) but the recorded preprocessing (mean 0.002 on a 0..255 scale) did not, so exports misread real pixels."""
+    written = write_idx_folder(str(tmp_path / "unit"), n_train=30, n_test=10)
+    _write_float_images(str(tmp_path / "unit" / "t10k-images-idx3-ubyte.gz"), written["t10k-images-idx3-ubyte"] / 255)
+    with pytest.raises(idx.IdxError) as info:
+        idx.load_folder(str(tmp_path / "unit"))
+    assert str(info.value) == (
+        f"{tmp_path / 'unit' / 't10k-images-idx3-ubyte.gz'}: the file holds 0..1 values (float32 pixels 0..1) where "
+        "0..255 is expected (MNIST-format images are 8-bit pixels): multiply by 255 and write them as 0..255"
+    )
+    _write_float_images(str(tmp_path / "unit" / "t10k-images-idx3-ubyte.gz"), written["t10k-images-idx3-ubyte"])
+    as_floats = get_splits(DataConfig(name="mnist", data_dir=str(tmp_path / "unit"), validation_examples=5))
+    write_idx_folder(str(tmp_path / "bytes"), n_train=30, n_test=10)
+    as_bytes = get_splits(DataConfig(name="mnist", data_dir=str(tmp_path / "bytes"), validation_examples=5))
+    np.testing.assert_allclose(as_floats.x_test, as_bytes.x_test, atol=1e-6)
+    assert as_floats.standardize == as_bytes.standardize
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_plain_and_a_gz_copy_must_hold_the_same_data(tmp_path, monkeypatch, same):
+    """Issue 30, item 5b: the plain file was read and a different .gz beside it ignored."""
+    folder = str(tmp_path / "data")
+    written = write_idx_folder(folder, n_train=30, n_test=10)
+    labels = written["train-labels-idx1-ubyte"] if same else (written["train-labels-idx1-ubyte"] + 1) % 10
+    idx.write_idx(os.path.join(folder, "train-labels-idx1-ubyte"), labels)
+    plain = os.path.join(folder, "train-labels-idx1-ubyte")
+    if same:
+        np.testing.assert_array_equal(idx.load_folder(folder)["train"][1], labels)
+        return
+    message = f"{plain} and {plain}.gz are both there and hold different data (the .gz file decompressed)"
+    with pytest.raises(idx.IdxError, match=f"^{re.escape(message)}"):
+        idx.load_folder(folder)
+    assert idx.has_idx_files(folder)  # found by the search, then refused by name (not skipped silently)
+    monkeypatch.setenv(mnist.SEARCH_ENV, folder)
+    with pytest.raises(DataUnavailableError, match=f"^{re.escape(message)}.*; fix or remove it, or pass --data_dir$"):
+        get_splits(DataConfig(name="mnist", validation_examples=5, tfds_data_dir=str(tmp_path / "tfds")))
+
+
+def test_training_labels_of_one_class_are_refused(tmp_path):
+    """Issue 30, item 5c: refused, not warned: a network trained on one class learns a constant output."""
+    write_idx_folder(str(tmp_path), n_train=30, n_test=10)
+    idx.write_idx(str(tmp_path / "train-labels-idx1-ubyte.gz"), np.full(30, 4))
+    one_class = r"train-labels-idx1-ubyte.gz: the training labels hold one class only \(all 30 are 4\)"
+    with pytest.raises(idx.IdxError, match=one_class):
+        idx.load_folder(str(tmp_path))
+    idx.write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), np.full(10, 4))  # a test split of one class is read
+    idx.write_idx(str(tmp_path / "train-labels-idx1-ubyte.gz"), np.arange(30) % 2)
+    assert idx.load_folder(str(tmp_path))["test"][1].tolist() == [4] * 10
 
 
 def test_explicit_data_dir_is_used_with_validation_split(tmp_path):

@@ -469,6 +469,63 @@ def test_the_report_draws_accuracy_and_size_per_structure(run, exported, dense_e
     assert cells[9] == f"{ticket['ticket.tflite']['bytes'] / dense['ticket.tflite']['bytes']:.2f}" and cells[-1] == "1"
 
 
+def test_the_report_after_a_keras_only_export_skips_the_figure_and_draws_what_litert_files_there_are(
+    run, exported, tmp_path, drawn
+):
+    """Issue 30, item 1: after ``export --formats=keras`` the report crashed drawing a figure with no rows."""
+    from lottery_tf.reports import cli as report_cli
+
+    root = tmp_path / "runs"
+    copy = str(root / os.path.basename(run))
+    shutil.copytree(run, copy, ignore=lambda folder, names: ["exports"] if folder == run else [])
+    command = [sys.executable, "-m", "lottery_tf.export", copy, "--level=1", "--formats=keras", "--latency_runs=5"]
+    result = launcher.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    command = [sys.executable, "-m", "lottery_tf.report", str(root), f"--out={tmp_path / 'report'}"]
+    result = launcher.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    notes = [l for l in result.stderr.splitlines() if l.startswith(("note:", "error:", "warning:"))]
+    assert notes == [
+        "note: deployment_vs_weights.png not drawn: no export of the main line's final weights holds a LiteRT file "
+        "(ticket.tflite; python -m lottery_tf.export writes one with --formats=litert, its default)"
+    ]
+    assert not os.path.exists(tmp_path / "report" / "deployment_vs_weights.png")
+    assert "deployment_table.md, deployment_table.csv, deployment_summary.md" in result.stdout
+    table = open(tmp_path / "report" / "deployment_table.md").read()
+    assert "| 1x4 blocks | main | 1 | 0 |" in table
+    summary = open(tmp_path / "report" / "deployment_summary.md").read()
+    assert summary.startswith("Nothing to summarize: no export of the main line's final weights holds a LiteRT file")
+
+    # Beside it a LiteRT export of level 2: the figure draws that one (the Keras-only export has no file to size).
+    out, record, _ = exported
+    level2 = os.path.join(copy, "exports", "replicate_0_level_02_main_final")
+    shutil.copytree(out, level2)
+    assert report_cli.main([str(root), "--out", str(tmp_path / "report2")]) == 0
+    accuracy, size = drawn["deployment_vs_weights.png"].axes
+    (bars,) = accuracy.containers
+    np.testing.assert_allclose(np.asarray(bars.lines[0].get_xdata(), float), [100 * record["density"]])
+    float_file = record["artifacts"]["ticket.tflite"]
+    np.testing.assert_allclose(
+        np.asarray(bars.lines[0].get_ydata(), float), [100 * float_file["without_default_delegates"]["accuracy"]]
+    )
+    lines = {l.get_label(): l for l in size.get_lines()}
+    assert sorted(lines) == ["1x4 blocks, float32", "1x4 blocks, int8"]
+    np.testing.assert_allclose(np.asarray(lines["1x4 blocks, float32"].get_ydata(), float), [float_file["bytes"] / 1e3])
+
+    # A float file the interpreter could not run: its size is drawn, no accuracy is (none was measured).
+    edited = json.load(open(os.path.join(level2, "export.json")))
+    for label in ("default_delegates", "without_default_delegates"):
+        edited["artifacts"]["ticket.tflite"][label] = {"error": "cannot prepare", "agrees_with_keras": False}
+    json.dump(edited, open(os.path.join(level2, "export.json"), "w"))
+    drawn.clear()
+    assert report_cli.main([str(root), "--out", str(tmp_path / "report3")]) == 0
+    accuracy, size = drawn["deployment_vs_weights.png"].axes
+    assert not accuracy.containers and accuracy.get_legend() is None
+    assert sorted(l.get_label() for l in size.get_lines()) == ["1x4 blocks, float32", "1x4 blocks, int8"]
+    row = next(l for l in open(tmp_path / "report3" / "deployment_table.md") if "| main | 2 |" in l)
+    assert "float: wrong under default delegates and without default delegates" in row
+
+
 # Issue 28, items 5 and 6: an unknown flag named before the missing --level, a latency bound, and an --out that
 # cannot be made named as --out (not an OS error about a temporary folder); one line, nothing written.
 @pytest.mark.parametrize(

@@ -177,14 +177,14 @@ def test_one_replicate_says_so_and_draws_no_error_bars(tmp_path, drawn):
         assert not any(c.has_yerr for c in ax.containers)
 
 
-def test_curves_plot_lines_and_missing_level_warning(two_replicates, tmp_path, drawn, capsys):
-    _, experiment = two_replicates
-    assert report_cli.main([experiment, "--out", str(tmp_path / "out"), "--curve_levels=0,1,11"]) == 0
+def test_curves_plot_lines(two_replicates, tmp_path, drawn, capsys):
+    _, experiment = two_replicates  # a level no run has is refused: test_missing_curve_levels_list_the_levels_...
+    assert report_cli.main([experiment, "--out", str(tmp_path / "out"), "--curve_levels=0,1"]) == 0
     (ax,) = drawn["curves_lottery_abc.png"].axes
     assert [l.get_label() for l in ax.get_lines()] == ["level 0: 100.0% of weights", "level 1: 80.0% of weights"]
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [10.0, 90.0, 89.0])
     assert "first evaluation, below" in ax.get_ylabel()  # the 10% start is off the axis, and it says so
-    assert "warning: --curve_levels: level(s) 11 not found" in capsys.readouterr().err
+    assert "--curve_levels" not in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -362,11 +362,19 @@ def test_an_early_stop_at_the_last_iteration_is_marked(one_replicate, tmp_path, 
     )
 
 
-def test_missing_curve_levels_list_the_levels_the_run_has(one_replicate, tmp_path, capsys):
+def test_missing_curve_levels_list_the_levels_the_run_has(one_replicate, two_replicates, tmp_path, capsys):
+    """A level one experiment lacks is left out of its plot with a warning; one that no run has is refused
+    (issue 30, item 4: it was accepted, and nothing drawn)."""
     root, experiment = one_replicate
-    assert report_cli.main([root, "--out", str(tmp_path / "out"), "--curve_levels=0,15"]) == 0
+    assert two_replicates[0] == root  # the root holds lottery_abc (levels 0-1) and lottery_one (levels 0-10)
+    assert report_cli.main([root, "--out", str(tmp_path / "out"), "--curve_levels=0,5"]) == 0
     err = capsys.readouterr().err
-    assert f"level(s) 15 not found in {experiment} (it has main levels 0-10)" in err
+    assert f"level(s) 5 not found in {two_replicates[1]} (it has main levels 0-1)" in err
+    assert report_cli.main([root, "--out", str(tmp_path / "out2"), "--curve_levels=0,15,99"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --curve_levels: no run read here has main level(s) 15, 99; the runs have main levels 0-10"
+    ]
+    assert not os.path.exists(tmp_path / "out2")
 
 
 @pytest.mark.slow
@@ -400,6 +408,13 @@ def test_no_figure_stays_open(one_replicate, tmp_path, monkeypatch):
         (["--out={tmp}/loop/report"], "--out: {tmp}/loop is a symbolic link that leads nowhere"),
         (["--out=/proc/report"], "--out: /proc is a proc filesystem that holds no files"),
         (["--out=~nosuchuser/report"], "--out: ~nosuchuser/report: there is no user 'nosuchuser'"),
+        # Issue 30, item 4: levels that are not levels, or that no run read has (the run has main levels 0-1).
+        (["--curve_levels=99"], "--curve_levels: no run read here has main level(s) 99; the runs have main levels 0-1"),
+        (["--curve_levels=-1"], "--curve_levels: expected levels >= 0 like 0,3,7 or 0-3,7 (level -1 is below 0), got"),
+        (["--curve_levels=abc"], "--curve_levels: expected levels >= 0 like 0,3,7 or 0-3,7 (not integers), got 'abc'"),
+        (["--curve_levels=1,2"], "--curve_levels: no run read here has main level(s) 2; the runs have main levels 0-1"),
+        (["--curve_levels=3-1"], "--curve_levels: expected levels >= 0 like 0,3,7 or 0-3,7 (range '3-1' is empty)"),
+        (["--curve_levels=1,1", "--no_plots"], "--curve_levels: expected levels >= 0 like 0,3,7 or 0-3,7 (level 1"),
     ],
 )
 def test_bad_report_input_is_one_line_and_writes_nothing(two_replicates, tmp_path, capsys, monkeypatch, extra, message):

@@ -3,6 +3,7 @@ checkpoints, a full disk. The resumed run must end with the same masks, weights
 and metrics as an uninterrupted one (--deterministic)."""
 
 import glob
+import hashlib
 import json
 import os
 import signal
@@ -171,6 +172,22 @@ def test_corrupted_checkpoint_is_reported_and_skipped(tmp_path, reference):
     assert warnings[0].endswith("; falling back to the previous one")
     assert "resuming from" in resumed.stdout and "ckpt-000000050.json" in resumed.stdout
     assert_same(results(out), reference)
+
+
+def test_a_checkpoint_of_the_recorded_size_whose_content_differs_says_so(tmp_path):
+    """Issue 30, item 6: "checksum mismatch (4270234 bytes, expected 4270234)" blamed the size."""
+    payload = b"0123456789" * 10
+    (tmp_path / "ckpt-000000050.npz").write_bytes(payload[:-1] + b"x")  # one byte changed, the size as recorded
+    record = {"step": 50, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+    (tmp_path / "ckpt-000000050.json").write_text(json.dumps(record))
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.read(str(tmp_path / "ckpt-000000050.json"))
+    assert str(info.value) == (
+        f"{tmp_path / 'ckpt-000000050.npz'}: checksum mismatch: the content differs (100 bytes, the size recorded)"
+    )
+    (tmp_path / "ckpt-000000050.npz").write_bytes(payload[:60])
+    with pytest.raises(checkpoint.CheckpointError, match=r"checksum mismatch \(60 bytes, expected 100\)$"):
+        checkpoint.read(str(tmp_path / "ckpt-000000050.json"))
 
 
 def test_full_disk_during_checkpoint(tmp_path, reference):

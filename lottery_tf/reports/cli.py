@@ -28,6 +28,7 @@ from lottery_tf.reports.tables import (
     write_tables,
 )
 from lottery_tf.store import output_folders
+from lottery_tf.store.reader import format_levels
 
 MAX_MATCHING_TOLERANCE = 100.0  # percentage points: above it every network is "matching"
 
@@ -54,8 +55,15 @@ def main(argv=None) -> int:
     args.paths = [os.path.expanduser(p) for p in args.paths]
     try:
         levels = parse_levels(args.curve_levels) if args.curve_levels else ()
+        if levels and levels[0] < 0:
+            raise ValueError(f"level {levels[0]} is below 0")
     except ValueError as error:
-        print(f"error: --curve_levels: {error}", file=sys.stderr)
+        if "invalid literal" in str(error):
+            error = "not integers"
+        print(
+            f"error: --curve_levels: expected levels >= 0 like 0,3,7 or 0-3,7 ({error}), got {args.curve_levels!r}",
+            file=sys.stderr,
+        )
         return 2
     tolerance = args.matching_tolerance
     if tolerance is not None and not (math.isfinite(tolerance) and 0 <= tolerance <= MAX_MATCHING_TOLERANCE):
@@ -73,6 +81,7 @@ def main(argv=None) -> int:
         return 2
     try:
         entries = aggregate(args.paths)
+        _check_curve_levels(levels, entries)
         write_tables(args.out, entries)
         if not args.no_plots:
             # With the baselines' 20-odd folders one panel would be unreadable: they get their own figure.
@@ -103,6 +112,21 @@ def main(argv=None) -> int:
         print(f"analyses: {', '.join(analysis_files)}")
     print(f"wrote tables{'' if args.no_plots else ' and plots'} to {args.out}")
     return 0
+
+
+def _check_curve_levels(levels, entries) -> None:
+    """Levels no experiment read has main-line results for cannot be drawn (one an experiment lacks is warned of).
+
+    Raises:
+        ReportError: Naming ``--curve_levels``, the levels no run has and the levels the runs have.
+    """
+    have = {e["level"] for e in entries if e["branch"] == "main"}
+    missing = sorted(set(levels) - have)
+    if missing:
+        raise ReportError(
+            f"--curve_levels: no run read here has main level(s) {', '.join(map(str, missing))}; the runs have "
+            f"main levels {format_levels(have) if have else 'none'}"
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -47,7 +48,9 @@ def _structure(record) -> str:
 
 
 def _litert(record, name="ticket.tflite"):
-    return record["artifacts"].get(name)
+    """The LiteRT file's entry, or None where the export has none (e.g. ``--formats=keras``) or did not write it."""
+    entry = record["artifacts"].get(name)
+    return entry if entry is not None and "bytes" in entry else None
 
 
 def _accuracy(entry, label="without_default_delegates"):
@@ -196,8 +199,17 @@ def by_structure(table) -> dict:
     return out
 
 
+# Said where an experiment's exports hold nothing the summary and the figure draw.
+NOTHING_TO_DRAW = (
+    "no export of the main line's final weights holds a LiteRT file (ticket.tflite; python -m lottery_tf.export "
+    "writes one with --formats=litert, its default)"
+)
+
+
 def format_summary(series) -> str:
     """Per model, structure and level: the mean (± std) over replicates, sizes against the dense export."""
+    if not series:
+        return f"Nothing to summarize: {NOTHING_TO_DRAW}. deployment_table.md lists every export.\n"
     lines = [
         "| model | structure | level | weights % | run test acc % | .tflite acc % | int8 acc % | .tflite bytes "
         "| gzip bytes | size / dense | bytes per kept weight | int8 bytes | int8 size / dense int8 | replicates |",
@@ -242,16 +254,19 @@ def plot_deployment(series, path) -> None:
         accuracy, size = axes[row]
         for structure, points in sorted(mine.items()):
             x = [100 * p["density_mean"] for p in points]
-            spread = [100 * (p["tflite_accuracy_std"] or 0.0) for p in points]
-            accuracy.errorbar(
-                x,
-                [100 * p["tflite_accuracy_mean"] for p in points],
-                yerr=spread if any(spread) else None,
-                marker="o",
-                markersize=4,
-                capsize=3,
-                label=structure,
-            )
+            # A file the interpreter could not run has no accuracy: its size is drawn, its accuracy is not.
+            scored = [p for p in points if p["tflite_accuracy_mean"] is not None]
+            spread = [100 * (p["tflite_accuracy_std"] or 0.0) for p in scored]
+            if scored:
+                accuracy.errorbar(
+                    [100 * p["density_mean"] for p in scored],
+                    [100 * p["tflite_accuracy_mean"] for p in scored],
+                    yerr=spread if any(spread) else None,
+                    marker="o",
+                    markersize=4,
+                    capsize=3,
+                    label=structure,
+                )
             line = size.plot(
                 x,
                 [p["tflite_bytes_mean"] / 1e3 for p in points],
@@ -272,7 +287,8 @@ def plot_deployment(series, path) -> None:
         axis_series = {s: [{"density_mean": p["density_mean"]} for p in ps] for s, ps in mine.items()}
         for ax in (accuracy, size):
             plotting.weights_axis(ax, axis_series)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
         replicates = max(p["replicates"] for ps in mine.values() for p in ps)
         spread_words = "one replicate" if replicates == 1 else f"mean ± std over {replicates} replicates"
         accuracy.set_ylabel(".tflite test accuracy (%)")
@@ -285,7 +301,11 @@ def plot_deployment(series, path) -> None:
 
 
 def write_report(experiment_folders, out: str, plots: bool = True) -> list[str]:
-    """Writes the deployment table (and its figure) if any experiment has exports. Returns the files written."""
+    """Writes the deployment table (and its figure) if any experiment has exports. Returns the files written.
+
+    The figure draws the LiteRT files of the main line's final weights; where no export has one (only
+    ``--formats=keras``, say), it is not drawn, and a ``note:`` line on stderr says why.
+    """
     records = exports(experiment_folders)
     if not records:
         return []
@@ -295,7 +315,9 @@ def write_report(experiment_folders, out: str, plots: bool = True) -> list[str]:
     series = by_structure(table)  # the summary and the figure draw the same means
     atomic.write_text(os.path.join(out, "deployment_summary.md"), format_summary(series))
     written = ["deployment_table.md", "deployment_table.csv", "deployment_summary.md"]
-    if plots:
+    if plots and series:
         plot_deployment(series, os.path.join(out, "deployment_vs_weights.png"))
         written.append("deployment_vs_weights.png")
+    elif plots:
+        print(f"note: deployment_vs_weights.png not drawn: {NOTHING_TO_DRAW}", file=sys.stderr)
     return written

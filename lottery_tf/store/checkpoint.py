@@ -137,7 +137,11 @@ def read(meta_path: str) -> Checkpoint:
     except OSError as error:
         raise CheckpointError(f"{npz_path}: unreadable ({error.strerror})") from None
     if hashlib.sha256(payload).hexdigest() != expected:
-        raise CheckpointError(f"{npz_path}: checksum mismatch ({len(payload)} bytes, expected {meta.get('bytes')})")
+        size, recorded = len(payload), meta.get("bytes")
+        if recorded not in (None, size):
+            raise CheckpointError(f"{npz_path}: checksum mismatch ({size} bytes, expected {recorded})")
+        same = ", the size recorded" if recorded == size else ""  # the size is right: the content is not
+        raise CheckpointError(f"{npz_path}: checksum mismatch: the content differs ({size} bytes{same})")
     with np.load(io.BytesIO(payload)) as data:
         model = {k[len("model/") :]: data[k] for k in data.files if k.startswith("model/")}
         optimizer = [data[k] for k in sorted(k for k in data.files if k.startswith("optimizer/"))]

@@ -23,14 +23,33 @@ class IdxError(ValueError):
 def find_file(folder: str, stem: str) -> str:
     """The path of ``stem`` or ``stem.gz`` in ``folder``.
 
+    Where both are there, they must hold the same bytes (the ``.gz`` file
+    decompressed): otherwise which one is the data is not known, and the plain
+    file would be read silently.
+
     Raises:
-        IdxError: If neither exists.
+        IdxError: If neither exists, or both do and differ.
     """
-    for name in (stem, stem + ".gz"):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path
-    raise IdxError(f"{os.path.join(folder, stem)}[.gz] not found")
+    plain, packed = (os.path.join(folder, name) for name in (stem, stem + ".gz"))
+    found = [path for path in (plain, packed) if os.path.isfile(path)]
+    if not found:
+        raise IdxError(f"{plain}[.gz] not found")
+    if len(found) == 2 and _raw_bytes(plain) != _raw_bytes(packed):
+        raise IdxError(
+            f"{plain} and {packed} are both there and hold different data (the .gz file decompressed): "
+            "keep the one that is the data and remove the other"
+        )
+    return found[0]
+
+
+def _raw_bytes(path: str) -> bytes:
+    """A file's bytes, decompressed if its name ends in .gz."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            return handle.read()
+    except (OSError, EOFError) as error:
+        raise IdxError(f"cannot read IDX file {path}: {error}") from None
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -39,12 +58,7 @@ def read_idx(path: str) -> np.ndarray:
     Raises:
         IdxError: If the file cannot be read or its header does not match its size.
     """
-    opener = gzip.open if path.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            data = handle.read()
-    except (OSError, EOFError) as error:
-        raise IdxError(f"cannot read IDX file {path}: {error}") from None
+    data = _raw_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise IdxError(f"{path} is not an IDX file (bad magic number)")
     ndim = data[3]
@@ -60,14 +74,12 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def has_idx_files(folder: str) -> bool:
-    """Whether ``folder`` holds all four MNIST-format files."""
-    try:
-        for images, labels in SPLITS.values():
-            find_file(folder, images)
-            find_file(folder, labels)
-    except IdxError:
-        return False
-    return True
+    """Whether ``folder`` holds all four MNIST-format files (whether they are sound is :func:`load_folder`'s to say)."""
+    return all(
+        any(os.path.isfile(os.path.join(folder, stem + suffix)) for suffix in ("", ".gz"))
+        for stems in SPLITS.values()
+        for stem in stems
+    )
 
 
 def load_folder(
@@ -110,6 +122,17 @@ def load_folder(
                 f"{images_path}: pixel values {images.min():g}..{images.max():g} are outside 0..255 ({images.dtype.name} "
                 "IDX data); MNIST-format images are 8-bit pixels: convert the file to values 0..255"
             )
+        if np.issubdtype(images.dtype, np.floating) and images.size and images.max() <= 1.0:
+            # Pixels scaled to 0..1 already. The loader divides by 255 again; standardizing with the training
+            # set's own mean and std undoes that for training (checked: the same inputs to 2e-7), but the recorded
+            # preprocessing (scale 1/255, mean 0.002) makes an exported model declare 0..255 inputs and expect
+            # 0..1 ones, and a split in the other scale would be off 255-fold. Refused rather than rescaled:
+            # which scale a float file means cannot be told from its values alone (0/1 pixels are both).
+            raise IdxError(
+                f"{images_path}: the file holds 0..1 values ({images.dtype.name} pixels {images.min():g}.."
+                f"{images.max():g}) where 0..255 is expected (MNIST-format images are 8-bit pixels): multiply by 255 "
+                "and write them as 0..255"
+            )
         if np.issubdtype(labels.dtype, np.floating):
             if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
                 raise IdxError(
@@ -119,6 +142,13 @@ def load_folder(
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
             raise IdxError(
                 f"{labels_path}: label values {int(labels.min())}..{int(labels.max())} are outside 0..{classes - 1}"
+            )
+        if split == "train" and labels.size and np.all(labels == labels[0]):
+            # Refused, not warned: a network trained on one class learns a constant, and every level of the
+            # study would measure that; no lottery-ticket experiment means it.
+            raise IdxError(
+                f"{labels_path}: the training labels hold one class only (all {len(labels)} are {int(labels[0])}); "
+                "a classifier needs examples of at least two classes"
             )
         out[split] = (images, labels.astype(np.int64))
         paths[split] = images_path
