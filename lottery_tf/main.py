@@ -210,6 +210,11 @@ def _sweep(config) -> list:
     return [dataclasses.replace(config, pruning=dataclasses.replace(config.pruning, rewind_step=k)) for k in steps]
 
 
+def configs_from_flags() -> list:
+    """The configs the parsed flags run: one, or one per ``--sweep_rewind_steps`` step (for tools that plan studies)."""
+    return _sweep(config_from_flags())
+
+
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)

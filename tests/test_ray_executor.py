@@ -7,6 +7,7 @@ Ray instance (or a cluster started with ``ray start --head``) on this machine.
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -118,6 +119,30 @@ def test_graph_size_and_ideal_speedups_of_a_small_graph():
     assert "5 trainings" not in study.format_size(graph) and "critical path 150 steps" in study.format_size(graph)
 
 
+def test_the_schedule_keeps_the_longest_path_first_and_never_hands_out_more_than_its_slots():
+    """Four short branches ready with the main line's next level: the level starts first, and only one branch
+    beside it; handing all five to Ray at once would run them in submission order as slots free."""
+    main = [
+        study.Training(0, 0, f"main/level_0{level}", level, 10, ((f"0/0/main/level_0{level - 1}",) if level else ()))
+        for level in range(4)
+    ]
+    branches = [study.Training(0, 0, f"level_01/b{i}", 1, 5, ("0/0/main/level_00",)) for i in range(4)]
+    nodes = main + branches
+    schedule = study.Schedule(nodes, slots=2)
+    assert [n.key for n in schedule.start()] == ["main/level_00"]
+    schedule.finish("0/0/main/level_00")
+    assert [n.key for n in schedule.start()] == ["main/level_01", "level_01/b0"]
+    assert schedule.start() == [] and len(schedule.running) == 2 and schedule.queued == 5
+    schedule.finish("0/0/level_01/b0")
+    assert [n.key for n in schedule.start()] == ["level_01/b1"]
+    schedule.finish("0/0/main/level_01")
+    assert [n.key for n in schedule.start()] == ["main/level_02"]  # the chain, not the branches waiting longer
+    # The dry run's makespan is this schedule's: the chain (40 steps) bounds it with two slots.
+    assert study.makespan(nodes, 2) == 40 and study.makespan(nodes, 1) == 60
+    with pytest.raises(ValueError, match="slots must be at least 1"):
+        study.Schedule(nodes, 0)
+
+
 def test_dry_run_prints_the_graph_size_for_either_executor():
     local = cli("--flagfile=flags/smoke.flags", "--dry_run")
     assert local.returncode == 0, local.stderr
@@ -142,7 +167,8 @@ def local_and_ray(tmp_path_factory):
     # Each worker process waits at its first checkpoint until the test has killed the one training main level 0
     # in the middle of its training (and then releases them all).
     release = root / "release"
-    env = {**ENV, "LOTTERY_TF_CRASH_AT": f"after_checkpoint:1:wait={release}"}
+    # A status block every second: the trainings held at their first checkpoint show their step meanwhile.
+    env = {**ENV, "LOTTERY_TF_CRASH_AT": f"after_checkpoint:1:wait={release}", "LOTTERY_TF_STATUS_SECONDS": "1"}
     # A fresh interpreter (not tests/launcher.py's fork): the driver's silence without TF_CPP_MIN_LOG_LEVEL is checked.
     process = subprocess.Popen(
         [sys.executable, "-m", "lottery_tf.main", *STUDY, f"--output_dir={out}", "--executor=ray"],
@@ -185,8 +211,21 @@ def test_ray_study_is_bit_identical_to_local_after_a_killed_worker(local_and_ray
     different = [name for name in local_files if local_files[name] != ray_files[name]]
     assert not different, different[:5]
     # The killed training was retried and resumed from its checkpoint; one line per finished node.
-    lines = [line for line in stdout.splitlines() if line.startswith("[")]
+    lines = [line for line in stdout.splitlines() if re.match(r"\[\d+/\d+ done, .*\] replicate ", line)]
     assert len(lines) == 11, stdout
+    # The dead worker is named by its training, once, and Ray's own lines about it are not shown.
+    retries = [line for line in stdout.splitlines() if line.startswith("[retry] ")]
+    assert len(retries) == 1 and retries[0].startswith("[retry] replicate 0 main/level_00: its worker (pid "), stdout
+    assert "Ray started attempt 2 of 4" in retries[0]
+    assert "A worker died or was killed" not in stdout and "retries remaining" not in stdout
+    # While trainings ran: status blocks with each running training's step and rate, from its log.
+    status = [
+        line for line in stdout.splitlines() if re.match(r"  replicate 0 \S+: step \d+/200, \d+ steps/s on ", line)
+    ]
+    assert any(line.startswith("  replicate 0 main/level_00: step 50/200, ") for line in status), stdout
+    (log,) = glob.glob(str(root / "ray" / "lottery_*" / "replicate_0" / "logs" / "main" / "level_00.log"))
+    headers = [line for line in open(log).read().splitlines() if line.startswith("== attempt ")]
+    assert [h.split()[2] for h in headers] == ["1", "2"] and f"pid {killed} " in headers[0], headers
     assert any("main/level_00: resumed from a checkpoint, trained in" in line for line in lines), lines
     assert lines[-1].startswith("[11/11 done, 0 running, 0 waiting]")
     assert "ETA" in lines[0] and "ray: 11 tasks done in" in stdout

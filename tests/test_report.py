@@ -134,7 +134,7 @@ def test_unreadable_metrics_named(two_replicates, tmp_path, capsys):
     with open(bad, "w") as handle:
         handle.write("{trunc")
     assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 2
-    assert f"cannot read {bad}" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"error: {bad}: is unreadable")  # the health check's line
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

@@ -213,4 +213,4 @@ def test_a_truncated_or_incomplete_result_is_one_line_naming_it(study, tmp_path,
         handle.write(damage)
     assert report_cli.main([root, "--out", str(tmp_path / "out")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {path} is ") and "recomputes it" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: is ") and "recomputes it" in lines[0]

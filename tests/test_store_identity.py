@@ -202,10 +202,43 @@ DAMAGE = {
         store.RETRAIN,
         "level_01/reinit/metrics.json: holds NaN or infinity in its test accuracy curves",
     ),
+    "lock_is_a_folder": (
+        lambda a, b: os.makedirs(os.path.join(a, "replicate_0", ".locks", "main.lock", "inside")),
+        store.REFUSE,
+        ".locks/main.lock: is a folder, not a lock file",
+    ),
     "leftover_temporary_file": (
         lambda a, b: open(os.path.join(_level(a, 1), ".tmp-abc123"), "w").close(),
         store.NOTE,
         ".tmp-abc123: is a leftover temporary file",
+    ),
+    # A branch's trained weights swapped with the main line's: only the export reads them, and it refuses.
+    "branch_final_weights_swapped": (
+        lambda a, b: _swap(
+            os.path.join(_level(a, 1, "reinit"), "final_weights.npz"), os.path.join(_level(a, 1), "final_weights.npz")
+        ),
+        store.REBUILD_WHEN_NEEDED,
+        "final_weights.npz: does not hold what metrics.json recorded",
+    ),
+    # Seals removed by hand: a replicate whose records are all sealed when written has no unsealed one.
+    "seal_removed_after_an_edit": (
+        lambda a, b: _edit_json(
+            os.path.join(_level(a, 2), "metrics.json"),
+            lambda r: [r.update(final_test_accuracy=0.99), r.pop("record_sha256")],
+        ),
+        store.RETRAIN,
+        "level_02/main/metrics.json: has no record_sha256, but every record of this replicate is sealed",
+    ),
+    "level_from_B_stripped_of_its_record_keys": (
+        lambda a, b: [
+            _copy_folder(_level(b, 1), _level(a, 1)),
+            _edit_json(
+                os.path.join(_level(a, 1), "metrics.json"),
+                lambda r: [r.pop(k) for k in ("belongs_to", "files_sha256", "record_sha256", "next_masks_sha256")],
+            ),
+        ],
+        store.RETRAIN,
+        "level_01/main/metrics.json: has no record_sha256",
     ),
     # Finished files changed after the fact (item 3): named, and rebuilt or trained again.
     "final_weights_1_2_swapped": (
@@ -282,7 +315,7 @@ def test_one_verdict_for_every_damage(studies, tmp_path, capfd, monkeypatch, kin
     if action == store.REBUILD_WHEN_NEEDED:  # nothing this command runs needs them: still named, still not used
         assert after == said_by_health, report
         with pytest.raises(ticket.TicketError, match="final_weights.npz: does not hold what metrics.json recorded"):
-            ticket.load_ticket(a, level=2)
+            ticket.load_ticket(a, level=found[0].level, branch=found[0].folder)
         return
     assert "DAMAGED" not in report and code == 0, report  # repaired as the line said
 
@@ -446,7 +479,7 @@ def rewind_studies(tmp_path_factory):
     return found
 
 
-@pytest.mark.parametrize("what", ["state_and_record", "state_alone"])
+@pytest.mark.parametrize("what", ["state_and_record", "state_alone", "renamed_to_another_step"])
 def test_a_replayed_state_from_another_experiment(rewind_studies, tmp_path, capfd, monkeypatch, what):
     """With its record, it is refused by name; alone, it no longer holds what its record says and is replayed."""
     monkeypatch.chdir(REPO)
@@ -455,6 +488,18 @@ def test_a_replayed_state_from_another_experiment(rewind_studies, tmp_path, capf
     shutil.copytree(rewind_studies["A"], a)
     cache = os.path.join(a, "replicate_0", "rewind_points", "step_50.npz")
     original = store.records.content_sha256(cache)
+    if what == "renamed_to_another_step":  # the step-50 state named as step 100's, asked for by the next command
+        for name in ("step_50.npz", "step_50.json", "step_50_optimizer.npz", "step_50_optimizer.json"):
+            os.replace(
+                os.path.join(os.path.dirname(cache), name),
+                os.path.join(os.path.dirname(cache), name.replace("50", "100")),
+            )
+        code, lines, report = _health(root, capfd)
+        line = f"{os.path.dirname(cache)}/step_100.json: is the record of the state at step 50, replicate 0"
+        assert code == 1 and any(x.startswith(line) for x in lines), report
+        exit_code, said, captured = _runner(root, capfd, [*REWIND_A, "--branch_rewind_step=100"])
+        assert exit_code == 2 and captured.err.startswith(f"error: {line}"), captured.err[-1500:]
+        return
     names = ("step_50.npz", "step_50.json") if what == "state_and_record" else ("step_50.npz",)
     for name in names:
         shutil.copy(os.path.join(rewind_studies["B"], "replicate_0", "rewind_points", name), os.path.dirname(cache))
@@ -464,7 +509,8 @@ def test_a_replayed_state_from_another_experiment(rewind_studies, tmp_path, capf
     flags_ = [*REWIND_A, "--levels=2", "--branch_levels=1,2"]  # level 2's rewind branch needs the state
     exit_code, said, captured = _runner(root, capfd, flags_)
     if what == "state_and_record":
-        line = f"{cache[: -len('.npz')]}.json: is the record of replicate 0, experiment {os.path.basename(rewind_studies['B'])[8:]}"
+        experiment_b = os.path.basename(rewind_studies["B"])[len("lottery_") :]
+        line = f"{cache[: -len('.npz')]}.json: is the record of the state at step 50, replicate 0, experiment {experiment_b}"
         assert any(x.startswith(line) for x in lines), report
         assert exit_code == 2 and captured.err.startswith(f"error: {line}"), captured.err[-1500:]
         assert snapshot(root) == before
@@ -473,3 +519,47 @@ def test_a_replayed_state_from_another_experiment(rewind_studies, tmp_path, capf
     assert exit_code == 0 and lines <= said, captured.err[-1500:]
     assert store.records.content_sha256(cache) == original  # replayed: the dense run's own step 50 again
     assert _health(root, capfd)[0] == 0
+
+
+def test_a_replayed_state_copied_over_the_rewind_point(rewind_studies, tmp_path, capfd, monkeypatch):
+    """step_50's state and record put in place of the rewind point (step 0): named; the export refuses it;
+    the runner replays the rewind point, checks it against what the main line trained from, and goes on."""
+    monkeypatch.chdir(REPO)
+    root = str(tmp_path / "runs")
+    a = os.path.join(root, os.path.basename(rewind_studies["A"]))
+    shutil.copytree(rewind_studies["A"], a)
+    replicate = os.path.join(a, "replicate_0")
+    point = os.path.join(replicate, "rewind_point.npz")
+    original = store.records.content_sha256(point)
+    for suffix in (".npz", ".json"):
+        shutil.copy(os.path.join(replicate, "rewind_points", f"step_50{suffix}"), point[: -len(".npz")] + suffix)
+    code, lines, report = _health(root, capfd)
+    line = f"{point}: does not hold what the main line's levels recorded they trained from"
+    assert code == 1 and any(x.startswith(line) for x in lines), report
+    with pytest.raises(ticket.TicketError, match="rewind_point.npz: does not hold"):
+        ticket.load_ticket(a, level=1, weights="rewind")
+    exit_code, said, captured = _runner(root, capfd, [*REWIND_A, "--levels=2"])
+    assert exit_code == 0 and lines <= said, captured.err[-1500:]
+    assert store.records.content_sha256(point) == original
+    assert _health(root, capfd)[0] == 0
+
+
+@pytest.mark.parametrize("kind", ["level_01_main_from_B", "metrics_numbers_edited", "reinit_curves_nan"])
+def test_the_report_gives_the_same_verdict_on_what_it_reads(studies, tmp_path, capfd, kind):
+    """A record the report would read, damaged, edited or another experiment's, is refused with the health
+    check's line, and nothing is written."""
+    from lottery_tf.reports import cli as report_cli
+
+    root = str(tmp_path / "runs")
+    a = os.path.join(root, os.path.basename(studies["A"]))
+    shutil.copytree(studies["A"], a)
+    damage, action, named = DAMAGE[kind]
+    damage(a, studies["B"])
+    named = named.format(B=os.path.basename(studies["B"])[len("lottery_") :])
+    code, lines, report = _health(root, capfd)
+    out = str(tmp_path / "report")
+    assert report_cli.main([root, f"--out={out}", "--no_plots"]) == 2
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    assert err[0][len("error: ") :] in lines, (err, report)
+    assert not os.path.exists(out)

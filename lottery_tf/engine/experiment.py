@@ -103,7 +103,7 @@ def run_main_line(ctx: Context, last: int | None = None) -> bool:
             repair.record_rewind_point(ctx, state)
             if imp.optimizer_point is not None:
                 states.save_optimizer(imp.optimizer_point, optimizer_path)
-                record_cache(ctx, optimizer_path)
+                record_cache(ctx, optimizer_path, p.rewind_step)
 
         imp = PruneRewindCallback(
             pruning_spec(config),

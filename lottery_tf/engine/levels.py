@@ -55,6 +55,7 @@ class Context:
     folder: str  # the replicate's folder
     strategy: object = None  # tf.distribute.Strategy; None = the default one
     data_fingerprint: str | None = None  # data.json's fingerprint: every record says which data it was trained on
+    print_every_evaluation: bool = False  # a line per evaluation (a Ray worker's log, which the driver shows)
 
     def belongs_to(self, level: int | None = None, folder: str | None = None) -> dict:
         """What a record of this replicate (a level's, with ``level`` and ``folder``) says it belongs to."""
@@ -166,7 +167,7 @@ def train_level(
             else None
         ),
         label=label,
-        print_every=max(1, (total_steps // training.eval_every) // 5),
+        print_every=1 if ctx.print_every_evaluation else max(1, (total_steps // training.eval_every) // 5),
         jit_compile=compiled_fast_path(config, training, ctx.strategy)[1],
         origin=origin,
         hparams=hparams,
@@ -225,6 +226,9 @@ def finish_level(ctx: Context, level: int, branch: str, metrics: dict) -> None:
     record = {**metrics, records.BELONGS: ctx.belongs_to(level, branch)}
     if atomic.writes_enabled():  # the files beside it as they are now (a worker that only reads has none)
         record[records.FILES] = records.files_of(folder)
+        rewind_point = os.path.join(ctx.folder, "rewind_point.npz")
+        if branch == MAIN and os.path.isfile(rewind_point):  # what every main level after level 0 starts from
+            record[records.REWIND_POINT] = records.content_sha256(rewind_point)
     atomic.write_json(os.path.join(folder, "metrics.json"), records.seal(record))
     checkpoint.remove_all(os.path.join(folder, "checkpoints"))
     print(
@@ -339,15 +343,15 @@ def replay(ctx: Context, step: int) -> tuple[dict, list]:
     state, values = rewind.capture(model), rewind.optimizer_values(model.optimizer)
     states.save(state, path)
     states.save_optimizer(values, optimizer_path)
-    record_cache(ctx, path)
-    record_cache(ctx, optimizer_path)
+    record_cache(ctx, path, step)
+    record_cache(ctx, optimizer_path, step)
     return state, values
 
 
-def record_cache(ctx: Context, path: str) -> None:
-    """Writes the record beside a replayed state: its content and whose it is (checked before it is used)."""
+def record_cache(ctx: Context, path: str, step: int) -> None:
+    """Writes the record beside a replayed state: its content, whose it is, its step (checked before it is used)."""
     if atomic.writes_enabled():
-        atomic.write_json(records.cache_record(path), records.cache_record_of(path, ctx.belongs_to()))
+        atomic.write_json(records.cache_record(path), records.cache_record_of(path, ctx.belongs_to(), step))
 
 
 def replayed_state(ctx: Context, step: int) -> dict:

@@ -26,6 +26,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import socket
 import time
 import traceback
@@ -567,28 +568,72 @@ def _setup(config: ExperimentConfig, threads: int, record: dict):
 
 def _train(config_dict: dict, record: dict, replicate: int, key: str, threads: int) -> dict:
     """A Ray task: one node of the study. Returns what the driver reports; never raises for a user's mistake."""
+    # A lock met here is a dead attempt's (a lost node: taken over once its lease runs out) or another
+    # process's on the same training: the task waits for it, saying so in its log, rather than fail the study.
     config = ExperimentConfig.from_dict(config_dict)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, wait_for_lock=True))
     started = time.time()
     output = io.StringIO()
     result = {"seconds": 0.0, "trained": False, "resumed": False, "error": None, "bug": None, "host": ""}
     result["host"] = socket.gethostname()
-    try:
-        with contextlib.redirect_stdout(output):
-            from lottery_tf.engine import experiment
+    node = study.Training(0, replicate, key, 0, 0)
+    with _log(log_path(config, node)) as log:
+        stream = _Tee(output, log)
+        try:
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+                from lottery_tf.engine import experiment
 
-            strategy, splits = _setup(config, threads, record)
-            ctx = experiment.context(config, splits, replicate, strategy, record.get("fingerprint"))
-            result["trained"] = bool(study.run_training(ctx, key))
-    except Exception as error:  # noqa: BLE001  (reported to the driver, which stops the study)
-        line = errors.user_message(error, config.data.name)
-        if line is None:
-            result["bug"] = {"line": errors.bug_line(error), "traceback": traceback.format_exc()}
-        else:
-            result["error"] = line
+                strategy, splits = _setup(config, threads, record)
+                ctx = experiment.context(config, splits, replicate, strategy, record.get("fingerprint"))
+                # Every evaluation's line goes to the log: the driver shows each running training's step.
+                ctx = dataclasses.replace(ctx, print_every_evaluation=True)
+                result["trained"] = bool(study.run_training(ctx, key))
+        except Exception as error:  # noqa: BLE001  (reported to the driver, which stops the study)
+            line = errors.user_message(error, config.data.name)
+            if line is None:
+                result["bug"] = {"line": errors.bug_line(error), "traceback": traceback.format_exc()}
+                log.write(result["bug"]["traceback"])
+            else:
+                result["error"] = line
+                log.write(f"error: {line}\n")
     result["seconds"] = time.time() - started
     result["resumed"] = "resuming from" in output.getvalue()
     result["tail"] = output.getvalue()[-2000:]
     return result
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the captured output and to the training's log (flushed per line, for the driver's status)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+            if "\n" in text:
+                stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def _log(path: str):
+    """The training's log, appended to, opened with a line naming this attempt (number, host, pid, time)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        number = len(read_log(path).attempts) + 1
+        handle = open(path, "a", buffering=1)
+    except OSError:  # a log that cannot be written never stops the training
+        yield io.StringIO()
+        return
+    with handle:
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"== attempt {number} on {socket.gethostname()} pid {os.getpid()} at {when} ==\n")
+        yield handle
 
 
 # -- the driver ------------------------------------------------------------------------------------------
@@ -601,6 +646,11 @@ def _label(node: study.Training, configs) -> str:
 
 def run_study(session: Session, configs, records, run_config) -> list[bool]:
     """Runs every node of the study of ``configs`` on Ray; returns, per config, whether anything trained.
+
+    Ray is handed no more trainings than it has slots for, chosen by :class:`lottery_tf.engine.study.Schedule`
+    (longest remaining path first: the schedule ``--dry_run`` sizes). While trainings run, a status block
+    every :data:`STATUS_SECONDS` shows each one's step and rate (from its log,
+    ``replicate_<r>/logs/<key>.log``), and a worker that died is named with its training when Ray retries it.
 
     Args:
         session: From :func:`connect`.
@@ -615,10 +665,7 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
     import ray
 
     nodes = study.plan(configs)
-    by_id = {n.id: n for n in nodes}
-    priority = study.remaining_path(nodes)
-    waiting = {n.id: set(n.deps) for n in nodes}
-    children = study.children_of(nodes)
+    schedule = study.Schedule(nodes, session.slots)
     threads = max(1, int(run_config.cpus_per_training))
     task = ray.remote(_train).options(
         num_cpus=run_config.cpus_per_training,
@@ -629,22 +676,19 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
     plain = [dataclasses.asdict(c) for c in configs]
     trained = [False] * len(configs)
     in_flight: dict = {}
-    finished: set = set()
+    attempts: dict = {}  # node id -> attempts seen in its log
     seconds_per_step: list = []  # (seconds, steps) of finished trainings
     started = time.time()
     print(
         f"ray: {len(nodes)} tasks on {len(session.nodes)} node(s), {session.cpus:g} CPUs, {session.gpus:g} GPUs; "
         f"{session.slots} training(s) at once ({run_config.cpus_per_training:g} CPU"
         f"{f', {run_config.gpus_per_training:g} GPU' if run_config.gpus_per_training else ''} each, "
-        f"{threads} TensorFlow thread(s))",
+        f"{threads} TensorFlow thread(s)); each training's log: <replicate>/logs/<training>.log",
         flush=True,
     )
 
     def submit_ready():
-        ready = sorted((i for i, deps in waiting.items() if not deps), key=lambda i: -priority[i])
-        for node_id in ready:
-            del waiting[node_id]
-            node = by_id[node_id]
+        for node in schedule.start():
             ref = task.remote(plain[node.run], records[node.run], node.replicate, node.key, threads)
             in_flight[ref] = node
 
@@ -653,10 +697,32 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
 
+    def report_retries(node):
+        found = read_log(log_path(configs[node.run], node))
+        seen = attempts.get(node.id, 1)
+        for attempt in found.attempts[seen:]:
+            previous = found.attempts[attempt["number"] - 2] if attempt["number"] >= 2 else {}
+            print(
+                f"[retry] {_label(node, configs)}: its worker (pid {previous.get('pid', '?')} on "
+                f"{previous.get('host', '?')}) died; Ray started attempt {attempt['number']} of {MAX_RETRIES + 1} "
+                f"on {attempt['host']}, which resumes from the training's last checkpoint",
+                flush=True,
+            )
+        attempts[node.id] = max(seen, len(found.attempts))
+
     submit_ready()
+    last_status = time.time()
     try:
+        _quiet_worker_deaths()
         while in_flight:
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            if not done:
+                for node in in_flight.values():
+                    report_retries(node)
+                if time.time() - last_status >= STATUS_SECONDS:
+                    print(_status(in_flight.values(), configs, schedule, nodes, started), flush=True)
+                    last_status = time.time()
+                continue
             node = in_flight.pop(done[0])
             try:
                 result = ray.get(done[0])
@@ -667,44 +733,132 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
                     f"{_label(node, configs)}: its Ray worker died {MAX_RETRIES + 1} times ({first.strip()}); "
                     "run the same command again to resume from the last checkpoints"
                 ) from None
+            report_retries(node)
             if result["bug"]:
                 stop_all()
                 print(result["bug"]["traceback"], flush=True)
                 raise RuntimeError(f"in {_label(node, configs)}: {result['bug']['line']}")
             if result["error"]:
                 stop_all()
+                print(f"[failed] {_label(node, configs)}: {result['error']}", flush=True)
                 raise errors.StudyError(result["error"])
-            finished.add(node.id)
+            schedule.finish(node.id)
             trained[node.run] |= result["trained"]
             if node.steps and result["trained"]:
                 seconds_per_step.append((result["seconds"], node.steps))
-            for child in children[node.id]:
-                waiting[child].discard(node.id)
             submit_ready()
-            print(
-                _progress(node, result, configs, finished, in_flight, waiting, nodes, session, seconds_per_step),
-                flush=True,
-            )
+            print(_progress(node, result, configs, schedule, nodes, session, seconds_per_step), flush=True)
     finally:
         stop_all()
     print(f"ray: {len(nodes)} tasks done in {study.format_duration(time.time() - started)}", flush=True)
     return trained
 
 
-def _progress(node, result, configs, finished, in_flight, waiting, nodes, session, seconds_per_step) -> str:
+_RAY_DEATH_LINES = ("A worker died or was killed while executing a task", "Task _train failed.")
+
+
+def _quiet_worker_deaths() -> None:
+    """Drops Ray's own lines about a dead worker of ours (the ``[retry]`` line names the training instead).
+
+    Ray's driver prints what its raylet publishes through ``ray._private.worker.print_to_stdstream``;
+    any other message still shows. Without that function (another Ray version) Ray's lines show as before.
+    """
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_lottery_tf", False):
+        return
+
+    def filtered(data, *args, **kwargs):
+        lines = [line for line in data.get("lines", []) if not line.lstrip().startswith(_RAY_DEATH_LINES)]
+        if lines or data.get("pid") != "raylet":
+            return original({**data, "lines": lines}, *args, **kwargs)
+        return None
+
+    filtered._lottery_tf = True
+    ray_worker.print_to_stdstream = filtered
+
+
+STATUS_SECONDS = float(os.environ.get("LOTTERY_TF_STATUS_SECONDS", "30"))  # how often the running trainings show
+_STEP = re.compile(r"step (\d+)/(\d+)\s.*?(\d+) steps/s")
+_ATTEMPT = re.compile(r"^== attempt (\d+) on (\S+) pid (\d+) at (.+?) ==$")
+
+
+def log_path(config: ExperimentConfig, node: study.Training) -> str:
+    """Where a training's worker writes its output (every attempt, appended)."""
+    from lottery_tf.engine import run_dir
+
+    return os.path.join(run_dir.replicate_dir(config, node.replicate), "logs", f"{node.key}.log")
+
+
+@dataclasses.dataclass
+class Log:
+    """What a training's log says: its attempts (number, host, pid, time) and its last step line."""
+
+    attempts: list
+    step: tuple | None  # (step, total steps, steps per second) of the newest progress line
+    waiting: str | None = None  # the newest "waiting for <lock> ..." line, if no step came after it
+
+
+def read_log(path: str) -> Log:
+    try:
+        with open(path, errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return Log([], None)
+    attempts, step, waiting = [], None, None
+    for line in lines:
+        found = _ATTEMPT.match(line)
+        if found:
+            number, host, pid, at = found.groups()
+            attempts.append({"number": int(number), "host": host, "pid": int(pid), "at": at})
+            step = waiting = None  # a new attempt: no step yet
+            continue
+        if line.startswith("waiting for "):
+            waiting = line
+            continue
+        found = _STEP.search(line)
+        if found:
+            step, waiting = (int(found.group(1)), int(found.group(2)), int(found.group(3))), None
+    return Log(attempts, step, waiting)
+
+
+def _status(running, configs, schedule, nodes, started) -> str:
+    """The status block: how far the study is, then one line per running training (step, rate, or starting)."""
+    lines = [
+        f"[{len(schedule.finished)}/{len(nodes)} done, {len(schedule.running)} running, {schedule.queued} waiting; "
+        f"{study.format_duration(time.time() - started)} so far]"
+    ]
+    for node in sorted(running, key=lambda n: n.id):
+        log = read_log(log_path(configs[node.run], node))
+        if not log.attempts:
+            what = "waiting for a worker"
+        elif log.waiting:
+            what = log.waiting.split(": held by", 1)[0]  # which lock, and for how long
+        elif log.step is None:
+            what = f"starting on {log.attempts[-1]['host']}" + (
+                f" (attempt {len(log.attempts)})" if len(log.attempts) > 1 else ""
+            )
+        else:
+            step, total, rate = log.step
+            speed = f", {rate} steps/s" if rate else ""  # the first evaluation has no rate yet
+            what = f"step {step:,}/{total:,}{speed} on {log.attempts[-1]['host']}"
+        lines.append(f"  {_label(node, configs)}: {what}")
+    return "\n".join(lines)
+
+
+def _progress(node, result, configs, schedule, nodes, session, seconds_per_step) -> str:
     """One line per finished node: which, how long, how many done / running / waiting, an ETA."""
-    running = min(len(in_flight), session.slots)
-    queued = len(waiting) + len(in_flight) - running
     what = "measured" if not node.steps else ("resumed from a checkpoint, trained" if result["resumed"] else "trained")
     if not result["trained"]:
         what = "already done"
     line = (
-        f"[{len(finished)}/{len(nodes)} done, {running} running, {queued} waiting] {_label(node, configs)}: "
-        f"{what} in {result['seconds']:.1f}s"
+        f"[{len(schedule.finished)}/{len(nodes)} done, {len(schedule.running)} running, {schedule.queued} waiting] "
+        f"{_label(node, configs)}: {what} in {result['seconds']:.1f}s"
     )
     if seconds_per_step:
         rate = sum(s for s, _ in seconds_per_step) / sum(n for _, n in seconds_per_step)
-        left = [n for n in nodes if n.id not in finished]
+        left = [n for n in nodes if n.id not in schedule.finished]
         critical = max(study.remaining_path(left).values(), default=0) if left else 0
         total = sum(n.steps for n in left)
         eta = rate * max(critical, total / session.slots)

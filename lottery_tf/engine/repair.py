@@ -23,6 +23,7 @@ what to delete; every other file stays byte-identical.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import tempfile
 
@@ -40,14 +41,30 @@ from lottery_tf.store.reader import RepairError, StoreError  # noqa: F401  (rais
 
 
 def record_rewind_point(ctx: Context, state) -> None:
-    """Writes ``rewind_point.json``: the step and fingerprint a rebuilt rewind point is checked against."""
+    """Writes ``rewind_point.json``: the step and fingerprint a rebuilt rewind point is checked against.
+
+    It also says whether every record of the replicate is sealed when written (a replicate this version
+    started, or one whose records all are): then a record found without a seal had it removed by hand.
+    """
+    path = os.path.join(ctx.folder, "rewind_point.json")
+    previous = store.read_json(path) if store.json_problem(path) is None else None
+    if previous is not None and records.ALL_SEALED in previous:
+        all_sealed = previous[records.ALL_SEALED] is True
+    else:
+        found = glob.glob(os.path.join(ctx.folder, "level_*", "**", "*.json"), recursive=True)
+        all_sealed = all(
+            records.SEAL in (store.read_json(p) if store.json_problem(p, content=False) is None else {})
+            for p in found
+            if os.path.basename(p) in ("metrics.json", "instability.json", "stability.json")
+        )
     atomic.write_json(
-        os.path.join(ctx.folder, "rewind_point.json"),
+        path,
         records.seal(
             {
                 "step": ctx.config.pruning.rewind_step,
                 "sha256": store.state_fingerprint(state),
                 records.BELONGS: ctx.belongs_to(),
+                records.ALL_SEALED: all_sealed,
             }
         ),
     )
@@ -115,7 +132,16 @@ def rebuild_rewind_point(ctx: Context, problem=None) -> None:
                 f"{path}: the replayed rewind point (step {k}) differs from the one the run recorded "
                 f"({recorded}); {cause}: delete {ctx.folder} to train this replicate again"
             )
-    states.save(state, path)
+    trained_from = records.recorded_sha256(path)  # what the main line's finished levels trained from
+    with tempfile.TemporaryDirectory(dir=ctx.folder, prefix=".tmp-repair-") as scratch:
+        replayed = os.path.join(scratch, "rewind_point.npz")
+        states.save(state, replayed)
+        if trained_from and records.content_sha256(replayed) != trained_from:
+            raise RepairError(
+                f"{path}: the replayed rewind point (step {k}) is not the one the main line's levels trained "
+                f"from ({trained_from}): delete {ctx.folder} to train this replicate again"
+            )
+        os.replace(replayed, path)
     if store.json_problem(record_path):
         record_rewind_point(ctx, state)
     print(f"rebuilt {path} ({'the initialization' if k == 0 else f'step {k} of the dense run, replayed'})", flush=True)

@@ -125,29 +125,87 @@ def remaining_path(nodes) -> dict[str, int]:
     return longest
 
 
+class Schedule:
+    """Which trainings start when: the longest remaining path first, never more than ``slots`` at once.
+
+    The one schedule of a study: :func:`makespan` (what ``--dry_run`` promises) and the Ray driver
+    (:func:`lottery_tf.engine.ray_executor.run_study`) both follow it. The driver hands Ray no more
+    trainings than it has slots for, so a training Ray starts is always the one with the longest
+    remaining path among those ready (Ray itself runs what it was given in submission order).
+
+    Args:
+        nodes: The study's nodes (:func:`plan`), or what is left of them.
+        slots: Trainings at once.
+
+    Example:
+
+    >>> schedule = Schedule(plan(configs), slots=4)  # doctest: +SKIP
+    >>> for node in schedule.start(): ...  # doctest: +SKIP
+    >>> schedule.finish(node.id)  # then start() again  # doctest: +SKIP
+    """
+
+    def __init__(self, nodes, slots: int):
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self.slots = slots
+        self.priority = remaining_path(nodes)
+        self._by_id = {n.id: n for n in nodes}
+        self._order = {n.id: i for i, n in enumerate(nodes)}  # ties: the order of the plan (parents first)
+        self._children = children_of(nodes)
+        self.waiting = {n.id: {d for d in n.deps if d in self._by_id} for n in nodes}
+        self._ready: list = []
+        self.running: set = set()
+        self.finished: set = set()
+        for node_id in list(self.waiting):
+            self._release(node_id)
+
+    def _release(self, node_id: str) -> None:
+        if not self.waiting[node_id]:
+            del self.waiting[node_id]
+            heapq.heappush(self._ready, (-self.priority[node_id], self._order[node_id], node_id))
+
+    def start(self) -> list:
+        """The trainings to start now: the ready ones with the longest remaining paths, up to the free slots."""
+        started = []
+        while self._ready and len(self.running) < self.slots:
+            node_id = heapq.heappop(self._ready)[2]
+            self.running.add(node_id)
+            started.append(self._by_id[node_id])
+        return started
+
+    def finish(self, node_id: str) -> None:
+        """``node_id`` ended: its slot is free and the trainings that waited only for it are ready."""
+        self.running.discard(node_id)
+        self.finished.add(node_id)
+        for child in self._children[node_id]:
+            if child in self.waiting:
+                self.waiting[child].discard(node_id)
+                self._release(child)
+
+    @property
+    def queued(self) -> int:
+        """Trainings not started yet (ready, or waiting for others)."""
+        return len(self._ready) + len(self.waiting)
+
+    def done(self) -> bool:
+        return not (self._ready or self.waiting or self.running)
+
+
 def makespan(nodes, workers: int) -> int:
-    """Steps until the study ends with ``workers`` trainings at once (list schedule, longest path first).
+    """Steps until the study ends with ``workers`` trainings at once, on :class:`Schedule`.
 
     Every step costs the same and a training starts the moment its inputs exist: the ideal the
     executor can approach, without start-up costs or trainings of unequal speed.
     """
-    priority = remaining_path(nodes)
-    waiting = {n.id: set(n.deps) for n in nodes}
-    children = children_of(nodes)
+    schedule = Schedule(nodes, workers)
     steps = {n.id: n.steps for n in nodes}
-    ready = [(-priority[i], i) for i, deps in waiting.items() if not deps]
-    heapq.heapify(ready)
-    running: list = []  # (end time, id)
+    running: list = []  # (end time, order, id)
     now = 0
-    while ready or running:
-        while ready and len(running) < workers:
-            _, node = heapq.heappop(ready)
-            heapq.heappush(running, (now + steps[node], node))
-        now, node = heapq.heappop(running)
-        for child in children[node]:
-            waiting[child].discard(node)
-            if not waiting[child]:
-                heapq.heappush(ready, (-priority[child], child))
+    while not schedule.done():
+        for node in schedule.start():
+            heapq.heappush(running, (now + steps[node.id], schedule._order[node.id], node.id))
+        now, _, node_id = heapq.heappop(running)
+        schedule.finish(node_id)
     return now
 
 

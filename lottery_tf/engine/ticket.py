@@ -143,7 +143,7 @@ def load_ticket(
     masks_path = os.path.join(folder, "masks.npz")
     if store.npz_problem(masks_path):
         raise TicketError(
-            f"{masks_path} {store.npz_problem(masks_path)}; python -m lottery_tf.runs says how a run rebuilds it"
+            f"{masks_path}: {store.npz_problem(masks_path)}; python -m lottery_tf.runs says how a run rebuilds it"
         )
     masks = atomic.read_npz(masks_path)
     from lottery_tf.engine.recipe import build_masked_model
@@ -165,8 +165,8 @@ def load_ticket(
     if state_path is not None:
         if store.npz_problem(state_path):
             raise TicketError(
-                f"{state_path} {store.npz_problem(state_path)}: the {weights} weights of level {level} "
-                f"[{branch}] are not in the run"
+                f"{state_path}: {store.npz_problem(state_path)}; the {weights} weights of level {level} "
+                f"[{branch}] are not in the run (python -m lottery_tf.runs says how a run rebuilds it)"
             )
         try:
             rewind.restore(model, states.load(state_path))

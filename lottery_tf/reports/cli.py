@@ -20,6 +20,7 @@ from lottery_tf.reports import deployment as report_deployment
 from lottery_tf.reports.tables import (
     ReportError,
     aggregate,
+    check_store,
     experiments,
     format_markdown,
     plot_accuracy_vs_weights,
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
         print(f"error: --out: {problem}", file=sys.stderr)
         return 2
     try:
+        check_store(experiments(args.paths))  # no number from a damaged, edited or foreign record
         entries = aggregate(args.paths)
         _check_curve_levels(levels, entries)
         write_tables(args.out, entries)

@@ -62,6 +62,27 @@ def collect_rows(replicate_folder: str, with_curves: bool = False) -> list[dict]
     return rows
 
 
+def check_store(experiment_folders: list[str]) -> None:
+    """The store's verdict on what a report reads, with the health check's line, word for word.
+
+    A report reads the levels' ``metrics.json`` and the analysis results: a damaged or edited one, a record
+    of another experiment, replicate or level, or a replicate folder it cannot read is refused. Damage to
+    files it does not read (trained weights, masks) cannot change a number it shows; the health check
+    (``python -m lottery_tf.runs``) names it, and the export refuses it.
+
+    Raises:
+        ReportError: With the health check's line.
+    """
+    for folder in experiment_folders:
+        report = store.inspect_experiment(folder)
+        for problem in [p for r in report.replicates.values() for p in r.problems]:
+            reads = problem.kind in ("metrics", "result") and os.path.exists(
+                problem.path
+            )  # a level not run is no number
+            if problem.action != store.NOTE and (reads or problem.kind in ("foreign", "unreadable")):
+                raise ReportError(problem.line())
+
+
 def experiments(paths: list[str]) -> list[str]:
     found = []
     for path in paths:

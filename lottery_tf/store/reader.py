@@ -196,10 +196,11 @@ def metrics_problem(path: str) -> str | None:
     problem = json_problem(path, REQUIRED_METRICS, content=False) or owner_problem(path)
     if problem:
         return problem
-    bad = _non_finite_curves(read_json(path))
+    record = read_json(path)
+    bad = _non_finite_curves(record)
     if bad:
         return f"holds NaN or infinity in its {', '.join(bad)} curves (a diverged or damaged result)"
-    return records.seal_problem(read_json(path))
+    return records.seal_problem(record) or records.unsealed_problem(path, record)
 
 
 def level_dir(replicate_folder: str, level: int, branch: str) -> str:
@@ -220,9 +221,13 @@ _RESULT_KEYS = {
 def result_problem(path: str) -> str | None:
     """What is wrong with an analysis result (``instability.json``, ``stability.json``): unreadable or incomplete."""
     analysis = os.path.basename(path)[: -len(".json")]
-    return json_problem(
-        path, ("analysis", "network", "level", "rewind_step", "replicate", *_RESULT_KEYS.get(analysis, ()))
-    ) or owner_problem(path)
+    return (
+        json_problem(
+            path, ("analysis", "network", "level", "rewind_step", "replicate", *_RESULT_KEYS.get(analysis, ()))
+        )
+        or owner_problem(path)
+        or records.unsealed_problem(path, read_json(path))
+    )
 
 
 _COPY_FILES = ("branch.json", "metrics.json", "masks.npz", "final_weights.npz")
@@ -866,6 +871,23 @@ def _inspect_done_files(report, level, branch, folder, rel, record, copy_of) -> 
                     rel,
                 )
             )
+    if not is_lineage(branch):
+        weights = os.path.join(folder, "final_weights.npz")
+        recorded = "final_weights.npz" in (record.get(records.FILES) or {})
+        damage = npz_problem(weights) if os.path.exists(weights) or recorded else None
+        if damage:
+            report.problems.append(
+                Problem(
+                    weights,
+                    damage,
+                    REBUILD_WHEN_NEEDED,
+                    f"only the export and load_ticket read it, and they refuse level {level} [{branch}] until "
+                    f"it is right: restore it, or delete {folder} to train the branch there again",
+                    "final_weights",
+                    level,
+                    rel,
+                )
+            )
     if branch != MAIN:
         info = os.path.join(folder, "branch.json")
         damage = json_problem(info)
@@ -960,7 +982,7 @@ def _inspect_rewind_points(report: ReplicateReport, done_main: set, levels) -> N
         return
     if needed:
         problem = npz_problem(point)
-        record = json_problem(record_path)
+        record = json_problem(record_path, ("step", "sha256"))
         if problem is None and record is None:
             recorded = read_json(record_path).get("sha256")
             if recorded and state_fingerprint(read_npz(point)) != recorded:
@@ -1000,7 +1022,10 @@ def _inspect_rewind_points(report: ReplicateReport, done_main: set, levels) -> N
             owner = read_json(cache_record) if os.path.exists(cache_record) else {}
         except (OSError, ValueError):
             owner = {}
-        foreign = records.owner_problem(owner, records.experiment_of(folder)) if isinstance(owner, dict) else None
+        expected = records.experiment_of(folder)
+        if records.cache_step(path) is not None:
+            expected["step"] = records.cache_step(path)
+        foreign = records.owner_problem(owner, expected) if isinstance(owner, dict) else None
         if foreign:
             report.problems.append(
                 Problem(
@@ -1051,6 +1076,11 @@ def _inspect_tensorboard(report: ReplicateReport) -> None:
 def _inspect_leftovers(report: ReplicateReport) -> None:
     live = [lock for lock in report.locks if lock.state == "live"]
     for lock in report.locks:
+        if os.path.isdir(lock.path):  # no run can take a folder over: it is not a lock a process wrote
+            report.problems.append(
+                Problem(lock.path, "is a folder, not a lock file", REFUSE, "a run refuses: remove it by hand", "lock")
+            )
+            continue
         if lock.state != "live":
             report.problems.append(Problem(lock.path, lock.line().split(": ", 1)[1], NOTE, "", "lock"))
     if live:

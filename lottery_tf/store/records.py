@@ -25,6 +25,7 @@ health check, the reports and the export share. No TensorFlow here.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -38,6 +39,8 @@ BELONGS = "belongs_to"
 FILES = "files_sha256"
 SEALED_FILES = ("masks.npz", "final_weights.npz", "branch.json")  # what a level's record fingerprints
 NEXT_MASKS = "next_masks_sha256"  # a lineage level's record: the content of the next level's masks it wrote
+REWIND_POINT = "rewind_point_sha256"  # a main-line level's record: the content of the rewind point it trained from
+ALL_SEALED = "all_records_sealed"  # rewind_point.json: every record of the replicate is sealed when written
 CACHES = re.compile(r"(step_\d+(_optimizer)?|rewind_optimizer)\.npz$")  # replayed states: a record beside each
 _REPLICATE = re.compile(r"replicate_(\d+)$")
 _LEVEL = re.compile(r"level_(\d+)$")
@@ -105,28 +108,40 @@ def files_of(folder: str) -> dict:
 
 def recorded_sha256(path: str) -> str | None:
     """The content fingerprint the record beside ``path`` holds for it (None if none was recorded)."""
+    return _recorded(path)[0]
+
+
+def _recorded(path: str) -> tuple:
+    """(the content fingerprint recorded for ``path`` or None, which record holds it)."""
     folder, name = os.path.split(path)
+    if name == "rewind_point.npz":  # what the main line's levels trained from, as their records say
+        for record_path in sorted(glob.glob(os.path.join(folder, "level_*", "main", "metrics.json"))):
+            found = (_read(record_path) or {}).get(REWIND_POINT)
+            if isinstance(found, str):
+                return found, "the main line's levels recorded they trained from"
+        return None, ""
     if CACHES.match(name):
         record = _read(cache_record(path)) or {}
+        who = f"{os.path.basename(cache_record(path))} recorded when it was written"
         if seal_problem(record):
-            return "its record was edited"  # matches no content: the state is replayed again
+            return "its record was edited", who  # matches no content: the state is replayed again
         found = record.get("content_sha256")
-        return found if isinstance(found, str) else None
+        return (found if isinstance(found, str) else None), who
     if name not in SEALED_FILES:
-        return None
-    record = _read(os.path.join(folder, "metrics.json"))
-    # A level not trained yet: the previous level wrote its masks and recorded them.
-    if name == "masks.npz" and not os.path.exists(os.path.join(folder, "metrics.json")):
+        return None, ""
+    files = (_read(os.path.join(folder, "metrics.json")) or {}).get(FILES)
+    if isinstance(files, dict) and isinstance(files.get(name), str):
+        return files[name], "metrics.json recorded when the level finished"
+    if name == "masks.npz":  # a lineage level's masks were written, and recorded, by the level before it
         location = level_location(path)
         if location.get("level", 0) > 0:
             previous = os.path.join(
                 location["replicate_folder"], f"level_{location['level'] - 1:02d}", location["folder"], "metrics.json"
             )
             found = (_read(previous) or {}).get(NEXT_MASKS)
-            return found if isinstance(found, str) else None
-        return None
-    files = record.get(FILES) if isinstance(record, dict) else None
-    return files.get(name) if isinstance(files, dict) else None
+            if isinstance(found, str):
+                return found, "the previous level's metrics.json recorded when it wrote them"
+    return None, ""
 
 
 def cache_record(path: str) -> str:
@@ -134,9 +149,32 @@ def cache_record(path: str) -> str:
     return path[: -len(".npz")] + ".json"
 
 
-def cache_record_of(path: str, owner: dict) -> dict:
-    """The sealed record written beside a replayed state: its content and whose it is."""
-    return seal({"content_sha256": content_sha256(path), BELONGS: owner})
+def cache_record_of(path: str, owner: dict, step: int) -> dict:
+    """The sealed record written beside a replayed state: its content, whose it is and the step it holds."""
+    return seal({"content_sha256": content_sha256(path), BELONGS: {**owner, "step": int(step)}})
+
+
+def cache_step(path: str) -> int | None:
+    """The step a replayed state's name says it holds (``step_50.npz``, ``step_50_optimizer.npz``)."""
+    found = re.match(r"step_(\d+)(_optimizer)?\.npz$", os.path.basename(path))
+    return int(found.group(1)) if found else None
+
+
+def sealed_store(replicate_folder: str) -> bool:
+    """Whether every record of this replicate was sealed when written (its rewind record says so)."""
+    record = _read(os.path.join(replicate_folder, "rewind_point.json")) or {}
+    return record.get(ALL_SEALED) is True and seal_problem(record) is None and SEAL in record
+
+
+def unsealed_problem(path: str, record: dict) -> str | None:
+    """A record without a seal where every record is sealed when written (its seal was removed by hand)."""
+    if SEAL in record:
+        return None
+    location = level_location(path)
+    replicate_folder = location.get("replicate_folder")
+    if replicate_folder and sealed_store(replicate_folder):
+        return "has no record_sha256, but every record of this replicate is sealed when written: it was edited"
+    return None
 
 
 def _read(path: str) -> dict | None:
@@ -150,7 +188,7 @@ def _read(path: str) -> dict | None:
 
 def content_problem(path: str) -> str | None:
     """Why ``path`` no longer holds what its level's record says it held (None if it does or nothing was recorded)."""
-    expected = recorded_sha256(path)
+    expected, who = _recorded(path)
     if expected is None or not os.path.isfile(path):
         return None
     try:
@@ -158,12 +196,6 @@ def content_problem(path: str) -> str | None:
     except (OSError, ValueError):
         return None  # unreadable: the caller's own check names it
     if found != expected:
-        if CACHES.match(os.path.basename(path)):
-            who = f"{os.path.basename(cache_record(path))} recorded when it was written"
-        elif os.path.exists(os.path.join(os.path.dirname(path), "metrics.json")):
-            who = "metrics.json recorded when the level finished"
-        else:
-            who = "the previous level's metrics.json recorded when it wrote them"
         return f"does not hold what {who} (content {found}, recorded {expected}): it was replaced or edited"
     return None
 
@@ -206,6 +238,8 @@ def belongs_to(experiment: str, data: str | None, replicate: int, level: int | N
 def describe(owner: dict) -> str:
     """``level 1 [main], replicate 0, experiment 3f1c2a9b (data 5d41402a)``: as much as ``owner`` says."""
     where = []
+    if "step" in owner:
+        where.append(f"the state at step {owner['step']}")
     if "level" in owner:
         where.append(f"level {owner['level']}" + (f" [{owner['folder']}]" if owner.get("folder") else ""))
     if "replicate" in owner:
@@ -226,7 +260,7 @@ def owner_problem(record: dict, expected: dict) -> str | None:
         for key, old in (("level", "level"), ("folder", "branch"), ("replicate", "replicate")):
             if old in record:
                 owner[key] = record[old]
-    keys = ("experiment", "data", "replicate", "level", "folder")
+    keys = ("experiment", "data", "replicate", "level", "folder", "step")
     if not any(key in owner and key in expected and owner[key] != expected[key] for key in keys):
         return None
     return f"is the record of {describe(owner)}, not of {describe(expected)}: it was copied or renamed here"
