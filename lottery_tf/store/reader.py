@@ -854,40 +854,23 @@ def _inspect_done_files(report, level, branch, folder, rel, record, copy_of) -> 
                 )
             )
         return
+    weights = os.path.join(folder, "final_weights.npz")
     if is_lineage(branch):
-        weights = os.path.join(folder, "final_weights.npz")
         damage = npz_problem(weights)
-        if damage:
-            report.problems.append(
-                Problem(
-                    weights,
-                    damage,
-                    REBUILD_WHEN_NEEDED,
-                    f"a run that needs level {level}'s trained weights (level {level + 1}'s masks, lr_rewind, "
-                    f"lr_rewind_oneshot at level {level + 1}, stability) trains level {level} again and keeps them only if "
-                    f"they prune to the masks already recorded",
-                    "final_weights",
-                    level,
-                    rel,
-                )
-            )
-    if not is_lineage(branch):
-        weights = os.path.join(folder, "final_weights.npz")
+        fix = (
+            f"a run that needs level {level}'s trained weights (level {level + 1}'s masks, lr_rewind, "
+            f"lr_rewind_oneshot at level {level + 1}, stability) trains level {level} again and keeps them only if "
+            f"they prune to the masks already recorded"
+        )
+    else:  # a branch's: checked where it exists or its record lists it (older branches wrote none)
         recorded = "final_weights.npz" in (record.get(records.FILES) or {})
         damage = npz_problem(weights) if os.path.exists(weights) or recorded else None
-        if damage:
-            report.problems.append(
-                Problem(
-                    weights,
-                    damage,
-                    REBUILD_WHEN_NEEDED,
-                    f"only the export and load_ticket read it, and they refuse level {level} [{branch}] until "
-                    f"it is right: restore it, or delete {folder} to train the branch there again",
-                    "final_weights",
-                    level,
-                    rel,
-                )
-            )
+        fix = (
+            f"only the export and load_ticket read it, and they refuse level {level} [{branch}] until "
+            f"it is right: restore it, or delete {folder} to train the branch there again"
+        )
+    if damage:
+        report.problems.append(Problem(weights, damage, REBUILD_WHEN_NEEDED, fix, "final_weights", level, rel))
     if branch != MAIN:
         info = os.path.join(folder, "branch.json")
         damage = json_problem(info)
