@@ -563,3 +563,27 @@ def test_the_report_gives_the_same_verdict_on_what_it_reads(studies, tmp_path, c
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert err[0][len("error: ") :] in lines, (err, report)
     assert not os.path.exists(out)
+
+
+def test_a_lock_refusal_writes_nothing(studies, tmp_path, capfd, monkeypatch):
+    """Another host's live lease on the main line refuses a command that would train it (no --wait_for_lock,
+    no branches) before settings.json or anything else is written."""
+    import time
+
+    monkeypatch.chdir(REPO)
+    root = str(tmp_path / "runs")
+    a = os.path.join(root, os.path.basename(studies["A"]))
+    shutil.copytree(studies["A"], a)
+    lock = os.path.join(a, "replicate_0", ".locks", "main.lock")
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    now = time.time()
+    holder = {"host": "elsewhere.invalid", "pid": 4242, "since": "2026-01-01 00:00:00", "token": "0" * 32}
+    with open(lock, "w") as handle:
+        json.dump({**holder, "renewed": now, "expires": now + 600}, handle)
+    before = snapshot(root)
+    flags_ = ["--flagfile=flags/smoke.flags", "--levels=3", "--branch=", "--branch_levels="]
+    exit_code, said, captured = _runner(root, capfd, flags_)
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert exit_code == 2 and len(lines) == 1, captured.err[-1500:]
+    assert lines[0].startswith(f"error: {lock} is held by pid 4242 on elsewhere.invalid"), lines
+    assert snapshot(root) == before  # settings.json included

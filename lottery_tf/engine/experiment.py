@@ -366,6 +366,14 @@ def check_store(config: ExperimentConfig, record: dict, rerecord_data: bool = Fa
         if problem.action == store.REFUSE:
             raise StoreError(problem.line())
         lines.append(f"{'note' if problem.action == store.NOTE else 'warning'}: {problem.line()}")
+    if not config.run.wait_for_lock and not config.branches.names:
+        # The main line's lock, held by another process, refuses this command: say so before a file is written.
+        for r in replicates(config):
+            health = report.replicates.get(f"replicate_{r}")
+            if health is not None and health.next_main_level() <= config.pruning.levels:
+                line = locks.refusal(run_dir.replicate_dir(config, r), MAIN)
+                if line:
+                    raise locks.LockedError(line)
     path = os.path.join(folder, "data.json")
     if rerecord_data or store.json_problem(path):
         return True, lines

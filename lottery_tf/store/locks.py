@@ -369,6 +369,27 @@ def _release(path: str, token: str) -> None:
             os.remove(path)
 
 
+def held_line(path: str, state) -> str:
+    """The line a process that does not wait refuses with, while ``state``'s holder has the lock."""
+    detail = "".join(f" ({part})" for part in (state.detail, state.lease.text() if state.lease else "") if part)
+    return (
+        f"{path} is held by {state.who()}{detail}: that process is training the same levels; wait for it, "
+        f"pass --wait_for_lock, or {_if_gone(state)}"
+    )
+
+
+def refusal(replicate_folder: str, name: str) -> str | None:
+    """The line :func:`hold` without ``wait`` would refuse with now (None if it would take the lock).
+
+    For checks made before anything is written; :func:`hold` decides again when it takes the lock.
+    """
+    if not is_held(replicate_folder, name):
+        return None
+    path = lock_path(replicate_folder, name)
+    state = store.lock_state(path)
+    return held_line(path, state) if state is not None else None
+
+
 @contextlib.contextmanager
 def hold(
     replicate_folder: str,
@@ -405,11 +426,7 @@ def hold(
         if state is None:
             break
         if not wait:
-            detail = "".join(f" ({part})" for part in (state.detail, state.lease.text() if state.lease else "") if part)
-            raise LockedError(
-                f"{path} is held by {state.who()}{detail}: that process is training the same levels; wait for it, "
-                f"pass --wait_for_lock, or {_if_gone(state)}"
-            )
+            raise LockedError(held_line(path, state))
         report(state)
         time.sleep(poll_seconds)
     renewer = _Renewer(path, me, lease)
