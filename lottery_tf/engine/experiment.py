@@ -175,7 +175,7 @@ def check(config: ExperimentConfig, rerecord_data: bool = False) -> Ready:
         "input_shape": list(splits.input_shape),
         "num_classes": int(splits.num_classes),
     }
-    new_data_record, lines = check_store(config, record, rerecord_data)
+    new_data_record, lines = check_store(config, record, rerecord_data, trains_here=is_chief(strategy))
     return Ready(strategy, splits, record, new_data_record, lines)
 
 
@@ -338,12 +338,16 @@ def check_levels(config: ExperimentConfig, shapes: dict, names: list) -> str | N
     )
 
 
-def check_store(config: ExperimentConfig, record: dict, rerecord_data: bool = False) -> tuple[bool, list]:
+def check_store(
+    config: ExperimentConfig, record: dict, rerecord_data: bool = False, trains_here: bool = True
+) -> tuple[bool, list]:
     """What the run folder must allow before anything is written: its identity, its data record, its damage.
 
     The verdict is the health check's (:func:`lottery_tf.store.reader.inspect_experiment`, the same code):
     a problem it marks ``refuse`` stops the run with its line; every other problem is printed with its
-    line, the one ``python -m lottery_tf.runs`` prints, before the run acts on it.
+    line, the one ``python -m lottery_tf.runs`` prints, before the run acts on it. Where this process
+    trains (``trains_here``: not a multi-worker non-chief), a main-line lock another process holds
+    refuses the command here, as taking it would, before a file is written.
 
     Returns:
         Whether ``data.json`` is to be written (a new run, or ``rerecord_data``), and the lines to print:
@@ -352,6 +356,7 @@ def check_store(config: ExperimentConfig, record: dict, rerecord_data: bool = Fa
     Raises:
         StoreError: For damage no run can rebuild (the line the health check prints).
         ConfigError: If the run's data fingerprint differs from the data found now.
+        LockedError: If another process holds the main line's lock this command would take.
     """
     folder = run_dir.experiment_dir(config)
     if not os.path.isdir(folder):
@@ -366,7 +371,8 @@ def check_store(config: ExperimentConfig, record: dict, rerecord_data: bool = Fa
         if problem.action == store.REFUSE:
             raise StoreError(problem.line())
         lines.append(f"{'note' if problem.action == store.NOTE else 'warning'}: {problem.line()}")
-    if not config.run.wait_for_lock and not config.branches.names:
+    if trains_here and not config.run.wait_for_lock and not config.branches.names:
+        # (A worker that is not the chief takes no lock: the chief's is not in its way.)
         # The main line's lock, held by another process, refuses this command: say so before a file is written.
         for r in replicates(config):
             health = report.replicates.get(f"replicate_{r}")
