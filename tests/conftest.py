@@ -1,10 +1,13 @@
 """Test setup: quiet TensorFlow, an XLA compilation cache per run, one intra-op thread, two logical CPU devices for MirroredStrategy tests."""
 
+import glob
+import json
 import os
 import shutil
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -151,3 +154,17 @@ def pytest_collection_modifyitems(items):
 def pytest_sessionfinish(session):
     if "PYTEST_XDIST_WORKER" not in os.environ:  # the run's own process: every worker has ended
         shutil.rmtree(XLA_CACHE, ignore_errors=True)
+
+
+def results(out):
+    """Every metrics curve and every saved array of a finished run, by relative path."""
+    found = {}
+    for path in glob.glob(os.path.join(out, "lottery_*", "replicate_*", "**", "*"), recursive=True):
+        rel = os.path.relpath(path, out)
+        if path.endswith("metrics.json"):
+            metrics = json.load(open(path))
+            found[rel] = (metrics["iterations"], metrics["curves"], metrics["layer_densities"])
+        elif path.endswith(".npz"):
+            with np.load(path) as data:
+                found[rel] = {k: data[k] for k in data.files}
+    return found

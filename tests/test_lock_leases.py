@@ -20,7 +20,7 @@ import time
 import launcher
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, results
 
 from lottery_tf.store import locks
 from lottery_tf.store import reader as store
@@ -181,20 +181,6 @@ def test_a_holder_whose_lock_was_taken_over_stops_and_leaves_the_new_lock(tmp_pa
 # -- end to end ------------------------------------------------------------------------------------------------
 
 ARGS = ["--flagfile=flags/smoke.flags", "--deterministic"]
-
-
-def results(out):
-    """Every metrics curve and every saved array of a finished run, by relative path."""
-    found = {}
-    for path in glob.glob(os.path.join(out, "lottery_*", "replicate_*", "**", "*"), recursive=True):
-        rel = os.path.relpath(path, out)
-        if path.endswith("metrics.json"):
-            metrics = json.load(open(path))
-            found[rel] = (metrics["iterations"], metrics["curves"], metrics["layer_densities"])
-        elif path.endswith(".npz"):
-            with np.load(path) as data:
-                found[rel] = {k: data[k] for k in data.files}
-    return found
 
 
 def cli(out, *extra):

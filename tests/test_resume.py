@@ -14,7 +14,7 @@ import time
 import launcher
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, results
 
 from lottery_tf.store import checkpoint
 
@@ -51,20 +51,6 @@ def run(out, crash=None, timeout=300, args=ARGS):
         text=True,
         timeout=timeout,
     )
-
-
-def results(out):
-    """Every metrics curve and every saved array of a finished run, by relative path."""
-    found = {}
-    for path in glob.glob(os.path.join(out, "lottery_*", "replicate_*", "**", "*"), recursive=True):
-        rel = os.path.relpath(path, out)
-        if path.endswith("metrics.json"):
-            metrics = json.load(open(path))
-            found[rel] = (metrics["iterations"], metrics["curves"], metrics["layer_densities"])
-        elif path.endswith(".npz"):
-            with np.load(path) as data:
-                found[rel] = {k: data[k] for k in data.files}
-    return found
 
 
 def assert_same(a, b):
