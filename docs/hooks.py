@@ -15,14 +15,6 @@ import sys
 from mkdocs.structure.files import File
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = (
-    ("data", "Data"),
-    ("model", "Model"),
-    ("training", "Training"),
-    ("pruning", "Pruning"),
-    ("branches", "Branches, analyses and baselines"),
-    ("run", "Where and how to run"),
-)
 
 
 def _cell(text: str) -> str:
@@ -34,38 +26,38 @@ def flag_reference() -> str:
     sys.path.insert(0, ROOT)
     from absl import flags
 
-    import lottery_tf.main  # noqa: F401  (defines the flags)
     from lottery_tf.engine import config
+    from lottery_tf.main import flag_groups  # importing it defines the flags
 
     defined = {f.name: f for f in flags.FLAGS.get_flags_for_module(sys.modules["lottery_tf.main"])}
     lines = [
         "# Flag reference",
         "",
         "Every flag of `python -m lottery_tf.main`, generated from the flag definitions when the site is built "
-        "(`docs/hooks.py`), so it cannot drift from the code. *Read by*: the component that uses the flag; a "
+        "(`docs/hooks.py`), so it cannot drift from the code; the sections are `--help`'s, in its order "
+        "(`--help` lists a few common flags first). *Read by*: the component that uses the flag; a "
         "value other than the default where nothing reads it is refused. *Identity*: part of the hash that "
         "names the run folder.",
         "",
     ]
-    listed = set()
-    for section, title in SECTIONS:
+    for key, title, names in flag_groups():
+        if key == "invocation":
+            lines += [f"## {title}", "", "| flag | default | meaning |", "|---|---|---|"]
+            for name in names:
+                flag = defined[name]
+                lines.append(f"| `--{name}` | {_cell(flag.default_as_str.strip(chr(39)))} | {_cell(flag.help)} |")
+            lines.append("")
+            continue
         lines += [f"## {title}", "", "| flag | default | read by | identity | meaning |", "|---|---|---|---|---|"]
-        for setting in config.SETTINGS:
-            if setting.field.split(".")[0] != section and not (section == "pruning" and setting.field == "seed"):
-                continue
-            flag = defined[setting.flag]
+        for name in names:
+            setting, flag = config.SETTING[name], defined[name]
             default = flag.default_as_str if flag.default_as_str not in ("''", '""') else ""
             lines.append(
-                f"| `--{setting.flag}` | {_cell(default.strip(chr(39)))} | {_cell(setting.reader.description)} | "
+                f"| `--{name}` | {_cell(default.strip(chr(39)))} | {_cell(setting.reader.description)} | "
                 f"{'yes' if setting.identity else ''} | {_cell(flag.help)} |"
             )
-            listed.add(setting.flag)
         lines.append("")
-    lines += ["## What one invocation adds", "", "| flag | default | meaning |", "|---|---|---|"]
-    for name, flag in sorted(defined.items()):
-        if name not in listed:
-            lines.append(f"| `--{name}` | {_cell(flag.default_as_str.strip(chr(39)))} | {_cell(flag.help)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def on_files(files, config):

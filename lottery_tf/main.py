@@ -27,8 +27,6 @@ the papers' recipes (lenet300_fashion_mnist, cifar10_conv2/4/6,
 cifar10_resnet20_rewind, cifar10_vgg16_rewind, imagenet_resnet50_rewind) and
 quickstart / smoke runs. Flags given after --flagfile override it.
 --dry_run validates the settings and prints them with the run folder.
-
-Flags (--helpfull lists absl's own flags too):
 """
 
 from absl import app, flags  # noqa: E402
@@ -397,16 +395,135 @@ def _quiet_python_logging() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# -- help ------------------------------------------------------------------------------------------------
+
+# What a newcomer sets first (flags/quickstart.flags over a recipe, docs/cli.md): --help lists these before
+# the sections, --helpshort only these.
+COMMON_FLAGS = (
+    "flagfile",
+    "dataset",
+    "model",
+    "iterations",
+    "levels",
+    "pruning_fraction",
+    "rewind_step",
+    "branch",
+    "branch_levels",
+    "replicates",
+    "output_dir",
+    "dry_run",
+)
+# The flags this module adds beside the declared settings, and their section's title (also the site's).
+INVOCATION_FLAGS = ("sweep_rewind_steps", "dry_run", "rerecord_data")
+INVOCATION_TITLE = "What one invocation adds"
+# absl's own flags that work with this command (--helpfull); other libraries' flags (TensorFlow's TPU
+# tracer, absltest's) are defined when they are imported but read by nothing here.
+_ABSL_MODULES = ("absl.app", "absl.logging")
+_FLAGFILE_HELP = (
+    "A file of flags, one --flag=value a line (# comments on their own lines); flags/ holds the papers' "
+    "recipes. Flags given after it override it."
+)
+_UNDEFOK_HELP = "Comma-separated names of flags that may be given although this command does not define them."
+_HELP_SPELLINGS = {
+    "help": ("--help", "-help", "-h", "-?"),
+    "short": ("--helpshort", "-helpshort"),
+    "full": ("--helpfull", "-helpfull"),
+}
+
+
+def flag_groups() -> list:
+    """``(key, title, flag names)`` of every flag of this command, section by section, as ``--help`` and the site list them.
+
+    The sections are :data:`lottery_tf.engine.config.FLAG_SECTIONS`, each with its settings in their
+    declared order, then the flags one invocation adds (``key`` ``"invocation"``).
+    """
+    groups = [
+        (key, title, [s.flag for s in config_lib.SETTINGS if config_lib.flag_section(s) == key])
+        for key, title in config_lib.FLAG_SECTIONS
+    ]
+    return [*groups, ("invocation", INVOCATION_TITLE, list(INVOCATION_FLAGS))]
+
+
+def _render(
+    name: str, help_text: str, default: str = "", syntax: str = "", boolean: bool = False, short: str = ""
+) -> str:
+    """One flag as absl's help writes it: ``-s,--[no]name: help``, then its default and syntax, wrapped."""
+    first = f"{'-' + short + ',' if short else ''}--{'[no]' if boolean else ''}{name}: {help_text}"
+    lines = [flags.text_wrap(first, indent="    ", firstline_indent="  ")]
+    for extra in (f"(default: {default})" if default else "", f"({syntax})" if syntax else ""):
+        if extra:
+            lines.append(flags.text_wrap(extra, indent="    "))
+    return "\n".join(lines)
+
+
+def _render_flag(name: str) -> str:
+    if name == "flagfile":  # absl's, not among FLAGS' own
+        return _render(name, _FLAGFILE_HELP)
+    flag = FLAGS[name]
+    return _render(name, flag.help, flag.default_as_str, flag.parser.syntactic_help, flag.boolean)
+
+
+def help_text(which: str = "help") -> str:
+    """What ``--helpshort`` (``"short"``), ``--help`` (``"help"``) or ``--helpfull`` (``"full"``) prints.
+
+    ``short``: the usage and the common flags (:data:`COMMON_FLAGS`). ``help``: the common flags, then
+    every other flag of this command by section (:func:`flag_groups`, the site's order). ``full``: the
+    same, then absl's own flags (logging, debugging); no other library's. Every flag is listed once.
+
+    Args:
+        which: ``"short"``, ``"help"`` or ``"full"``.
+
+    Returns:
+        The text, ending in a newline.
+    """
+    parts = [USAGE.rstrip("\n"), "Common flags:\n" + "\n".join(_render_flag(name) for name in COMMON_FLAGS)]
+    if which == "short":
+        parts.append("--help lists every flag by section; --helpfull adds absl's own flags.")
+        return "\n\n".join(parts) + "\n"
+    for _, title, names in flag_groups():
+        common = [name for name in names if name in COMMON_FLAGS]
+        rest = [name for name in names if name not in COMMON_FLAGS]
+        besides = f" (and {', '.join('--' + name for name in common)} above)" if common else ""
+        parts.append(f"{title}{besides}:\n" + "\n".join(_render_flag(name) for name in rest))
+    if which != "full":
+        parts.append("--helpfull adds absl's own flags (logging, debugging).")
+        return "\n\n".join(parts) + "\n"
+    by_module = FLAGS.flags_by_module_dict()
+    own = [_render("undefok", _UNDEFOK_HELP)]
+    for module in _ABSL_MODULES:
+        for flag in by_module.get(module, []):
+            if not flag.name.startswith("help"):  # --help..., this text (absl's --helpxml lists every library's)
+                syntax = flag.parser.syntactic_help
+                own.append(_render(flag.name, flag.help, flag.default_as_str, syntax, flag.boolean, flag.short_name))
+    parts.append("absl's own flags (logging, debugging):\n" + "\n".join(own))
+    return "\n\n".join(parts) + "\n"
+
+
+def _help_asked(args) -> str | None:
+    """``"short"``, ``"help"`` or ``"full"`` for the first help flag in ``args`` (before ``--``), or None."""
+    for arg in args:
+        if arg == "--":
+            return None
+        for which, spellings in _HELP_SPELLINGS.items():
+            if arg in spellings:
+                return which
+    return None
+
+
 def _parse_flags(argv):
-    """absl's parser, with its errors as one line and exit status 2; ``--help`` exits 0.
+    """absl's parser, with its errors as one line and exit status 2; the help flags exit 0.
+
+    ``--helpshort``, ``--help`` and ``--helpfull`` print :func:`help_text` and exit 0 (absl's own
+    exit 1, and its ``--helpfull`` lists the flags of every library imported, TensorFlow's included).
 
     Before absl reads anything: every flagfile, in every spelling absl accepts
     (``--flagfile=X``, ``--flagfile X``, ``-flagfile=X``, ``-flagfile X``, and
     nested), is checked (:func:`flagfile_problem`); then an unknown flag is named
     before any other error.
     """
-    if any(arg in ("--help", "-h", "-help", "--helpshort") for arg in argv[1:]):
-        print(USAGE + FLAGS.module_help(sys.modules[__name__]))
+    asked = _help_asked(argv[1:])
+    if asked:
+        print(help_text(asked), end="")
         sys.exit(0)
     for spelling, path in flagfile_arguments(argv[1:]):
         problem = f"expected a file after {spelling}" if path is None else flagfile_problem(path)

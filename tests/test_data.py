@@ -3,6 +3,8 @@
 import gzip
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -166,6 +168,30 @@ def test_debian_fashion_mnist_found_by_default(monkeypatch, tmp_path):
     assert splits.source == f"idx:{DEBIAN_FOLDER}"
     assert (len(splits.x_train), len(splits.x_val), len(splits.x_test)) == (55000, 5000, 10000)
     assert np.bincount(splits.y_test).tolist() == [1000] * 10
+
+
+def test_keras_imported_first_then_fashion_mnist_from_idx_files_prints_nothing(tmp_path):
+    # A user's script: keras, then lottery_tf, then the Debian IDX files. TensorFlow's own start-up lines come
+    # with `import keras`, before lottery_tf runs; from `import lottery_tf` on, stderr stays empty: TFDS is
+    # not asked about a folder that does not exist (it logged "Variant folder ... has no dataset_info.json").
+    script = (
+        "import sys\n"
+        "import keras\n"
+        "print('== lottery_tf', file=sys.stderr, flush=True)\n"
+        "import lottery_tf\n"
+        "print(lottery_tf.load_data('fashion_mnist').source)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (mnist.SEARCH_ENV, "TF_CPP_MIN_LOG_LEVEL")}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "TFDS_DATA_DIR": str(tmp_path / "tfds")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == f"idx:{DEBIAN_FOLDER}\n"
+    assert result.stderr.split("== lottery_tf\n", 1)[1] == ""
 
 
 def test_real_tfds_builder_reads_prepared_data(tmp_path):

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -382,6 +383,10 @@ def test_overwrite_replaces_an_earlier_export_whole(run, tmp_path, capsys):
     args = [run, "--level=1", "--formats=keras,litert", f"--out={out}", "--latency_runs=1", "--overwrite"]
     assert export_cli.main(args) == 0
     assert sorted(os.listdir(out)) == ["export.json", "ticket.keras", "ticket.tflite"]
+    # The export folder has the mode of every run folder (0777 less the umask), not tempfile.mkdtemp's 0700.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(out).st_mode) == stat.S_IMODE(os.stat(run).st_mode) == 0o777 & ~umask
     assert export_cli.main([run, "--level=2", "--formats=keras", f"--out={out}", "--latency_runs=1"]) == 2
     assert capsys.readouterr().err.strip() == f"error: --out: {out} exists; pass --overwrite to replace it"
     assert (

@@ -1250,6 +1250,23 @@ SETTINGS: tuple[Setting, ...] = (
 del S
 SETTING = {s.flag: s for s in SETTINGS}
 
+# The flags' sections, in order, with their titles: ``--help`` (lottery_tf/main.py) and the site's flag
+# reference (docs/hooks.py) both group the flags by these.
+FLAG_SECTIONS = (
+    ("data", "Data"),
+    ("model", "Model"),
+    ("training", "Training"),
+    ("pruning", "Pruning"),
+    ("branches", "Branches, analyses and baselines"),
+    ("run", "Where and how to run"),
+)
+
+
+def flag_section(setting: Setting) -> str:
+    """The section of :data:`FLAG_SECTIONS` that lists ``setting``'s flag (``--seed`` is listed with pruning)."""
+    section = setting.field.split(".")[0]
+    return "pruning" if section == "seed" else section
+
 
 def setting_for_field(field: str) -> Setting:
     return next(s for s in SETTINGS if s.field == field)

@@ -17,6 +17,7 @@ import gzip
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import sys
@@ -263,6 +264,20 @@ def _owner_tag() -> str:
     return f"{host}.{os.getpid()}"
 
 
+def _scratch_folder(parent: str, prefix: str) -> str:
+    """A new folder ``<parent>/<prefix><random>`` with the mode every run folder has (0777 less the umask).
+
+    ``tempfile.mkdtemp`` makes it 0700, and the export folder is this folder renamed.
+    """
+    while True:
+        path = os.path.join(parent, prefix + secrets.token_hex(4))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
 def remove_leftovers(parent: str) -> list[str]:
     """Removes the temporary folders of exports into ``parent`` killed on this host (their process is gone).
 
@@ -322,7 +337,7 @@ def write_folder(record, model, data, formats, quantize, out, latency_runs, expe
     parent = os.path.dirname(out) or "."
     os.makedirs(parent, exist_ok=True)
     remove_leftovers(parent)
-    scratch = tempfile.mkdtemp(prefix=f".tmp-export-{_owner_tag()}-", dir=parent)
+    scratch = _scratch_folder(parent, f".tmp-export-{_owner_tag()}-")
     try:
         keras_entry = {"accuracy": _accuracy(keras_logits, y_test)}
         keras_entry["latency"] = _latency(lambda x: plain(x, training=False), x_test[:1], latency_runs)

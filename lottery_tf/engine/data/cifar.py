@@ -13,7 +13,7 @@ import numpy as np
 
 from lottery_tf.engine.config import DataConfig
 from lottery_tf.engine.data.mnist import network_answers
-from lottery_tf.engine.data.registry import DATASETS, DataUnavailableError, Splits, hold_out_validation
+from lottery_tf.engine.data.registry import DATASETS, DataUnavailableError, Splits, hold_out_validation, tfds_prepared
 
 PAD = 4
 HOW_TO_GET = (
@@ -52,7 +52,7 @@ def _load_tfds(config: DataConfig):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder("cifar10", data_dir=config.tfds_data_dir or None)
-    if not builder.is_prepared():
+    if not tfds_prepared(builder):
         if not (config.tfds_download and network_answers()):
             raise DataUnavailableError(f"cifar10 is not prepared in TFDS ({builder.data_dir}); {HOW_TO_GET}")
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 
 from lottery_tf.engine.config import ConfigError, DataConfig
-from lottery_tf.engine.data.registry import DATASETS, DataUnavailableError, StreamingSplits
+from lottery_tf.engine.data.registry import DATASETS, DataUnavailableError, StreamingSplits, tfds_prepared
 
 NAME = "imagenet2012"
 NUM_CLASSES = 1000
@@ -44,7 +44,7 @@ def _builder(config: DataConfig):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(NAME, data_dir=config.tfds_data_dir or None)
-    if builder.is_prepared():
+    if tfds_prepared(builder):
         return builder
     manual = config.tfds_manual_dir
     missing = [a for a in ARCHIVES if not (manual and os.path.isfile(os.path.join(manual, a)))]

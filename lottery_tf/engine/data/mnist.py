@@ -10,7 +10,7 @@ import numpy as np
 
 from lottery_tf.engine.config import DataConfig
 from lottery_tf.engine.data import idx
-from lottery_tf.engine.data.registry import DATASETS, DataUnavailableError, Splits, hold_out_validation
+from lottery_tf.engine.data.registry import DATASETS, DataUnavailableError, Splits, hold_out_validation, tfds_prepared
 
 # Folders searched for IDX files when --data_dir is not given.
 KNOWN_FOLDERS = {
@@ -62,7 +62,7 @@ def _from_tfds(name: str, config: DataConfig, download: bool):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=config.tfds_data_dir or None)
-    if not builder.is_prepared():
+    if not tfds_prepared(builder):
         if not download:
             return None
         builder.download_and_prepare()

@@ -173,6 +173,22 @@ def class_counts(splits) -> list | None:
     return [int(n) for n in np.bincount(splits.y_train, minlength=splits.num_classes)]
 
 
+def tfds_prepared(builder) -> bool:
+    """Whether TFDS holds a prepared copy of ``builder``'s dataset.
+
+    TFDS's own check is asked only where the version folder exists: for a folder that does not,
+    ``builder.is_prepared()`` logs "Variant folder ... has no dataset_info.json" (an absl warning the user
+    would see at every load that then reads IDX files or says how to get the data).
+
+    Args:
+        builder: A ``tfds.core.DatasetBuilder``.
+
+    Returns:
+        True where ``builder.data_path`` exists and TFDS finds a prepared dataset in it.
+    """
+    return builder.data_path.exists() and builder.is_prepared()
+
+
 def hold_out_validation(x, y, n_val: int, seed: int = 0):
     """Splits off ``n_val`` examples by a fixed permutation (same for all runs)."""
     if n_val >= len(x):
