@@ -1,0 +1,237 @@
+"""Griffe extension for the API reference: the docstrings' Sphinx roles and doctests, rendered for the site.
+
+The library's docstrings are Keras-style Google docstrings with two Sphinx
+habits that Markdown does not read: roles (``:func:`wrap_model```) and an
+``Example:`` title followed by a blank line and unindented ``>>>`` lines
+(Google sections need an indented body, so Griffe took the title for text and
+Markdown took ``>>>`` for nested block quotes). Before the docstrings are
+parsed, when the package is loaded, this extension rewrites their text:
+
+* a role becomes a mkdocstrings cross-reference. The name is resolved as
+  Python would in the documented object's scope (its members, its module's
+  names and imports, its parents), then as a full path, then as a path below
+  a parent package (``config.validate``), then as the one object of that name
+  in the package. A name the package exports (``lottery_tf.__all__``) links to
+  its public path (``lottery_tf.wrap_model``). A resolved object the site does
+  not document renders as code (an optional reference); a name that resolves to
+  nothing is logged as a warning and left a plain reference, so the strict
+  build fails and names it.
+* an ``Example:``/``Examples:`` title with an unindented body becomes an
+  indented ``Examples:`` section, which Griffe parses into code blocks; any
+  other run of ``>>>`` lines is fenced as ``pycon``. Doctest directives
+  (``# doctest: +SKIP``) are dropped from what is shown.
+"""
+
+from __future__ import annotations
+
+import re
+
+import griffe
+
+ROLE = re.compile(r":(?:py:)?(func|class|mod|data|meth|attr|exc|obj|const):`(~?)\.?([^`]+?)(?:\(\))?`")
+SECTION_TITLE = re.compile(r"[A-Z][A-Za-z ]{1,40}:\s*")
+EXAMPLES_TITLE = re.compile(r"Examples?:\s*")
+DOCTEST_DIRECTIVE = re.compile(r"\s*#\s*doctest:\s*[+-][A-Z_]+(?:\s*,\s*[+-][A-Z_]+)*\s*$")
+# A ">" (not a ">>>" prompt) at the start of a line or of an item's description: "rounds: >= 1.".
+LEADING_ANGLE = re.compile(r"^(\s*(?:[A-Za-z_*][\w, *]*(?: \([^)]*\))?: )?)>(?!>>)")
+PUBLIC_PACKAGE = "lottery_tf"
+LOG = griffe.get_logger("griffe_docstrings")
+
+
+def _is_prompt(line: str) -> bool:
+    stripped = line.lstrip()
+    return stripped.startswith(">>>") or stripped.startswith("...")
+
+
+def _without_directive(line: str) -> str:
+    return DOCTEST_DIRECTIVE.sub("", line) if _is_prompt(line) else line
+
+
+def examples_as_code(text: str) -> str:
+    """Rewrites a docstring's doctests so that they render as code.
+
+    Args:
+        text: A cleaned (dedented) docstring.
+
+    Returns:
+        The docstring with every ``Example:``/``Examples:`` title whose body is
+        not indented turned into an indented ``Examples:`` section, every other
+        run of ``>>>`` lines outside a fence and outside an ``Examples:``
+        section fenced as ``pycon``, and doctest directives removed.
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    fence = False
+    section = ""
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        if fence or line.lstrip().startswith("```"):
+            out.append(line)
+            i += 1
+            continue
+        if SECTION_TITLE.fullmatch(line):
+            section = line.strip()
+        if EXAMPLES_TITLE.fullmatch(line):
+            body = i + 1
+            while body < len(lines) and not lines[body].strip():
+                body += 1
+            if body < len(lines) and not lines[body].startswith(" "):
+                end = body
+                while end < len(lines) and not SECTION_TITLE.fullmatch(lines[end]):
+                    end += 1
+                while end > body and not lines[end - 1].strip():
+                    end -= 1
+                out.append("Examples:")
+                out += ["    " + _without_directive(row) if row.strip() else "" for row in lines[body:end]]
+                out += [row for row in lines[end : end + 1] if not row.strip()] if end < len(lines) else []
+                section = "Examples:"
+                i = end
+                continue
+        if line.lstrip().startswith(">>>") and not (section.startswith("Example") and line.startswith(" ")):
+            indent = line[: len(line) - len(line.lstrip())]
+            end = i
+            while end < len(lines) and lines[end].strip() and lines[end].startswith(indent):
+                end += 1
+            out.append(f"{indent}```pycon")
+            out += [_without_directive(row) for row in lines[i:end]]
+            out.append(f"{indent}```")
+            i = end
+            continue
+        out.append(_without_directive(line) if section.startswith("Example") else line)
+        i += 1
+    return "\n".join(out)
+
+
+def markdown_literals(text: str) -> str:
+    """Rewrites the reStructuredText habits Markdown misreads, outside fences and doctests.
+
+    Args:
+        text: A cleaned (dedented) docstring.
+
+    Returns:
+        The docstring with a ``>`` that starts a line or an item's description
+        (``rounds: >= 1.``) escaped, so that it is not read as a block quote,
+        and a paragraph's closing ``::`` before an indented literal block
+        written as RST shows it (``Layout::`` as ``Layout:``; Markdown already
+        shows the indented block as code).
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    fence = False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        if fence or line.lstrip().startswith("```") or _is_prompt(line):
+            out.append(line)
+            continue
+        line = LEADING_ANGLE.sub(r"\1\\>", line)
+        following = next((row for row in lines[i + 1 :] if row.strip()), "")
+        blank_after = i + 1 < len(lines) and not lines[i + 1].strip()
+        indent = len(line) - len(line.lstrip())
+        if line.rstrip().endswith("::") and blank_after and len(following) - len(following.lstrip()) > indent:
+            line = "" if line.strip() == "::" else line.rstrip()[:-1]  # "Layout::" shows "Layout:"
+        out.append(line)
+    return "\n".join(out)
+
+
+class _Resolver:
+    def __init__(self, package: griffe.Module):
+        self.package = package
+        self.by_name: dict[str, set[str]] = {}
+        self.public: dict[str, str] = {}
+        for obj in _objects(package):
+            self.by_name.setdefault(obj.name, set()).add(obj.path)
+        if package.path == PUBLIC_PACKAGE:
+            for name in package.exports or ():
+                name = name if isinstance(name, str) else getattr(name, "name", str(name))
+                if target := self.canonical(f"{PUBLIC_PACKAGE}.{name}"):
+                    self.public[target] = f"{PUBLIC_PACKAGE}.{name}"
+
+    def lookup(self, path: str):
+        try:
+            return self.package.modules_collection.get_member(path)
+        except (KeyError, ValueError, AttributeError, griffe.AliasResolutionError, griffe.CyclicAliasError):
+            return None
+
+    def canonical(self, path: str) -> str | None:
+        """The path where ``path``'s object is defined, or None if it is not in the loaded package."""
+        obj = self.lookup(path)
+        if obj is None:
+            return None
+        try:
+            while obj.is_alias:
+                obj = obj.final_target
+        except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+            return None
+        return obj.path
+
+    def resolve(self, scope, name: str) -> str | None:
+        """The canonical path of ``name`` as written in ``scope``'s docstring, or None."""
+        head, _, rest = name.partition(".")
+        candidates = []
+        try:
+            resolved = scope.resolve(head)
+            candidates.append(f"{resolved}.{rest}" if rest else resolved)
+        except (griffe.NameResolutionError, AttributeError, KeyError):
+            pass
+        candidates.append(name)
+        parent = scope.module
+        while parent is not None:
+            candidates.append(f"{parent.path}.{name}")
+            parent = parent.parent
+        for candidate in candidates:
+            if found := self.canonical(candidate):
+                return found
+        paths = {self.canonical(p) for p in self.by_name.get(name.rsplit(".", 1)[-1], ())}
+        paths = {p for p in paths if p and p.endswith("." + name)}
+        return paths.pop() if len(paths) == 1 else None
+
+    def reference(self, scope, role: str, short: str, name: str) -> str:
+        shown = name.rsplit(".", 1)[-1] if short else name
+        target = self.resolve(scope, name)
+        if target is None:
+            LOG.warning(
+                "%s: :%s:`%s` names nothing in %s (the docstring's cross-reference cannot be resolved)",
+                scope.path,
+                role,
+                name,
+                self.package.path,
+            )
+            return f"[`{shown}`][{name}]"
+        identifier = self.public.get(target, target)
+        return f'<autoref identifier="{identifier}" optional>`{shown}`</autoref>'
+
+
+def _objects(obj):
+    """Every object defined (not imported) in ``obj``, ``obj`` included."""
+    seen = set()
+    stack = [obj]
+    while stack:
+        current = stack.pop()
+        if current.is_alias or current.path in seen:
+            continue
+        seen.add(current.path)
+        yield current
+        stack.extend(current.members.values())
+
+
+def roles_as_references(text: str, scope, resolver: _Resolver) -> str:
+    """Rewrites the Sphinx roles of one docstring as mkdocstrings cross-references (see the module's docstring)."""
+    return ROLE.sub(lambda m: resolver.reference(scope, m.group(1), m.group(2), m.group(3).strip()), text)
+
+
+class SphinxRolesAndDoctests(griffe.Extension):
+    """Rewrites every docstring of a loaded package: roles as cross-references, doctests as code."""
+
+    def on_package(self, *, pkg, **kwargs) -> None:
+        resolver = _Resolver(pkg)
+        for obj in _objects(pkg):
+            if obj.docstring is not None and obj.docstring.value:
+                text = markdown_literals(examples_as_code(obj.docstring.value))
+                obj.docstring.value = roles_as_references(text, obj, resolver)
+
+    # Griffe 1 names the same event on_package_loaded.
+    on_package_loaded = on_package
