@@ -87,13 +87,20 @@ def test_smoke_run_writes_every_level_and_prints_table(smoke_run):
 
 def test_tensorboard_event_files_hold_accuracy_sparsity_hparams_histograms(smoke_run):
     import tensorflow as tf
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
 
     out, _ = smoke_run
     rep = replicate(out)
-    folders = sorted(os.path.basename(f) for f in glob.glob(os.path.join(rep, "tensorboard", "*")))
-    assert folders == ["level_00_main", "level_01_main", "level_02_main", "level_02_reinit"]
+    experiment = os.path.dirname(rep)
+    # TensorBoard's own run names (what its run list shows) end in what differs: replicate, level, branch.
+    runs = ["r0/L00-main", "r0/L01-main", "r0/L02-main", "r0/L02-reinit"]
+    for logdir, prefix in ((out, f"{os.path.basename(experiment)}/tensorboard/"), (experiment, "tensorboard/")):
+        multiplexer = plugin_event_multiplexer.EventMultiplexer()
+        multiplexer.AddRunsFromDirectory(logdir)
+        assert sorted(multiplexer.Runs()) == [prefix + run for run in runs]
+    assert not os.path.exists(os.path.join(rep, "tensorboard"))  # the layout before issue 30
     tags, values = set(), {}
-    for path in glob.glob(os.path.join(rep, "tensorboard", "level_01_main", "events.out.tfevents.*")):
+    for path in glob.glob(os.path.join(experiment, "tensorboard", "r0", "L01-main", "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 tags.add(value.tag)

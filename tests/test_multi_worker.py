@@ -205,7 +205,7 @@ def test_only_the_chief_writes(two_workers):
     assert events
     pids = {os.path.basename(e).split(".")[-3] for e in events}  # ...<host>.<pid>.<n>.v2
     assert pids == {str(chief_pid)}
-    (level1,) = [e for e in events if f"{os.sep}level_01_main{os.sep}" in e]
+    (level1,) = [e for e in events if f"{os.sep}L01-main{os.sep}" in e]
     tags = {value.tag for event in tf.compat.v1.train.summary_iterator(level1) for value in event.summary.value}
     assert {
         "sparsity/overall",

@@ -343,7 +343,7 @@ def test_a_control_at_two_levels_is_markers_only_and_says_so(one_replicate, tmp_
         ax = drawn[name].axes[0]
         lines = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar containers hold the data lines
         control = lines["random reinitialization (same mask) (levels 5, 10 only)"]
-        assert control.get_linestyle() == "None" and control.get_marker() == "o"
+        assert control.get_linestyle() == "None" and control.get_marker() == plotting.branch_style("reinit")["marker"]
         assert lines["lottery ticket (IMP main line)"].get_linestyle() == "-"  # consecutive levels: a line
 
 

@@ -4,8 +4,10 @@ import os
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 
 from lottery_tf.reports import cli as report_cli
+from lottery_tf.reports import plotting
 from lottery_tf.store import atomic
 
 ALPHAS = [0.0, 0.5, 1.0]
@@ -166,7 +168,10 @@ def test_instability_figure_draws_the_table(study, tmp_path, drawn):
     np.testing.assert_allclose(np.asarray(ticket.lines[0].get_ydata(), float), [3.5, 0.5])
     assert ticket.has_yerr
     (random,) = [c for c in test_ax.containers if c.get_label().startswith("random pruning")]
-    assert random.lines[0].get_linestyle() == "--"
+    # Each network in its branch's colour (as in the accuracy figures); the same level, the same marker.
+    assert to_hex(random.lines[0].get_color()) == to_hex(plotting.branch_style("random_prune_layerwise")["color"])
+    assert to_hex(ticket.lines[0].get_color()) == to_hex(plotting.branch_style("main")["color"])
+    assert random.lines[0].get_marker() == ticket.lines[0].get_marker()
     assert any(line.get_label().startswith("2%") and list(line.get_ydata()) == [2.0, 2.0] for line in test_ax.lines)
     path_axes = [ax for ax in drawn["error_along_path.png"].axes if ax.get_visible()]
     assert len(path_axes) == 3  # dense level 0, ticket and random pruning at level 7

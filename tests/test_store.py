@@ -343,7 +343,28 @@ def test_missing_trained_weights_are_named_and_rebuilt_only_when_needed(finished
 
 
 def _event_file(rep):
-    return sorted(glob.glob(os.path.join(rep, "tensorboard", "level_01_main", "events.out.tfevents.*")))[0]
+    tree = os.path.join(os.path.dirname(rep), "tensorboard", "r0", "L01-main")
+    return sorted(glob.glob(os.path.join(tree, "events.out.tfevents.*")))[0]
+
+
+def test_tensorboard_events_in_either_layout_are_checked_and_a_clean_run_stays_clean(finished, tmp_path, capsys):
+    root, experiment, rep = _copy(finished, tmp_path)
+    code, out = health(root, capsys)
+    assert code == 0 and "note:" not in out, out  # a new run: its tensorboard tree raises nothing
+    # A run from before issue 30 kept its events in replicate_<r>/tensorboard/level_<LL>_<run>.
+    old = os.path.join(rep, "tensorboard")
+    os.makedirs(old)
+    for folder in glob.glob(os.path.join(experiment, "tensorboard", "r0", "L*-*")):
+        level, run = os.path.basename(folder)[1:].split("-", 1)
+        shutil.move(folder, os.path.join(old, f"level_{level}_{run}"))
+    shutil.rmtree(os.path.join(experiment, "tensorboard"))
+    code, out = health(root, capsys)
+    assert code == 0 and "note:" not in out, out
+    events = sorted(glob.glob(os.path.join(old, "level_01_main", "events.out.tfevents.*")))[0]
+    with open(events, "r+b") as handle:
+        handle.truncate(os.path.getsize(events) - 7)
+    code, out = health(root, capsys)
+    assert code == 0 and f"note: {events}: is truncated after" in out, out
 
 
 def test_notes_truncated_events_stale_and_unreadable_locks_and_leftovers(finished, tmp_path, capsys):

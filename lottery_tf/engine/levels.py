@@ -162,7 +162,7 @@ def train_level(
         every=training.eval_every,
         total_steps=total_steps,
         log_dir=(
-            os.path.join(ctx.folder, "tensorboard", f"level_{level:02d}_{branch}")
+            store.tensorboard_dir(ctx.folder, level, branch)
             if config.run.tensorboard and atomic.writes_enabled()
             else None
         ),

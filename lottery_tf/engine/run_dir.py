@@ -16,7 +16,8 @@ so adding a new flag with a default never moves an old run. Layout::
     .../replicate_<r>/level_<LL>/<branch>/branch.json  the branch's settings
     .../replicate_<r>/level_<LL>/instability/<network>_k<k>/pair_<p>/instability.json  (copies beside it)
     .../replicate_<r>/level_<LL>/stability/<network>_k<k>/stability.json
-    .../replicate_<r>/tensorboard/level_<LL>_<branch>/  TensorBoard events
+    <output_dir>/lottery_<hash>/tensorboard/r<r>/L<LL>-<branch>/  TensorBoard events (runs before
+                                                    issue 30: .../replicate_<r>/tensorboard/level_<LL>_<branch>/)
 
 A level whose ``metrics.json`` exists is done and is never trained again.
 """

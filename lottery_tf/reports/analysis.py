@@ -223,19 +223,42 @@ def _step_axis(ax, steps):
     positive = [k for k in steps if k > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
     ax.set_xticks(sorted(set(steps)))
-    ax.set_xticklabels([str(k) for k in sorted(set(steps))], fontsize=8)
+    ax.set_xticklabels([str(k) for k in sorted(set(steps))])
     ax.minorticks_off()
-    ax.set_xlabel("rewind step k (symmetric log scale; 0 = initialization)")
+    ax.set_xlabel("rewind step k (symmetric log scale;\n0 = initialization)")
     ax.grid(True, alpha=0.3)
 
 
+def _level_styles(entries: list[dict]) -> dict:
+    """Level -> (marker, line style): one per level of the sparse networks, densest first (level 0 is dense)."""
+    levels = sorted({e["level"] for e in entries if e["level"] > 0})
+    return {
+        level: (
+            plotting.LEVEL_MARKERS[i % len(plotting.LEVEL_MARKERS)],
+            plotting.LEVEL_LINES[i % len(plotting.LEVEL_LINES)],
+        )
+        for i, level in enumerate(levels)
+    }
+
+
+def _network_style(entry, levels: dict) -> dict:
+    """The network's branch colour; a sparse network's level its marker and line style; the dense network solid."""
+    style = plotting.network_style(entry["network"])
+    style.pop("linewidth", None)
+    if entry["level"] in levels:
+        style["marker"], style["linestyle"] = levels[entry["level"]]
+    else:
+        style["linestyle"] = "-"
+    return style
+
+
+@plotting.styled
 def plot_error_along_path(entries: list[dict], path: str) -> None:
     """Test error along the path: a panel per (experiment, level, network), a line per k."""
-    plt = plotting.figure()
     panels = sorted({(e["experiment"], e["level"], e["network"]) for e in entries})
-    columns = min(3, len(panels))
+    columns = min(2, len(panels))
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    plt, fig, axes = plotting.subplots(rows, columns, 3.2)
     for index, (experiment, level, network) in enumerate(panels):
         ax = axes[index // columns][index % columns]
         mine = sorted(
@@ -249,15 +272,15 @@ def plot_error_along_path(entries: list[dict], path: str) -> None:
         title = _label(mine[0])
         ax.set_title(title if len({p[0] for p in panels}) == 1 else f"{experiment}: {title}", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend()
     for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].set_visible(False)
-    fig.suptitle(
-        f"Test error along the linear path between two copies trained from step k with different data orders "
+    plotting.suptitle(
+        fig,
+        f"Test error along the linear path between two copies trained from step k\nwith different data orders "
         f"(mean over {max(e['samples'] for e in entries)} pair(s) x replicates)\n{entries[0]['title']}",
-        fontsize=9,
+        fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.94))  # room for the titles between rows
     plotting.save(fig, path)
     plt.close(fig)
 
@@ -273,20 +296,27 @@ def _by_network(mine: list[dict]):
 
 
 def _close(plt, fig, path, experiments, entries, note=""):
+    plotting.shared_legend(fig, fig.axes)
     if len(experiments) == 1:
-        fig.suptitle(entries[0]["title"] + note, fontsize=9)
+        plotting.suptitle(fig, entries[0]["title"] + note, fontsize=10)
     plotting.save(fig, path)
     plt.close(fig)
 
 
+@plotting.styled
 def plot_instability_vs_step(entries: list[dict], path: str) -> None:
-    """Instability vs k: test and train panels per experiment, a line per (level, network), the 2% line."""
-    plt, fig, axes, experiments, _ = plotting.grid(entries, 2, 13, 4.8)
+    """Instability vs k: test and train panels per experiment, a line per (level, network), the 2% line.
+
+    Each network in its branch's colour (the ticket as IMP's main line), each level its own marker and
+    line style; one legend below the panels.
+    """
+    plt, fig, axes, experiments, _ = plotting.grid(entries, 2, 4.0)
     for row, experiment in enumerate(experiments):
         mine = [e for e in entries if e["experiment"] == experiment]
+        levels = _level_styles(mine)
         for col, split in enumerate(("test", "train")):
             ax = axes[row][col]
-            for _level, network, series in _by_network(mine):
+            for _level, _network, series in _by_network(mine):
                 spread = (
                     [100 * e[f"instability_{split}_std"] for e in series]
                     if any(e["samples"] > 1 for e in series)
@@ -296,36 +326,40 @@ def plot_instability_vs_step(entries: list[dict], path: str) -> None:
                     [e["rewind_step"] for e in series],
                     [100 * e[f"instability_{split}_mean"] for e in series],
                     yerr=spread,
-                    marker="o",
                     markersize=4,
                     capsize=3,
                     label=_label(series[0]),
-                    linestyle="--" if network in ("random_prune", "reinit") else "-",
+                    **_network_style(series[0], levels),
                 )
             ax.axhline(100 * STABLE, color="gray", linestyle=":", linewidth=1, label="2%: stable below")
             _step_axis(ax, [e["rewind_step"] for e in mine])
-            ax.set_ylabel(f"{split} instability (%)\nmax error on the path − mean endpoint error")
+            ax.set_ylabel(f"{split} instability (%)\nmax error on the path\n− mean endpoint error")
             samples = max(e["samples"] for e in mine)
-            heading = f"{split} instability, mean ± std over {samples} pair(s) x replicates"
-            ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}", fontsize=10)
-            ax.legend(fontsize=7)
+            heading = f"{split} instability,\nmean ± std over {samples} pair(s) x replicates"
+            ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}")
     _close(plt, fig, path, experiments, entries)
 
 
+@plotting.styled
 def plot_stability_vs_step(entries: list[dict], path: str) -> None:
-    """Normalized L2 distance and angle vs k, to pruning (solid) and to data order (dashed)."""
-    plt, fig, axes, experiments, _ = plotting.grid(entries, 2, 13, 4.8)
+    """Normalized L2 distance and angle vs k, to pruning (solid, filled markers) and to data order (dashed,
+    open markers).
+
+    Each network in its branch's colour, each level its own marker; one legend below.
+    """
+    plt, fig, axes, experiments, _ = plotting.grid(entries, 2, 4.0)
     for row, experiment in enumerate(experiments):
         mine = [e for e in entries if e["experiment"] == experiment]
+        levels = _level_styles(mine)
         for col, (key, words) in enumerate(
             (
-                ("normalized_l2_distance", "normalized L2 distance ‖m⊙a − m⊙b‖ / ‖m⊙a‖"),
-                ("angle_degrees", "angle between m⊙a and m⊙b (degrees)"),
+                ("normalized_l2_distance", "normalized L2 distance\n‖m⊙a − m⊙b‖ / ‖m⊙a‖"),
+                ("angle_degrees", "angle between m⊙a and m⊙b\n(degrees)"),
             )
         ):
             ax = axes[row][col]
-            for number, (level, _network, series) in enumerate(_by_network(mine)):
-                for kind, style, what in (("to_pruning", "-", "to pruning"), ("to_data_order", "--", "to data order")):
+            for level, _network, series in _by_network(mine):
+                for kind, what in (("to_pruning", "to pruning"), ("to_data_order", "to data order")):
                     points = [
                         (e["rewind_step"], e[f"{kind}_{key}_mean"], e[f"{kind}_{key}_std"])
                         for e in series
@@ -334,30 +368,31 @@ def plot_stability_vs_step(entries: list[dict], path: str) -> None:
                     if not points or (level == 0 and kind == "to_pruning"):
                         continue  # the dense network is not pruned
                     spread = [p[2] for p in points] if any(e["replicates"] > 1 for e in series) else None
+                    style = _network_style(series[0], levels)
+                    style["linestyle"] = "-" if kind == "to_pruning" else "--"
+                    if kind == "to_data_order":
+                        style["markerfacecolor"] = "white"
                     ax.errorbar(
                         [p[0] for p in points],
                         [p[1] for p in points],
                         yerr=spread,
-                        marker="o",
-                        markersize=4,
+                        markersize=5,
                         capsize=3,
-                        linestyle=style,
-                        color=f"C{number}",
                         label=f"{_label(series[0])}: {what}",
+                        **style,
                     )
             _step_axis(ax, [e["rewind_step"] for e in mine])
             ax.set_ylabel(words)
             heading = f"stability: {key.replace('_', ' ')} vs rewind step"
-            ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}", fontsize=10)
-            ax.legend(fontsize=6)
+            ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}")
     _close(
         plt,
         fig,
         path,
         experiments,
         entries,
-        "\nto pruning: dense network vs subnetwork trained from m⊙W_k (same "
-        "data order); to data order: the subnetwork under two data orders",
+        "\nto pruning (solid, filled markers): dense network vs subnetwork trained from m⊙W_k\n(same data order); "
+        "to data order (dashed, open markers): the subnetwork under two data orders",
     )
 
 
@@ -368,6 +403,7 @@ def _rewind_step(experiment_folder: str):
         return None
 
 
+@plotting.styled
 def plot_rewind_sweep(
     experiments: list[str], table_entries: list[dict], instability_entries: list[dict], path: str
 ) -> bool:
@@ -375,8 +411,8 @@ def plot_rewind_sweep(
     steps = {os.path.basename(e): _rewind_step(e) for e in experiments}
     if len({k for k in steps.values() if k is not None}) < 2:
         return False
-    plt = plotting.figure()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    plt, fig, axes = plotting.subplots(1, 2, 4.4)
+    left, right = axes[0]
     for name, k in sorted(steps.items(), key=lambda item: item[1]):
         rows = sorted(
             (e for e in table_entries if e["experiment"] == name and e["branch"] == "main"),
@@ -399,8 +435,8 @@ def plot_rewind_sweep(
             )
     plotting.weights_axis(left, {"all": [e for e in table_entries if e["branch"] == "main"]})
     left.set_ylabel("final test accuracy (%)")
-    left.set_title("IMP tickets per rewind step k", fontsize=10)
-    left.legend(fontsize=8)
+    left.set_title("IMP tickets per rewind step k")
+    left.legend()
     ticket = [
         e
         for e in instability_entries
@@ -420,10 +456,10 @@ def plot_rewind_sweep(
     right.axhline(100 * STABLE, color="gray", linestyle=":", linewidth=1, label="2%: stable below")
     _step_axis(right, [k for k in steps.values() if k is not None])
     right.set_ylabel("test instability of the ticket (%)")
-    right.set_title("instability of each sweep's ticket at its own rewind step", fontsize=10)
+    right.set_title("instability of each sweep's ticket\nat its own rewind step")
     if ticket:
-        right.legend(fontsize=8)
-    fig.suptitle("Rewinding sweep: tickets become matching once they become stable (Frankle et al. 2020)", fontsize=10)
+        right.legend()
+    plotting.suptitle(fig, "Rewinding sweep: tickets become matching once they become stable (Frankle et al. 2020)")
     plotting.save(fig, path)
     plt.close(fig)
     return True

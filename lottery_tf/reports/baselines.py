@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import os
+import textwrap
 from collections import defaultdict
 
 import numpy as np
@@ -41,14 +42,11 @@ from lottery_tf.store import reader as store
 
 PAI_METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 ABLATIONS = ("", "shuffled", "reinit", "inverted")  # "" = the method as published
-_ABLATION_STYLE = {"": "-", "shuffled": "--", "reinit": ":", "inverted": "-."}
-_ABLATION_MARKER = {"": "o", "shuffled": "s", "reinit": "v", "inverted": "x"}
-_METHOD_COLOR = {
-    "magnitude": "tab:blue",
-    "random": "tab:olive",
-    "snip": "tab:orange",
-    "grasp": "tab:green",
-    "synflow": "tab:red",
+_ABLATION_WORDS = {
+    "": "as published",
+    "shuffled": "layer masks shuffled",
+    "reinit": "reinitialized",
+    "inverted": "scores inverted",
 }
 _DENSITY_SLACK = 0.0005  # 0.05 points of density
 
@@ -260,43 +258,58 @@ def _focus(ax, gap: float = 10.0) -> None:
             below.append(f"{label.split(', ')[-1]}: {accuracies}% at {weights}% of weights")
     if below:
         ax.set_ylim(bottom=bottom)
-        ax.set_title(ax.get_title() + "\nbelow the axis: " + "; ".join(below), fontsize=8)
+        note = textwrap.fill("below the axis: " + "; ".join(below), 60)  # within the panel's width
+        ax.set_title(ax.get_title() + "\n" + note, fontsize=9)
 
 
 def _reference_lines(ax, table, levels):
-    _line(ax, table.get("main", {}), levels, plotting.branch_label("main"), color="black", marker="o", linewidth=2)
+    _line(ax, table.get("main", {}), levels, plotting.branch_label("main"), **plotting.branch_style("main"))
     for branch in table:
         if branch.startswith("random_prune"):
-            _line(ax, table[branch], levels, plotting.branch_label(branch), color="gray", marker="s")
+            _line(ax, table[branch], levels, plotting.branch_label(branch), **plotting.branch_style(branch))
     dense = table.get("main", {}).get(0)
     if dense:
+        style = plotting.branch_style("dense")
         ax.axhline(
             100 * dense["final_test_accuracy_mean"],
-            color="gray",
-            linestyle="--",
-            linewidth=1,
+            color=style["color"],
+            linestyle=style["linestyle"],
+            linewidth=1.2,
             label=f"dense network ({100 * dense['final_test_accuracy_mean']:.2f}%)",
         )
 
 
+def _ablation_key() -> list:
+    """Legend entries for the ablations' line styles (the colour is each panel's method)."""
+    from matplotlib.lines import Line2D
+
+    return [
+        Line2D([], [], color="dimgray", label=f"PaI method, {words}", **plotting.ABLATION_STYLES[ablation])
+        for ablation, words in _ABLATION_WORDS.items()
+    ]
+
+
+@plotting.styled
 def plot(entries: list[dict], experiment: str, path: str, title: str) -> None:
-    """``baselines_vs_weights.png`` for one experiment (see the module docstring)."""
+    """``baselines_vs_weights.png`` for one experiment (see the module docstring).
+
+    Two panels per row, so that each is about half the site's width; one legend below the panels for all
+    of them: every method's colour (the first panel's lines), then the ablations' line styles.
+    """
     levels, table = comparison(entries, experiment)
     run = {pai_parts(b)[0] for b in table if pai_parts(b)}
     methods = [m for m in PAI_METHODS if m in run]
     panels = 1 + len(methods)
-    columns = min(3, panels)
+    columns = min(2, panels)
     rows = -(-panels // columns)
-    plt = plotting.figure()
-    fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.8 * rows), squeeze=False)
-    fig.subplots_adjust(hspace=0.42)  # room for two-line panel titles under the row above's axis label
+    plt, fig, axes = plotting.subplots(rows, columns, 3.6)
     flat = [ax for row in axes for ax in row]
     series = {b: [e for level, e in by_level.items() if level in levels] for b, by_level in table.items()}
 
     ax = flat[0]
     _reference_lines(ax, table, levels)
     if "reinit" in table:
-        _line(ax, table["reinit"], levels, plotting.branch_label("reinit"), color="tab:brown", marker="v")
+        _line(ax, table["reinit"], levels, plotting.branch_label("reinit"), **plotting.branch_style("reinit"))
     for method in methods:
         if f"pai_{method}" in table:
             _line(
@@ -304,37 +317,32 @@ def plot(entries: list[dict], experiment: str, path: str, title: str) -> None:
                 table[f"pai_{method}"],
                 levels,
                 plotting.branch_label(f"pai_{method}"),
-                color=_METHOD_COLOR.get(method),
-                marker="o",
+                **plotting.branch_style(f"pai_{method}"),
             )
     if "gmp" in table:
-        _line(ax, table["gmp"], levels, plotting.branch_label("gmp"), color="tab:purple", marker="D", linewidth=2)
-    ax.set_title("every method", fontsize=10)
+        _line(ax, table["gmp"], levels, plotting.branch_label("gmp"), **plotting.branch_style("gmp"))
+    ax.set_title("every method")
 
     for ax, method in zip(flat[1:], methods):
         _reference_lines(ax, table, levels)
         for ablation in ABLATIONS:
             branch = f"pai_{method}" + (f"_{ablation}" if ablation else "")
             if branch in table:
-                _line(
-                    ax,
-                    table[branch],
-                    levels,
-                    plotting.branch_label(branch),
-                    color=_METHOD_COLOR.get(method),
-                    marker=_ABLATION_MARKER[ablation],
-                    linestyle=_ABLATION_STYLE[ablation],
-                )
-        ax.set_title(f"{plotting.branch_label(f'pai_{method}')}: ablations", fontsize=10)
+                _line(ax, table[branch], levels, plotting.branch_label(branch), **plotting.branch_style(branch))
+        ax.set_title(f"{plotting.branch_label(f'pai_{method}')}: ablations")
     for ax in flat[:panels]:
         plotting.weights_axis(ax, {b: s for b, s in series.items() if s})
         ax.set_ylabel("final test accuracy (%)")
-        ax.legend(fontsize=7)
         _focus(ax)
     for ax in flat[panels:]:
         ax.set_visible(False)
+    handles, labels = flat[0].get_legend_handles_labels()
+    if len(methods) > 0:
+        key = _ablation_key()
+        handles, labels = handles + key, labels + [k.get_label() for k in key]
+    plotting.legend_below(fig, handles, labels, columns=2)
     replicates = max(e["replicates"] for s in series.values() for e in s)
-    fig.suptitle(f"{title}\nfinal test accuracy, mean ± std over {replicates} replicate(s)", fontsize=10)
+    plotting.suptitle(fig, f"{title}\nfinal test accuracy, mean ± std over {replicates} replicate(s)")
     plotting.save(fig, path)
     plt.close(fig)
 

@@ -243,12 +243,13 @@ def format_summary(series) -> str:
     return "\n".join(lines) + "\n"
 
 
+@plotting.styled
 def plot_deployment(series, path) -> None:
     """Two panels per model: the LiteRT file's test accuracy, and its size (float and int8), against the
-    percent of weights remaining, one line per structure (mean ± std over replicates)."""
+    percent of weights remaining, one line per structure (mean ± std over replicates), each structure in
+    :func:`~lottery_tf.reports.plotting.structure_style`'s colour."""
     models = sorted({model for model, _ in series})
-    plt = plotting.figure()
-    fig, axes = plt.subplots(len(models), 2, figsize=(13, 4.8 * len(models)), squeeze=False)
+    plt, fig, axes = plotting.subplots(len(models), 2, 4.0)
     for row, model in enumerate(models):
         mine = {structure: points for (m, structure), points in series.items() if m == model}
         accuracy, size = axes[row]
@@ -262,23 +263,26 @@ def plot_deployment(series, path) -> None:
                     [100 * p["density_mean"] for p in scored],
                     [100 * p["tflite_accuracy_mean"] for p in scored],
                     yerr=spread if any(spread) else None,
-                    marker="o",
                     markersize=4,
                     capsize=3,
                     label=structure,
+                    **plotting.structure_style(structure),
                 )
+            style = plotting.structure_style(structure)
+            style.pop("linestyle")
             line = size.plot(
                 x,
                 [p["tflite_bytes_mean"] / 1e3 for p in points],
-                marker="o",
                 markersize=4,
                 label=f"{structure}, float32",
+                **style,
             )[0]
             if all(p["int8_bytes_mean"] for p in points):
                 size.plot(
                     x,
                     [p["int8_bytes_mean"] / 1e3 for p in points],
-                    marker="s",
+                    marker=style["marker"],
+                    markerfacecolor="white",
                     markersize=4,
                     linestyle="--",
                     color=line.get_color(),
@@ -288,15 +292,14 @@ def plot_deployment(series, path) -> None:
         for ax in (accuracy, size):
             plotting.weights_axis(ax, axis_series)
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8)
+                ax.legend()
         replicates = max(p["replicates"] for ps in mine.values() for p in ps)
         spread_words = "one replicate" if replicates == 1 else f"mean ± std over {replicates} replicates"
         accuracy.set_ylabel(".tflite test accuracy (%)")
-        accuracy.set_title(f"{model}: the LiteRT file's test accuracy, {spread_words}", fontsize=10)
+        accuracy.set_title(f"{model}: the LiteRT file's test accuracy,\n{spread_words}")
         size.set_yscale("log")
         size.set_ylabel(".tflite file size (kB, log scale)")
-        size.set_title(f"{model}: file size with sparse storage (dashed: int8 weights)", fontsize=10)
-    fig.tight_layout()
+        size.set_title(f"{model}: file size with sparse storage\n(dashed, open markers: int8 weights)")
     plotting.save(fig, path)
 
 

@@ -214,8 +214,9 @@ def _series(entries, experiment):
     return {b: sorted(rows, key=lambda e: -e["density_mean"]) for b, rows in by_branch.items()}
 
 
+@plotting.styled
 def plot_accuracy_vs_weights(entries, path):
-    plt, fig, axes, experiments, titles = plotting.grid(entries, 2, 13, 4.8)
+    plt, fig, axes, experiments, titles = plotting.grid(entries, 2, 4.2)
     labels = {e["experiment"]: e.get("label", e["experiment"]) for e in entries}
     for row, experiment in enumerate(experiments):
         series = _series(entries, experiment)
@@ -226,6 +227,9 @@ def plot_accuracy_vs_weights(entries, path):
             )
         ):
             ax = axes[row][col]
+            dense = [e for e in series.get("main", []) if e["level"] == 0]
+            if dense:
+                plotting.dense_line(ax, 100 * dense[0][f"{key}_mean"])
             for branch, rows in series.items():
                 x = [100 * e["density_mean"] for e in rows]
                 y = [100 * e[f"{key}_mean"] for e in rows]
@@ -234,40 +238,30 @@ def plot_accuracy_vs_weights(entries, path):
                     x,
                     y,
                     yerr=plotting.spread(rows, key, 100),
-                    marker="o",
-                    markersize=4,
+                    markersize=6 if style == "none" else 4,  # markers alone must be seen
                     capsize=3,
-                    linestyle=style,
                     label=plotting.branch_label(branch) + note,
-                )
-            dense = [e for e in series.get("main", []) if e["level"] == 0]
-            if dense:
-                ax.axhline(
-                    100 * dense[0][f"{key}_mean"],
-                    color="gray",
-                    linestyle="--",
-                    linewidth=1,
-                    label=f"dense network ({100 * dense[0][f'{key}_mean']:.2f}%)",
+                    **{**plotting.branch_style(branch), **({"linestyle": style} if style == "none" else {})},
                 )
             plotting.weights_axis(ax, series)
             ax.set_ylabel(f"{title} (%)")
-            heading = f"{title}, {plotting.over_replicates(series)}"
-            ax.set_title(heading if len(experiments) == 1 else f"{labels[experiment]}:\n{heading}", fontsize=10)
-            ax.legend(fontsize=8)
+            heading = f"{title},\n{plotting.over_replicates(series)}"
+            ax.set_title(heading if len(experiments) == 1 else f"{labels[experiment]}:\n{heading}")
         # Both panels on one y range, so they can be compared by eye.
         low = min(axes[row][c].get_ylim()[0] for c in range(2))
         high = max(axes[row][c].get_ylim()[1] for c in range(2))
         for c in range(2):
             axes[row][c].set_ylim(low, high)
-    fig.tight_layout()  # two-line panel titles must not run into the x labels above them
+    plotting.shared_legend(fig, fig.axes)
     if len(experiments) == 1:
-        fig.suptitle(titles[experiments[0]], fontsize=10)
+        plotting.suptitle(fig, titles[experiments[0]])
     plotting.save(fig, path)
     plt.close(fig)
 
 
+@plotting.styled
 def plot_early_stop_vs_weights(entries, path):
-    plt, fig, axes, experiments, titles = plotting.grid(entries, 1, 7, 4.5)
+    plt, fig, axes, experiments, titles = plotting.grid(entries, 1, 4.4, width=7.5)
     for row, experiment in enumerate(experiments):
         ax = axes[row][0]
         series = _series(entries, experiment)
@@ -278,11 +272,10 @@ def plot_early_stop_vs_weights(entries, path):
                 [100 * e["density_mean"] for e in rows],
                 [e["early_stop_iteration_mean"] for e in rows],
                 yerr=plotting.spread(rows, "early_stop_iteration"),
-                marker="o",
-                markersize=4,
+                markersize=6 if style == "none" else 4,
                 capsize=3,
-                linestyle=style,
                 label=plotting.branch_label(branch) + note,
+                **{**plotting.branch_style(branch), **({"linestyle": style} if style == "none" else {})},
             )
             last = [e for e in rows if e.get("early_stop_at_last_iteration") == e["replicates"]]
             if last:
@@ -300,16 +293,17 @@ def plot_early_stop_vs_weights(entries, path):
         if at_last:
             at_last[0].set_label("ringed: stopped at the last evaluation (not an early stop)")
         plotting.weights_axis(ax, series)
-        ax.set_ylabel("early-stopping iteration\n(minimum validation loss; lower = learns faster)")
+        ax.set_ylabel("early-stopping iteration\n(minimum validation loss;\nlower = learns faster)")
         ax.set_title(
             f"Iteration of minimum validation loss, {plotting.over_replicates(series)}\n{titles[experiment]}",
             fontsize=9,
         )
-        ax.legend(fontsize=8)
+    plotting.shared_legend(fig, fig.axes)
     plotting.save(fig, path)
     plt.close(fig)
 
 
+@plotting.styled
 def plot_curves(experiment_folder, levels, path):
     """Test accuracy over iterations for selected main-line levels (mean over replicates)."""
     plt = plotting.figure()
@@ -333,7 +327,7 @@ def plot_curves(experiment_folder, levels, path):
         )
     if not curves:
         return False
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
     for level in sorted(curves):
         runs = curves[level]
         length = min(len(acc) for _, acc in runs)
@@ -360,7 +354,7 @@ def plot_curves(experiment_folder, levels, path):
         f"{experiment_title(experiment_folder)}",
         fontsize=9,
     )
-    ax.legend(fontsize=8)
+    ax.legend()
     plotting.save(fig, path)
     plt.close(fig)
     return True

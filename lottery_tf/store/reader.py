@@ -1038,9 +1038,40 @@ def _inspect_rewind_points(report: ReplicateReport, done_main: set, levels) -> N
             )
 
 
+TENSORBOARD = "tensorboard"
+
+
+def tensorboard_dir(replicate_folder: str, level: int, run: str) -> str:
+    """Where a training of a replicate writes its TensorBoard events: ``<experiment>/tensorboard/r<r>/L<LL>-<run>``.
+
+    One tree per experiment, so that TensorBoard's run names are short and end in what differs: pointed at
+    the output folder it names a run ``lottery_<hash>/tensorboard/r0/L07-main``, pointed at the experiment's
+    ``tensorboard`` folder ``r0/L07-main``. (Runs before issue 30 wrote ``replicate_<r>/tensorboard/level_<LL>_<run>``;
+    :func:`tensorboard_folders` finds both.)
+
+    Args:
+        replicate_folder: The replicate's folder (``.../lottery_<hash>/replicate_<r>``).
+        level: The level trained.
+        run: The branch folder name (``main``, ``reinit``, ...) or an analysis' run name.
+
+    Returns:
+        The folder to give ``tf.summary.create_file_writer``.
+    """
+    experiment, name = os.path.split(os.path.normpath(replicate_folder))
+    replicate = name[len("replicate_") :] if name.startswith("replicate_") else name
+    return os.path.join(experiment, TENSORBOARD, f"r{replicate}", f"L{level:02d}-{run}")
+
+
+def tensorboard_folders(replicate_folder: str) -> list[str]:
+    """The folders holding a replicate's TensorBoard events: the experiment's tree and the older layout's."""
+    return [os.path.dirname(tensorboard_dir(replicate_folder, 0, "")), os.path.join(replicate_folder, TENSORBOARD)]
+
+
 def _inspect_tensorboard(report: ReplicateReport) -> None:
     for path in sorted(
-        glob.glob(os.path.join(report.folder, "tensorboard", "**", "events.out.tfevents.*"), recursive=True)
+        path
+        for folder in tensorboard_folders(report.folder)
+        for path in glob.glob(os.path.join(folder, "**", "events.out.tfevents.*"), recursive=True)
     ):
         problem = event_file_problem(path)
         if problem:

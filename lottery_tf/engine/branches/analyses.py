@@ -190,7 +190,7 @@ def _evaluation_sets(ctx: Context) -> dict:
 def _tensorboard(ctx: Context, level: int, run: str, scalars: dict, steps) -> None:
     if not (ctx.config.run.tensorboard and atomic.writes_enabled()):
         return
-    writer = tf.summary.create_file_writer(os.path.join(ctx.folder, "tensorboard", f"level_{level:02d}_{run}"))
+    writer = tf.summary.create_file_writer(store.tensorboard_dir(ctx.folder, level, run))
     with writer.as_default():
         for tag, values in scalars.items():
             for step, value in zip(steps, values):
