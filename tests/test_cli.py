@@ -274,7 +274,7 @@ def test_missing_data_is_one_line_naming_both_ways(tmp_path):
 
 
 def test_helpfull_lists_every_flag_with_help():
-    result = cli("--helpfull")  # absl exits 1 after printing help
+    result = cli("--helpfull")
     for flag in (
         "dataset",
         "data_dir",

@@ -1174,7 +1174,7 @@ SETTINGS: tuple[Setting, ...] = (
         "bool",
         "Enable TensorFlow op determinism so a resumed run matches an uninterrupted one bit for bit.",
     ),
-    S("tensorboard", "run.tensorboard", "bool", "Write TensorBoard event files under <run>/replicate_<r>/tensorboard."),
+    S("tensorboard", "run.tensorboard", "bool", "Write TensorBoard event files under <run>/tensorboard/r<r>/L<level>-<branch>."),
     S(
         "strategy",
         "run.strategy",
