@@ -45,14 +45,22 @@ import keras  # noqa: E402
 if int(keras.__version__.split(".")[0]) < 3:
     raise ImportError(f"lottery_tf needs Keras 3; found keras {keras.__version__}.")
 
-if keras.backend.backend() != "tensorflow":
+BACKENDS = ("tensorflow", "jax")  # the Keras backends lottery_tf's library is tested on
+BACKEND = keras.backend.backend()
+
+if BACKEND == "torch":
     raise ImportError(
-        "lottery_tf runs on the TensorFlow backend of Keras 3; "
-        f"KERAS_BACKEND is {keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
+        "lottery_tf's Keras library is tested on the TensorFlow and JAX backends, not on PyTorch (no CPU build of "
+        "torch is reachable where it is tested); set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax."
+    )
+if BACKEND not in BACKENDS:
+    raise ImportError(
+        f"lottery_tf runs on the TensorFlow or JAX backend of Keras 3; KERAS_BACKEND is {BACKEND!r}. "
+        "Set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax."
     )
 
 from keras.src.models.functional import Functional  # noqa: E402  (no public alias)
 
 ops = keras.ops
 
-__all__ = ["Functional", "keras", "ops", "quiet_native_output"]
+__all__ = ["BACKEND", "BACKENDS", "Functional", "keras", "ops", "quiet_native_output"]
