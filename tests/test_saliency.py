@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lottery_tf.core import saliency
+from lottery_tf.core.gradients import float64
 from lottery_tf.core.keras_compat import keras
 from lottery_tf.core.masking import get_masks, set_masks, wrap_model
 from lottery_tf.core.pruning import prune_to_density
@@ -94,8 +95,10 @@ def test_synflow_score_is_the_path_sum_through_each_weight():
     model = _linear(w1, w2)
     copy = saliency.float64_copy(model)
     assert all(v.dtype == "float64" for v in copy.weights)
-    for variable in copy.variables:
-        variable.assign(np.abs(variable.numpy()))
+    with float64():  # JAX computes in float64 only inside jax.enable_x64
+        for variable in copy.variables:
+            variable.assign(np.abs(variable.numpy()))
+        assert all(np.asarray(v.numpy()).dtype == np.float64 for v in copy.weights)
     scores = saliency.synflow_scores(copy, (2,))
     # All-ones input: a weight's score is |w| times the sum of |weights| on every path through it.
     np.testing.assert_allclose(scores["d0/kernel"], np.abs(w1) * np.abs(w2).sum(axis=1)[None, :], rtol=1e-12)

@@ -3,7 +3,10 @@
 * :func:`convert`: a plain Keras model to a ``.tflite`` flatbuffer with
   TensorFlow's converter and ``Optimize.EXPERIMENTAL_SPARSITY`` (weights with
   enough zeros are stored in a compressed sparse format), optionally with
-  dynamic-range or full int8 quantization.
+  dynamic-range or full int8 quantization. A model of another Keras backend
+  (JAX) is converted through its weights: saved as ``.keras`` and converted
+  by a TensorFlow-backend Python process that loads it (Keras's backend is
+  chosen once per process).
 * :func:`storage`: the flatbuffer read back (TensorFlow's generated schema
   reader): every constant weight tensor, whether it is stored sparse, the
   bytes of its values and indices, its nonzeros, and which operator reads it
@@ -23,13 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 
 import numpy as np
 
-from lottery_tf.core.keras_compat import quiet_native_output
+from lottery_tf.core.keras_compat import BACKEND, quiet_native_output
 
 QUANTIZATIONS = ("none", "dynamic", "int8", "int8_io")
 
@@ -48,21 +55,28 @@ def convert(model, quantize: str = "none", representative=None, sparse: bool = T
         sparse: Whether to ask for sparse tensor encoding
             (``Optimize.EXPERIMENTAL_SPARSITY``); ``False`` stores every weight dense.
 
+    On a backend other than TensorFlow (JAX), the model is saved as ``.keras``
+    and converted by a TensorFlow-backend process (:func:`convert_in_tensorflow`).
+
     Raises:
         ValueError: For an unknown ``quantize``, or ``int8`` without examples.
+        RuntimeError: If the TensorFlow process cannot load or convert a JAX
+            model (its last error line).
     """
-    import tensorflow as tf
-
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}")
+    if quantize in ("int8", "int8_io") and (representative is None or len(representative) == 0):
+        raise ValueError(f"{quantize} quantization needs representative input examples")
+    if BACKEND != "tensorflow":
+        return convert_in_tensorflow(model, quantize, representative, sparse)
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter_log = io.StringIO()
     converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
     if quantize in ("dynamic", "int8", "int8_io"):
         converter.optimizations.append(tf.lite.Optimize.DEFAULT)
     if quantize in ("int8", "int8_io"):
-        if representative is None or len(representative) == 0:
-            raise ValueError(f"{quantize} quantization needs representative input examples")
         examples = np.asarray(representative, np.float32)
         converter.representative_dataset = lambda: ([example[None]] for example in examples)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -73,6 +87,69 @@ def convert(model, quantize: str = "none", representative=None, sparse: bool = T
     with contextlib.redirect_stdout(converter_log), warnings.catch_warnings(), quiet_native_output():
         warnings.simplefilter("ignore")
         return converter.convert()
+
+
+_CONVERT_SCRIPT = """
+import importlib, os, sys
+import numpy as np
+folder, quantize, sparse, modules = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:]
+from lottery_tf.core import litert
+from lottery_tf.core.keras_compat import keras
+for module in modules:
+    importlib.import_module(module)
+model = keras.saving.load_model(os.path.join(folder, "model.keras"), compile=False)
+examples = os.path.join(folder, "representative.npy")
+representative = np.load(examples) if os.path.exists(examples) else None
+with open(os.path.join(folder, "model.tflite"), "wb") as out:
+    out.write(litert.convert(model, quantize, representative, sparse))
+"""
+
+
+def convert_in_tensorflow(model, quantize: str = "none", representative=None, sparse: bool = True) -> bytes:
+    """:func:`convert` run by a TensorFlow-backend Python process, for a model of any Keras backend.
+
+    The model is saved as ``.keras`` (weights bit for bit, the architecture
+    as its config) in a temporary folder; a fresh ``python`` with
+    ``KERAS_BACKEND=tensorflow`` imports the modules that define the model's
+    layer classes (so registered custom layers, e.g. keras_hub's, load), loads
+    it and converts it. Layer classes defined in ``__main__`` cannot be loaded
+    there.
+
+    Args:
+        model, quantize, representative, sparse: As for :func:`convert`.
+
+    Raises:
+        RuntimeError: If that process fails (the message is its last error line).
+    """
+    from lottery_tf.core import naming
+
+    classes = {type(model)}
+    for layer, _ in naming.walk(model):
+        classes.update({type(layer), type(getattr(layer, "layer", None) or layer)})
+    modules = sorted(
+        {cls.__module__ for cls in classes if not cls.__module__.startswith(("keras.", "lottery_tf.", "__main__"))}
+    )
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    with tempfile.TemporaryDirectory(prefix="lottery_tf_litert_") as folder:
+        model.save(os.path.join(folder, "model.keras"))
+        if representative is not None:
+            np.save(os.path.join(folder, "representative.npy"), np.asarray(representative, np.float32))
+        done = subprocess.run(
+            [sys.executable, "-c", _CONVERT_SCRIPT, folder, quantize, "1" if sparse else "0", *modules],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+            raise RuntimeError(
+                f"converting the {BACKEND} model to LiteRT in a TensorFlow process failed: "
+                f"{lines[-1] if lines else f'exit status {done.returncode}'}"
+            )
+        with open(os.path.join(folder, "model.tflite"), "rb") as flatbuffer:
+            return flatbuffer.read()
 
 
 def _schema():

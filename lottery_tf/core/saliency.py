@@ -22,6 +22,12 @@ whatever their score.
   mode and an all-ones input, the score is |w ⊙ ∂R/∂w| with R the sum of the
   outputs; :func:`synflow_masks` iterates it for ``rounds`` rounds, pruning to
   density^(r/rounds) after round r (the exponential schedule).
+
+Every score runs on TensorFlow and on JAX (the gradients are computed by
+:mod:`lottery_tf.core.gradients`), with the same numbers to float32 rounding.
+On JAX, Keras computes BatchNormalization in float32 even in SynFlow's float64
+copy (its type promotion maps float64 to float32 there), so SynFlow scores of
+models with BatchNorm agree with TensorFlow's to float32 rounding, not float64.
 """
 
 from __future__ import annotations
@@ -29,18 +35,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.gradients import Gradients, float64, ones
+from lottery_tf.core.keras_compat import BACKEND, keras
 from lottery_tf.core.masking import attach_masks, get_masks, masked_weights, set_masks
 
 METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 GRASP_TEMPERATURE = 200.0
-
-
-def _loss(logits, labels):
-    labels = tf.reshape(tf.cast(labels, tf.int64), [-1])
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32)))
 
 
 def magnitude_scores(model) -> dict:
@@ -54,15 +55,12 @@ def random_scores(model, seed: int) -> dict:
     return {name: rng.random(tuple(weight.shape)) for name, _, weight in masked_weights(model)}
 
 
-def _mean_gradients(model, batches, transform=lambda logits: logits) -> list:
-    pairs = masked_weights(model)
-    weights = [weight for _, _, weight in pairs]
-    total, count = [tf.zeros_like(w, tf.float64) for w in weights], 0
+def _mean_gradients(model, batches, temperature=None) -> list:
+    gradients = Gradients(model, [weight for _, _, weight in masked_weights(model)])
+    total, count = [np.zeros(tuple(w.shape), np.float64) for w in gradients.weights], 0
     for x, y in batches:
-        with tf.GradientTape() as tape:
-            loss = _loss(transform(model(x, training=False)), y)
         n = int(np.shape(y)[0])
-        total = [t + n * tf.cast(g, tf.float64) for t, g in zip(total, tape.gradient(loss, weights))]
+        total = [t + n * g.astype(np.float64) for t, g in zip(total, gradients.loss_gradients(x, y, temperature))]
         count += n
     if not count:
         raise ValueError("scoring needs at least one example")
@@ -77,7 +75,7 @@ def snip_scores(model, batches: Sequence) -> dict:
     """
     gradients = _mean_gradients(model, batches)
     return {
-        name: np.abs(np.asarray(weight.numpy(), np.float64) * g.numpy())
+        name: np.abs(np.asarray(weight.numpy(), np.float64) * g)
         for (name, _, weight), g in zip(masked_weights(model), gradients)
     }
 
@@ -89,23 +87,16 @@ def grasp_scores(model, batches: Sequence, temperature: float = GRASP_TEMPERATUR
     examples; H g is the Hessian of that loss times g, by double backward,
     averaged over the examples.
     """
-    scale = lambda logits: tf.cast(logits, tf.float32) / temperature  # noqa: E731
-    g = _mean_gradients(model, batches, scale)
+    g = _mean_gradients(model, batches, temperature)
     pairs = masked_weights(model)
-    weights = [weight for _, _, weight in pairs]
-    hg, count = [tf.zeros_like(w, tf.float64) for w in weights], 0
+    gradients = Gradients(model, [weight for _, _, weight in pairs])
+    hg, count = [np.zeros(tuple(w.shape), np.float64) for w in gradients.weights], 0
     for x, y in batches:
-        with tf.GradientTape() as outer:
-            with tf.GradientTape() as inner:
-                loss = _loss(scale(model(x, training=False)), y)
-            grads = inner.gradient(loss, weights)
-            z = tf.add_n([tf.reduce_sum(gr * tf.cast(tf.stop_gradient(gi), gr.dtype)) for gr, gi in zip(grads, g)])
         n = int(np.shape(y)[0])
-        hg = [t + n * tf.cast(h, tf.float64) for t, h in zip(hg, outer.gradient(z, weights))]
+        products = gradients.hessian_gradient_product(x, y, g, temperature)
+        hg = [t + n * h.astype(np.float64) for t, h in zip(hg, products)]
         count += n
-    return {
-        name: np.asarray(weight.numpy(), np.float64) * (h / count).numpy() for (name, _, weight), h in zip(pairs, hg)
-    }
+    return {name: np.asarray(weight.numpy(), np.float64) * (h / count) for (name, _, weight), h in zip(pairs, hg)}
 
 
 def _float64_config(value):
@@ -117,16 +108,36 @@ def _float64_config(value):
 
 
 def float64_copy(model):
-    """A copy of ``model`` computing in float64 (same architecture, masks and values)."""
+    """A copy of ``model`` computing in float64 (same architecture, masks and values).
+
+    On JAX the copy is built, and must be run, inside :func:`lottery_tf.core.gradients.float64`
+    (``jax.enable_x64``): outside it JAX computes in float32.
+    """
 
     def clone_layer(layer):
         return layer.__class__.from_config(_float64_config(layer.get_config()))
 
-    copy = keras.models.clone_model(model, clone_function=clone_layer)
-    copy.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
-    masks = get_masks(model)
-    attach_masks(copy, list(masks), masks)
+    with float64():
+        copy = keras.models.clone_model(model, clone_function=clone_layer)
+        copy.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+        masks = get_masks(model)
+        attach_masks(copy, list(masks), masks)
     return copy
+
+
+def _synflow_scores(gradients: Gradients, input_shape: Sequence[int]) -> dict:
+    with float64():
+        grads = gradients.output_sum_gradients(ones((1, *input_shape), "float64"))
+        found = {
+            name: np.abs(np.asarray(weight.numpy(), np.float64) * g)
+            for (name, _, weight), g in zip(masked_weights(gradients.model), grads)
+        }
+    if BACKEND == "jax" and not all(np.isfinite(score).all() for score in found.values()):
+        raise ValueError(
+            "SynFlow's scores overflowed on the jax backend: Keras computes BatchNormalization (and other layers "
+            "that follow its type promotion) in float32 there, even in SynFlow's float64 copy; score on TensorFlow."
+        )
+    return found
 
 
 def synflow_scores(model64, input_shape: Sequence[int]) -> dict:
@@ -134,15 +145,7 @@ def synflow_scores(model64, input_shape: Sequence[int]) -> dict:
 
     R = sum of the outputs for one all-ones input; the score is |w ⊙ ∂R/∂w|.
     """
-    pairs = masked_weights(model64)
-    weights = [weight for _, _, weight in pairs]
-    ones = tf.ones((1, *input_shape), tf.float64)
-    with tf.GradientTape() as tape:
-        total = tf.reduce_sum(tf.cast(model64(ones, training=False), tf.float64))
-    grads = tape.gradient(total, weights)
-    return {
-        name: np.abs(np.asarray(weight.numpy(), np.float64) * g.numpy()) for (name, _, weight), g in zip(pairs, grads)
-    }
+    return _synflow_scores(Gradients(model64, [weight for _, _, weight in masked_weights(model64)]), input_shape)
 
 
 def synflow_masks(
@@ -160,6 +163,9 @@ def synflow_masks(
 
     Returns:
         The masks (name -> float32 0/1).
+
+    Raises:
+        ValueError: If ``rounds`` is not an integer >= 1.
     """
     from lottery_tf.core.pruning import prune_to_density
 
@@ -167,13 +173,15 @@ def synflow_masks(
         raise ValueError(f"synflow rounds must be an integer >= 1, got {rounds!r}")
     prune = prune or (lambda scores, masks, d: prune_to_density(scores, masks, d, scope="global"))
     copy = float64_copy(model)
-    for variable in copy.variables:  # linearize: every value becomes its absolute value
-        variable.assign(tf.abs(variable))
     masks = get_masks(model)
-    for r in range(1, rounds + 1):
-        scores = synflow_scores(copy, input_shape)
-        masks = prune(scores, masks, density ** (r / rounds))
-        set_masks(copy, masks)  # zeroes the pruned weights of the copy
+    with float64():
+        for variable in copy.variables:  # linearize: every value becomes its absolute value
+            variable.assign(np.abs(np.asarray(variable.numpy())))
+        gradients = Gradients(copy, [weight for _, _, weight in masked_weights(copy)])
+        for r in range(1, rounds + 1):
+            scores = _synflow_scores(gradients, input_shape)
+            masks = prune(scores, masks, density ** (r / rounds))
+            set_masks(copy, masks)  # zeroes the pruned weights of the copy
     return masks
 
 

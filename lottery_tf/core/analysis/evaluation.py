@@ -8,9 +8,8 @@ interpolation of two pruned states is evaluated pruned.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
-from lottery_tf.core import rewind
+from lottery_tf.core import gradients, rewind
 from lottery_tf.core.analysis import batchnorm as batchnorm_lib
 from lottery_tf.core.analysis.interpolation import error_along_path, summarize_path
 
@@ -32,11 +31,8 @@ def error_and_loss(predict, data, batch_size: int = 1000) -> tuple[float, float]
         batches = iter(data)
     wrong, loss, count = 0.0, 0.0, 0
     for images, labels in batches:
-        logits = tf.cast(predict(images), tf.float32)
-        labels = tf.reshape(tf.cast(labels, tf.int64), [-1])
-        wrong += float(tf.reduce_sum(tf.cast(tf.argmax(logits, axis=-1) != labels, tf.float32)))
-        loss += float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))
-        count += int(labels.shape[0])
+        batch_wrong, batch_loss, batch_count = gradients.error_and_loss_sums(predict(images), labels)
+        wrong, loss, count = wrong + batch_wrong, loss + batch_loss, count + batch_count
     if not count:
         raise ValueError("no examples to evaluate")
     return wrong / count, float(np.float64(loss) / count)
@@ -83,7 +79,7 @@ class ModelEvaluator:
             raise ValueError("re-estimating BatchNorm statistics needs training batches (batchnorm_batches)")
         keys = set(rewind.capture(model))
         self.interpolated_keys = keys - statistics if self.batchnorm == "reestimate" else keys
-        self._predict = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+        self._predict = gradients.predictor(model)  # compiled: tf.function or jax.jit
 
     def __call__(self, state: dict) -> dict:
         rewind.restore(self.model, state)  # re-applies the masks
