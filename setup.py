@@ -34,6 +34,8 @@ setup(
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.25"],
         # Ray schedules a whole study's trainings (--executor=ray); imported only by lottery_tf/engine/ray_executor.py.
         "ray": ["ray>=2.50"],
+        # The JAX backend of Keras 3 for the library (KERAS_BACKEND=jax); the engine and commands stay TensorFlow.
+        "jax": ["jax>=0.4"],
     },
     entry_points={"console_scripts": ["lottery_tf=lottery_tf.main:run"]},
 )

@@ -143,6 +143,10 @@ _LONGEST_FIRST = (
 )
 
 
+# The JAX counterparts run in tools/test.sh's JAX pass only (KERAS_BACKEND=jax), not in the TensorFlow pass.
+collect_ignore = [] if os.environ["KERAS_BACKEND"] == "jax" else ["test_jax_backend.py"]
+
+
 def pytest_collection_modifyitems(items):
     def rank(item):
         name = os.path.basename(str(item.fspath))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything lottery_tf needs on a fresh Debian machine with Python 3.10+:
 # Debian's Fashion-MNIST IDX files (found automatically; no network at run time)
-# and the Python package with its test extras (the tfmot extra, used in subprocesses only, and the hub, litert, docs and ray extras).
+# and the Python package with its test extras (the tfmot extra, used in subprocesses only, and the hub, litert, docs, ray and jax extras).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
@@ -9,7 +9,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
-extras="test,report,tfmot,hub,litert,docs,ray"
+extras="test,report,tfmot,hub,litert,docs,ray,jax"
 # Every requirement of setup.py (and of these extras) already installed at a version it accepts, and pip
 # check happy with what is installed: only this checkout is (re)installed, in seconds, instead of the
 # ~80 s pip spends resolving everything against the package indexes again. Anything missing: the full install.

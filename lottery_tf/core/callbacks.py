@@ -10,8 +10,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from lottery_tf.core import rewind
-from lottery_tf.core.keras_compat import keras
-from lottery_tf.core.masking import apply_masks, get_masks, get_prunable_weights, mask_names, set_masks
+from lottery_tf.core.keras_compat import all_sublayers, keras, learning_rate_object
+from lottery_tf.core.masking import (
+    apply_masks,
+    get_masks,
+    get_prunable_weights,
+    mask_names,
+    retrace_training,
+    set_masks,
+)
 from lottery_tf.core.pruning import PruningSpec, prune_by_magnitude, resolve_mask_name
 
 
@@ -193,7 +200,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
                 f"Model {model.name!r} has no optimizer; model.compile(optimizer=...) (or set model.optimizer) "
                 "before attach(), and train with that optimizer."
             )
-        schedule = getattr(rewind.optimizer_chain(optimizer)[-1], "_learning_rate", None)
+        schedule = learning_rate_object(rewind.optimizer_chain(optimizer)[-1])
         needs_offset = (
             self.rewind_optimizer == "fresh"
             and isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
@@ -230,7 +237,7 @@ class PruneRewindCallback(keras.callbacks.Callback):
         return rewind.global_step(self.model.optimizer)
 
     def _model_built(self) -> bool:
-        return all(layer.built for layer in self.model._flatten_layers(include_self=False, recursive=True))
+        return all(layer.built for layer in all_sublayers(self.model))
 
     def check_model(self) -> None:
         """Masks exist and every name the spec uses is one of them (resolved to mask names)."""
@@ -250,6 +257,8 @@ class PruneRewindCallback(keras.callbacks.Callback):
         built = self._model_built()
         if built and not self._checked:
             self.check_model()
+        if built and self._checked:
+            retrace_training(self.model, only_if_stale=True)  # JAX: masks assigned since the step was traced
         if self.rewind_point is not None or not self.rewind_weights:
             return  # learning-rate rewinding keeps the trained weights: nothing to record
         per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
@@ -365,3 +374,4 @@ class PruneRewindCallback(keras.callbacks.Callback):
         if optimizer is None or not optimizer.built:
             return
         rewind.reset_optimizer(optimizer, self.rewind_step, self.rewind_optimizer, self.optimizer_point)
+        retrace_training(self.model)  # JAX: a traced step holds the schedule's offset as it was

@@ -26,7 +26,7 @@ import numpy as np
 
 from lottery_tf.core import rewind
 from lottery_tf.core.keras_compat import keras
-from lottery_tf.core.masking import get_masks, masked_weights, set_masks
+from lottery_tf.core.masking import get_masks, masked_weights, retrace_training, set_masks
 
 SCHEDULES = ("lottery_tf", "tfmot")
 
@@ -201,6 +201,7 @@ class GradualPruningCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         masked_weights(self.model)  # a clear error now if nothing is masked
+        retrace_training(self.model, only_if_stale=True)  # JAX: masks assigned since the step was traced
         steps = getattr(self.model, "steps_per_execution", 1)
         steps = int(steps.numpy()) if hasattr(steps, "numpy") else int(steps or 1)
         if steps > 1 and (self.frequency % steps or (self.begin_step - 1) % steps):

@@ -15,6 +15,30 @@ if os.environ.get("TF_USE_LEGACY_KERAS", "0").lower() in ("1", "true"):
     )
 
 
+_TORCH_REFUSED = (
+    "lottery_tf's Keras library is tested on the TensorFlow and JAX backends, not on PyTorch (no CPU build of "
+    "torch is reachable where it is tested); set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax."
+)
+
+
+def _requested_backend() -> str:
+    """The backend Keras will load: KERAS_BACKEND, else keras.json's, else TensorFlow (Keras's own order)."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"].strip().lower()
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        import json
+
+        with open(os.path.join(home, "keras.json")) as file:
+            return str(json.load(file).get("backend", "tensorflow")).lower()
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+if _requested_backend() == "torch":  # before Keras imports torch (which fails first where torch is missing)
+    raise ImportError(_TORCH_REFUSED)
+
+
 @contextlib.contextmanager
 def quiet_native_output():
     """Sends file descriptor 2 to /dev/null inside the block (C++ start-up lines;
@@ -49,18 +73,126 @@ BACKENDS = ("tensorflow", "jax")  # the Keras backends lottery_tf's library is t
 BACKEND = keras.backend.backend()
 
 if BACKEND == "torch":
-    raise ImportError(
-        "lottery_tf's Keras library is tested on the TensorFlow and JAX backends, not on PyTorch (no CPU build of "
-        "torch is reachable where it is tested); set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax."
-    )
+    raise ImportError(_TORCH_REFUSED)
 if BACKEND not in BACKENDS:
     raise ImportError(
         f"lottery_tf runs on the TensorFlow or JAX backend of Keras 3; KERAS_BACKEND is {BACKEND!r}. "
         "Set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax."
     )
 
-from keras.src.models.functional import Functional  # noqa: E402  (no public alias)
-
 ops = keras.ops
 
-__all__ = ["BACKEND", "BACKENDS", "Functional", "keras", "ops", "quiet_native_output"]
+# -- Keras internals with no public equivalent -------------------------------------------
+# Each private name lottery_tf needs is read here and nowhere else; tests/test_keras_compat.py
+# checks every one against the installed Keras, so an upgrade that removes or changes one
+# fails there, by name, instead of somewhere inside pruning or rewinding.
+
+from keras.src.models.functional import Functional  # noqa: E402  (the class of functional models: no public alias)
+
+
+def sublayers(layer) -> list:
+    """The layers ``layer`` holds directly, in tracking order (Keras's ``_flatten_layers``, one level).
+
+    ``keras.Model.layers`` is public but exists on models only; a plain layer
+    (a user's block, attention, ``Bidirectional``) has no public list.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def all_sublayers(layer) -> list:
+    """Every layer under ``layer`` at any depth (Keras's ``_flatten_layers``, recursive), itself excluded."""
+    return list(layer._flatten_layers(include_self=False, recursive=True))
+
+
+def batch_counter(optimizer):
+    """The optimizer's variable that counts batches (``_iterations``).
+
+    The public ``optimizer.iterations`` counts updates: under gradient
+    accumulation it is ``_iterations // gradient_accumulation_steps``, a
+    tensor, not the variable a rewind assigns.
+    """
+    return optimizer._iterations
+
+
+def learning_rate_object(optimizer):
+    """The learning rate as the optimizer holds it: a variable, a schedule or a callable (``_learning_rate``).
+
+    The public ``optimizer.learning_rate`` gives the schedule's current value,
+    not the schedule; assigning a schedule goes through the public setter.
+    """
+    return getattr(optimizer, "_learning_rate", None)
+
+
+def moving_averages(optimizer) -> list:
+    """``(weight, moving average)`` pairs of an optimizer built with ``use_ema=True`` (empty otherwise).
+
+    Keras keeps them in ``_model_variables_moving_average``, in the order of
+    ``_trainable_variables``; neither has a public name.
+    """
+    if not getattr(optimizer, "use_ema", False) or not getattr(optimizer, "built", False):
+        return []
+    averages = getattr(optimizer, "_model_variables_moving_average", None) or []
+    return [(w, a) for w, a in zip(optimizer._trainable_variables, averages) if a is not None]
+
+
+def variable_strategy(variable):
+    """The ``tf.distribute`` strategy a TensorFlow variable was created under (None elsewhere)."""
+    return getattr(getattr(variable, "_value", None), "_distribute_strategy", None)
+
+
+def _kept_value(variable):
+    return variable.__dict__.get("_value")
+
+
+def _keep_value(variable, value):
+    if value is None and variable.__dict__.get("_value") is not None:
+        return  # JAX's fit taking the value out for an epoch: kept
+    variable.__dict__["_value"] = value
+
+
+_KEPT_CLASSES = {}
+
+
+def keep_through_fit(variable) -> None:
+    """On JAX, keeps ``variable``'s value in place while ``fit``, ``evaluate`` and ``predict`` run.
+
+    JAX's trainer sets the value (``_value``) of every model variable to None for
+    the length of an epoch, to save memory: the values travel as the compiled
+    step's state. A mask is also read outside that state, by its weight's
+    constraint inside the optimizer's update, which would then find nothing.
+    The variable becomes an instance of a subclass of its own class whose
+    ``_value`` ignores being set to None; its value is still the state's at the
+    end of an epoch (Keras assigns it back). Nothing changes on TensorFlow.
+    """
+    if BACKEND != "jax":
+        return
+    base = type(variable)
+    if getattr(base, "_lottery_tf_kept", False):
+        return
+    if "_value" not in variable.__dict__:
+        raise RuntimeError(
+            f"keras {keras.__version__}: a JAX variable no longer keeps its value in _value; lottery_tf's masks "
+            "need an update of lottery_tf.core.keras_compat.keep_through_fit."
+        )
+    kept = _KEPT_CLASSES.get(base)
+    if kept is None:
+        kept = type(base.__name__, (base,), {"_lottery_tf_kept": True, "_value": property(_kept_value, _keep_value)})
+        _KEPT_CLASSES[base] = kept
+    variable.__class__ = kept
+
+
+__all__ = [
+    "BACKEND",
+    "BACKENDS",
+    "Functional",
+    "all_sublayers",
+    "batch_counter",
+    "keep_through_fit",
+    "keras",
+    "learning_rate_object",
+    "moving_averages",
+    "ops",
+    "quiet_native_output",
+    "sublayers",
+    "variable_strategy",
+]

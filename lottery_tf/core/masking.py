@@ -34,7 +34,16 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from lottery_tf.core import naming
-from lottery_tf.core.keras_compat import Functional, keras, ops
+from lottery_tf.core.keras_compat import (
+    BACKEND,
+    Functional,
+    keep_through_fit,
+    keras,
+    moving_averages,
+    ops,
+    sublayers,
+    variable_strategy,
+)
 
 # Layer types and the attributes of their prunable weights. Subclasses inherit
 # (Conv2D from BaseConv, SeparableConv from BaseSeparableConv, ...).
@@ -71,7 +80,7 @@ def prunable_attributes(layer) -> tuple[str, ...]:
 
 
 def _sublayers(layer) -> list:
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    return sublayers(layer)
 
 
 def can_be_masked(layer, exclude: Iterable[str] = ()) -> bool:
@@ -153,16 +162,57 @@ def _weight_variable(layer, attribute: str, path: str | None = None):
 
 
 class MaskConstraint(keras.constraints.Constraint):
-    """Multiplies a weight by its mask (after any constraint it already had)."""
+    """Multiplies a weight by its mask (after any constraint it already had).
+
+    On TensorFlow a compiled step reads the mask variable whenever it runs. On
+    JAX a compiled training step holds the mask's value from when it was traced
+    (the mask is not part of the state Keras's stateless step carries), so
+    whatever changes masks traces the step again (:func:`retrace_training`).
+    """
 
     def __init__(self, mask, previous=None):
         self.mask = mask
         self.previous = previous
+        self.traced = None  # JAX: the mask's value the last traced step was given
 
     def __call__(self, w):
         if self.previous is not None:
             w = self.previous(w)
-        return w * ops.cast(self.mask, w.dtype)
+        if BACKEND != "jax":
+            return w * ops.cast(self.mask, w.dtype)
+        value = self.mask.value
+        if not _is_tracer(value):
+            self.traced = value
+        return w * ops.cast(value, w.dtype)
+
+    def stale(self) -> bool:
+        """JAX: whether the mask was assigned after the last traced step read it."""
+        return self.traced is not None and self.traced is not self.mask.value
+
+
+def _is_tracer(value) -> bool:
+    import jax
+
+    return isinstance(value, jax.core.Tracer)
+
+
+def retrace_training(model, only_if_stale: bool = False) -> None:
+    """On JAX, makes ``model``'s next training step trace again, so that it reads the masks as they are now.
+
+    A no-op on TensorFlow, whose compiled steps read the mask variables when
+    they run. :func:`set_masks` and the callbacks call it; call it yourself
+    after assigning a mask variable directly on JAX.
+
+    Args:
+        model: A model with masks.
+        only_if_stale: Retrace only if a mask was assigned after the step
+            was last traced.
+    """
+    if BACKEND != "jax" or getattr(model, "train_function", None) is None:
+        return
+    if only_if_stale and not any(w.constraint.stale() for _, _, w in masked_weights(model)):
+        return
+    model.make_train_function(force=True)
 
 
 _BASE_LAYER_ARGUMENTS = (
@@ -320,6 +370,7 @@ class MaskedLayer(keras.layers.Wrapper):
                 dtype=weight.dtype,
             )
             self.masks[attribute] = mask
+            keep_through_fit(mask)  # JAX: a model variable, which fit would otherwise take out while a step traces
             weight.constraint = MaskConstraint(mask, previous=weight.constraint)
         self.built = True
 
@@ -548,6 +599,7 @@ def set_masks(model, masks: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"Mask {name!r} has shape {value.shape}; expected {tuple(mask_var.shape)}.")
         mask_var.assign(value.astype(mask_var.dtype))
     apply_masks(model)
+    retrace_training(model)
 
 
 def _moving_averages(model) -> dict:
@@ -555,10 +607,8 @@ def _moving_averages(model) -> dict:
     optimizer = getattr(model, "optimizer", None)
     found = {}
     while optimizer is not None:
-        if getattr(optimizer, "use_ema", False) and getattr(optimizer, "built", False):
-            for weight, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average):
-                if average is not None:
-                    found[id(weight)] = average
+        for weight, average in moving_averages(optimizer):
+            found[id(weight)] = average
         optimizer = getattr(optimizer, "inner_optimizer", None)
     return found
 
@@ -612,7 +662,7 @@ def _is_matrix(variable) -> bool:
 
 def _creation_scope(weight):
     # A mask lives where its weight lives: a distributed weight gets a mask of the same strategy.
-    strategy = getattr(getattr(weight, "_value", None), "_distribute_strategy", None)
+    strategy = variable_strategy(weight)
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 

@@ -30,9 +30,11 @@ from __future__ import annotations
 import collections
 import re
 
+from lottery_tf.core.keras_compat import sublayers
+
 
 def _children(layer) -> list:
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    return sublayers(layer)
 
 
 def snake_case(class_name: str) -> str:

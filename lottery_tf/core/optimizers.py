@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.keras_compat import batch_counter, keras
 from lottery_tf.core.rewind import OffsetSchedule
 from lottery_tf.core.schedules import make_schedule
 
@@ -46,6 +46,15 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     def _stateful_handle_non_finite_grads(self):
         super()._stateful_handle_non_finite_grads()
         self.inner_optimizer.iterations.assign_add(1)
+
+    def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
+        # JAX's fit (and any stateless step): the same count, on the values the step carries.
+        trainable_variables, values = super()._stateless_handle_non_finite_grads(
+            optimizer_variables, trainable_variables
+        )
+        with keras.StatelessScope(state_mapping=list(zip(self.variables, values))) as scope:
+            batch_counter(self.inner_optimizer).assign_add(1)
+        return trainable_variables, [scope.get_current_value(v) for v in self.variables]
 
 
 def make_optimizer(training):

@@ -35,10 +35,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from lottery_tf.core import naming
-from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.keras_compat import BACKEND, batch_counter, keras, learning_rate_object, moving_averages
 from lottery_tf.core.masking import apply_masks, legacy_keras_paths, masked_weights
 
 REWIND_OPTIMIZER = ("fresh", "reset", "restore")
+# JAX computes in 32-bit integers unless jax_enable_x64 is set (int64 would be truncated, with a warning).
+_STEP_DTYPE = "int32" if BACKEND == "jax" else "int64"
 
 
 def _mask_ids(model) -> set:
@@ -95,10 +97,10 @@ class OffsetSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, schedule, offset=0):
         self.schedule = schedule
-        self.offset = keras.Variable(int(offset), dtype="int64", trainable=False, name="step_offset")
+        self.offset = keras.Variable(int(offset), dtype=_STEP_DTYPE, trainable=False, name="step_offset")
 
     def __call__(self, step):
-        return self.schedule(keras.ops.cast(step, "int64") + self.offset)
+        return self.schedule(keras.ops.cast(step, _STEP_DTYPE) + self.offset)
 
     def get_config(self):
         return {"schedule": keras.saving.serialize_keras_object(self.schedule), "offset": int(self.offset.numpy())}
@@ -126,9 +128,9 @@ def step_offset(optimizer) -> int:
 
 
 def _batch_counter(optimizer):
-    # ``_iterations`` counts batches; ``iterations`` counts updates, which differ
+    # The variable that counts batches; ``iterations`` counts updates, which differ
     # under gradient accumulation.
-    return _innermost(optimizer)._iterations
+    return batch_counter(_innermost(optimizer))
 
 
 def global_step(optimizer) -> int:
@@ -144,18 +146,18 @@ def install_offset_schedule(optimizer) -> bool:
         must then be traced again). A constant learning rate needs no offset.
     """
     inner = _innermost(optimizer)
-    schedule = getattr(inner, "_learning_rate", None)
+    schedule = learning_rate_object(inner)
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) and not isinstance(
         schedule, OffsetSchedule
     ):
-        inner._learning_rate = OffsetSchedule(schedule)
+        inner.learning_rate = OffsetSchedule(schedule)  # the public setter takes a schedule
         return True
     return False
 
 
 def _set_offset(optimizer, offset: int) -> None:
     inner = _innermost(optimizer)
-    schedule = getattr(inner, "_learning_rate", None)
+    schedule = learning_rate_object(inner)
     if isinstance(schedule, OffsetSchedule):
         schedule.offset.assign(offset)
     elif isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) and offset:
@@ -175,15 +177,13 @@ def fresh_values(optimizer) -> list[np.ndarray]:
     """
     special = {}
     for opt in optimizer_chain(optimizer):
-        rate = getattr(opt, "_learning_rate", None)
+        rate = learning_rate_object(opt)
         if isinstance(rate, keras.Variable):
             special[id(rate)] = np.array(rate.numpy())
         if isinstance(opt, keras.optimizers.LossScaleOptimizer):
             special[id(opt.dynamic_scale)] = np.asarray(opt.initial_scale, opt.dynamic_scale.dtype)
-        if getattr(opt, "use_ema", False) and getattr(opt, "_model_variables_moving_average", None):
-            for weight, average in zip(opt._trainable_variables, opt._model_variables_moving_average):
-                if average is not None:
-                    special[id(average)] = np.array(weight.numpy())
+        for weight, average in moving_averages(opt):
+            special[id(average)] = np.array(weight.numpy())
     return [special[id(v)] if id(v) in special else np.zeros(v.shape, v.dtype) for v in optimizer.variables]
 
 
