@@ -144,10 +144,8 @@ def convert_in_tensorflow(model, quantize: str = "none", representative=None, sp
         )
         if done.returncode != 0:
             lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-            raise RuntimeError(
-                f"converting the {BACKEND} model to LiteRT in a TensorFlow process failed: "
-                f"{lines[-1] if lines else f'exit status {done.returncode}'}"
-            )
+            last = lines[-1].split(" Full object config:")[0] if lines else f"exit status {done.returncode}"
+            raise RuntimeError(f"converting the {BACKEND} model to LiteRT in a TensorFlow process failed: {last}")
         with open(os.path.join(folder, "model.tflite"), "rb") as flatbuffer:
             return flatbuffer.read()
 
