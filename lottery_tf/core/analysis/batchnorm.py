@@ -9,16 +9,21 @@ statistics over the given batches, computed in training mode.
 from __future__ import annotations
 
 from lottery_tf.core import naming
-from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.keras_compat import keras, sublayers
+
+
+def _layers_under(layer, seen: set):
+    """Every layer under ``layer``, parents before children, each once (depth first, in tracking order)."""
+    for sub in sublayers(layer):
+        if id(sub) not in seen:
+            seen.add(id(sub))
+            yield sub
+            yield from _layers_under(sub, seen)
 
 
 def batchnorm_layers(model) -> list:
     """Every BatchNormalization layer of ``model``, nested ones included."""
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    return [layer for layer in _layers_under(model, set()) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def statistic_paths(model) -> set:
