@@ -230,7 +230,7 @@ def test_keras_hub_backbone_from_config_two_levels_with_exact_zeros():
         "segment_ids": np.zeros((8, 6), "int32"),
         "padding_mask": np.ones((8, 6), "int32"),
     }
-    _compile(model, keras.optimizers.Adam(0.01), jit_compile=False)  # op by op: compiling BERT costs more here
+    _compile(model, keras.optimizers.Adam(0.01))
     imp, check = lottery_tf.PruneRewindCallback(lottery_tf.PruningSpec("global", 0.5)), ZerosEveryStep()
     for _ in range(2):
         model.fit(data, RNG.integers(0, 2, 8), batch_size=4, epochs=1, verbose=0, callbacks=[imp, check])
