@@ -148,6 +148,23 @@ def test_custom_loop_rewinds_bit_exactly_and_uses_the_rewound_learning_rate(mode
     assert rewind.global_step(model.optimizer) == 6  # k + (6 - k) steps: the level ended where level 0 did
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="TensorFlow's compiled steps read the mask variables when they run")
+def test_a_jax_step_compiled_before_begin_level_is_refused_at_its_first_step():
+    model = _model()
+    imp = PruneRewindCallback(PruningSpec("layerwise", 0.5), rewind_step=K)
+    imp.attach(model)
+    step = _step_function(model, "jax.jit")
+    imp.begin_level()
+    for _ in range(K + 1):
+        step(X, Y)
+        imp.end_step()
+    imp.end_level()
+    imp.begin_level()  # prunes: the step above still holds the dense masks
+    step(X, Y)
+    with pytest.raises(ValueError, match=r"compiled \(jax.jit\) before begin_level\(\) .* compile it again"):
+        imp.end_step()
+
+
 def test_attach_after_the_optimizer_took_a_step_is_refused():
     model = _model()
     step = _step_function(model, MODES[-1])

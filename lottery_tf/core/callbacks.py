@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from lottery_tf.core import rewind
-from lottery_tf.core.keras_compat import all_sublayers, keras, learning_rate_object
+from lottery_tf.core.keras_compat import BACKEND, all_sublayers, keras, learning_rate_object
 from lottery_tf.core.masking import (
     apply_masks,
     get_masks,
@@ -220,11 +220,29 @@ class PruneRewindCallback(keras.callbacks.Callback):
     def begin_level(self) -> None:
         """Custom loops: call before a level's first step (prunes and rewinds after a trained level)."""
         self._attached("begin_level")
+        level = self.level
         self.on_train_begin()
+        # JAX: a step the user compiled before this pruning holds the old masks; the first step shows it.
+        self._check_next_step = BACKEND == "jax" and self.level != level
 
     def end_step(self) -> None:
-        """Custom loops: call after every training step (records the rewind point at ``rewind_step``)."""
+        """Custom loops: call after every training step (records the rewind point at ``rewind_step``).
+
+        Raises:
+            ValueError: On JAX, after the first step of a pruned level, if that
+                step left pruned weights non-zero: it was compiled before
+                ``begin_level()`` and holds the old masks.
+        """
         self._attached("end_step")
+        if getattr(self, "_check_next_step", False):
+            self._check_next_step = False
+            masks, weights = get_masks(self.model), get_prunable_weights(self.model)
+            if any(np.any(weights[name][masks[name] == 0]) for name in masks):
+                raise ValueError(
+                    "The training step left pruned weights non-zero: on JAX a step compiled (jax.jit) before "
+                    "begin_level() holds the masks and learning-rate offset it was traced with; compile it again "
+                    "after begin_level()."
+                )
         self.on_train_batch_end(None)
 
     def end_level(self) -> None:
