@@ -5,7 +5,9 @@ the pruning decision, IMP with rewinding inside ``fit``), the experiment
 engine (:mod:`lottery_tf.engine` with the run store :mod:`lottery_tf.store`:
 ``python -m lottery_tf.main``) and the reports (:mod:`lottery_tf.reports`:
 ``python -m lottery_tf.report``, ``python -m lottery_tf.runs``); tickets leave
-through ``python -m lottery_tf.export``.
+through ``python -m lottery_tf.export``. The Keras library runs on Keras's
+TensorFlow and JAX backends (``KERAS_BACKEND``); the engine and the commands
+run on TensorFlow.
 
 Importing the package registers its Keras classes (the mask wrapper, the
 learning-rate schedules, the optimizers), so ``keras.models.load_model`` reads
