@@ -401,6 +401,30 @@ CASES_ROUND_4 = [
 ]
 CASES = CASES + CASES_ROUND_4
 
+# Issue 32: the dynamic sparse training branches' settings (set, rigl), before anything is written.
+DST1 = ["--branch=set,rigl", "--branch_levels=1"]
+CASES_DST = [
+    ([*DST1, "--dst_drop_fraction=0"], "--dst_drop_fraction"),
+    ([*DST1, "--dst_drop_fraction=1"], "--dst_drop_fraction"),
+    ([*DST1, "--dst_drop_fraction=-0.2"], "--dst_drop_fraction"),
+    ([*DST1, "--dst_update_every=0"], "--dst_update_every"),
+    ([*DST1, "--dst_update_every=151"], "--dst_update_every: 151 is larger than the training masks may change in"),
+    ([*DST1, "--dst_end_fraction=0.1"], "--dst_update_every: 100 is larger than the training masks may change in"),
+    ([*DST1, "--dst_end_fraction=0"], "--dst_end_fraction"),
+    ([*DST1, "--dst_end_fraction=1.5"], "--dst_end_fraction"),
+    ([*DST1, "--dst_distribution=gaussian"], "--dst_distribution"),
+    ([*DST1, "--dst_distribution=erk,erk"], "--dst_distribution"),
+    ([*DST1, "--dst_drop_schedule=linear"], "--dst_drop_schedule"),
+    (["--branch=rigl", "--branch_levels=0"], "--branch_levels"),
+    ([*DST1, "--pruning_n_m=2:4"], "--branch: set,rigl move single weights"),
+    (["--dst_update_every=50"], "--dst_update_every"),
+    (["--branch=gmp", "--branch_levels=1", "--dst_distribution=erk"], "--dst_distribution"),
+    (["--branch=reinit", "--branch_levels=1", "--dst_drop_fraction=0.5"], "--dst_drop_fraction"),
+    (["--branch=reinit", "--branch_levels=1", "--dst_end_fraction=0.5"], "--dst_end_fraction"),
+    (["--branch=reinit", "--branch_levels=1", "--dst_drop_schedule=constant"], "--dst_drop_schedule"),
+]
+CASES = CASES + CASES_DST
+
 
 def test_at_least_sixty_bad_inputs_and_forty_more_of_round_three():
     assert len(CASES) >= 60 + 40 and len(CASES_ROUND_3) >= 40

@@ -188,6 +188,57 @@ def random_masks(shapes: Mapping[str, tuple], densities: Mapping[str, float], rn
     return masks
 
 
+def layer_counts(shapes: Mapping[str, tuple], densities: Mapping[str, float], total: int) -> dict[str, int]:
+    """Per-weight kept counts in proportion to ``densities`` that add up to exactly ``total``.
+
+    Each weight's share is ``total * d_i * n_i / sum_j d_j * n_j`` (exact
+    fractions); the counts are the shares rounded down (at most ``n_i``), and
+    what is left goes one by one to the largest remainders (the earlier weight
+    of equal remainders first) among the weights with room. This is how a
+    model is started at a density given as a count (a pruning level's kept
+    weights), whatever the distribution.
+
+    Args:
+        shapes: Name -> shape of every masked weight.
+        densities: Name -> density (:func:`layer_densities_for`).
+        total: Weights to keep in all, in [1, sum of sizes].
+
+    Returns:
+        Name -> count, in the order of ``shapes``.
+
+    Raises:
+        ValueError: If ``total`` is outside [1, sum of sizes] or every density is 0.
+    """
+    sizes = {name: int(np.prod(tuple(shape))) if tuple(shape) else 1 for name, shape in shapes.items()}
+    if isinstance(total, bool) or int(total) != total or not 1 <= total <= sum(sizes.values()):
+        raise ValueError(f"total must be an integer in [1, {sum(sizes.values())}]; got {total!r}")
+    weights = {name: _exact(densities[name]) * sizes[name] for name in shapes}
+    whole = sum(weights.values())
+    if whole <= 0:
+        raise ValueError("every density is 0: nothing to keep")
+    shares = {name: weights[name] * int(total) / whole for name in shapes}
+    counts = {name: min(sizes[name], math.floor(shares[name])) for name in shapes}
+    left = int(total) - sum(counts.values())
+    while left > 0:
+        room = [name for name in shapes if counts[name] < sizes[name]]
+        order = sorted(room, key=lambda n: shares[n] - counts[n], reverse=True)  # stable: earlier first
+        for name in order[:left]:
+            counts[name] += 1
+        left = int(total) - sum(counts.values())
+    return counts
+
+
+def random_masks_with_counts(shapes: Mapping[str, tuple], counts: Mapping[str, int], rng: np.random.Generator) -> dict:
+    """Masks with exactly ``counts[name]`` ones per weight at random positions (one permutation each, in order)."""
+    masks = {}
+    for name, shape in shapes.items():
+        size = int(np.prod(tuple(shape))) if tuple(shape) else 1
+        mask = np.zeros(size, np.float32)
+        mask[rng.permutation(size)[: int(counts[name])]] = 1.0
+        masks[name] = mask.reshape(tuple(shape))
+    return masks
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerUpdate:
     """What one drop/grow did to one weight.
@@ -699,8 +750,10 @@ __all__ = [
     "drop_fraction_at",
     "erk_densities",
     "grow_scores",
+    "layer_counts",
     "layer_densities_for",
     "optimizer_slots",
     "random_masks",
+    "random_masks_with_counts",
     "update_masks",
 ]

@@ -146,7 +146,12 @@ BRANCHES = (
     "stability",
     *(f"pai_{m}" for m in PAI_METHODS),
     "gmp",
+    "set",
+    "rigl",
 )
+DST_BRANCHES = ("set", "rigl")  # dynamic sparse training (lottery_tf.engine.branches.dst)
+DST_DISTRIBUTIONS = ("uniform", "erk")
+DST_DROP_SCHEDULES = ("cosine", "constant")
 PAI_ABLATIONS = ("shuffle", "reinit", "invert")
 PAI_SCOPES = ("global", "layerwise")
 GMP_SCHEDULES = ("lottery_tf", "tfmot")
@@ -205,6 +210,12 @@ class BranchConfig:
             ``iterations``, and ``eval_every``.
         gmp_schedule: ``lottery_tf`` or ``tfmot`` (TFMOT's own
             ``PolynomialDecay``, needs the ``tfmot`` extra).
+        dst_distribution: ``set`` and ``rigl``: the per-layer distributions
+            each runs with, each in its own folder (``uniform``, ``erk``).
+        dst_update_every, dst_drop_fraction, dst_drop_schedule,
+            dst_end_fraction: ``set`` and ``rigl``: steps between mask
+            updates, the drop fraction at step 0, its schedule (``cosine``,
+            ``constant``) and the fraction of ``iterations`` masks change in.
     """
 
     names: tuple = ()
@@ -230,6 +241,11 @@ class BranchConfig:
     gmp_end_step: int = -1
     gmp_frequency: int = -1
     gmp_schedule: str = "lottery_tf"
+    dst_distribution: tuple = ("uniform",)
+    dst_update_every: int = 100
+    dst_drop_fraction: float = 0.3
+    dst_drop_schedule: str = "cosine"
+    dst_end_fraction: float = 0.75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -936,7 +952,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Branches to run: reinit, random_prune, rewind, lr_rewind (its own "
         "lineage), lr_rewind_oneshot, retrain; the analyses instability (linear mode connectivity), stability "
         "(distances); the baselines pai_magnitude, pai_random, pai_snip, pai_grasp, pai_synflow (pruning at "
-        "initialization), gmp (gradual magnitude pruning) (comma-separated).",
+        "initialization), gmp (gradual magnitude pruning), set and rigl (dynamic sparse training) (comma-separated).",
         choices=BRANCHES,
     ),
     S(
@@ -1137,6 +1153,52 @@ SETTINGS: tuple[Setting, ...] = (
         choices=GMP_SCHEDULES,
         reader=_branches("gmp"),
     ),
+    S(
+        "dst_distribution",
+        "branches.dst_distribution",
+        "names",
+        "set, rigl: per-layer densities, each run in its own folder <method>_<distribution>: uniform (every layer "
+        "at the level's density) and/or erk (Erdos-Renyi-Kernel), e.g. uniform,erk.",
+        choices=DST_DISTRIBUTIONS,
+        reader=_branches(*DST_BRANCHES),
+    ),
+    S(
+        "dst_update_every",
+        "branches.dst_update_every",
+        "int",
+        "set, rigl: training steps between mask updates (>= 1, at most the steps masks change in).",
+        low=1,
+        reader=_branches(*DST_BRANCHES),
+    ),
+    S(
+        "dst_drop_fraction",
+        "branches.dst_drop_fraction",
+        "float",
+        "set, rigl: fraction of each layer's active weights dropped (and regrown) at step 0, in (0, 1).",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+        reader=_branches(*DST_BRANCHES),
+    ),
+    S(
+        "dst_drop_schedule",
+        "branches.dst_drop_schedule",
+        "str",
+        "set, rigl: the drop fraction decays to 0 by the last update (cosine, as RigL) or stays (constant).",
+        choices=DST_DROP_SCHEDULES,
+        reader=_branches(*DST_BRANCHES),
+    ),
+    S(
+        "dst_end_fraction",
+        "branches.dst_end_fraction",
+        "float",
+        "set, rigl: masks change up to this fraction of --iterations, in (0, 1].",
+        low=0,
+        high=1,
+        low_open=True,
+        reader=_branches(*DST_BRANCHES),
+    ),
     # Run
     S(
         "output_dir",
@@ -1174,7 +1236,12 @@ SETTINGS: tuple[Setting, ...] = (
         "bool",
         "Enable TensorFlow op determinism so a resumed run matches an uninterrupted one bit for bit.",
     ),
-    S("tensorboard", "run.tensorboard", "bool", "Write TensorBoard event files under <run>/tensorboard/r<r>/L<level>-<branch>."),
+    S(
+        "tensorboard",
+        "run.tensorboard",
+        "bool",
+        "Write TensorBoard event files under <run>/tensorboard/r<r>/L<level>-<branch>.",
+    ),
     S(
         "strategy",
         "run.strategy",
@@ -1342,6 +1409,7 @@ BRANCH_MIN_LEVEL = {
     "random_prune": 1,
     "gmp": 1,
     **{f"pai_{m}": 1 for m in PAI_METHODS},
+    **{name: 1 for name in DST_BRANCHES},
 }
 
 
@@ -1551,6 +1619,7 @@ def _branch_rules(config) -> None:
             "gmp prunes single weights on TFMOT's schedule; it cannot follow "
             f"--pruning_{'block' if p.block else 'n_m'}: run it in an experiment without a structure",
         )
+    _dst_rules(config)
     if "gmp" in b.names:
         begin, end, frequency = gmp_steps(config)
         if not 1 <= begin < end <= t.iterations:
@@ -1630,6 +1699,38 @@ def lr_rewind_step(config: ExperimentConfig) -> int:
     """The step learning-rate rewinding rewinds the schedule to."""
     b = config.branches
     return b.rewind_step if b.rewind_step >= 0 else config.pruning.rewind_step
+
+
+def dst_end_step(config: ExperimentConfig) -> int:
+    """The last step at which ``set`` and ``rigl`` may update masks: ``floor(dst_end_fraction * iterations)``."""
+    from fractions import Fraction
+
+    b = config.branches
+    return int(Fraction(repr(float(b.dst_end_fraction))) * config.training.iterations)
+
+
+def _dst_rules(config: ExperimentConfig) -> None:
+    b, p, t = config.branches, config.pruning, config.training
+    names = [name for name in b.names if name in DST_BRANCHES]
+    if not names:
+        return
+    if p.block or p.n_m:
+        raise ConfigError(
+            "branch",
+            f"{','.join(names)} move single weights; they cannot keep --pruning_{'block' if p.block else 'n_m'}: "
+            "run them in an experiment without a structure",
+        )
+    end = dst_end_step(config)
+    first = (p.rewind_step // b.dst_update_every + 1) * b.dst_update_every  # the first update after step k
+    if first > end:
+        raise ConfigError(
+            "dst_update_every",
+            f"{b.dst_update_every} is larger than the training masks may change in: the first update would be "
+            f"at step {first}, after the last one allowed (--dst_end_fraction={b.dst_end_fraction:g} of "
+            f"--iterations={t.iterations} = step {end}"
+            + (f", from --rewind_step={p.rewind_step}" if p.rewind_step else "")
+            + ")",
+        )
 
 
 def gmp_steps(config: ExperimentConfig) -> tuple:

@@ -27,6 +27,7 @@ from lottery_tf.engine.branches import (  # noqa: F401
     branch_folder_name,
     branch_type,
     check_branch_inputs,
+    dst,
     prepare_branch,
     run_branch,
     run_branches,
@@ -246,6 +247,7 @@ def check_model(config: ExperimentConfig, splits) -> None:
     if note:
         print(note, flush=True)
     check_baselines(config)
+    dst.check_erk(config, {name: tuple(m.shape) for name, m in get_masks(model).items()})
 
 
 def check_levels(config: ExperimentConfig, shapes: dict, names: list) -> str | None:

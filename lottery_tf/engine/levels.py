@@ -107,9 +107,9 @@ def fit(ctx: Context, model, batch_size: int, start_step: int, steps: int, callb
 
 
 class _CheckpointSaver(keras.callbacks.Callback):
-    def __init__(self, folder, every, monitor, origin, end, wall_before, owner):
+    def __init__(self, folder, every, monitor, origin, end, wall_before, owner, stateful=()):
         super().__init__()
-        self.folder, self.every, self.monitor = folder, every, monitor
+        self.folder, self.every, self.monitor, self.stateful = folder, every, monitor, stateful
         self.origin, self.end, self.wall_before = origin, end, wall_before
         keys = ("experiment", "data", "replicate", "level", "branch", "start_step", "masks_sha256")
         self.owner = {k: owner[k] for k in keys if k in owner}
@@ -121,6 +121,7 @@ class _CheckpointSaver(keras.callbacks.Callback):
         step = _step(self.model)
         if self.every and (step - self.origin) % self.every == 0 and step < self.end:
             state = {"monitor": self.monitor.state(), "wall_seconds": self.wall_before + time.time() - self.start}
+            state.update({c.checkpoint_key: c.get_state() for c in self.stateful})  # e.g. DST's generator
             checkpoint.save(self.folder, self.model, step, state, self.owner)  # the chief's; dropped on other workers
             faults.crash_point("after_checkpoint")  # every worker passes here: a whole-cluster preemption
 
@@ -190,18 +191,31 @@ def train_level(
         "start_step": origin,
         "steps": total_steps,
         "masks_sha256": masks_sha256,
-        **checkpoint.mask_variable_names(model),
+        # A checkpoint's masks are the level's, unless a callback moves them while it trains (DST): then
+        # the start's fingerprint above is what identifies the level.
+        **(
+            {}
+            if any(getattr(c, "changes_masks", False) for c in extra_callbacks)
+            else checkpoint.mask_variable_names(model)
+        ),
     }
     wall_before = 0.0
+    # Callbacks with their own state (``checkpoint_key``, ``get_state``, ``set_state``) are checkpointed with the model.
+    stateful = [c for c in extra_callbacks if getattr(c, "checkpoint_key", None)]
     found = checkpoint.latest(checkpoints, owner=owner)
     if found:
         checkpoint.restore(model, found)
         monitor.restore(found.state["monitor"])
         wall_before = float(found.state.get("wall_seconds", 0.0))
+        for callback in stateful:
+            if callback.checkpoint_key in found.state:
+                callback.set_state(found.state[callback.checkpoint_key])
         print(f"{label}: resuming from {found.path}", flush=True)
     start_step = _step(model)
     end = origin + total_steps
-    saver = _CheckpointSaver(checkpoints, config.run.checkpoint_every, monitor, origin, end, wall_before, owner)
+    saver = _CheckpointSaver(
+        checkpoints, config.run.checkpoint_every, monitor, origin, end, wall_before, owner, stateful
+    )
     start = time.time()
     fit(ctx, model, training.batch_size, start_step, end - start_step, [monitor, saver, *extra_callbacks])
     return {

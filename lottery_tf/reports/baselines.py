@@ -1,10 +1,11 @@
-"""The baselines comparison: IMP beside pruning at initialization and GMP.
+"""The baselines comparison: IMP beside pruning at initialization, GMP and dynamic sparse training.
 
 Called by :mod:`lottery_tf.report` for every experiment whose folders hold
-``pai_*`` or ``gmp`` branches. Writes to the report folder:
+``pai_*``, ``gmp``, ``set_*`` or ``rigl_*`` branches. Writes to the report folder:
 
 * ``baselines_table.md`` / ``baselines_table.csv``: one row per method (IMP,
-  its controls, each pruning-at-initialization method and ablation, GMP), one
+  its controls, each pruning-at-initialization method and ablation, GMP, SET
+  and RigL with each distribution), one
   column per main-line level it was run at; final test accuracy and test
   accuracy at early stopping, mean ± std over replicates. A method whose
   density differs from the main line's at that level by more than 0.05
@@ -14,6 +15,9 @@ Called by :mod:`lottery_tf.report` for every experiment whose folders hold
   ``masks.npz`` it trained with). The ICLR 2021 paper's point is that PaI
   methods mostly choose per-layer densities; this shows which, and where a
   method cuts a layer away entirely (0%: no path from input to output).
+* ``baselines_connections_moved.md``: with ``set``/``rigl`` branches, the
+  connections each moved per layer over its training (mean over
+  replicates), as a percent of the layer's kept weights too.
 * ``baselines_vs_weights.png``: final test accuracy vs percent of weights
   remaining (mean ± std over replicates). The first panel has one line per
   method; then one panel per pruning-at-initialization method with its
@@ -52,8 +56,8 @@ _DENSITY_SLACK = 0.0005  # 0.05 points of density
 
 
 def is_baseline(branch: str) -> bool:
-    """Whether a branch folder holds a pruning-at-initialization or GMP run."""
-    return branch == "gmp" or branch.startswith("pai_")
+    """Whether a branch folder holds a pruning-at-initialization, GMP or dynamic sparse training run."""
+    return branch == "gmp" or branch.startswith("pai_") or plotting.dst_parts(branch) is not None
 
 
 def pai_parts(branch: str) -> tuple[str, str] | None:
@@ -79,7 +83,11 @@ def method_order(branch: str) -> tuple:
         return (3, rank, method, ABLATIONS.index(ablation) if ablation in ABLATIONS else len(ABLATIONS), ablation)
     if branch == "gmp":
         return (4,)
-    return (5, branch)
+    dst = plotting.dst_parts(branch)
+    if dst:
+        method, distribution, suffix = dst
+        return (5, list(plotting.DST_NAMES).index(method), list(plotting.DST_LINES).index(distribution), suffix)
+    return (6, branch)
 
 
 def baseline_experiments(entries: list[dict]) -> list[str]:
@@ -192,6 +200,59 @@ def layer_densities(experiment_folder: str, levels: list[int]) -> dict:
         b: {level: {name: float(np.mean(v)) for name, v in layers.items()} for level, layers in by_level.items()}
         for b, by_level in found.items()
     }
+
+
+def connections_moved(experiment_folder: str) -> dict:
+    """``{branch: {level: {layer: [moved, kept]}}}``, means over replicates, from every DST ``metrics.json``."""
+    found = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for replicate in run_dir.replicates_of(experiment_folder):
+        for path in sorted(glob.glob(os.path.join(replicate, "level_*", "*", "metrics.json"))):
+            branch = os.path.basename(os.path.dirname(path))
+            if not plotting.dst_parts(branch):
+                continue
+            metrics = store.read_json(path)
+            masks = os.path.join(os.path.dirname(path), "masks.npz")
+            kept = (
+                {n: int(np.count_nonzero(m)) for n, m in atomic.read_npz(masks).items()}
+                if os.path.exists(masks)
+                else {}
+            )
+            for name, moved in (metrics.get("connections_moved") or {}).items():
+                found[branch][int(metrics["level"])][name].append((moved, kept.get(name, 0)))
+    return {
+        b: {
+            level: {
+                name: [float(np.mean([m for m, _ in v])), float(np.mean([k for _, k in v]))]
+                for name, v in layers.items()
+            }
+            for level, layers in by_level.items()
+        }
+        for b, by_level in found.items()
+    }
+
+
+def format_connections_moved(experiment_folder: str) -> str:
+    """Markdown: per DST branch and level, the connections moved per layer (and as % of the layer's kept weights)."""
+    moved = connections_moved(experiment_folder)
+    if not moved:
+        return ""
+    experiment = os.path.basename(experiment_folder)
+    layers = sorted({name for by_level in moved.values() for layer in by_level.values() for name in layer})
+    out = [
+        f"## {experiment}: connections moved while training (mean over replicates; % of the layer's kept weights)",
+        "",
+        "| method | level | " + " | ".join(layers) + " |",
+        "|---|---:|" + "---:|" * len(layers),
+    ]
+    for branch in sorted(moved, key=method_order):
+        for level in sorted(moved[branch]):
+            row = moved[branch][level]
+            cells = " | ".join(
+                f"{row[n][0]:.0f} ({100 * row[n][0] / row[n][1]:.0f}%)" if n in row and row[n][1] else ""
+                for n in layers
+            )
+            out.append(f"| {plotting.branch_label(branch)} | {level} | {cells} |")
+    return "\n".join(out) + "\n"
 
 
 def format_layer_densities(entries: list[dict], experiment_folder: str) -> str:
@@ -321,6 +382,9 @@ def plot(entries: list[dict], experiment: str, path: str, title: str) -> None:
             )
     if "gmp" in table:
         _line(ax, table["gmp"], levels, plotting.branch_label("gmp"), **plotting.branch_style("gmp"))
+    for branch in table:
+        if plotting.dst_parts(branch):
+            _line(ax, table[branch], levels, plotting.branch_label(branch), **plotting.branch_style(branch))
     ax.set_title("every method")
 
     for ax, method in zip(flat[1:], methods):
@@ -372,6 +436,10 @@ def write_report(entries: list[dict], out: str, plots: bool, experiment_folders:
             "\n".join(format_layer_densities(entries, folder) for folder in folders),
         )
         written.append("baselines_layer_densities.md")
+        moved = "\n".join(text for text in (format_connections_moved(folder) for folder in folders) if text)
+        if moved:
+            atomic.write_text(os.path.join(out, "baselines_connections_moved.md"), moved)
+            written.append("baselines_connections_moved.md")
     if plots:
         for experiment in experiments:
             name = "baselines_vs_weights.png" if len(experiments) == 1 else f"baselines_vs_weights_{experiment}.png"

@@ -166,6 +166,12 @@ def branch_label(branch: str) -> str:
         return f"ticket retrained with other settings ({branch})"
     if branch == "gmp":
         return "gradual magnitude pruning (TFMOT's schedule)"
+    parts = dst_parts(branch)
+    if parts:
+        method, distribution, suffix = parts
+        return f"{DST_NAMES[method]} ({'ERK' if distribution == 'erk' else distribution})" + (
+            f" [{suffix}]" if suffix else ""
+        )
     if branch.startswith("pai_"):
         method, _, ablation = branch[len("pai_") :].partition("_")
         names = {"snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "magnitude": "magnitude", "random": "random"}
@@ -186,6 +192,25 @@ _FIXED = {
     "random_prune": {"color": "tab:gray", "marker": "s", "linestyle": "-"},
     "gmp": {"color": "tab:purple", "marker": "D", "linestyle": "-", "linewidth": 2},
 }
+# Dynamic sparse training (``set_<distribution>``, ``rigl_<distribution>``, maybe ``_<settings hash>``): one
+# colour and marker per method; ERK dashed beside uniform's solid line.
+DST_NAMES = {"set": "SET", "rigl": "RigL"}
+DST_STYLES = {
+    "set": {"color": "#1b9e77", "marker": "^"},
+    "rigl": {"color": "#d95f02", "marker": "*"},
+}
+DST_LINES = {"uniform": "-", "erk": "--"}
+
+
+def dst_parts(branch: str) -> tuple[str, str, str] | None:
+    """``("rigl", "erk", "")`` for ``rigl_erk``, ``("set", "uniform", "1a2b3c4d")`` for ``set_uniform_1a2b3c4d``."""
+    method, _, rest = branch.partition("_")
+    distribution, _, suffix = rest.partition("_")
+    if method in DST_NAMES and distribution in DST_LINES:
+        return method, distribution, suffix
+    return None
+
+
 PAI_COLORS = {
     "magnitude": "tab:blue",
     "random": "tab:olive",
@@ -238,6 +263,9 @@ def branch_style(branch: str) -> dict:
         if branch != "random_prune_layerwise" and branch != "random_prune":
             style.update(marker="P", linestyle="--")  # the global scope beside the layerwise one
         return style
+    parts = dst_parts(branch)
+    if parts:
+        return {**DST_STYLES[parts[0]], "linestyle": DST_LINES[parts[1]]}
     if branch.startswith("pai_"):
         method, _, ablation = branch[len("pai_") :].partition("_")
         if method in PAI_COLORS and ablation in ABLATION_STYLES:
