@@ -187,3 +187,21 @@ def test_rigl_runs_under_mirrored_on_two_cpus(tmp_path):
     (folder,) = glob.glob(os.path.join(out, "lottery_*", "replicate_0", "level_01", "rigl_erk_*"))
     metrics = json.load(open(os.path.join(folder, "metrics.json")))
     assert metrics["dst_updates"] == 3 and metrics["connections_moved"]["fc1/kernel"] > 0  # steps 10, 20, 30
+
+
+def test_layer_counts_add_up_to_the_levels_count_with_literal_values():
+    from lottery_tf.core.sparse_training import layer_counts, random_masks_with_counts
+
+    shapes = {"a": (10, 10), "b": (5, 4), "c": (3,)}
+    # Uniform 0.5 of 123 weights, 61 kept: shares 100*61/123 = 49.59, 20*61/123 = 9.92, 3*61/123 = 1.49;
+    # floors 49 + 9 + 1 = 59, the 2 left go to b (.92) and a (.59).
+    assert layer_counts(shapes, {"a": 0.5, "b": 0.5, "c": 0.5}, 61) == {"a": 50, "b": 10, "c": 1}
+    # A layer at density 1 beside one at 0.1 (ERK-like): shares 61 * 10/30 = 20.33 and 61 * 20/30 = 40.67,
+    # capped at the layer's size (b: 20), the rest to the room left in a.
+    assert layer_counts({"a": (100,), "b": (20,)}, {"a": 0.1, "b": 1.0}, 61) == {"a": 41, "b": 20}
+    assert layer_counts(shapes, {"a": 1.0, "b": 1.0, "c": 1.0}, 123) == {"a": 100, "b": 20, "c": 3}
+    with pytest.raises(ValueError, match="total must be an integer in \\[1, 123\\]"):
+        layer_counts(shapes, {"a": 0.5, "b": 0.5, "c": 0.5}, 124)
+    masks = random_masks_with_counts(shapes, {"a": 50, "b": 10, "c": 1}, np.random.default_rng(0))
+    assert {n: int(m.sum()) for n, m in masks.items()} == {"a": 50, "b": 10, "c": 1}
+    assert {n: m.shape for n, m in masks.items()} == shapes
