@@ -258,8 +258,10 @@ def main(argv):
         try:
             if session is not None:  # before the study: what Ray offers, what outlives a kill, local or Ray
                 print(session.describe(), flush=True)
-                if line := ray_executor.estimate(study.plan(configs), session, config.run):
+                nodes = study.plan(configs)
+                if line := ray_executor.estimate(nodes, session, config.run):
                     print(line, flush=True)
+                ray_executor.warm_up(session, configs, len(nodes))  # while the driver checks the study
             _run(configs, session)
         finally:
             if session is not None:

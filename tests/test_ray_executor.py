@@ -17,9 +17,10 @@ import tempfile
 import time
 
 import launcher
+import numpy as np
 import pytest
 import ray  # noqa: F401  (tools/setup.sh installs the extra: without it these tests fail, never skip)
-from conftest import REPO, cli_runs
+from conftest import REPO, cli_runs, results
 
 from lottery_tf.engine import config as config_lib
 from lottery_tf.engine import study
@@ -426,6 +427,58 @@ def test_an_output_folder_the_workers_do_not_share_is_refused(tmp_path, mount, s
     assert len(lines) == 1 and lines[0].startswith(f"error: --output_dir: {starts.format(out=out)}"), lines
     assert says.format(out=out) in lines[0]
     assert os.listdir(out) == []  # no run folder, no probe left behind
+
+
+# -- a lost node ------------------------------------------------------------------------------------------
+
+# Short leases and a quick node-death check, so the trial takes a minute rather than the real 3 minutes
+# (tools/lost_node_trial.py runs it with the real ones, before and after leases).
+FAST = {
+    "LOTTERY_TF_LOCK_LEASE_SECONDS": "2",
+    "LOTTERY_TF_LOCK_GRACE_SECONDS": "1",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_unshare(), reason="needs UTS namespaces (unshare -u) for a node with its own host name")
+def test_a_node_lost_mid_training_is_taken_over_and_the_study_is_bit_identical(tmp_path):
+    """A two-node cluster; the second node (its own host name) is killed whole while it trains: the study ends.
+
+    Ray retries the task on the head node, which finds the dead node's lock, waits for its lease to run out,
+    takes it over and resumes from the training's checkpoint; every result equals the local run's.
+    """
+    from tools import lost_node_trial as trial
+
+    out, reference = str(tmp_path / "ray"), str(tmp_path / "local")
+    env = {**ENV, **FAST}
+    address, head, node = trial.start_cluster(env)
+    try:
+        lost = trial.lose_a_node(address, node, out, env, REPO, timeout=600)
+    finally:
+        trial.stop_cluster(head, node)
+    assert lost["victim"] and lost["killed_processes"] >= 2, lost["output"][-3000:]
+    assert lost["finished"] and lost["returncode"] == 0, lost["output"][-3000:]
+    replicate = lost["victim"].split("replicate_")[1].split(os.sep)[0]
+    level = lost["victim"].split("level_")[1].split(os.sep)[0]
+    assert f"[retry] replicate {replicate} main/level_{level}: its worker (pid " in lost["output"]
+    (log,) = glob.glob(os.path.join(out, "lottery_*", f"replicate_{replicate}", "logs", "main", f"level_{level}.log"))
+    text = open(log).read()
+    assert f"== attempt 1 on {trial.LOST_HOST} " in text and "== attempt 2 on " in text
+    assert "its lease expired" in text and f"the holder on host {trial.LOST_HOST} is gone" in text, text[-2000:]
+    assert "resuming from" in text, text[-2000:]
+
+    local = cli(*trial.STUDY, f"--output_dir={reference}", env=env)
+    assert local.returncode == 0, local.stderr[-2000:]
+    a, b = results(out), results(reference)
+    assert sorted(a) == sorted(b) and sum(key.endswith("final_weights.npz") for key in a) == 4
+    for key in a:
+        if isinstance(a[key], dict):
+            for name in a[key]:
+                np.testing.assert_array_equal(a[key][name], b[key][name], err_msg=f"{key}:{name}")
+        else:
+            assert a[key] == b[key], key
 
 
 # -- addresses, the dry run, a killed driver, local or Ray ----------------------------------------------------

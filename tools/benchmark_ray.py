@@ -1,12 +1,16 @@
-"""Local executor vs --executor=ray on this machine: wall time of each, side by side, and the files compared.
+"""Local executor vs --executor=ray on this machine: where Ray's fixed cost goes, wall times, files compared.
 
-Runs each study twice in one sitting, first with the local executor (one process, TensorFlow's default
-threads), then on a local Ray instance (``--cpus_per_training`` CPUs per training, so on 2 cores with the
-default 1: two trainings at once, each worker with one TensorFlow thread), in fresh folders, with
-``--deterministic``; checks that every metrics.json (timing aside), masks.npz and analysis result is
-bit-identical, and writes the table with the graph's critical-path bound beside it.
+First the fixed cost, measured apart: starting a local Ray instance, a worker's first task, TensorFlow's
+import in a worker. Then, per study, in one sitting and fresh folders:
 
-    python tools/benchmark_ray.py [--out=results/ray/local_vs_ray.txt] [--studies=smoke,quickstart]
+- speed: the local executor (one process, TensorFlow's default threads, XLA as configured) against a local
+  Ray instance (``--cpus_per_training`` CPUs per training: on 2 cores with the default 1, two trainings at
+  once, one TensorFlow thread each), both without ``--deterministic``, with the graph's bound beside it;
+- identity (``smoke``): both again with ``--deterministic`` (one TensorFlow thread in every process), and
+  every metrics.json (timing aside), masks.npz and analysis result compared bit for bit.
+
+    python tools/benchmark_ray.py [--out=results/ray/local_vs_ray.txt] [--studies=smoke,quickstart|none]
+        [--before=<commit>] [--rounds=3]
 
 About 12 minutes on 2 cores.
 """
@@ -32,16 +36,47 @@ STUDIES = {
         "--branch=reinit,random_prune,instability,stability,pai_snip,gmp,lr_rewind",
         "--branch_levels=1,2",
         "--instability_pairs=1",
-        "--deterministic",
     ],
     "quickstart": [
         "--flagfile=flags/quickstart.flags",
         "--replicates=2",
         "--branch=reinit,random_prune",
         "--branch_levels=5,10",
-        "--deterministic",
     ],
 }
+IDENTITY = ("smoke",)  # studies also run with --deterministic on both executors and compared file by file
+
+# Run in a fresh process: Ray's start, a worker's first (empty) task, TensorFlow's import in a worker.
+_PHASES = """
+import json, logging, os, time
+import ray
+started = time.time()
+ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+         runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
+init = time.time() - started
+
+@ray.remote(num_cpus=1)
+def empty():
+    return os.getpid()
+
+@ray.remote(num_cpus=1)
+def imports():
+    started = time.time()
+    import tensorflow  # noqa: F401
+    tf_seconds = time.time() - started
+    from lottery_tf.engine import experiment  # noqa: F401
+    return time.time() - started - tf_seconds, tf_seconds
+
+started = time.time()
+ray.get(empty.remote())
+worker = time.time() - started
+engine, tf_seconds = ray.get(imports.remote())
+started = time.time()
+import tensorflow  # noqa: F401
+driver_tf = time.time() - started
+ray.shutdown()
+print(json.dumps({"init": init, "worker": worker, "tf": tf_seconds, "engine": engine, "driver_tf": driver_tf}))
+"""
 TIMING = ("wall_seconds", "record_sha256")  # the seal covers the wall time, so it differs with it
 
 
@@ -81,54 +116,119 @@ def _bound(args: list[str], slots: int) -> str:
     return graph, ideal
 
 
+FIXED = ["--flagfile=flags/smoke.flags", "--levels=0", "--branch=", "--branch_levels=", "--iterations=10"]
+
+
+def fixed_cost(code: str, rounds: int) -> tuple[float, float]:
+    """Median wall time of a 10-step, one-training study on the local executor and on Ray, alternating.
+
+    ``code`` is the checkout whose lottery_tf runs (another commit's worktree measures "before"). The
+    difference is Ray's fixed cost: its start, the workers' start and imports, what the driver waits for.
+    """
+    env = {**os.environ, "PYTHONPATH": code}
+    times: dict = {"local": [], "ray": []}
+    for _ in range(rounds):
+        for executor in ("local", "ray"):
+            out = tempfile.mkdtemp(prefix="benchmark_ray_fixed_")
+            started = time.time()
+            subprocess.run(
+                [sys.executable, "-m", "lottery_tf.main", *FIXED, f"--output_dir={out}", f"--executor={executor}"],
+                cwd=code, env=env, capture_output=True, text=True, timeout=600, check=True,
+            )  # fmt: skip
+            times[executor].append(time.time() - started)
+            shutil.rmtree(out, ignore_errors=True)
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    return median(times["local"]), median(times["ray"])
+
+
+def _phases() -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _PHASES], cwd=REPO, capture_output=True, text=True, timeout=600, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/ray/local_vs_ray.txt")
     parser.add_argument("--studies", default=",".join(STUDIES))
     parser.add_argument("--cpus_per_training", type=float, default=1.0)
+    parser.add_argument("--before", default="", help="a commit whose fixed cost is measured beside this checkout's")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each executor for the fixed cost")
     options = parser.parse_args()
     cores = os.cpu_count() or 1
     slots = max(1, int(cores // options.cpus_per_training))
+    ray_flags = ["--executor=ray", f"--cpus_per_training={options.cpus_per_training:g}"]
+    phases = _phases()
     lines = [
         f"# command: python tools/benchmark_ray.py --studies={options.studies} "
         f"--cpus_per_training={options.cpus_per_training:g}",
-        f"# machine: {cores} CPU cores, {platform.machine()}, no GPU; {time.strftime('%Y-%m-%d')}; one sitting, "
-        "local first, then Ray, each in a fresh folder",
-        "# local: one process, TensorFlow's default threads (intra-op = cores); one training at a time",
-        f"# ray: a local Ray instance started by the command (included in its wall time); {slots} trainings at once "
-        f"(--cpus_per_training={options.cpus_per_training:g}), each worker with "
-        f"{max(1, int(options.cpus_per_training))} TensorFlow thread(s)",
+        f"# machine: {cores} CPU cores ({platform.processor() or platform.machine()}), no GPU; "
+        f"{time.strftime('%Y-%m-%d')}; one sitting, each run in a fresh folder; load average at the start "
+        f"{os.getloadavg()[0]:.1f} (other work on the machine slows both executors)",
+        "# speed: local = one process, TensorFlow's default threads, one training at a time; ray = a local Ray "
+        f"instance started by the command (in its wall time), {slots} trainings at once, "
+        f"{max(1, int(options.cpus_per_training))} TensorFlow thread(s) each; neither --deterministic",
+        "# identity: both again with --deterministic (one TensorFlow thread in every process), files compared",
         "# bound: the ideal speed-up of the graph with that many trainings at once (steps only; tools/study_graphs.sh)",
         "",
+        "## Ray's fixed cost on this machine, measured apart (one fresh process)",
+        f"  ray.init (a local instance): {phases['init']:.1f} s; a worker's first task: {phases['worker']:.1f} s; "
+        f"in a worker, import tensorflow: {phases['tf']:.1f} s, then lottery_tf's engine: {phases['engine']:.1f} s "
+        f"(the driver's own import tensorflow: {phases['driver_tf']:.1f} s)",
+        "",
     ]
-    for name in options.studies.split(","):
+    codes = [("this checkout", REPO)]
+    tree = None
+    if options.before:
+        tree = tempfile.mkdtemp(prefix="benchmark_ray_before_")
+        subprocess.run(["git", "worktree", "add", "--detach", tree, options.before], cwd=REPO, check=True,
+                       capture_output=True)  # fmt: skip
+        codes.insert(0, (f"before ({options.before})", tree))
+    try:
+        for label, code in codes:
+            local_s, ray_s = fixed_cost(code, options.rounds)
+            lines.append(
+                f"  a one-training, 10-step study, {label}: local {local_s:.1f} s, ray {ray_s:.1f} s: Ray's fixed "
+                f"cost {ray_s - local_s:.1f} s (median of {options.rounds}, alternating)"
+            )
+    finally:
+        if tree:
+            subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=REPO, capture_output=True)
+    lines.append("")
+    print("\n".join(lines), flush=True)
+    if options.studies == "none":
+        options.studies = ""
+    for name in filter(None, options.studies.split(",")):
         args = STUDIES[name]
         graph, ideal = _bound(args, slots)
         root = tempfile.mkdtemp(prefix=f"benchmark_ray_{name}_")
         try:
             local_s, _ = _cli([*args, f"--output_dir={root}/local"])
-            ray_s, ray_run = _cli(
-                [
-                    *args,
-                    f"--output_dir={root}/ray",
-                    "--executor=ray",
-                    f"--cpus_per_training={options.cpus_per_training:g}",
-                ]
-            )
-            local_files, ray_files = results_of(f"{root}/local"), results_of(f"{root}/ray")
-            different = sorted(k for k in local_files if local_files[k] != ray_files.get(k))
-            missing = sorted(set(local_files) ^ set(ray_files))
+            ray_s, ray_run = _cli([*args, f"--output_dir={root}/ray", *ray_flags])
+            compared = ""
+            if name in IDENTITY:
+                det = [*args, "--deterministic"]
+                det_local_s, _ = _cli([*det, f"--output_dir={root}/local_det"])
+                det_ray_s, _ = _cli([*det, f"--output_dir={root}/ray_det", *ray_flags])
+                local_files, ray_files = results_of(f"{root}/local_det"), results_of(f"{root}/ray_det")
+                different = sorted(k for k in local_files if local_files[k] != ray_files.get(k))
+                missing = sorted(set(local_files) ^ set(ray_files))
+                compared = (
+                    f"  --deterministic: local {det_local_s:.1f} s   ray {det_ray_s:.1f} s; files compared: "
+                    f"{len(local_files)}; different: {len(different)}; in one only: {len(missing)}"
+                    + (f" ({', '.join((different + missing)[:5])})" if different or missing else "")
+                )
         finally:
             shutil.rmtree(root, ignore_errors=True)
-        tasks = "; ".join(line for line in ray_run.stdout.splitlines() if line.startswith("ray: "))
+        tasks = "\n  ".join(line for line in ray_run.stdout.splitlines() if line.startswith("ray: "))
         lines += [
-            f"## {name}: python -m lottery_tf.main {' '.join(args)} [--executor=ray]",
+            f"## {name}: python -m lottery_tf.main {' '.join(args)} [--executor=ray] [--deterministic]",
             f"  {graph}",
             f"  local {local_s:.1f} s   ray {ray_s:.1f} s   local/ray {local_s / ray_s:.2f}x   "
             f"(bound with {slots} at once: {ideal}x)",
             f"  {tasks}",
-            f"  files compared: {len(local_files)}; different: {len(different)}; in one only: {len(missing)}"
-            + (f" ({', '.join((different + missing)[:5])})" if different or missing else ""),
+            *([compared] if compared else []),
             "",
         ]
         print("\n".join(lines[-6:]), flush=True)

@@ -21,6 +21,7 @@ from lottery_tf.store import output_folders
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("", "mixed_float16", "mixed_bfloat16")
+DETERMINISTIC_THREADS = 1  # TensorFlow intra-op threads of every --deterministic training, on any executor
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 EXECUTORS = ("local", "ray")
 PRUNING_METHODS = ("layerwise", "global")
@@ -1234,7 +1235,8 @@ SETTINGS: tuple[Setting, ...] = (
         "deterministic",
         "run.deterministic",
         "bool",
-        "Enable TensorFlow op determinism so a resumed run matches an uninterrupted one bit for bit.",
+        "TensorFlow op determinism (XLA off) and one intra-op thread per training, so a resumed run, or one on "
+        "Ray or another machine, matches an uninterrupted local run bit for bit.",
     ),
     S(
         "tensorboard",

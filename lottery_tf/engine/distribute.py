@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from lottery_tf.engine.config import STRATEGIES, StrategyError  # noqa: F401  (StrategyError is raised here)
+from lottery_tf.engine.config import DETERMINISTIC_THREADS, STRATEGIES, StrategyError  # noqa: F401  (StrategyError is raised here)
 
 
 def describe_devices() -> str:
@@ -58,6 +58,33 @@ def split_cpu(count: int) -> None:
     if current and len(current) == count:
         return
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+def make_deterministic() -> None:
+    """Op determinism and one intra-op thread (before TensorFlow starts): the same bits on any executor or machine.
+
+    TensorFlow's CPU kernels split a sum (a loss's mean, a matmul's reduction) into one part per thread, so
+    the thread count changes the order of the additions and the last bits: on an AMD EPYC with two cores,
+    one thread and two differ from the first evaluation on. Op determinism fixes the kernels; one thread in
+    every process (the local executor, each Ray worker, each multi-worker process) fixes the order, so a
+    study gives the same files whichever executor or machine runs it, or resumes it.
+
+    Raises:
+        RuntimeError: If TensorFlow already runs with another intra-op thread count.
+    """
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(DETERMINISTIC_THREADS)
+    except RuntimeError:  # TensorFlow already started: fine only if it started with one thread
+        # 0 is TensorFlow's default: $TF_NUM_INTRAOP_THREADS where set, else one per core.
+        threads = tf.config.threading.get_intra_op_parallelism_threads() or int(
+            os.environ.get("TF_NUM_INTRAOP_THREADS") or os.cpu_count() or 0
+        )
+        if threads != DETERMINISTIC_THREADS:
+            raise RuntimeError(
+                f"--deterministic needs {DETERMINISTIC_THREADS} TensorFlow intra-op thread, but TensorFlow started "
+                f"with {threads} before the run could set it"
+            ) from None
+    tf.config.experimental.enable_op_determinism()
 
 
 def cluster_from_environment() -> dict | None:

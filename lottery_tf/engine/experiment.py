@@ -47,6 +47,7 @@ from lottery_tf.engine.distribute import (
     is_chief,
     is_multi_worker,
     leave_together,
+    make_deterministic,
     make_strategy,
     split_cpu,
     worker_label,
@@ -160,7 +161,7 @@ def check(config: ExperimentConfig, rerecord_data: bool = False) -> Ready:
     """
     split_cpu(config.run.cpu_devices)
     if config.run.deterministic:
-        tf.config.experimental.enable_op_determinism()
+        make_deterministic()
     strategy = make_strategy(config.run.strategy, config.run.tpu)
     check_batch_sizes(config, strategy)
     splits = get_splits(config.data)

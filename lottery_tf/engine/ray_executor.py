@@ -33,7 +33,7 @@ import traceback
 import uuid
 
 from lottery_tf.engine import errors, study
-from lottery_tf.engine.config import ConfigError, ExperimentConfig
+from lottery_tf.engine.config import DETERMINISTIC_THREADS, ConfigError, ExperimentConfig
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker died this many times
 _PROBE_PREFIX = ".lottery_tf_probe_"
@@ -81,6 +81,8 @@ class Session:
     nodes: list
     where: str = "this machine"
     watchdog: object = dataclasses.field(default=None, repr=False)  # (process, pipe) of :func:`_start_watchdog`
+    warming: list = dataclasses.field(default_factory=list, repr=False)  # refs of :func:`warm_up`'s tasks
+    started: float = dataclasses.field(default_factory=time.time, repr=False)  # when Ray was joined or started
 
     def describe(self) -> str:
         """The line the driver prints once connected: what Ray offers, and what outlives this command."""
@@ -530,6 +532,11 @@ _PROCESS: dict = {}  # what one worker process built once: threads set, strategy
 def _setup(config: ExperimentConfig, threads: int, record: dict):
     """The strategy and data of this worker (built once per process and data), checked against the driver's record.
 
+    Args:
+        config: The training's settings.
+        threads: TensorFlow intra-op threads of this worker (set once, before TensorFlow starts).
+        record: The data record the driver checked (source, fingerprint); None while warming up.
+
     Raises:
         ConfigError: If the data this worker finds is not the data the study was checked with.
     """
@@ -537,7 +544,7 @@ def _setup(config: ExperimentConfig, threads: int, record: dict):
 
     from lottery_tf.engine.data import get_splits
     from lottery_tf.engine.data.registry import splits_fingerprint
-    from lottery_tf.engine.distribute import make_strategy, split_cpu
+    from lottery_tf.engine.distribute import make_deterministic, make_strategy, split_cpu
 
     if "threads" not in _PROCESS:
         with contextlib.suppress(RuntimeError):  # already initialized in this process
@@ -548,22 +555,47 @@ def _setup(config: ExperimentConfig, threads: int, record: dict):
                 tf.config.experimental.set_memory_growth(gpu, True)
         split_cpu(config.run.cpu_devices)
         if config.run.deterministic:
-            tf.config.experimental.enable_op_determinism()
+            make_deterministic()  # one thread, as every executor: the same bits as the local run
         _PROCESS["threads"] = threads
         _PROCESS["strategy"] = make_strategy(config.run.strategy, config.run.tpu)
     key = json.dumps(dataclasses.asdict(config.data), sort_keys=True)
     if key not in _PROCESS:
         splits = get_splits(config.data)
-        found = splits_fingerprint(splits)
-        if found != record["fingerprint"]:
-            raise ConfigError(
-                "data_dir",
-                f"a Ray worker on {socket.gethostname()} finds {splits.source} (data fingerprint {found}), "
-                f"but the study was checked with {record['source']} (fingerprint {record['fingerprint']}); "
-                "every node must see the same data at the same path",
-            )
-        _PROCESS[key] = splits
-    return _PROCESS["strategy"], _PROCESS[key]
+        _PROCESS[key] = (splits, splits_fingerprint(splits))
+    splits, found = _PROCESS[key]
+    if record is not None and found != record["fingerprint"]:
+        raise ConfigError(
+            "data_dir",
+            f"a Ray worker on {socket.gethostname()} finds {splits.source} (data fingerprint {found}), "
+            f"but the study was checked with {record['source']} (fingerprint {record['fingerprint']}); "
+            "every node must see the same data at the same path",
+        )
+    return _PROCESS["strategy"], splits
+
+
+def _warm(config_dict: dict, threads: int) -> dict:
+    """A Ray task, one per slot as the study starts: TensorFlow imported, the data loaded, while the driver checks.
+
+    The trainings that follow run in these worker processes (Ray reuses a worker for the next task), so they
+    start at once. Never raises: a problem here is met again, and reported, by the training that needs it.
+    """
+    import psutil  # Ray's own dependency
+
+    # Ray imported this module (and with it TensorFlow and Keras) before the task began: count from the
+    # worker process's start.
+    born = psutil.Process().create_time()
+    result = {"host": socket.gethostname(), "pid": os.getpid(), "import": 0.0, "data": 0.0, "error": None}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from lottery_tf.engine import experiment  # noqa: F401  (the engine, in case Ray had not)
+
+            result["import"] = time.time() - born
+            started = time.time()
+            _setup(ExperimentConfig.from_dict(config_dict), threads, None)
+            result["data"] = time.time() - started
+    except Exception as error:  # noqa: BLE001  (the training that needs it reports it)
+        result["error"] = f"{type(error).__name__}: {error}"
+    return result
 
 
 def _train(config_dict: dict, record: dict, replicate: int, key: str, threads: int) -> dict:
@@ -597,6 +629,8 @@ def _train(config_dict: dict, record: dict, replicate: int, key: str, threads: i
                 result["error"] = line
                 log.write(f"error: {line}\n")
     result["seconds"] = time.time() - started
+    # Until the first progress line: the worker's set-up (if not warmed), the model built and traced, step 0 evaluated.
+    result["first_step"] = stream.first_step - started if stream.first_step else None
     result["resumed"] = "resuming from" in output.getvalue()
     result["tail"] = output.getvalue()[-2000:]
     return result
@@ -607,8 +641,11 @@ class _Tee(io.TextIOBase):
 
     def __init__(self, *streams):
         self.streams = streams
+        self.first_step = None  # when the first progress line (step 0, after the model is built and traced) came
 
     def write(self, text: str) -> int:
+        if self.first_step is None and _STEP.search(text):
+            self.first_step = time.time()
         for stream in self.streams:
             stream.write(text)
             if "\n" in text:
@@ -639,6 +676,48 @@ def _log(path: str):
 # -- the driver ------------------------------------------------------------------------------------------
 
 
+def _threads(run_config) -> int:
+    """TensorFlow intra-op threads of each worker: its CPUs, or one under ``--deterministic`` (as every executor)."""
+    return DETERMINISTIC_THREADS if run_config.deterministic else max(1, int(run_config.cpus_per_training))
+
+
+def _task_options(run_config) -> dict:
+    return dict(num_cpus=run_config.cpus_per_training, num_gpus=run_config.gpus_per_training)
+
+
+def warm_up(session: Session, configs, trainings: int) -> None:
+    """Starts a worker per slot (at most ``trainings``) that imports TensorFlow and loads the data, and returns.
+
+    Ray's fixed cost on a small machine is mostly each worker's TensorFlow import and the first data load
+    (``tools/benchmark_ray.py`` measures it); started here, they run while the driver checks the study
+    (its own import, data and model checks), and the first trainings start in ready workers.
+    """
+    import ray
+
+    task = ray.remote(_warm).options(**_task_options(configs[0].run), scheduling_strategy="SPREAD")
+    plain = dataclasses.asdict(configs[0])
+    session.warming = [task.remote(plain, _threads(configs[0].run)) for _ in range(min(session.slots, trainings))]
+
+
+def _warm_line(session: Session) -> str:
+    """What warming the workers took (median TensorFlow import and data load), once they are done ('' before)."""
+    import ray
+
+    if not session.warming:
+        return ""
+    done, _ = ray.wait(session.warming, num_returns=len(session.warming), timeout=0)
+    if len(done) < len(session.warming):
+        return ""
+    results = [r for r in ray.get(done) if not r["error"]]
+    if not results:
+        return ""
+    median = lambda key: sorted(r[key] for r in results)[len(results) // 2]  # noqa: E731
+    return (
+        f"ray: {len(results)} worker(s) warmed while the driver checked the study: started with TensorFlow "
+        f"imported in {median('import'):.1f} s, data loaded in {median('data'):.1f} s (median)"
+    )
+
+
 def _label(node: study.Training, configs) -> str:
     run = f"k={configs[node.run].pruning.rewind_step} " if len(configs) > 1 else ""
     return f"{run}replicate {node.replicate} {node.key}"
@@ -666,18 +745,15 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
 
     nodes = study.plan(configs)
     schedule = study.Schedule(nodes, session.slots)
-    threads = max(1, int(run_config.cpus_per_training))
-    task = ray.remote(_train).options(
-        num_cpus=run_config.cpus_per_training,
-        num_gpus=run_config.gpus_per_training,
-        max_retries=MAX_RETRIES,
-        retry_exceptions=False,
-    )
+    threads = _threads(run_config)
+    task = ray.remote(_train).options(**_task_options(run_config), max_retries=MAX_RETRIES, retry_exceptions=False)
     plain = [dataclasses.asdict(c) for c in configs]
     trained = [False] * len(configs)
     in_flight: dict = {}
     attempts: dict = {}  # node id -> attempts seen in its log
     seconds_per_step: list = []  # (seconds, steps) of finished trainings
+    first_steps: list = []  # seconds from each task's start to its training's first progress line
+    warmed = ""
     started = time.time()
     print(
         f"ray: {len(nodes)} tasks on {len(session.nodes)} node(s), {session.cpus:g} CPUs, {session.gpus:g} GPUs; "
@@ -716,6 +792,8 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
         _quiet_worker_deaths()
         while in_flight:
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            if not warmed and (warmed := _warm_line(session)):
+                print(warmed, flush=True)
             if not done:
                 for node in in_flight.values():
                     report_retries(node)
@@ -746,11 +824,18 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
             trained[node.run] |= result["trained"]
             if node.steps and result["trained"]:
                 seconds_per_step.append((result["seconds"], node.steps))
+            if result.get("first_step") is not None:
+                first_steps.append(result["first_step"])
             submit_ready()
             print(_progress(node, result, configs, schedule, nodes, session, seconds_per_step), flush=True)
     finally:
         stop_all()
-    print(f"ray: {len(nodes)} tasks done in {study.format_duration(time.time() - started)}", flush=True)
+    first = (
+        f"; a training's first step came {sorted(first_steps)[len(first_steps) // 2]:.1f} s after its task started (median: model built and traced, step 0 evaluated)"
+        if first_steps
+        else ""
+    )
+    print(f"ray: {len(nodes)} tasks done in {study.format_duration(time.time() - started)}{first}", flush=True)
     return trained
 
 
