@@ -439,6 +439,7 @@ FAST = {
     "RAY_health_check_period_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
+SHORTER = ("--iterations=600",)  # still 500 steps after the first checkpoint to kill the node in
 
 
 @pytest.mark.slow
@@ -455,7 +456,7 @@ def test_a_node_lost_mid_training_is_taken_over_and_the_study_is_bit_identical(t
     env = {**ENV, **FAST}
     address, head, node = trial.start_cluster(env)
     try:
-        lost = trial.lose_a_node(address, node, out, env, REPO, timeout=600)
+        lost = trial.lose_a_node(address, node, out, env, REPO, timeout=600, extra=SHORTER)
     finally:
         trial.stop_cluster(head, node)
     assert lost["victim"] and lost["killed_processes"] >= 2, lost["output"][-3000:]
@@ -469,7 +470,7 @@ def test_a_node_lost_mid_training_is_taken_over_and_the_study_is_bit_identical(t
     assert "its lease expired" in text and f"the holder on host {trial.LOST_HOST} is gone" in text, text[-2000:]
     assert "resuming from" in text, text[-2000:]
 
-    local = cli(*trial.STUDY, f"--output_dir={reference}", env=env)
+    local = cli(*trial.STUDY, *SHORTER, f"--output_dir={reference}", env=env)
     assert local.returncode == 0, local.stderr[-2000:]
     a, b = results(out), results(reference)
     assert sorted(a) == sorted(b) and sum(key.endswith("final_weights.npz") for key in a) == 4

@@ -136,7 +136,10 @@ def training_on(out: str, host: str) -> str | None:
 
 
 def lose_a_node(address: str, node, out: str, env: dict, cwd: str, timeout: float, extra=()) -> dict:
-    """Runs the study on the cluster, kills the second node mid-training; what happened, with times."""
+    """Runs the study (:data:`STUDY` and ``extra`` flags) on the cluster, kills the second node mid-training.
+
+    Returns what happened: the training killed, whether and how the driver ended, its output.
+    """
     started = time.time()
     driver = subprocess.Popen(
         [sys.executable, "-m", "lottery_tf.main", *STUDY, *extra, f"--output_dir={out}", "--executor=ray",
