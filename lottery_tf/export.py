@@ -40,6 +40,7 @@ import sys
 
 import numpy as np
 
+from lottery_tf.engine import errors
 from lottery_tf.engine.errors import ArgumentParser
 from lottery_tf.engine.export_files import (
     FORMATS,
@@ -208,6 +209,9 @@ def summary(record: dict) -> str:
 def main(argv=None) -> int:
     args = _parse(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if line := errors.keras_backend_problem("python -m lottery_tf.export"):
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     try:
         record = export(args)
     except ExportError as error:

@@ -219,6 +219,8 @@ def _fail(message: str) -> None:
 
 
 def main(argv):
+    if line := errors.keras_backend_problem("python -m lottery_tf.main"):
+        _fail(line)
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; all settings are --flags")
     try:

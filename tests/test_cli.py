@@ -410,3 +410,26 @@ def test_n_m_start_is_printed_from_the_masks_level_by_level(tmp_path):
     assert warned == bool(lacking)
     if lacking:
         assert f"warning: 2:4 never held for {', '.join(lacking)} by level 7, the last (--levels)" in result.stderr
+
+
+def test_the_commands_refuse_a_keras_backend_other_than_tensorflow_with_one_line(tmp_path):
+    """The engine is TensorFlow; under KERAS_BACKEND=jax (the library's other backend) each command says so."""
+    out = tmp_path / "run"
+    run = cli("--flagfile=flags/smoke.flags", f"--output_dir={out}", env={"KERAS_BACKEND": "jax"})
+    export = launcher.run(
+        [sys.executable, "-m", "lottery_tf.export", str(tmp_path / "missing"), "--level=0"],
+        cwd=REPO,
+        env={**ENV, "KERAS_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    for result, command in ((run, "python -m lottery_tf.main"), (export, "python -m lottery_tf.export")):
+        assert result.returncode == 2, result.stderr[-2000:]
+        (line,) = error_lines(result)
+        assert line == (
+            f"error: KERAS_BACKEND is 'jax', but {command} runs on TensorFlow (tf.distribute, TensorFlow Datasets, "
+            "TensorBoard); run it with KERAS_BACKEND=tensorflow or unset (lottery_tf's Keras library in your own "
+            "code runs on jax)"
+        )
+    assert not out.exists()

@@ -23,6 +23,24 @@ class StudyError(RuntimeError):
     """A study executor stopped on a user's mistake (a task's one line) or a setting it cannot serve."""
 
 
+def keras_backend_problem(command: str) -> str | None:
+    """The line a command refuses a Keras backend other than TensorFlow with (None under TensorFlow).
+
+    The commands (``python -m lottery_tf.main``, ``python -m lottery_tf.export``) build their models with the
+    engine, which is TensorFlow: tf.distribute, TensorFlow Datasets, TensorBoard, checkpoints. Keras reads
+    ``KERAS_BACKEND`` once, when it is imported, so the command cannot switch it for the user.
+    """
+    from lottery_tf.core.keras_compat import BACKEND
+
+    if BACKEND == "tensorflow":
+        return None
+    return (
+        f"KERAS_BACKEND is {BACKEND!r}, but {command} runs on TensorFlow (tf.distribute, TensorFlow Datasets, "
+        "TensorBoard); run it with KERAS_BACKEND=tensorflow or unset (lottery_tf's Keras library in your own "
+        f"code runs on {BACKEND})"
+    )
+
+
 def user_message(error: BaseException, dataset: str) -> str | None:
     """The one line for a user's mistake, or None for anything else (a bug: the traceback is shown).
 
