@@ -411,6 +411,7 @@ CASES_DST = [
     ([*DST1, "--dst_update_every=151"], "--dst_update_every: 151 is larger than the training masks may change in"),
     ([*DST1, "--dst_end_fraction=0.1"], "--dst_update_every: 100 is larger than the training masks may change in"),
     ([*DST1, "--dst_end_fraction=0"], "--dst_end_fraction"),
+    ([*DST1, "--dst_end_fraction=1", "--dst_update_every=200"], "--dst_update_every: 200 is larger than the training"),
     ([*DST1, "--dst_end_fraction=1.5"], "--dst_end_fraction"),
     ([*DST1, "--dst_distribution=gaussian"], "--dst_distribution"),
     ([*DST1, "--dst_distribution=erk,erk"], "--dst_distribution"),

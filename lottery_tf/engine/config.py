@@ -1722,14 +1722,15 @@ def _dst_rules(config: ExperimentConfig) -> None:
             f"{','.join(names)} move single weights; they cannot keep --pruning_{'block' if p.block else 'n_m'}: "
             "run them in an experiment without a structure",
         )
-    end = dst_end_step(config)
+    # Masks change when the step after an update begins: an update at the last step would change nothing trained.
+    end = min(dst_end_step(config), t.iterations - 1)
     first = (p.rewind_step // b.dst_update_every + 1) * b.dst_update_every  # the first update after step k
     if first > end:
         raise ConfigError(
             "dst_update_every",
             f"{b.dst_update_every} is larger than the training masks may change in: the first update would be "
             f"at step {first}, after the last one allowed (--dst_end_fraction={b.dst_end_fraction:g} of "
-            f"--iterations={t.iterations} = step {end}"
+            f"--iterations={t.iterations}, before the last step: step {end}"
             + (f", from --rewind_step={p.rewind_step}" if p.rewind_step else "")
             + ")",
         )
