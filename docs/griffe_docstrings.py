@@ -20,6 +20,15 @@ parsed, when the package is loaded, this extension rewrites their text:
   indented ``Examples:`` section, which Griffe parses into code blocks; any
   other run of ``>>>`` lines is fenced as ``pycon``. Doctest directives
   (``# doctest: +SKIP``) are dropped from what is shown.
+* a ``Returns:``/``Yields:`` description that goes on over several lines is
+  one item. The docstrings write it as Google's style guide does, its
+  continuation lines at the first line's indent; Griffe's Google parser reads
+  each such line as another returned value (a row each). A continuation line
+  is indented under its item, unless it starts an item of its own
+  (``name (type): ...``).
+* reStructuredText's double backticks become Markdown's single ones, and a
+  ``<name>`` outside code is escaped, so that it shows as text instead of
+  being taken for an HTML tag.
 """
 
 from __future__ import annotations
@@ -34,6 +43,12 @@ EXAMPLES_TITLE = re.compile(r"Examples?:\s*")
 DOCTEST_DIRECTIVE = re.compile(r"\s*#\s*doctest:\s*[+-][A-Z_]+(?:\s*,\s*[+-][A-Z_]+)*\s*$")
 # A ">" (not a ">>>" prompt) at the start of a line or of an item's description: "rounds: >= 1.".
 LEADING_ANGLE = re.compile(r"^(\s*(?:[A-Za-z_*][\w, *]*(?: \([^)]*\))?: )?)>(?!>>)")
+RETURNS_TITLE = re.compile(r"(?:Returns|Yields):\s*")
+# A line that starts a returned item of its own: "name: ...", "name (type): ...", "(type): ...".
+RETURN_ITEM = re.compile(r"(?:\w+\s*)?(?:\([^)]*\)\s*)?:\s")
+RST_LITERAL = re.compile(r"(?<!`)``(?!`)((?:(?!``)[^`])+?)(?<!`)``(?!`)")
+INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
+ANGLE_NAME = re.compile(r"<(/?[A-Za-z_][\w.-]*)>")
 PUBLIC_PACKAGE = "lottery_tf"
 LOG = griffe.get_logger("griffe_docstrings")
 
@@ -137,6 +152,101 @@ def markdown_literals(text: str) -> str:
     return "\n".join(out)
 
 
+def returns_as_one_item(text: str) -> str:
+    """Indents the continuation lines of every ``Returns:``/``Yields:`` item under the item's first line.
+
+    Args:
+        text: A cleaned (dedented) docstring.
+
+    Returns:
+        The docstring with each line of a ``Returns:``/``Yields:`` section that
+        is at the section's indent, follows a line of the same item (no blank
+        line between) and does not start an item of its own (``name: ...``,
+        ``name (type): ...``) indented four more spaces, so that Griffe's
+        Google parser reads it as the item's continuation, not as a returned
+        value of its own.
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    section = False
+    base = None
+    for line in lines:
+        if line.strip() and not line.startswith(" "):
+            section = bool(RETURNS_TITLE.fullmatch(line))
+            base = None
+            out.append(line)
+            continue
+        if section and line.strip():
+            indent = len(line) - len(line.lstrip())
+            if base is None:
+                base = indent
+            elif indent == base and out[-1].strip() and not RETURN_ITEM.match(line.lstrip()):
+                line = " " * 4 + line
+        out.append(line)
+    return "\n".join(out)
+
+
+def _outside_code(text: str, rewrite, inline: bool = True) -> str:
+    """``rewrite`` applied to the parts of ``text`` outside code: fences, doctests, indented blocks, inline code.
+
+    An indented block is a paragraph indented four spaces or more (eight in a
+    section, whose items are indented four), which Markdown shows as code.
+    Inline code is left only with ``inline``.
+    """
+    out: list[str] = []
+    fence = block = section = False
+    paragraph: list[str] = []
+
+    def flush():
+        if paragraph:
+            joined = "\n".join(paragraph)
+            pieces, last = [], 0
+            for match in INLINE_CODE.finditer(joined) if inline else ():
+                pieces += [rewrite(joined[last : match.start()]), match.group(0)]
+                last = match.end()
+            out.append("".join(pieces) + rewrite(joined[last:]))
+            paragraph.clear()
+
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if not line.strip():
+            block = False
+        elif not fence and not paragraph and (not out or not out[-1].strip()):
+            block = indent >= (8 if section else 4)  # an indented code block starts after a blank line
+        if line.strip() and not indent and not fence:
+            if SECTION_TITLE.fullmatch(line):
+                flush()
+            section = bool(SECTION_TITLE.fullmatch(line))
+        if line.lstrip().startswith("```"):
+            flush()
+            fence = not fence
+            out.append(line)
+        elif fence or block or _is_prompt(line) or not line.strip():
+            flush()
+            out.append(line)
+        else:
+            paragraph.append(line)
+    flush()
+    return "\n".join(out)
+
+
+def code_literals(text: str) -> str:
+    """Rewrites RST literals and angle-bracketed names for Markdown, outside fences and doctests.
+
+    Args:
+        text: A cleaned (dedented) docstring.
+
+    Returns:
+        The docstring with every reStructuredText literal (two backticks on
+        each side) written with one backtick on each side, Markdown's inline
+        code (a literal holding a backtick is kept), and every ``<name>``
+        outside code escaped as ``&lt;name&gt;``, which Markdown would
+        otherwise pass on as an HTML tag the page does not show.
+    """
+    text = _outside_code(text, lambda part: RST_LITERAL.sub(r"`\1`", part), inline=False)
+    return _outside_code(text, lambda part: ANGLE_NAME.sub(r"&lt;\1&gt;", part))
+
+
 class _Resolver:
     def __init__(self, package: griffe.Module):
         self.package = package
@@ -230,7 +340,7 @@ class SphinxRolesAndDoctests(griffe.Extension):
         resolver = _Resolver(pkg)
         for obj in _objects(pkg):
             if obj.docstring is not None and obj.docstring.value:
-                text = markdown_literals(examples_as_code(obj.docstring.value))
+                text = code_literals(returns_as_one_item(markdown_literals(examples_as_code(obj.docstring.value))))
                 obj.docstring.value = roles_as_references(text, obj, resolver)
 
     # Griffe 1 names the same event on_package_loaded.

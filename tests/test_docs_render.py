@@ -67,6 +67,27 @@ def test_other_doctests_are_fenced_and_literals_escaped():
     )
 
 
+def test_a_multi_line_return_is_one_item_and_rst_literals_and_names_show():
+    ext = _extension()
+    text = (
+        "Builds.\n\nReturns:\n    The new model, masked with ``masks``,\n    not compiled.\n\n"
+        "Raises:\n    ValueError: For a bad seed, or\n        bad masks.\n    KeyError: Never.\n"
+    )
+    rewritten = ext.returns_as_one_item(text)
+    sections = griffe.Docstring(rewritten, parser="google").parse()
+    assert [item.description for item in sections[1].value] == ["The new model, masked with ``masks``,\nnot compiled."]
+    assert [item.annotation for item in sections[2].value] == ["ValueError", "KeyError"]
+    # Without the rewrite Griffe reads the continuation as a second returned value (a row of its own).
+    assert len(griffe.Docstring(text, parser="google").parse()[1].value) == 2
+    # Items of their own stay apart.
+    named = "Returns:\n    model (keras.Model): The model.\n    count (int): How many,\n        at most 3."
+    assert ext.returns_as_one_item(named) == named
+    literals = "Writes ``a.keras``\nand ``<name>/b``; see <name> and\n\n    <root>/``kept``\n\n```text\n<fenced>\n```"
+    assert ext.code_literals(literals) == (
+        "Writes `a.keras`\nand `<name>/b`; see &lt;name&gt; and\n\n    <root>/``kept``\n\n```text\n<fenced>\n```"
+    )
+
+
 def test_roles_resolve_in_scope_to_public_paths_and_unknown_names_warn(tmp_path, caplog):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text('"""See :mod:`pkg.sub`."""\n')
@@ -177,6 +198,54 @@ def test_the_package_names_come_first_with_their_examples_and_links(site):
     assert all(f'id="{anchor}"' in page for anchor in links)
     # A role naming an object the site does not document is code (its path as the tooltip), not a link.
     assert re.search(r'<span title="lottery_tf\.[\w.]+"><code>\w+</code></span>', page)
+
+
+# The functions whose "Returns:" descriptions go on over several lines (each once shown as several rows).
+ONE_RETURN = [
+    "lottery_tf.reinit_control",
+    "lottery_tf.load_data",
+    "lottery_tf.load_ticket",
+    "lottery_tf.core.litert.storage",
+    "lottery_tf.core.litert.decode",
+    "lottery_tf.core.litert.compare_weights",
+    "lottery_tf.core.pruning.prune_to_density",
+    "lottery_tf.core.analysis.evaluation.linear_path",
+    "lottery_tf.engine.experiment.run",
+    "lottery_tf.engine.experiment.check_levels",
+    "lottery_tf.engine.experiment.check_store",
+    "lottery_tf.core.pruning.random_masks_like",
+    "lottery_tf.core.rewind.install_offset_schedule",
+]
+
+
+def _returns_rows(section):
+    """The description of each row of a documented object's Returns table, as text."""
+    title = section.find('<span class="doc-section-title">Returns:</span>')
+    if title < 0:
+        return []
+    table = section[title : section.index("</table>", title)]
+    return [_text(row).strip() for row in re.findall(r'<tr class="doc-section-item">(.*?)</tr>', table, re.S)]
+
+
+@pytest.mark.slow
+def test_each_return_is_one_row_and_rst_literals_are_code(site):
+    page = open(site / "api" / "index.html").read()
+    for name in ONE_RETURN:
+        rows = _returns_rows(_section(page, name))
+        assert len(rows) == 1, (name, rows)
+    assert _returns_rows(_section(page, "lottery_tf.reinit_control")) == [
+        "The new model, masked in place with masks (pruned weights 0.0),\nnot compiled."
+    ]
+    # No returned value anywhere reads as the continuation of the one above it (a row starting in lower case).
+    for anchor in re.findall(r'id="(lottery_tf[\w.]+)"', page):
+        rows = _returns_rows(_section(page, anchor))
+        assert not any(row[:1].islower() for row in rows[1:]), (anchor, rows)
+    # linear_path's <name> is shown (as code), not swallowed as an HTML tag.
+    linear = _section(page, "lottery_tf.core.analysis.evaluation.linear_path")
+    assert '<code>{"alphas": [...], "batchnorm_statistics": ..., &lt;name&gt;: {"error": [...],' in linear
+    for path in glob.glob(str(site / "**" / "index.html"), recursive=True):
+        outside_code = re.sub(r"<code\b.*?</code>", "", PRE.sub("", open(path).read()), flags=re.S)
+        assert "``" not in outside_code, (path, outside_code[outside_code.find("``") - 100 :][:200])
 
 
 def _material_numbers(site):
