@@ -137,6 +137,7 @@ GRADIENTS = """
 import numpy as np
 from lottery_tf.engine.distribute import make_strategy, split_cpu
 split_cpu(2)
+from lottery_tf.core.sparse_training import DynamicSparseCallback
 from lottery_tf.engine.branches.dst import EngineDynamicSparse
 from lottery_tf.engine.config import DataConfig, ExperimentConfig, TrainingConfig
 from lottery_tf.engine.data import get_splits
@@ -154,10 +155,13 @@ reference = EngineDynamicSparse(one, 64, **kwargs)
 reference.set_model(model)
 mirrored = EngineDynamicSparse(two, 64, **kwargs)
 mirrored.set_model(model)
-a, b = reference.dense_gradients(40), mirrored.dense_gradients(40)
+# The library's eager one-device gradient on the same batch, the engine's on one device, the engine's mirrored.
+a = DynamicSparseCallback.dense_gradients(reference, 40)
+one_device, b = reference.dense_gradients(40), mirrored.dense_gradients(40)
 assert strategy.num_replicas_in_sync == 2
 for name in a:
     assert np.abs(a[name]).max() > 0, name
+    np.testing.assert_allclose(one_device[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
     np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-6, err_msg=name)
 print("same gradients:", sorted(a))
 """

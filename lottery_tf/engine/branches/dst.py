@@ -116,10 +116,8 @@ class EngineDynamicSparse(sparse_training.DynamicSparseCallback):
             self.update(step)
 
     def dense_gradients(self, step: int) -> dict[str, np.ndarray]:
-        """The dense gradient of every masked weight, all-reduced over the strategy's replicas."""
-        strategy = self.ctx.strategy
-        if strategy is None or strategy.num_replicas_in_sync == 1:
-            return super().dense_gradients(step)
+        """The dense gradient of every masked weight, all-reduced over the strategy's replicas (traced once)."""
+        strategy = self.ctx.strategy or tf.distribute.get_strategy()
         triples = masked_weights(self.model)
         variables = [weight for _, _, weight in triples]
         model = self.model
