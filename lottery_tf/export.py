@@ -1,4 +1,4 @@
-"""Export a run's ticket: a plain ``.keras``, LiteRT files with sparse storage, a SavedModel, and what each measures.
+"""Export a run's ticket: a plain ``.keras``, LiteRT files with sparse storage (a SavedModel if asked), what each measures.
 
 Usage::
 
@@ -56,27 +56,55 @@ from lottery_tf.engine.export_files import (
 from lottery_tf.store import output_folders
 
 
-def _parse(argv):
+def _parser() -> ArgumentParser:
     # One line and exit status 2, as every lottery_tf command; an unknown flag is named first.
-    parser = ArgumentParser(prog="python -m lottery_tf.export", description=__doc__.split("\n")[0])
-    parser.add_argument("experiment", help="a run folder <output_dir>/lottery_<hash>")
-    parser.add_argument("--replicate", type=int, default=0)
-    parser.add_argument("--level", type=int, required=True)
-    parser.add_argument(
-        "--branch", default="main", help="main, or a branch folder (reinit, random_prune_layerwise, ...)"
+    parser = ArgumentParser(
+        prog="python -m lottery_tf.export",
+        description=(
+            "Export a run's ticket: a plain .keras file and LiteRT files with sparse storage (a SavedModel only if"
+            " --formats names saved_model), and what each measures, into export.json."
+        ),
     )
-    parser.add_argument("--weights", default="final", help="final (as evaluated) or rewind (the ticket at its start)")
-    parser.add_argument("--out", default="", help="folder to write (default: <experiment>/exports/<ticket>)")
-    parser.add_argument("--formats", default="keras,litert", help=f"some of {', '.join(FORMATS)}")
-    parser.add_argument("--quantize", default="none", help="LiteRT files: some of none, dynamic, int8, int8_io")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    parser.add_argument("experiment", help="a run folder <output_dir>/lottery_<hash>")
+    parser.add_argument("--replicate", type=int, default=0, help="the replicate (default: 0)")
+    parser.add_argument("--level", type=int, required=True, help="the level (required)")
+    parser.add_argument(
+        "--branch",
+        default="main",
+        help="main, or a branch folder (reinit, random_prune_layerwise, ...) (default: main)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="final",
+        help="final (as evaluated) or rewind (the ticket at its start) (default: final)",
+    )
+    parser.add_argument(
+        "--out",
+        default="",
+        help="folder to write (default: <experiment>/exports/replicate_R_level_LL_<branch>_<weights>)",
+    )
+    parser.add_argument(
+        "--formats",
+        default="keras,litert",
+        help=f"comma-separated, some of {', '.join(FORMATS)} (default: keras,litert)",
+    )
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        help="LiteRT files, comma-separated: some of none, dynamic, int8, int8_io (default: none)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export (default: off)")
     parser.add_argument(
         "--latency_runs",
         type=int,
         default=LATENCY_RUNS,
-        help=f"batch-1 invocations timed per artifact (1..{MAX_LATENCY_RUNS})",
+        help=f"batch-1 invocations timed per artifact, 1..{MAX_LATENCY_RUNS} (default: {LATENCY_RUNS})",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse(argv):
+    return _parser().parse_args(argv)
 
 
 def _items(flag: str, text: str, allowed) -> list[str]:

@@ -177,3 +177,24 @@ def test_the_site_builds_strictly(tmp_path):
 
     assert all(f"--{s.flag}" in flags_page for s in SETTINGS)  # generated from the definitions: none missing
     assert os.path.exists(tmp_path / "site" / "results" / "baselines" / "baselines_vs_weights.png")
+
+
+def test_the_export_help_shows_plain_text_and_every_default():
+    import inspect
+
+    from lottery_tf import export
+    from lottery_tf.engine.export_files import export_model
+
+    parser = export._parser()
+    text = parser.format_help()
+    assert "``" not in text and ":mod:" not in text
+    # The defaults the help names are the parser's, and export_model's: a SavedModel only if asked.
+    assert "(default: keras,litert)" in text and "saved_model" in text
+    assert (
+        tuple(parser.get_default("formats").split(",")) == inspect.signature(export_model).parameters["formats"].default
+    )
+    for action in parser._actions:
+        if action.option_strings and action.dest not in ("help", "out", "level"):
+            shown = "off" if action.default is False else str(action.default)
+            assert action.help.endswith(f"(default: {shown})"), (action.dest, action.help)
+    assert "SavedModel only if" in text
