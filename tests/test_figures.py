@@ -134,3 +134,61 @@ def test_redraw_draws_what_the_table_holds(entries, tmp_path, drawn, capsys):
     np.testing.assert_allclose(np.asarray(gmp.lines[0].get_ydata(), float), [89.0])
     assert redraw.main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'missing' / 'table.csv'}: cannot be read")
+
+
+def _path_rows(samples):
+    return [
+        {
+            "experiment": "lottery_abc",
+            "title": "lenet_300_100 on fashion_mnist (lottery_abc)",
+            "level": 2,
+            "network": "ticket",
+            "rewind_step": k,
+            "density": 0.64,
+            "samples": samples,
+            "replicates": 1,
+            "alphas": [0.0, 0.5, 1.0],
+            "test_error_path": [0.1, 0.1 + 0.01 * i, 0.1],
+            "instability_test_mean": 0.01 * i,
+            "instability_test_std": 0.001,
+            "instability_train_mean": 0.01 * i,
+            "instability_train_std": 0.001,
+        }
+        for i, k in enumerate((0, 100, 500, 2000))
+    ]
+
+
+def test_the_path_colours_k_in_order_apart_from_every_branch_and_counts_pairs(tmp_path, drawn):
+    analysis.plot_error_along_path(_path_rows(1), str(tmp_path / "path.png"))
+    fig = drawn["path.png"]
+    colors = {line.get_label(): line.get_color() for line in fig.axes[0].lines}
+    assert list(colors) == ["k = 0", "k = 100", "k = 500", "k = 2000"]
+    branches = {
+        to_hex(plotting.branch_style(b)["color"])
+        for b in ("main", "reinit", "random_prune_layerwise", "gmp", "dense", "set_uniform", "rigl_erk")
+    }
+    branches |= {to_hex(c) for c in plotting.PAI_COLORS.values()} | {to_hex(c) for c in plotting.FALLBACK_COLORS}
+    branches |= {to_hex(s["color"]) for s in plotting.STRUCTURES.values()}
+    assert not {to_hex(c) for c in colors.values()} & branches
+    # Sequential: darker as k grows.
+    lightness = [sum(c[:3]) for c in colors.values()]
+    assert lightness == sorted(lightness, reverse=True) and len(set(lightness)) == 4
+    assert "mean over 1 pair of copies" in fig._suptitle.get_text() and "(s)" not in fig._suptitle.get_text()
+
+
+def test_instability_vs_step_has_no_empty_negative_half_and_keeps_its_tick_labels_inside(tmp_path, drawn):
+    analysis.plot_instability_vs_step(_path_rows(4), str(tmp_path / "steps.png"))
+    fig = drawn["steps.png"]
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    for ax in fig.axes:
+        assert "mean ± std over 4 pairs of copies" in ax.get_title()
+        left, right = ax.get_xlim()
+        assert -100 < left < 0 and right > 2000  # k = 0 near the left edge; symlog's threshold is 100
+        box = ax.get_window_extent(renderer)
+        labels = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "100", "500", "2000"]
+        assert all(box.x0 <= t.x0 and t.x1 <= box.x1 for t in labels)
+        # k = 0 within the left fifth of the panel: no empty half for negative k.
+        zero = ax.transData.transform((0, 0))[0]
+        assert zero - box.x0 < 0.2 * box.width

@@ -225,6 +225,10 @@ def _step_axis(ax, steps):
     ax.set_xticks(sorted(set(steps)))
     ax.set_xticklabels([str(k) for k in sorted(set(steps))])
     ax.minorticks_off()
+    # Only k >= 0 is drawn: start just left of 0 (no empty negative half) and end past the largest k, whose
+    # tick label then stays inside the panel.
+    threshold = min(positive) if positive else 1.0
+    ax.set_xlim(-0.3 * threshold, 1.6 * max(steps) if positive else threshold)
     ax.set_xlabel("rewind step k (symmetric log scale;\n0 = initialization)")
     ax.grid(True, alpha=0.3)
 
@@ -265,8 +269,15 @@ def plot_error_along_path(entries: list[dict], path: str) -> None:
             (e for e in entries if (e["experiment"], e["level"], e["network"]) == (experiment, level, network)),
             key=lambda e: e["rewind_step"],
         )
+        colors = plotting.step_colors(e["rewind_step"] for e in entries)
         for e in mine:
-            ax.plot(e["alphas"], [100 * v for v in e["test_error_path"]], marker=".", label=f"k = {e['rewind_step']}")
+            ax.plot(
+                e["alphas"],
+                [100 * v for v in e["test_error_path"]],
+                marker=".",
+                color=colors[e["rewind_step"]],
+                label=f"k = {e['rewind_step']}",
+            )
         ax.set_xlabel("interpolation α (0 = copy A, 1 = copy B)")
         ax.set_ylabel("test error (%)")
         title = _label(mine[0])
@@ -278,7 +289,8 @@ def plot_error_along_path(entries: list[dict], path: str) -> None:
     plotting.suptitle(
         fig,
         f"Test error along the linear path between two copies trained from step k\nwith different data orders "
-        f"(mean over {max(e['samples'] for e in entries)} pair(s) x replicates)\n{entries[0]['title']}",
+        f"(mean over {plotting.pairs_text(max(e['samples'] for e in entries))} of copies, all replicates)"
+        f"\n{entries[0]['title']}",
         fontsize=10,
     )
     plotting.save(fig, path)
@@ -335,7 +347,7 @@ def plot_instability_vs_step(entries: list[dict], path: str) -> None:
             _step_axis(ax, [e["rewind_step"] for e in mine])
             ax.set_ylabel(f"{split} instability (%)\nmax error on the path\n− mean endpoint error")
             samples = max(e["samples"] for e in mine)
-            heading = f"{split} instability,\nmean ± std over {samples} pair(s) x replicates"
+            heading = f"{split} instability,\nmean ± std over {plotting.pairs_text(samples)} of copies"
             ax.set_title(heading if len(experiments) == 1 else f"{experiment}: {heading}")
     _close(plt, fig, path, experiments, entries)
 

@@ -295,6 +295,34 @@ LEVEL_MARKERS = ("o", "s", "^", "D", "v", "P")
 LEVEL_LINES = ("-", "--", ":", "-.")
 
 
+# Where one figure draws one network at several rewind steps k (the error along the path): k is ordered, so a
+# sequential colormap, light for small k to dark for large; cividis shares no colour with the branches above.
+STEP_COLORMAP = "cividis"
+
+
+def step_colors(steps) -> dict:
+    """Rewind step k -> the colour its line is drawn with: cividis from yellow (smallest k) to dark blue (largest).
+
+    Args:
+        steps: The rewind steps of one figure (repeats allowed).
+
+    Returns:
+        A dict k -> an RGBA tuple; one k gets the colormap's middle.
+    """
+    import matplotlib
+
+    colormap = matplotlib.colormaps[STEP_COLORMAP]
+    ordered = sorted(set(steps))
+    if len(ordered) == 1:
+        return {ordered[0]: colormap(0.5)}
+    return {k: colormap(0.9 - 0.9 * i / (len(ordered) - 1)) for i, k in enumerate(ordered)}
+
+
+def pairs_text(count: int) -> str:
+    """``1 pair`` or ``N pairs`` (of copies trained from one rewind point), for a figure's title."""
+    return f"{count} pair" if count == 1 else f"{count} pairs"
+
+
 def weights_axis(ax, series):
     ax.set_xscale("log")
     ax.invert_xaxis()  # dense on the left, sparser to the right, as in the papers
