@@ -340,7 +340,9 @@ class SphinxRolesAndDoctests(griffe.Extension):
         resolver = _Resolver(pkg)
         for obj in _objects(pkg):
             if obj.docstring is not None and obj.docstring.value:
-                text = code_literals(returns_as_one_item(markdown_literals(examples_as_code(obj.docstring.value))))
+                text = code_literals(
+                    returns_as_one_item(markdown_literals(examples_as_code(obj.docstring.value)))
+                )
                 obj.docstring.value = roles_as_references(text, obj, resolver)
 
     # Griffe 1 names the same event on_package_loaded.

@@ -45,10 +45,17 @@ def flag_reference() -> str:
             lines += [f"## {title}", "", "| flag | default | meaning |", "|---|---|---|"]
             for name in names:
                 flag = defined[name]
-                lines.append(f"| `--{name}` | {_cell(flag.default_as_str.strip(chr(39)))} | {_cell(flag.help)} |")
+                lines.append(
+                    f"| `--{name}` | {_cell(flag.default_as_str.strip(chr(39)))} | {_cell(flag.help)} |"
+                )
             lines.append("")
             continue
-        lines += [f"## {title}", "", "| flag | default | read by | identity | meaning |", "|---|---|---|---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            "| flag | default | read by | identity | meaning |",
+            "|---|---|---|---|---|",
+        ]
         for name in names:
             setting, flag = config.SETTING[name], defined[name]
             default = flag.default_as_str if flag.default_as_str not in ("''", '""') else ""
