@@ -198,3 +198,14 @@ def test_the_export_help_shows_plain_text_and_every_default():
             shown = "off" if action.default is False else str(action.default)
             assert action.help.endswith(f"(default: {shown})"), (action.dest, action.help)
     assert "SavedModel only if" in text
+
+
+def test_the_guides_index_and_the_pages_give_the_same_times():
+    index = open(os.path.join(REPO, "docs", "guides", "index.md")).read()
+    rows = re.findall(r"^\| \[[^\]]+\]\(([\w-]+\.md)\) \|[^\n]*\| ~(\d+) s \|$", index, re.M)
+    assert len(rows) == len(glob.glob(os.path.join(REPO, "docs", "guides", "*.md"))) - 1
+    for page, seconds in rows:
+        text = " ".join(open(os.path.join(REPO, "docs", "guides", page)).read().split())
+        stated = re.findall(r"About (\d+) s on a 2-core CPU", text)
+        # A page states its own time, or "a few seconds" for those under 6 s.
+        assert stated == [seconds] if stated else (int(seconds) < 6 and "a few seconds" in text), (page, seconds)
