@@ -20,8 +20,8 @@ parsed, when the package is loaded, this extension rewrites their text:
   indented ``Examples:`` section, which Griffe parses into code blocks; any
   other run of ``>>>`` lines is fenced as ``pycon``. Doctest directives
   (``# doctest: +SKIP``) are dropped from what is shown.
-* a ``Returns:``/``Yields:`` description that goes on over several lines is
-  one item. The docstrings write it as Google's style guide does, its
+* a ``Returns:``/``Yields:``/``Raises:`` description that goes on over
+  several lines is one item. The docstrings write it as Google's style guide does, its
   continuation lines at the first line's indent; Griffe's Google parser reads
   each such line as another returned value (a row each). A continuation line
   is indented under its item, unless it starts an item of its own
@@ -43,9 +43,9 @@ EXAMPLES_TITLE = re.compile(r"Examples?:\s*")
 DOCTEST_DIRECTIVE = re.compile(r"\s*#\s*doctest:\s*[+-][A-Z_]+(?:\s*,\s*[+-][A-Z_]+)*\s*$")
 # A ">" (not a ">>>" prompt) at the start of a line or of an item's description: "rounds: >= 1.".
 LEADING_ANGLE = re.compile(r"^(\s*(?:[A-Za-z_*][\w, *]*(?: \([^)]*\))?: )?)>(?!>>)")
-RETURNS_TITLE = re.compile(r"(?:Returns|Yields):\s*")
-# A line that starts a returned item of its own: "name: ...", "name (type): ...", "(type): ...".
-RETURN_ITEM = re.compile(r"(?:\w+\s*)?(?:\([^)]*\)\s*)?:\s")
+RETURNS_TITLE = re.compile(r"(?:Returns|Yields|Raises):\s*")
+# A line that starts an item of its own: "name: ...", "name (type): ...", "(type): ...", "errors.Error: ...".
+RETURN_ITEM = re.compile(r"(?:[\w.]+\s*)?(?:\([^)]*\)\s*)?:\s")
 RST_LITERAL = re.compile(r"(?<!`)``(?!`)((?:(?!``)[^`])+?)(?<!`)``(?!`)")
 INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
 ANGLE_NAME = re.compile(r"<(/?[A-Za-z_][\w.-]*)>")
@@ -153,13 +153,13 @@ def markdown_literals(text: str) -> str:
 
 
 def returns_as_one_item(text: str) -> str:
-    """Indents the continuation lines of every ``Returns:``/``Yields:`` item under the item's first line.
+    """Indents the continuation lines of every ``Returns:``/``Yields:``/``Raises:`` item under its first line.
 
     Args:
         text: A cleaned (dedented) docstring.
 
     Returns:
-        The docstring with each line of a ``Returns:``/``Yields:`` section that
+        The docstring with each line of a ``Returns:``/``Yields:``/``Raises:`` section that
         is at the section's indent, follows a line of the same item (no blank
         line between) and does not start an item of its own (``name: ...``,
         ``name (type): ...``) indented four more spaces, so that Griffe's
