@@ -82,7 +82,9 @@ def test_a_multi_line_return_is_one_item_and_rst_literals_and_names_show():
     # Items of their own stay apart.
     named = "Returns:\n    model (keras.Model): The model.\n    count (int): How many,\n        at most 3."
     assert ext.returns_as_one_item(named) == named
-    raises = "Checks.\n\nRaises:\n    ValueError: For a bad seed,\n    or bad masks.\n    tf.errors.UnavailableError: Gone."
+    raises = (
+        "Checks.\n\nRaises:\n    ValueError: For a bad seed,\n    or bad masks.\n    tf.errors.UnavailableError: Gone."
+    )
     parsed = griffe.Docstring(ext.returns_as_one_item(raises), parser="google").parse()[1].value
     assert [(r.annotation, r.description) for r in parsed] == [
         ("ValueError", "For a bad seed,\nor bad masks."),
