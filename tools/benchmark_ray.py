@@ -116,29 +116,33 @@ def _bound(args: list[str], slots: int) -> str:
     return graph, ideal
 
 
-FIXED = ["--flagfile=flags/smoke.flags", "--levels=0", "--branch=", "--branch_levels=", "--iterations=10"]
+FIXED = ["--flagfile=flags/smoke.flags", "--levels=0", "--branch=", "--branch_levels=", "--iterations=50"]
 
 
-def fixed_cost(code: str, rounds: int) -> tuple[float, float]:
-    """Median wall time of a 10-step, one-training study on the local executor and on Ray, alternating.
+def fixed_cost(codes: list, rounds: int) -> dict:
+    """Median wall times of a 50-step, one-training study on the local executor and on Ray, per checkout.
 
-    ``code`` is the checkout whose lottery_tf runs (another commit's worktree measures "before"). The
-    difference is Ray's fixed cost: its start, the workers' start and imports, what the driver waits for.
+    ``codes`` are (label, checkout) pairs whose lottery_tf runs (another commit's worktree measures "before");
+    the runs alternate, checkout by checkout and executor by executor, round after round, so a change in the
+    machine's load falls on all of them alike. Ray's time minus the local time is Ray's fixed cost: its
+    start, the workers' start and imports, what the driver waits for.
     """
-    env = {**os.environ, "PYTHONPATH": code}
-    times: dict = {"local": [], "ray": []}
+    times: dict = {(label, executor): [] for label, _ in codes for executor in ("local", "ray")}
     for _ in range(rounds):
-        for executor in ("local", "ray"):
-            out = tempfile.mkdtemp(prefix="benchmark_ray_fixed_")
-            started = time.time()
-            subprocess.run(
-                [sys.executable, "-m", "lottery_tf.main", *FIXED, f"--output_dir={out}", f"--executor={executor}"],
-                cwd=code, env=env, capture_output=True, text=True, timeout=600, check=True,
-            )  # fmt: skip
-            times[executor].append(time.time() - started)
-            shutil.rmtree(out, ignore_errors=True)
-    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
-    return median(times["local"]), median(times["ray"])
+        for label, code in codes:
+            env = {**os.environ, "PYTHONPATH": code}
+            for executor in ("local", "ray"):
+                out = tempfile.mkdtemp(prefix="benchmark_ray_fixed_")
+                started = time.time()
+                result = subprocess.run(
+                    [sys.executable, "-m", "lottery_tf.main", *FIXED, f"--output_dir={out}", f"--executor={executor}"],
+                    cwd=code, env=env, capture_output=True, text=True, timeout=600,
+                )  # fmt: skip
+                if result.returncode != 0:
+                    sys.exit(f"error: {label}, {executor}: exit {result.returncode}:\n{result.stderr[-3000:]}")
+                times[(label, executor)].append(time.time() - started)
+                shutil.rmtree(out, ignore_errors=True)
+    return {key: sorted(values)[len(values) // 2] for key, values in times.items()}
 
 
 def _phases() -> dict:
@@ -186,11 +190,12 @@ def main() -> None:
                        capture_output=True)  # fmt: skip
         codes.insert(0, (f"before ({options.before})", tree))
     try:
-        for label, code in codes:
-            local_s, ray_s = fixed_cost(code, options.rounds)
+        medians = fixed_cost(codes, options.rounds)
+        for label, _ in codes:
+            local_s, ray_s = medians[(label, "local")], medians[(label, "ray")]
             lines.append(
-                f"  a one-training, 10-step study, {label}: local {local_s:.1f} s, ray {ray_s:.1f} s: Ray's fixed "
-                f"cost {ray_s - local_s:.1f} s (median of {options.rounds}, alternating)"
+                f"  a one-training, 50-step study, {label}: local {local_s:.1f} s, ray {ray_s:.1f} s: Ray's fixed "
+                f"cost {ray_s - local_s:.1f} s (median of {options.rounds}, runs alternating)"
             )
     finally:
         if tree:

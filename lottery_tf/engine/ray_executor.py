@@ -786,6 +786,10 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
             )
         attempts[node.id] = max(seen, len(found.attempts))
 
+    if session.warming:
+        # The first trainings go to the warmed workers once they are ready: submitted earlier, Ray would start
+        # new workers for them on the free CPUs, each importing TensorFlow again.
+        ray.wait(session.warming, num_returns=len(session.warming), timeout=WARM_WAIT_SECONDS)
     submit_ready()
     last_status = time.time()
     try:
@@ -864,6 +868,7 @@ def _quiet_worker_deaths() -> None:
     ray_worker.print_to_stdstream = filtered
 
 
+WARM_WAIT_SECONDS = 300.0  # the longest the first trainings wait for the warmed workers (a stuck one: no longer)
 STATUS_SECONDS = float(os.environ.get("LOTTERY_TF_STATUS_SECONDS", "30"))  # how often the running trainings show
 _STEP = re.compile(r"step (\d+)/(\d+)\s.*?(\d+) steps/s")
 _ATTEMPT = re.compile(r"^== attempt (\d+) on (\S+) pid (\d+) at (.+?) ==$")
