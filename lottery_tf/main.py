@@ -213,9 +213,9 @@ def configs_from_flags() -> list:
     return _sweep(config_from_flags())
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def main(argv):
@@ -268,6 +268,12 @@ def main(argv):
         finally:
             if session is not None:
                 session.close()
+    except KeyboardInterrupt:
+        _fail(
+            "interrupted: every finished level and branch is kept; run the same command again and the trainings "
+            "that were running resume from their last checkpoints",
+            status=130,
+        )
     except Exception as error:
         line = errors.user_message(error, FLAGS.dataset)
         if line is not None:
@@ -359,7 +365,8 @@ def _run(configs, session) -> None:
             f"{', '.join(run_dir.experiment_dir(c) for c in configs)}",
             flush=True,
         )
-    print(f"total wall time: {study.format_duration(time.time() - started)}", flush=True)
+    # From the process's start (Python, TensorFlow's import, Ray's start included), as the user waited.
+    print(f"total wall time: {study.format_duration(study.seconds_since_start() or time.time() - started)}", flush=True)
 
 
 def _summary(folder: str, trained: bool) -> None:

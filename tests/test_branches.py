@@ -267,6 +267,8 @@ def test_the_registry_holds_every_branch_the_flags_accept():
         "pai_snip",
         "pai_grasp",
         "pai_synflow",
+        "set",  # dynamic sparse training: a random mask at the level's count, drawn by the branch itself
+        "rigl",
     }
     with pytest.raises(ValueError, match="organises its own levels"):
         branches.prepare_branch(None, "instability", 1)

@@ -201,7 +201,7 @@ def test_other_settings_go_to_another_folder(smoke_run, tmp_path):
         (
             "--branch=shuffle",
             "--branch: unknown value 'shuffle'; expected one or more of reinit, random_prune, rewind, lr_rewind, lr_rewind_oneshot, retrain, instability, stability, "
-            "pai_magnitude, pai_random, pai_snip, pai_grasp, pai_synflow, gmp",
+            "pai_magnitude, pai_random, pai_snip, pai_grasp, pai_synflow, gmp, set, rigl",
         ),
         ("--branch=rewind", "--branch_rewind_step: the rewind branch needs the step to rewind to (an integer >= 0)"),
         ("--replicates=0", "--replicates: expected an integer in [1, 10000], got 0"),

@@ -241,3 +241,31 @@ def test_a_run_killed_on_another_host_is_taken_over_and_resumed_here(tmp_path):
                 np.testing.assert_array_equal(a[key][name], b[key][name], err_msg=f"{key}:{name}")
         else:
             assert a[key] == b[key], key
+
+
+@pytest.mark.slow
+def test_a_ray_driver_waits_for_a_live_holder_instead_of_refusing(tmp_path):
+    """A Ray study meets a live process's main-line lock: its task waits (its log says so) and the study ends."""
+    out = tmp_path / "run"
+    first = cli(out, "--levels=0", "--branch=", "--branch_levels=")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (folder,) = glob.glob(str(out / "lottery_*" / "replicate_0"))
+    held = tmp_path / "holder.log"
+    with open(held, "w") as handle:
+        holder = launcher.popen([sys.executable, "-c", HOLDER, folder], cwd=REPO, env=ENV, stdout=handle)
+    try:
+        wait_for(lambda: "held" in held.read_text(), what="lock taken by the holder")
+        driver = launcher.popen(
+            [sys.executable, "-m", "lottery_tf.main", *ARGS, f"--output_dir={out}", "--levels=1", "--branch=",
+             "--branch_levels=", "--executor=ray"],
+            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        log = out / os.path.relpath(folder, out) / "logs" / "main" / "level_01.log"
+        wait_for(lambda: log.exists() and "waiting for " in log.read_text(), limit=300, what="the task waiting")
+        assert driver.poll() is None  # not refused: waiting
+    finally:
+        _kill(holder)
+    stdout, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stderr[-2000:]
+    assert "error:" not in stderr
+    assert glob.glob(str(out / "lottery_*" / "replicate_0" / "level_01" / "main" / "metrics.json"))

@@ -177,7 +177,10 @@ def check(config: ExperimentConfig, rerecord_data: bool = False) -> Ready:
         "input_shape": list(splits.input_shape),
         "num_classes": int(splits.num_classes),
     }
-    new_data_record, lines = check_store(config, record, rerecord_data, trains_here=is_chief(strategy))
+    # On Ray the driver trains nothing: its tasks wait for a lock they meet (a live holder's, or a lost one's
+    # until its lease runs out), so another process's lock refuses nothing here.
+    trains_here = is_chief(strategy) and config.run.executor != "ray"
+    new_data_record, lines = check_store(config, record, rerecord_data, trains_here=trains_here)
     return Ready(strategy, splits, record, new_data_record, lines)
 
 

@@ -751,12 +751,13 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
     trained = [False] * len(configs)
     in_flight: dict = {}
     attempts: dict = {}  # node id -> attempts seen in its log
+    before: dict = {}  # node id -> attempts its log held when this run submitted it (an earlier command's)
     seconds_per_step: list = []  # (seconds, steps) of finished trainings
     first_steps: list = []  # seconds from each task's start to its training's first progress line
     warmed = ""
     started = time.time()
     print(
-        f"ray: {len(nodes)} tasks on {len(session.nodes)} node(s), {session.cpus:g} CPUs, {session.gpus:g} GPUs; "
+        f"ray: {study.count(len(nodes), 'task')} on {len(session.nodes)} node(s), {session.cpus:g} CPUs, {session.gpus:g} GPUs; "
         f"{session.slots} training(s) at once ({run_config.cpus_per_training:g} CPU"
         f"{f', {run_config.gpus_per_training:g} GPU' if run_config.gpus_per_training else ''} each, "
         f"{threads} TensorFlow thread(s)); each training's log: <replicate>/logs/<training>.log",
@@ -765,6 +766,8 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
 
     def submit_ready():
         for node in schedule.start():
+            # A log holds every attempt ever made, an earlier command's too: this run's begin after these.
+            before[node.id] = len(read_log(log_path(configs[node.run], node)).attempts)
             ref = task.remote(plain[node.run], records[node.run], node.replicate, node.key, threads)
             in_flight[ref] = node
 
@@ -775,13 +778,14 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
 
     def report_retries(node):
         found = read_log(log_path(configs[node.run], node))
-        seen = attempts.get(node.id, 1)
+        first = before.get(node.id, 0)  # this run's first attempt is the next one in the log
+        seen = attempts.get(node.id, first + 1)
         for attempt in found.attempts[seen:]:
-            previous = found.attempts[attempt["number"] - 2] if attempt["number"] >= 2 else {}
+            previous = found.attempts[attempt["number"] - 2]
             print(
                 f"[retry] {_label(node, configs)}: its worker (pid {previous.get('pid', '?')} on "
-                f"{previous.get('host', '?')}) died; Ray started attempt {attempt['number']} of {MAX_RETRIES + 1} "
-                f"on {attempt['host']}, which resumes from the training's last checkpoint",
+                f"{previous.get('host', '?')}) died; Ray started attempt {attempt['number'] - first} of "
+                f"{MAX_RETRIES + 1} on {attempt['host']}, which resumes from the training's last checkpoint",
                 flush=True,
             )
         attempts[node.id] = max(seen, len(found.attempts))
@@ -802,7 +806,7 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
                 for node in in_flight.values():
                     report_retries(node)
                 if time.time() - last_status >= STATUS_SECONDS:
-                    print(_status(in_flight.values(), configs, schedule, nodes, started), flush=True)
+                    print(_status(in_flight.values(), configs, schedule, nodes, session.started, before), flush=True)
                     last_status = time.time()
                 continue
             node = in_flight.pop(done[0])
@@ -839,7 +843,10 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
         if first_steps
         else ""
     )
-    print(f"ray: {len(nodes)} tasks done in {study.format_duration(time.time() - started)}{first}", flush=True)
+    print(
+        f"ray: {study.count(len(nodes), 'task')} done in {study.format_duration(time.time() - started)}{first}",
+        flush=True,
+    )
     return trained
 
 
@@ -913,22 +920,25 @@ def read_log(path: str) -> Log:
     return Log(attempts, step, waiting)
 
 
-def _status(running, configs, schedule, nodes, started) -> str:
-    """The status block: how far the study is, then one line per running training (step, rate, or starting)."""
+def _status(running, configs, schedule, nodes, started, before=None) -> str:
+    """The status block: how far the study is, then one line per running training (step, rate, or starting).
+
+    ``started`` is when Ray was started or joined; ``before`` maps a node to the attempts its log held when this
+    run submitted it (an earlier command's, not this run's).
+    """
     lines = [
         f"[{len(schedule.finished)}/{len(nodes)} done, {len(schedule.running)} running, {schedule.queued} waiting; "
         f"{study.format_duration(time.time() - started)} so far]"
     ]
     for node in sorted(running, key=lambda n: n.id):
         log = read_log(log_path(configs[node.run], node))
-        if not log.attempts:
+        mine = log.attempts[(before or {}).get(node.id, 0) :]  # this run's attempts
+        if not mine:
             what = "waiting for a worker"
         elif log.waiting:
             what = log.waiting.split(": held by", 1)[0]  # which lock, and for how long
         elif log.step is None:
-            what = f"starting on {log.attempts[-1]['host']}" + (
-                f" (attempt {len(log.attempts)})" if len(log.attempts) > 1 else ""
-            )
+            what = f"starting on {log.attempts[-1]['host']}" + (f" (attempt {len(mine)})" if len(mine) > 1 else "")
         else:
             step, total, rate = log.step
             speed = f", {rate} steps/s" if rate else ""  # the first evaluation has no rate yet

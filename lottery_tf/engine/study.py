@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import os
 import re
 
 from lottery_tf.engine.config import ExperimentConfig
@@ -222,6 +223,23 @@ def size(nodes) -> dict:
         "bound": total / critical if critical else 1.0,
         "speedups": speedups,
     }
+
+
+def count(number: int, word: str) -> str:
+    """``number`` and ``word``, plural unless one: '1 task', '34 tasks'."""
+    return f"{number:,} {word}{'' if number == 1 else 's'}"
+
+
+def seconds_since_start() -> float | None:
+    """Seconds since this process started (Python's start-up and imports included), from /proc; None elsewhere."""
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def format_duration(seconds: float) -> str:
