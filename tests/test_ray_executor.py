@@ -656,7 +656,12 @@ def test_an_interrupted_driver_says_one_line_and_its_rerun_resumes_without_a_ret
     """
     out = tmp_path / "runs"
     args = [sys.executable, "-m", "lottery_tf.main", *STUDY, f"--output_dir={out}", "--executor=ray"]
-    driver = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A process started from a non-interactive shell's background job inherits SIGINT ignored (CI's): the
+    # driver gets the default back, so Python turns Ctrl-C into KeyboardInterrupt as in a terminal.
+    driver = subprocess.Popen(
+        args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         deadline = time.time() + 300
         while not glob.glob(str(out / "lottery_*" / "replicate_0" / "level_00" / "main" / "checkpoints" / "*")):
