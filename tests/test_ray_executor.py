@@ -25,6 +25,7 @@ from conftest import REPO, cli_runs, results
 from lottery_tf.engine import config as config_lib
 from lottery_tf.engine import study
 from tools.benchmark_ray import results_of
+from tools.lost_node_trial import wait_for_port
 
 ENV = {**os.environ, "PYTHONPATH": REPO}
 ENV.pop("TF_CPP_MIN_LOG_LEVEL", None)
@@ -257,13 +258,7 @@ def _start_head(command: list, port: int):
     head = launcher.popen(
         command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
+    wait_for_port(port, 60)
     time.sleep(2)
     return head
 

@@ -70,6 +70,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, seconds: float) -> bool:
+    """Waits until something listens on 127.0.0.1:``port`` (a ``ray start --head``); whether it did in time."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def start_cluster(env: dict, cwd: str = REPO, deadline_seconds: float = 120):
     """Starts a one-CPU head and a one-CPU second node named :data:`LOST_HOST`; returns (address, head, node).
 
@@ -81,12 +93,7 @@ def start_cluster(env: dict, cwd: str = REPO, deadline_seconds: float = 120):
         ["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--block"], **common
     )
     deadline = time.time() + deadline_seconds
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
+    wait_for_port(port, deadline_seconds)
     # `ray start --head` turns token authentication on: a node or driver joining it must say it uses it.
     token = os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(
         os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
