@@ -32,9 +32,12 @@ ENV.pop("TF_NUM_INTRAOP_THREADS", None)  # TensorFlow's default pool, as tests/t
 OTHER = "otherhost"
 
 # Holds the main lock of the folder argv[1] until killed; exits 3 with one line if another process takes it over.
+# With argv[2] == "own_handler", the user's own SIGINT handler (one that does not raise) is in place meanwhile.
 HOLDER = """
-import sys, time
+import signal, sys, time
 from lottery_tf.store import locks
+if sys.argv[2:] == ["own_handler"]:
+    signal.signal(signal.SIGINT, lambda signum, frame: print("own handler", flush=True))
 try:
     with locks.hold(sys.argv[1], "main"):
         print("held", flush=True)
@@ -152,22 +155,44 @@ def test_a_live_holder_on_another_host_is_respected_and_a_killed_one_taken_over(
             _kill(waiter)
 
 
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @needs_unshare
-def test_a_holder_whose_lock_was_taken_over_stops_and_leaves_the_new_lock(tmp_path, short_leases):
-    """A holder stopped (SIGSTOP) past its lease is taken over; resumed, it notices, stops, and leaves our lock."""
+@pytest.mark.parametrize("sigint", ["default", "ignored", "own_handler"])
+def test_a_holder_whose_lock_was_taken_over_stops_and_leaves_the_new_lock(tmp_path, short_leases, sigint):
+    """A holder stopped (SIGSTOP) past its lease is taken over; resumed, it notices, stops, and leaves our lock.
+
+    Also where the holder ignores SIGINT, as a study started by a script in the background (``nohup``, ``&``)
+    does: the stop once relied on ``_thread.interrupt_main``, which does nothing then, so the old holder went on
+    training beside the new one. And where the user's own SIGINT handler does not raise.
+    """
     folder, log = str(tmp_path), tmp_path / "holder.log"
     path = locks.lock_path(folder, "main")
+    inherit = _ignore_sigint if sigint == "ignored" else None
     with open(log, "w") as out:
-        holder = on_other_host([sys.executable, "-c", HOLDER, folder], stdout=out, stderr=subprocess.STDOUT)
+        holder = on_other_host(
+            [sys.executable, "-c", HOLDER, folder, sigint], stdout=out, stderr=subprocess.STDOUT, preexec_fn=inherit
+        )
     try:
         wait_for(lambda: "held" in log.read_text(), what="lock taken by the holder")
+        if sigint != "default":  # a real Ctrl-C while it holds the lock does what it did before: nothing here
+            os.kill(holder.pid, signal.SIGINT)
+            if sigint == "own_handler":
+                wait_for(lambda: "own handler" in log.read_text(), what="the user's handler")
+            time.sleep(0.5)
+            assert holder.poll() is None and "LOST" not in log.read_text(), log.read_text()
         os.kill(holder.pid, signal.SIGSTOP)
         wait_for(lambda: store.lock_state(path).state == "stale", what="stale lease")
         with locks.hold(folder, "main"):
             ours = _holder(path)
             assert ours["pid"] == os.getpid()
             os.kill(holder.pid, signal.SIGCONT)
-            assert holder.wait(120) == 3, log.read_text()
+            try:
+                assert holder.wait(120) == 3, log.read_text()
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the old holder did not stop: {log.read_text()}")
             assert _holder(path)["token"] == ours["token"]  # the old holder left our lock alone
         out = log.read_text()
         assert f"error: lost the lock {path}: pid {os.getpid()} on " in out, out

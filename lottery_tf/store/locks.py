@@ -35,7 +35,16 @@ trains. A holder that could not renew for longer than lease + grace (stopped
 with SIGSTOP, hung, or cut off from a shared folder) and whose lock was taken
 over finds another token at its next renewal: it prints one line, stops (a
 KeyboardInterrupt in its main thread, turned into :class:`LockedError`), and
-leaves the other process's lock alone.
+leaves the other process's lock alone. That stop does not depend on how the
+process treats Ctrl-C: while it holds a lock, the main thread's SIGINT handler
+is wrapped so that the renewer's interrupt stops it even where SIGINT is
+ignored (a study started with ``nohup`` or ``&`` from a script) or handled by
+the user's own handler; a real Ctrl-C still does what it did before. A holder
+renews by renaming only while its own lease is still valid by its clock (a
+takeover needs lease + grace to have passed); one that finds its lease
+expired (it was stopped or hung) and its token still in place only touches
+the file, so that a process that stopped between checking the token and
+writing cannot write over another's lock.
 
 A lock of this host is also stale, and taken over with one line saying why,
 when its pid no longer exists or when its pid is alive but is another process
@@ -71,6 +80,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -252,11 +262,17 @@ class _Renewer(threading.Thread):
                 f"that two processes do not train the same levels"
             )
             return
+        expires = self.holder["expires"]
         self._stamp()
         renewal = _renewal_file(self.path, token)
         try:
             with open(renewal, "w") as handle:
                 json.dump(self.holder, handle)
+            if time.time() >= expires:
+                # Stopped or hung past its lease: another process may be taking the lock over now, and a rename
+                # could write over its new lock. A touch cannot (readers take the later of ``renewed`` and the
+                # modification time); the next renewal, inside the lease again, rewrites the file.
+                raise OSError("lease expired before the renewal")
             os.replace(renewal, self.path)
         except OSError:
             with contextlib.suppress(OSError):
@@ -430,6 +446,7 @@ def hold(
         report(state)
         time.sleep(poll_seconds)
     renewer = _Renewer(path, me, lease)
+    previous = _stop_on_loss(renewer) if renewer.in_main else None
     renewer.start()
     try:
         yield
@@ -439,7 +456,36 @@ def hold(
         raise
     finally:
         renewer.stop()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if not renewer.lost:
             _release(path, me["token"])
     if renewer.lost:
         raise LockedError(renewer.lost)
+
+
+def _stop_on_loss(renewer: _Renewer):
+    """Wraps the main thread's SIGINT handler so that the renewer's interrupt stops the holder; returns the old one.
+
+    ``_thread.interrupt_main`` only runs a Python-level SIGINT handler: where SIGINT is ignored (a process
+    started in the background by a script, or with ``nohup``) it does nothing, and a user's handler may not
+    raise. A lost lock must stop the holder either way; any other SIGINT is passed to the previous handler.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # installed outside Python: left alone (then a lost lock stops the holder only if it raises)
+        return None
+
+    def handler(signum, frame):
+        if renewer.lost:
+            raise KeyboardInterrupt
+        if callable(previous):
+            return previous(signum, frame)
+        if previous == signal.SIG_DFL:
+            signal.default_int_handler(signum, frame)
+        return None  # SIG_IGN (or a handler Python cannot call): ignored, as before
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except (ValueError, OSError):  # not the main thread of the main interpreter after all
+        return None
+    return previous
