@@ -584,9 +584,12 @@ def test_the_estimate_says_when_the_local_executor_would_be_faster():
     one = ray_executor.estimate(nodes, ray_executor.Session(True, 2.0, 0.0, 1, here), run)
     assert one.startswith("estimate (training steps only, not measured): the local executor would be faster")
     two = ray_executor.estimate(nodes, ray_executor.Session(True, 2.0, 0.0, 2, here), run)
-    # 250 steps in the time of 200: Ray gains 50 steps' time and pays 15 s to start (6 s here, 9 s its workers).
-    assert "finish this graph's 250 steps in the time of 200 (1.25x), but Ray takes about 15 s more to start" in two
-    assert "faster if it needs under 1m 15s for the study (a step under 300 ms)" in two
+    # 250 steps in the time of 200: Ray gains 50 steps' time and pays 12 s to start (3 s here, 9 s its workers).
+    assert "finish this graph's 250 steps in the time of 200 (1.25x), but Ray takes about 12 s more to start" in two
+    assert "faster if it needs under 1m 00s for the study (a step under 240 ms)" in two
+    wide = [nodes[0], *(study.Training(0, 0, f"x{i}", 1, 50_000, ("0/0/main/level_00",)) for i in range(4))]
+    long = ray_executor.estimate(wide, ray_executor.Session(True, 2.0, 0.0, 2, here), run)
+    assert "(a step under 0.12 ms)" in long, long  # 12 s over the 100,000 steps Ray saves: not "0 ms"
     assert two.endswith("or if a training on 1 CPU runs over 1.25x slower than one on all 2 CPUs")
     joined = ray_executor.estimate(nodes, ray_executor.Session(False, 2.0, 0.0, 2, here, "the cluster at h:1"), run)
     assert "Ray takes about 9 s more to start" in joined  # the cluster runs already: only its workers start

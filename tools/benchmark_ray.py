@@ -166,7 +166,8 @@ def main() -> None:
     phases = _phases()
     lines = [
         f"# command: python tools/benchmark_ray.py --studies={options.studies} "
-        f"--cpus_per_training={options.cpus_per_training:g}",
+        f"--cpus_per_training={options.cpus_per_training:g}"
+        + (f" --before={options.before} --rounds={options.rounds}" if options.before else ""),
         f"# machine: {cores} CPU cores ({platform.processor() or platform.machine()}), no GPU; "
         f"{time.strftime('%Y-%m-%d')}; one sitting, each run in a fresh folder; load average at the start "
         f"{os.getloadavg()[0]:.1f} (other work on the machine slows both executors)",

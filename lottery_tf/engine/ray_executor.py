@@ -43,9 +43,11 @@ PROBE_SECONDS = 5.0  # how long the address checks wait for an answer
 # Ray's for minutes, with a warning a second.
 _GCS_CALL = "/ray.rpc.NodeInfoGcsService/GetClusterId"
 # What Ray costs before its first training steps, beyond the local executor's own start, measured on this
-# project's 2-core machine (an estimate elsewhere): starting a local instance (ray.init) about 6 s; then each
-# worker process imports TensorFlow, 7-9 s with two side by side, once (a worker is kept for the next trainings).
-RAY_INIT_SECONDS = 6.0
+# project's 2-core machine (an estimate elsewhere; tools/benchmark_ray.py, results/ray/local_vs_ray.txt):
+# starting a local instance (ray.init) about 3 s; then each worker process starts and imports TensorFlow, 6 s
+# alone, 9-12 s beside the driver's own import and checks, once (a worker is kept for the next trainings). A
+# one-training study took 10-12 s longer on Ray than locally.
+RAY_INIT_SECONDS = 3.0
 WORKER_START_SECONDS = 9.0
 
 
@@ -449,9 +451,15 @@ def estimate(nodes, session: Session, run) -> str:
     return (
         f"{head}{session.slots} trainings at once finish this graph's {total:,} steps in the time of {span:,} "
         f"({speedup:.2f}x), but {start}: the local executor would be faster if it needs under "
-        f"{study.format_duration(total * per_step)} for the study (a step under {per_step * 1000:.0f} ms), "
+        f"{study.format_duration(total * per_step)} for the study (a step under {_milliseconds(per_step)} ms), "
         f"or if {slower}"
     )
+
+
+def _milliseconds(seconds: float) -> str:
+    """``240`` or ``4.4`` or ``0.16``: two significant digits below 10 ms (never ``0``)."""
+    value = seconds * 1000
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def _probe(folder: str, token: str) -> dict:
