@@ -18,7 +18,8 @@ code's) is compared with the ```text title="Output" block right under it:
   ``~X±T`` within T;
 * ``…`` matches any text within its line (a time, a path, a size).
 
-A block that prints nothing has no Output block. ``--write`` keeps every
+A page whose first line is ``<!-- keras_backend: jax ... -->`` runs with
+``KERAS_BACKEND=jax`` (:func:`page_backend`). A block that prints nothing has no Output block. ``--write`` keeps every
 shown line that still matches; a changed line whose text is the same but for
 its numbers keeps its ``~`` marks with the new values; any other line is
 replaced by what was printed, and named, so that its varying numbers can be
@@ -66,6 +67,15 @@ def pages() -> list[str]:
     """Every Markdown page under docs/ that has a Python block, in order."""
     found = sorted(glob.glob(os.path.join(REPO, "docs", "**", "*.md"), recursive=True))
     return [page for page in found if parse(open(page).read())]
+
+
+_BACKEND = re.compile(r"\A<!-- keras_backend: (\w+)")
+
+
+def page_backend(text: str) -> str | None:
+    """The Keras backend a page's first line asks its blocks to run on (``<!-- keras_backend: jax -->``), or None."""
+    match = _BACKEND.match(text)
+    return match.group(1) if match else None
 
 
 def parse(text: str) -> list[Block]:
@@ -138,12 +148,16 @@ def run_page(page: str, root: str, run=subprocess.run, env=None, timeout=900) ->
     Raises:
         RuntimeError: When a block fails (its traceback, with what the process wrote to stderr).
     """
-    blocks = parse(open(page).read())
+    text = open(page).read()
+    blocks = parse(text)
     os.makedirs(root, exist_ok=True)
     source, results = os.path.join(root, "blocks.json"), os.path.join(root, "printed.json")
     with open(source, "w") as file:
         json.dump([block.code for block in blocks], file)
     env = env if env is not None else {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    backend = page_backend(text)
+    if backend:  # chosen once per process, at Keras's import: the page's process starts with it
+        env = {**env, "KERAS_BACKEND": backend}
     result = run(
         [sys.executable, "-c", RUNNER, source, root, results],
         cwd=root,

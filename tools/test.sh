@@ -22,7 +22,7 @@ if [ "$workers" != 1 ]; then parallel=(-n "$workers" --dist loadfile); fi
 # The Keras library's tests again on Keras's JAX backend (a second pytest process: the backend is chosen once
 # per process), with tests/test_jax_backend.py, which the TensorFlow pass leaves out. Only for the whole suite.
 jax_tests=(tests/test_keras_compat.py tests/test_masking.py tests/test_callbacks.py tests/test_gradual.py
-  tests/test_optimizer_rewind.py tests/test_custom_loops.py tests/test_jax_backend.py)
+  tests/test_optimizer_rewind.py tests/test_custom_loops.py tests/test_sparse_training.py tests/test_jax_backend.py)
 python3 -m ruff check .
 python3 -m ruff format --check .
 selection=(--durations=25)

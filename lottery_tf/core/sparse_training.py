@@ -459,8 +459,10 @@ class DynamicSparseCallback(keras.callbacks.Callback):
     (batch-norm statistics, dropout seeds, metrics) as it found it. RigL itself
     uses the batch of the step it updates at, before the step's weight update,
     and skips that step's weight update; here the update follows the step's
-    weight update and the batch comes from ``gradient_data``. The gradient is
-    computed with TensorFlow's ``GradientTape`` (TensorFlow backend).
+    weight update and the batch comes from ``gradient_data``. Both Keras
+    backends lottery_tf supports run it (:meth:`dense_gradients`); on JAX each
+    update traces the training step again (the masks are constants of a traced
+    JAX step: :func:`lottery_tf.core.masking.retrace_training`).
 
     Args:
         method: ``"set"`` or ``"rigl"``.
@@ -545,6 +547,7 @@ class DynamicSparseCallback(keras.callbacks.Callback):
         self.last_new: dict[str, np.ndarray] = {}
         self._last_step = 0
         self._iterator = None
+        self._jax_gradient = None
 
     # -- configuration and state ----------------------------------------------------------
 
@@ -660,21 +663,18 @@ class DynamicSparseCallback(keras.callbacks.Callback):
         """Name -> gradient of the compiled loss w.r.t. each masked weight, on ``gradient_data``'s batch for ``step``.
 
         The pruned entries get their gradient too (the stored weight is 0.0
-        there and the mask is not in the forward pass). TensorFlow only.
-
-        Raises:
-            ValueError: On another Keras backend.
+        there and the mask is not in the forward pass). TensorFlow: a
+        ``GradientTape``; JAX: ``jax.grad`` of ``stateless_call`` and
+        ``stateless_compute_loss``, compiled once per callback.
         """
-        if BACKEND != "tensorflow":
-            raise ValueError(
-                f"RigL's dense gradient is computed with TensorFlow only for now (Keras backend {BACKEND})"
-            )
-        import tensorflow as tf
-
         batch = self._batch(step)
         x, y = batch[0], batch[1] if len(batch) > 1 else None
         sample_weight = batch[2] if len(batch) > 2 else None
-        triples = masked_weights(self.model)
+        triples = masked_weights(self.model)  # on JAX, reading self.model inside fit syncs the variables
+        if BACKEND == "jax":
+            return self._jax_dense_gradients(triples, x, y, sample_weight)
+        import tensorflow as tf
+
         state = {id(v): v for v in list(self.model.non_trainable_variables) + list(self.model.metrics_variables)}
         saved = {key: np.array(v.numpy(), copy=True) for key, v in state.items()}
         try:
@@ -689,6 +689,32 @@ class DynamicSparseCallback(keras.callbacks.Callback):
             name: (np.zeros(tuple(weight.shape), np.float64) if g is None else np.asarray(g, np.float64))
             for (name, _, weight), g in zip(triples, grads)
         }
+
+    def _jax_dense_gradients(self, triples, x, y, sample_weight) -> dict[str, np.ndarray]:
+        import jax
+
+        model = self.model
+        trainable = list(model.trainable_variables)
+        if self._jax_gradient is None:
+
+            def loss_of(values, non_trainable, metrics, x, y, sample_weight):
+                y_pred, updated = model.stateless_call(values, non_trainable, x, training=True)
+                loss, _ = model.stateless_compute_loss(
+                    values, updated, metrics, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                )
+                return loss
+
+            self._jax_gradient = jax.jit(jax.grad(loss_of))
+        grads = self._jax_gradient(
+            [v.value for v in trainable],
+            [v.value for v in model.non_trainable_variables],  # not written back: the state stays as it was
+            [v.value for v in model.metrics_variables],
+            x,
+            y,
+            sample_weight,
+        )
+        position = {id(v): i for i, v in enumerate(trainable)}
+        return {name: np.asarray(grads[position[id(weight)]], np.float64) for name, _, weight in triples}
 
     def update(self, step: int) -> dict[str, LayerUpdate]:
         """Drops and grows every masked weight now, as at training step ``step``.
