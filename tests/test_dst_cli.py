@@ -106,6 +106,16 @@ def test_set_and_rigl_train_at_the_levels_density_and_move_connections(reference
     moved = open(os.path.join(report, "baselines_connections_moved.md")).read()
     fc1 = moved_of(reference)[BRANCHES[1]]["fc1/kernel"]
     assert f"| RigL (ERK) [89fa11c5] | 1 | {fc1} (" in moved
+    # Time per step: each training's wall seconds / steps, beside the main line's at the same level (not level 0).
+    timing = open(os.path.join(report, "baselines_time_per_step.md")).read()
+    per_step = {
+        b: 1000 * m["wall_seconds"] / m["steps"]
+        for b in ("main", *BRANCHES)
+        for m in [json.load(open(os.path.join(level_folder(reference, b), "metrics.json")))]
+    }
+    assert f"| lottery ticket (IMP main line) | 1 | {per_step['main']:.3f} ± 0.000 | 1.00 |" in timing, timing
+    ratio = per_step[BRANCHES[1]] / per_step["main"]
+    assert f"| RigL (ERK) [89fa11c5] | 1 | {per_step[BRANCHES[1]]:.3f} ± 0.000 | {ratio:.2f} |" in timing, timing
 
 
 def test_kill_9_in_set_then_in_rigl_resumes_to_the_same_bits(reference, tmp_path):

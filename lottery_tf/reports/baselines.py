@@ -18,6 +18,11 @@ Called by :mod:`lottery_tf.report` for every experiment whose folders hold
 * ``baselines_connections_moved.md``: with ``set``/``rigl`` branches, the
   connections each moved per layer over its training (mean over
   replicates), as a percent of the layer's kept weights too.
+* ``baselines_time_per_step.md``: with ``set``/``rigl`` branches, each
+  method's training time per step (``wall_seconds / steps`` of its
+  ``metrics.json``, evaluation and tracing included, as every method pays
+  them alike) at the baseline levels, mean ± std over levels and replicates,
+  and its ratio to IMP's main line at the same levels in the same study.
 * ``baselines_vs_weights.png``: final test accuracy vs percent of weights
   remaining (mean ± std over replicates). The first panel has one line per
   method; then one panel per pruning-at-initialization method with its
@@ -255,6 +260,50 @@ def format_connections_moved(experiment_folder: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def time_per_step(experiment_folder: str) -> dict:
+    """``{branch: [milliseconds per step, ...]}`` at the levels that have baseline branches, from ``metrics.json``.
+
+    The main line counts only at those levels (IMP's training at the same density). A training resumed after a
+    kill counts its time before the kill too (``wall_seconds`` is carried in its checkpoints).
+    """
+    found = defaultdict(lambda: defaultdict(list))
+    for replicate in run_dir.replicates_of(experiment_folder):
+        for path in sorted(glob.glob(os.path.join(replicate, "level_*", "*", "metrics.json"))):
+            metrics = store.read_json(path)
+            steps, seconds = metrics.get("steps"), metrics.get("wall_seconds")
+            if steps and seconds is not None:
+                found[os.path.basename(os.path.dirname(path))][int(metrics["level"])].append(1000.0 * seconds / steps)
+    levels = {level for branch, by_level in found.items() if branch != "main" for level in by_level}
+    return {
+        branch: [t for level, times in sorted(by_level.items()) if level in levels for t in times]
+        for branch, by_level in found.items()
+        if any(level in levels for level in by_level)
+    }
+
+
+def format_time_per_step(experiment_folder: str) -> str:
+    """Markdown: each method's milliseconds per training step beside IMP's, measured in the same study."""
+    times = time_per_step(experiment_folder)
+    if not any(plotting.dst_parts(b) for b in times) or "main" not in times:
+        return ""
+    experiment = os.path.basename(experiment_folder)
+    imp = float(np.mean(times["main"]))
+    out = [
+        f"## {experiment}: training time per step (wall seconds / steps of each training, evaluation included)",
+        "",
+        "| method | trainings | ms per step (mean ± std) | × IMP |",
+        "|---|---:|---:|---:|",
+    ]
+    for branch in sorted(times, key=method_order):
+        values = np.asarray(times[branch])
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        out.append(
+            f"| {plotting.branch_label(branch)} | {len(values)} | {values.mean():.3f} ± {std:.3f} | "
+            f"{values.mean() / imp:.2f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def format_layer_densities(entries: list[dict], experiment_folder: str) -> str:
     """Markdown: per baseline level, one row per method, one column per masked layer (percent kept)."""
     experiment = os.path.basename(experiment_folder)
@@ -440,6 +489,10 @@ def write_report(entries: list[dict], out: str, plots: bool, experiment_folders:
         if moved:
             atomic.write_text(os.path.join(out, "baselines_connections_moved.md"), moved)
             written.append("baselines_connections_moved.md")
+        timing = "\n".join(text for text in (format_time_per_step(folder) for folder in folders) if text)
+        if timing:
+            atomic.write_text(os.path.join(out, "baselines_time_per_step.md"), timing)
+            written.append("baselines_time_per_step.md")
     if plots:
         for experiment in experiments:
             name = "baselines_vs_weights.png" if len(experiments) == 1 else f"baselines_vs_weights_{experiment}.png"
