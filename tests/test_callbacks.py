@@ -121,7 +121,7 @@ def test_rewind_to_step_k_restores_weights_at_k_and_schedule_position():
 def test_rewind_step_with_steps_per_execution():
     model = _model(steps_per_execution=2)
     imp = PruneRewindCallback(PruningSpec(), rewind_step=3)
-    with pytest.raises(ValueError, match="not a multiple of the model's steps_per_execution=2"):
+    with pytest.raises(ValueError, match=r"rewind_step=3 cannot be observed: .* only at steps 2, 4, .* not see step 3"):
         model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[imp])
     model = _model(steps_per_execution=2)
     imp = PruneRewindCallback(PruningSpec(), rewind_step=2, rewind_optimizer="reset")
@@ -129,6 +129,42 @@ def test_rewind_step_with_steps_per_execution():
     assert int(model.optimizer.iterations.numpy()) == 4  # the trained level, 2 executions of 2 steps
     imp.prune_and_rewind()
     assert int(model.optimizer.iterations.numpy()) == 2
+
+
+def _acting_callbacks():
+    from lottery_tf.core.gradual import GradualPruningCallback
+    from lottery_tf.core.sparse_training import DynamicSparseCallback
+
+    return {
+        "rewind": lambda: PruneRewindCallback(PruningSpec(), rewind_step=8),
+        "gmp": lambda: GradualPruningCallback(0.5, begin_step=5, end_step=13, frequency=4),
+        "dst": lambda: DynamicSparseCallback("set", density=0.5, update_every=4, end_fraction=1.0),
+    }
+
+
+@pytest.mark.parametrize("kind", ["rewind", "gmp", "dst"])
+def test_a_callback_acting_at_steps_refuses_epochs_that_shift_the_executions(kind):
+    """steps_per_execution=4 with 6-step epochs: fit calls callbacks after steps 4, 6, 10, 12, 16, ...
+
+    Step 8 (the rewind point, a GMP pruning step, a DST update) would never be seen: each callback refuses
+    before training. The same callbacks with 8-step epochs act at every one of their steps.
+    """
+    callback = _acting_callbacks()[kind]()
+    model = _model(steps_per_execution=4)
+    x, y = np.concatenate([X, X[:32]]), np.concatenate([Y, Y[:32]])  # 96 examples
+    seen = r"only at steps (0, )?4, 6, 10, 12, (16, )?\.\.\. \(executions of 4 steps, the last of each 6-step epoch shorter\)"
+    with pytest.raises(ValueError, match=seen + ", so it would not see step 8"):
+        model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[callback])
+    assert int(model.optimizer.iterations.numpy()) == 0  # refused before the first step
+    callback = _acting_callbacks()[kind]()
+    model = _model(steps_per_execution=4)
+    model.fit(X, Y, batch_size=8, epochs=3, verbose=0, callbacks=[callback])  # 8-step epochs: 24 steps
+    if kind == "rewind":
+        assert callback.rewind_point is not None
+    elif kind == "gmp":
+        assert [step for step, _ in callback.updates] == [5, 9, 13]
+    else:
+        assert [update["step"] for update in callback.updates] == [4, 8, 12, 16, 20, 24]
 
 
 def test_rewind_step_never_reached_is_an_error():
@@ -181,3 +217,9 @@ def test_rewind_optimizer_restore_restores_adam_slots_at_k():
         np.testing.assert_array_equal(now, then)
     with pytest.raises(ValueError, match="rewind_optimizer must be one of fresh, reset, restore; got 'keep'"):
         PruneRewindCallback(rewind_optimizer="keep")
+    # Learning-rate rewinding saves no optimizer state at k: refused before the first step, not after a level.
+    model = _model()
+    imp = PruneRewindCallback(rewind_step=3, rewind_weights=False, rewind_optimizer="restore")
+    with pytest.raises(ValueError, match="'restore' needs the optimizer state of step 3, .* rewind_weights=False"):
+        model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[imp])
+    assert int(model.optimizer.iterations.numpy()) == 0

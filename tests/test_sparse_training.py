@@ -372,7 +372,10 @@ def test_erk_start_in_fit():
     expected = st.erk_densities(shapes, 0.2)
     assert dst.densities == expected
     counts = {n: int(m.sum()) for n, m in get_masks(model).items()}
-    assert counts == {n: st.active_count(int(np.prod(s)), expected[n]) for n, s in shapes.items()}
+    # Uniform target ceil(57.6) + ceil(76.8) + ceil(12.8) = 148; eps = 148 / (36 + 40 + 20) gives d_i * n_i =
+    # 55.5, 61.67, 30.83 (sum 148): floors 55, 61, 30 and the 2 left to the largest remainders (out, fc2).
+    # Rounding each layer up would keep 56 + 62 + 31 = 149, one over the target.
+    assert counts == {"fc1/kernel": 55, "fc2/kernel": 62, "out/kernel": 31}
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from lottery_tf.core import rewind
-from lottery_tf.core.keras_compat import BACKEND, all_sublayers, keras, learning_rate_object
+from lottery_tf.core.keras_compat import BACKEND, all_sublayers, execution_problem, keras, learning_rate_object
 from lottery_tf.core.masking import (
     apply_masks,
     get_masks,
@@ -83,7 +83,9 @@ class PruneRewindCallback(keras.callbacks.Callback):
             the learning-rate schedule offset to ``rewind_step``; ``"reset"``:
             the fresh state with the step counter set to ``rewind_step``
             (Adam's bias correction then treats zero moments as k steps old);
-            ``"restore"``: the optimizer variables saved at ``rewind_step``.
+            ``"restore"``: the optimizer variables saved at ``rewind_step``
+            (saved with the weights; with ``rewind_weights=False`` set
+            ``optimizer_point`` yourself).
             See :func:`lottery_tf.core.rewind.reset_optimizer`.
         rewind_weights: ``True`` rewinds the weights (IMP); ``False`` keeps
             the trained weights (learning-rate rewinding).
@@ -277,14 +279,19 @@ class PruneRewindCallback(keras.callbacks.Callback):
             self.check_model()
         if built and self._checked:
             retrace_training(self.model, only_if_stale=True)  # JAX: masks assigned since the step was traced
+        if self.rewind_optimizer == "restore" and not self.rewind_weights and self.rewind_step:
+            if self.optimizer_point is None:  # checked before the first step, not after a trained level
+                raise ValueError(
+                    f"rewind_optimizer='restore' needs the optimizer state of step {self.rewind_step}, which this "
+                    "callback saves only with the weights; with rewind_weights=False (learning-rate rewinding) "
+                    "use rewind_optimizer='fresh' or 'reset', or set its optimizer_point to a state saved at that "
+                    "step (lottery_tf.core.rewind.optimizer_values)."
+                )
         if self.rewind_point is not None or not self.rewind_weights:
             return  # learning-rate rewinding keeps the trained weights: nothing to record
-        per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
-        if self.rewind_step % per_execution:
-            raise ValueError(
-                f"rewind_step={self.rewind_step} is not a multiple of the model's "
-                f"steps_per_execution={per_execution}; the step cannot be observed."
-            )
+        start = rewind.global_step(self.model.optimizer)
+        if problem := execution_problem(self.model, self.params, start, [self.rewind_step]):
+            raise ValueError(f"rewind_step={self.rewind_step} cannot be observed: {problem}")
         if not built:
             if self.rewind_step == 0:
                 raise ValueError(

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from lottery_tf.core import rewind
-from lottery_tf.core.keras_compat import keras
+from lottery_tf.core.keras_compat import execution_problem, keras
 from lottery_tf.core.masking import get_masks, masked_weights, retrace_training, set_masks
 
 SCHEDULES = ("lottery_tf", "tfmot")
@@ -202,13 +202,14 @@ class GradualPruningCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         masked_weights(self.model)  # a clear error now if nothing is masked
         retrace_training(self.model, only_if_stale=True)  # JAX: masks assigned since the step was traced
-        steps = getattr(self.model, "steps_per_execution", 1)
-        steps = int(steps.numpy()) if hasattr(steps, "numpy") else int(steps or 1)
-        if steps > 1 and (self.frequency % steps or (self.begin_step - 1) % steps):
+        # It prunes before 1-based step t = begin_step + j * frequency: at batch begin, after optimizer step t - 1.
+        start = rewind.global_step(self.model.optimizer)
+        params = self.params or {}
+        last = self.end_step if self.end_step >= 0 else start + (params.get("steps") or 0) * (params.get("epochs") or 1)
+        steps = range(self.begin_step - 1, last, self.frequency)
+        if problem := execution_problem(self.model, self.params, start, steps, at_batch_begin=True):
             raise ValueError(
-                f"GradualPruningCallback sees the model between executions of {steps} steps; "
-                f"frequency ({self.frequency}) and begin_step - 1 ({self.begin_step - 1}) must be "
-                "multiples of steps_per_execution"
+                f"GradualPruningCallback (frequency={self.frequency}, begin_step={self.begin_step}): {problem}"
             )
         if self.schedule == "tfmot" and self._table is None:
             self.sparsity_at(self.end_step)  # fails now, not mid-training, if TFMOT is missing

@@ -114,6 +114,59 @@ def batch_counter(optimizer):
     return optimizer._iterations
 
 
+def steps_per_execution(model) -> int:
+    """How many training steps ``fit`` runs between two calls of the callbacks (``model.steps_per_execution``)."""
+    value = getattr(model, "steps_per_execution", 1)
+    value = value.numpy() if hasattr(value, "numpy") else value
+    return int(value or 1)
+
+
+def execution_problem(model, params, start: int, acted, at_batch_begin: bool = False) -> str | None:
+    """Why a callback acting at given optimizer steps would miss some under ``steps_per_execution`` (None: it won't).
+
+    With ``steps_per_execution`` = s > 1, ``fit`` calls ``on_train_batch_end`` only after each execution of s
+    steps, and each epoch ends with a shorter one when its step count is not a multiple of s, which shifts
+    every later call; ``on_train_batch_begin`` sees the steps before each execution. The steps seen are worked
+    out from ``params`` and compared with the steps the callback must act at.
+
+    Args:
+        model: The compiled model.
+        params: The callback's ``params`` (``steps``: an epoch's steps, None when unknown; ``epochs``).
+        start: The optimizer's step when ``fit`` starts.
+        acted: The optimizer steps at which the callback must see the model.
+        at_batch_begin: Whether it acts in ``on_train_batch_begin`` (it sees ``start`` and not the last step).
+    """
+    s = steps_per_execution(model)
+    if s == 1:
+        return None
+    per_epoch, epochs = (params or {}).get("steps"), int((params or {}).get("epochs") or 1)
+    if not per_epoch:
+        return (
+            f"steps_per_execution={s} with an epoch of unknown length: fit calls callbacks only between "
+            f"executions of {s} steps, shifted by a shorter last execution of each epoch, so the steps the "
+            "callback acts at may be skipped; give fit steps_per_epoch, or use steps_per_execution=1"
+        )
+    seen = {start} if at_batch_begin else set()
+    for epoch in range(epochs):
+        base = start + epoch * per_epoch
+        seen.update(base + min(j * s, per_epoch) for j in range(1, -(-per_epoch // s) + 1))
+    end = start + per_epoch * epochs
+    if at_batch_begin:
+        seen.discard(end)
+        window = range(start, end)
+    else:
+        window = range(start + 1, end + 1)
+    missed = [step for step in acted if step in window and step not in seen]
+    if not missed:
+        return None
+    calls = ", ".join(str(step) for step in sorted(seen)[:5])
+    return (
+        f"steps_per_execution={s}: fit calls the callbacks only at steps {calls}, ... (executions of {s} steps, "
+        f"the last of each {per_epoch}-step epoch shorter), so it would not see step {missed[0]}; use a "
+        "steps_per_execution that divides the steps of an epoch and the steps the callback acts at, or 1"
+    )
+
+
 def learning_rate_object(optimizer):
     """The learning rate as the optimizer holds it: a variable, a schedule or a callable (``_learning_rate``).
 

@@ -108,8 +108,10 @@ def erk_densities(shapes: Mapping[str, tuple], density: float) -> dict[str, floa
     As RigL's ``get_sparsities_erdos_renyi`` (``include_kernel=True``): a
     weight of shape ``(d_1, ..., d_n)`` (a convolution's kernel dimensions
     included; a Dense kernel is ``(n_in, n_out)``) gets density
-    ``eps * sum(d) / prod(d)``, with ``eps`` chosen so that the kept counts add
-    up to the uniform target ``sum(active_count(n_i, density))``. A weight whose
+    ``eps * sum(d) / prod(d)``, with ``eps`` chosen so that ``sum(d_i * n_i)``
+    equals the uniform target ``sum(active_count(n_i, density))`` exactly (each
+    ``active_count(n_i, d_i)`` rounded up on its own can exceed it by a few:
+    :func:`layer_counts` gives counts that add up to it). A weight whose
     density would exceed 1 is made dense (all weights with the largest raw
     ratio at once), its pruned count taken from the others, and ``eps`` solved
     again, until no density exceeds 1.
@@ -383,7 +385,7 @@ def _check_density(name: str, value) -> None:
 # -- the Keras callback -------------------------------------------------------------------
 
 from lottery_tf.core import rewind  # noqa: E402
-from lottery_tf.core.keras_compat import BACKEND, keras  # noqa: E402
+from lottery_tf.core.keras_compat import BACKEND, execution_problem, keras  # noqa: E402
 from lottery_tf.core.masking import get_masks, masked_weights, set_masks  # noqa: E402
 
 
@@ -626,18 +628,20 @@ class DynamicSparseCallback(keras.callbacks.Callback):
                 f"update_every ({self.update_every}) is larger than the steps masks may change in "
                 f"(end_fraction {self.end_fraction} of {total} steps = {self.end_step}): no update would happen"
             )
-        per_execution = getattr(self.model, "steps_per_execution", 1)
-        per_execution = int(per_execution.numpy()) if hasattr(per_execution, "numpy") else int(per_execution or 1)
-        if per_execution > 1 and self.update_every % per_execution:
-            raise ValueError(
-                f"DynamicSparseCallback sees the model between executions of {per_execution} steps; "
-                f"update_every ({self.update_every}) must be a multiple of steps_per_execution"
-            )
+        start = rewind.global_step(self.model.optimizer)
+        updates = range(self.update_every, self.end_step + 1, self.update_every)
+        if problem := execution_problem(self.model, self.params, start, updates):
+            raise ValueError(f"DynamicSparseCallback (update_every={self.update_every}): {problem}")
         if self.started:
             return
         shapes = {name: tuple(weight.shape) for name, _, weight in triples}
         self.densities = layer_densities_for(shapes, self.density, self.distribution)
-        set_masks(self.model, random_masks(shapes, self.densities, self.rng))
+        if self.distribution == "erk":  # counts adding up to the uniform target exactly (rounding each could not)
+            total = sum(active_count(int(np.prod(shape)), self.density) for shape in shapes.values())
+            masks = random_masks_with_counts(shapes, layer_counts(shapes, self.densities, total), self.rng)
+        else:
+            masks = random_masks(shapes, self.densities, self.rng)
+        set_masks(self.model, masks)
         self.started = True
 
     def on_train_batch_end(self, batch, logs=None):
