@@ -442,3 +442,25 @@ def test_an_unknown_flag_is_named_before_a_missing_one(capsys):
     assert exit_info.value.code == 2 and lines == [
         "error: --lvl: unknown flag; python -m lottery_tf.report --help lists the flags"
     ]
+
+
+def test_a_reference_line_left_below_the_focused_axis_is_named():
+    """The dense network's line, below the axis that _focus keeps on the best lines, is named in the title too."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from lottery_tf.reports import baselines as baselines_report
+
+    fig, ax = plt.subplots()
+    ax.errorbar([50.0, 20.0], [89.0, 88.0], yerr=[0.1, 0.1], label="IMP")
+    ax.errorbar([50.0, 20.0], [87.0, 31.0], yerr=[0.1, 0.1], label="SNIP, scores inverted")
+    ax.axhline(78.9, label="dense network (78.90%)")
+    ax.set_title("every method")
+    baselines_report._focus(ax)
+    assert ax.get_ylim()[0] == pytest.approx(87.0 - 0.5)
+    assert ax.get_title() == (
+        "every method\nbelow the axis: scores inverted: 31.0% at 20.0% of weights;\ndense network (78.90%)"
+    )
+    plt.close(fig)

@@ -845,7 +845,9 @@ SETTINGS: tuple[Setting, ...] = (
         "steps_per_execution",
         "training.steps_per_execution",
         "int",
-        "Steps per compiled call. 0: the largest that divides eval_every, iterations and rewind_step.",
+        "Steps per compiled call. 0: the largest that divides eval_every, iterations and rewind_step. The gmp, "
+        "set and rigl branches use its greatest common divisor with --gmp_frequency and --gmp_begin_step - 1, "
+        "or --dst_update_every (their callbacks act between calls); branch.json records the value they ran with.",
         low=0,
     ),
     S("jit_compile", "training.jit_compile", "bool", "Compile training and evaluation with XLA."),

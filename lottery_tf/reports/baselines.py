@@ -366,6 +366,10 @@ def _focus(ax, gap: float = 10.0) -> None:
             accuracies = ", ".join(f"{b:.1f}" for _, b in points)
             weights = ", ".join(f"{a:.1f}" for a, _ in points)
             below.append(f"{label.split(', ')[-1]}: {accuracies}% at {weights}% of weights")
+    for line in ax.get_lines():  # reference lines across the panel (the dense network's accuracy)
+        y = np.asarray(line.get_ydata(), float)
+        if not line.get_label().startswith("_") and len(y) == 2 and y[0] == y[1] and y[0] < bottom:
+            below.append(line.get_label())
     if below:
         ax.set_ylim(bottom=bottom)
         note = textwrap.fill("below the axis: " + "; ".join(below), 60)  # within the panel's width
