@@ -196,8 +196,8 @@ _FIXED = {
 # colour and marker per method; ERK dashed beside uniform's solid line.
 DST_NAMES = {"set": "SET", "rigl": "RigL"}
 DST_STYLES = {
-    "set": {"color": "#1b9e77", "marker": "^"},
-    "rigl": {"color": "#d95f02", "marker": "*"},
+    "set": {"color": "navy", "marker": "^"},
+    "rigl": {"color": "tab:pink", "marker": "*"},
 }
 DST_LINES = {"uniform": "-", "erk": "--"}
 
