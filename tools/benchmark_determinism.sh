@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for mode in "" "--deterministic"; do
-  python -m lottery_tf.main --flagfile=flags/lenet300_fashion_mnist.flags --iterations=5000 --levels=0 \
-    --branch= --replicates=1 --checkpoint_every=0 --tensorboard=false $mode --output_dir="$out/run${mode:+_det}" > /dev/null 2>&1
+  python -m lottery_tf.main --flagfile=flags/lenet300_fashion_mnist.flags --iterations=5000 --levels=0 --branch_levels= \
+    --branch= --replicates=1 --checkpoint_every=0 --tensorboard=false $mode --output_dir="$out/run${mode:+_det}" > /dev/null
 done
 python - "$out" <<'PY'
 import glob, json, sys
