@@ -36,6 +36,7 @@ from lottery_tf.engine import errors, run_dir, study  # noqa: E402
 from lottery_tf.engine.data import DATASETS, train_examples  # noqa: E402
 from lottery_tf.engine.data.registry import check_sizes  # noqa: E402
 from lottery_tf.engine.models import MODELS  # noqa: E402  (no TensorFlow until a model is built)
+from lottery_tf.engine.models.checks import check_initializer  # noqa: E402
 
 FLAGS = flags.FLAGS
 _PATH_FLAGS = ("output_dir", "data_dir", "tfds_data_dir", "tfds_manual_dir")  # "~" expanded, as a shell would
@@ -231,7 +232,6 @@ def main(argv):
         for config in configs:
             config_lib.validate(config, DATASETS.names(), MODELS, sweep)
         check_sizes(config.data, config.training.batch_size, config.branches)
-        _check_initializer(config.model.initializer)
         if FLAGS.rerecord_data:
             for config in configs:
                 _check_rerecord(config)
@@ -242,6 +242,8 @@ def main(argv):
             ray_executor.check_installed(config.run)
             configs = [ray_executor.absolute_paths(c) for c in configs]
         if FLAGS.dry_run:
+            _load_keras()
+            check_initializer(config.model.initializer)  # (a run checks it with the model, on Ray on a worker)
             if ray:  # checked as a run checks them (the cluster joined and left, or this machine read); no study
                 _quiet_python_logging()
                 offered = ray_executor.check_for_dry_run(config.run)
@@ -258,12 +260,11 @@ def main(argv):
         _quiet_python_logging()
         session = ray_executor.connect(config.run) if ray else None
         try:
-            if session is not None:  # before the study: what Ray offers, what outlives a kill, local or Ray
+            if session is not None:  # before the study: what Ray offers, what outlives a kill
                 print(session.describe(), flush=True)
-                nodes = study.plan(configs)
-                if line := ray_executor.estimate(nodes, session, config.run):
-                    print(line, flush=True)
-                ray_executor.warm_up(session, configs, len(nodes))  # while the driver checks the study
+                # Each slot's worker imports TensorFlow and loads the data; the first checks the study and
+                # plans its graph, so this process needs no TensorFlow.
+                ray_executor.warm_up(session, configs, rerecord_data=FLAGS.rerecord_data)
             _run(configs, session)
         finally:
             if session is not None:
@@ -331,29 +332,44 @@ def _check_cpu_devices(config) -> None:
         )
 
 
+def _load_keras() -> None:
+    """TensorFlow and Keras, quietly (:mod:`lottery_tf.core.keras_compat`): this command starts without them.
+
+    ``python -m lottery_tf.main`` checks its flags, sizes a dry run and drives a Ray study (whose workers
+    check and train it) without TensorFlow; it loads it only where it needs it here.
+    """
+    import lottery_tf.core.keras_compat  # noqa: F401
+
+
 def _run(configs, session) -> None:
     """Checks every run of the invocation, then trains it here (``session`` None) or on Ray."""
-    from lottery_tf.engine import experiment
-    from lottery_tf.engine.distribute import describe_devices
-
     started = time.time()
-    if session is None:  # on Ray the trainings run on other machines, with their own devices
-        _check_cpu_devices(configs[0])
-    # Every run of a sweep is checked (data, model, the run store, branch inputs) before any trains.
-    checked = [experiment.check(config, rerecord_data=FLAGS.rerecord_data) for config in configs]
     if session is not None:
+        # On Ray the driver needs no TensorFlow: a warmed worker checks the study (data, model, run store),
+        # with the TensorFlow it imported and the data it loaded for the trainings (no second import here).
         from lottery_tf.engine import ray_executor
 
+        checked, nodes = ray_executor.check_study(session, configs)
+        if line := ray_executor.estimate(nodes, session, configs[0].run):  # local or Ray, before the study
+            print(line, flush=True)
         ray_executor.check_shared_store(session, configs[0].run.output_dir)
         for config, ready in zip(configs, checked):
-            print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
-            experiment.open_store(config, ready)
-        trained = ray_executor.run_study(session, configs, [ready.record for ready in checked], configs[0].run)
+            print(f"lottery_tf: {run_dir.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
+            run_dir.open_experiment(config, ready.record, ready.new_data_record, ready.store_lines)
+        records = [ready.record for ready in checked]
+        trained = ray_executor.run_study(session, configs, records, configs[0].run, nodes)
         for config, anything in zip(configs, trained):
             _summary(run_dir.experiment_dir(config), anything)
     else:
+        _load_keras()
+        from lottery_tf.engine import experiment
+        from lottery_tf.engine.distribute import describe_devices
+
+        _check_cpu_devices(configs[0])
+        # Every run of a sweep is checked (data, model, the run store, branch inputs) before any trains.
+        checked = [experiment.check(config, rerecord_data=FLAGS.rerecord_data) for config in configs]
         for number, (config, ready) in enumerate(zip(configs, checked)):
-            print(f"lottery_tf: {experiment.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
+            print(f"lottery_tf: {run_dir.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
             if number == 0:
                 print(f"device: {describe_devices()}", flush=True)
             trained = experiment.run(config, ready)
@@ -380,19 +396,6 @@ def _summary(folder: str, trained: bool) -> None:
         print(f"nothing to do: every requested level is done. Results: {folder}", flush=True)
     else:
         print(f"results: {folder}", flush=True)
-
-
-def _check_initializer(name: str) -> None:
-    from lottery_tf.core.keras_compat import keras
-
-    try:
-        keras.initializers.get(name)
-    except (ValueError, TypeError):
-        raise config_lib.ConfigError(
-            "initializer",
-            f"unknown Keras initializer {name!r}; expected a name such as glorot_normal, "
-            "glorot_uniform, he_normal, he_uniform, lecun_normal",
-        ) from None
 
 
 def _quiet_python_logging() -> None:

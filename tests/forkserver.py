@@ -22,8 +22,9 @@ import socket
 import sys
 
 # The preload is `import lottery_tf` and nothing else, so a child is a fresh interpreter that has run
-# `import lottery_tf` (which any command of lottery_tf or test snippet does first): not the state of the
-# pytest process that asked for it. TensorFlow creates no thread and no eager context at import (numpy's
+# `import lottery_tf` (which any command of lottery_tf or test snippet does first; `python -m lottery_tf.main`
+# leaves Keras out of it and imports it where it trains, which the tests that start it in a new interpreter
+# check): not the state of the pytest process that asked for it. TensorFlow creates no thread and no eager context at import (numpy's
 # OpenBLAS pool is fork-safe), so children start clean.
 import numpy as np
 

@@ -433,3 +433,24 @@ def test_the_commands_refuse_a_keras_backend_other_than_tensorflow_with_one_line
             "code runs on jax)"
         )
     assert not out.exists()
+
+
+def test_a_bad_flag_is_refused_before_tensorflow_is_imported(tmp_path):
+    """``python -m lottery_tf.main`` imports TensorFlow only where it trains or builds: a typo costs no 6 s import."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "lottery_tf.main", "--flagfile=flags/smoke.flags"]
+        + [f"--output_dir={out}", "--iterations=-3"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert error_lines(result) == ["error: --iterations: expected an integer >= 1, got -3"]
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "lottery_tf.engine.config" in imported and not imported & {"tensorflow", "keras"}, sorted(imported)[:5]
+    assert not out.exists()

@@ -105,6 +105,25 @@ def test_graph_of_a_study_with_branches_analyses_and_a_lineage():
         seen.add(n.id)
 
 
+def test_the_warm_up_count_never_exceeds_the_graph_for_any_branch_type():
+    """The driver starts min(slots, study.least_trainings) workers before a worker plans the graph: never too many."""
+    from lottery_tf.engine.branches import BRANCH_TYPES
+
+    for name in BRANCH_TYPES.names():
+        for levels, branch_levels, replicates in ((1, (1,), 1), (3, (1, 3), 2)):
+            config = config_of(
+                training__iterations=100,
+                pruning__levels=levels,
+                pruning__rewind_step=10,
+                branches__names=(name,),
+                branches__levels=branch_levels,
+                branches__instability_pairs=1,
+                run__replicates=replicates,
+            )
+            bound, nodes = study.least_trainings([config]), study.plan([config])
+            assert replicates * (levels + 2) == bound <= len(nodes), (name, levels)
+
+
 def test_graph_size_and_ideal_speedups_of_a_small_graph():
     nodes = [
         study.Training(0, 0, "main/level_00", 0, 100),
@@ -171,13 +190,17 @@ def local_and_ray(tmp_path_factory):
     release = root / "release"
     # A status block every second: the trainings held at their first checkpoint show their step meanwhile.
     env = {**ENV, "LOTTERY_TF_CRASH_AT": f"after_checkpoint:1:wait={release}", "LOTTERY_TF_STATUS_SECONDS": "1"}
+    env["LOTTERY_TF_CHECK_NOTICE_SECONDS"] = "0.1"  # the line a check that is slow to come back prints
     # A fresh interpreter (not tests/launcher.py's fork): the driver's silence without TF_CPP_MIN_LOG_LEVEL is checked.
+    # -X importtime: the driver imports no TensorFlow (a warmed worker checks the study).
+    # (Its stderr, with thousands of import lines, goes to a file: a pipe read only at the end would fill.)
+    errors = open(root / "driver.stderr", "w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "lottery_tf.main", *STUDY, f"--output_dir={out}", "--executor=ray"],
+        [sys.executable, "-X", "importtime", "-m", "lottery_tf.main", *STUDY, f"--output_dir={out}", "--executor=ray"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=errors,
         text=True,
     )
     killed, seen = None, None
@@ -198,7 +221,10 @@ def local_and_ray(tmp_path_factory):
                 killed = holder["pid"]
         time.sleep(0.1)
     release.touch()
-    stdout, stderr = process.communicate(timeout=600)
+    stdout, _ = process.communicate(timeout=600)
+    with errors:
+        errors.seek(0)
+        stderr = errors.read()
     return root, local, (process.returncode, stdout, stderr), killed
 
 
@@ -207,7 +233,12 @@ def test_ray_study_is_bit_identical_to_local_after_a_killed_worker(local_and_ray
     root, local, (code, stdout, stderr), killed = local_and_ray
     assert killed, "no worker was caught in the middle of main level 0"
     assert code == 0, stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+    assert "ray" in imported and not imported & {"tensorflow", "keras"}, "the driver imported TensorFlow"
+    stderr = "\n".join(line for line in stderr.splitlines() if not line.startswith("import time:"))
     assert len(stderr.strip().splitlines()) == 0, stderr[-2000:]  # no TensorFlow or Ray chatter
+    assert re.search(r"ray: 2 worker\(s\) warmed: .* the study checked on the first in \d", stdout), stdout
+    assert "ray: still waiting, after 0.1 s, for the Ray worker that checks the study (its data, model" in stdout
     local_files, ray_files = results_of(root / "local"), results_of(root / "ray")
     assert len(local_files) > 20 and sorted(local_files) == sorted(ray_files)
     different = [name for name in local_files if local_files[name] != ray_files[name]]
@@ -298,6 +329,23 @@ def test_a_task_that_fails_for_a_user_error_stops_the_study_with_the_local_line(
 
 
 # -- bad input -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_what_a_worker_checks_for_the_driver_fails_with_the_local_line_and_writes_nothing(tmp_path, cluster):
+    """The driver imports no TensorFlow: a warmed worker checks the model and the data, and says what a local run says."""
+    cases = [["--exclude_layers=fc9"], ["--levels=60"], ["--dataset=mnist"]]
+    local = cli_runs([["--flagfile=flags/smoke.flags", f"--output_dir={tmp_path / 'local'}", *c] for c in cases])
+    for case, here in zip(cases, local):
+        out = tmp_path / "ray"
+        on_ray = cli(
+            "--flagfile=flags/smoke.flags", f"--output_dir={out}", "--executor=ray", f"--ray_address={cluster}", *case
+        )
+        assert here.returncode == 2 and on_ray.returncode == 2, (case, on_ray.stderr[-2000:])
+        (line,) = here.stderr.strip().splitlines()
+        assert line.startswith(f"error: --{case[0][2:].split('=')[0]}"), line
+        assert on_ray.stderr.strip().splitlines() == [line], case
+        assert not out.exists() and not (tmp_path / "local").exists(), case
 
 
 @pytest.mark.parametrize(
@@ -584,15 +632,15 @@ def test_the_estimate_says_when_the_local_executor_would_be_faster():
     one = ray_executor.estimate(nodes, ray_executor.Session(True, 2.0, 0.0, 1, here), run)
     assert one.startswith("estimate (training steps only, not measured): the local executor would be faster")
     two = ray_executor.estimate(nodes, ray_executor.Session(True, 2.0, 0.0, 2, here), run)
-    # 250 steps in the time of 200: Ray gains 50 steps' time and pays 12 s to start (3 s here, 9 s its workers).
-    assert "finish this graph's 250 steps in the time of 200 (1.25x), but Ray takes about 12 s more to start" in two
-    assert "faster if it needs under 1m 00s for the study (a step under 240 ms)" in two
+    # 250 steps in the time of 200: Ray gains 50 steps' time and pays 7 s to start (5 s here, 2 s its workers).
+    assert "finish this graph's 250 steps in the time of 200 (1.25x), but Ray takes about 7 s more to start" in two
+    assert "faster if it needs under 0m 35s for the study (a step under 140 ms)" in two
     wide = [nodes[0], *(study.Training(0, 0, f"x{i}", 1, 50_000, ("0/0/main/level_00",)) for i in range(4))]
     long = ray_executor.estimate(wide, ray_executor.Session(True, 2.0, 0.0, 2, here), run)
-    assert "(a step under 0.12 ms)" in long, long  # 12 s over the 100,000 steps Ray saves: not "0 ms"
+    assert "(a step under 0.07 ms)" in long, long  # 7 s over the 100,000 steps Ray saves: not "0 ms"
     assert two.endswith("or if a training on 1 CPU runs over 1.25x slower than one on all 2 CPUs")
     joined = ray_executor.estimate(nodes, ray_executor.Session(False, 2.0, 0.0, 2, here, "the cluster at h:1"), run)
-    assert "Ray takes about 9 s more to start" in joined  # the cluster runs already: only its workers start
+    assert "Ray takes about 2 s more to start" in joined  # the cluster runs already: only its workers start
     cluster = ray_executor.Session(False, 4.0, 0.0, 4, here * 2, "the cluster at h:1")
     assert ray_executor.estimate(nodes, cluster, run) == ""  # several machines: nothing local to compare with
 

@@ -9,6 +9,8 @@ import contextlib
 import os
 import sys
 
+from lottery_tf.core.requested_backend import requested_backend
+
 if os.environ.get("TF_USE_LEGACY_KERAS", "0").lower() in ("1", "true"):
     raise ImportError(
         "lottery_tf needs Keras 3, but TF_USE_LEGACY_KERAS is set, which makes tf.keras the legacy Keras 2; unset it."
@@ -21,21 +23,7 @@ _TORCH_REFUSED = (
 )
 
 
-def _requested_backend() -> str:
-    """The backend Keras will load: KERAS_BACKEND, else keras.json's, else TensorFlow (Keras's own order)."""
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"].strip().lower()
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    try:
-        import json
-
-        with open(os.path.join(home, "keras.json")) as file:
-            return str(json.load(file).get("backend", "tensorflow")).lower()
-    except (OSError, ValueError, AttributeError):
-        return "tensorflow"
-
-
-if _requested_backend() == "torch":  # before Keras imports torch (which fails first where torch is missing)
+if requested_backend() == "torch":  # before Keras imports torch (which fails first where torch is missing)
     raise ImportError(_TORCH_REFUSED)
 
 

@@ -30,14 +30,15 @@ def keras_backend_problem(command: str) -> str | None:
     engine, which is TensorFlow: tf.distribute, TensorFlow Datasets, TensorBoard, checkpoints. Keras reads
     ``KERAS_BACKEND`` once, when it is imported, so the command cannot switch it for the user.
     """
-    from lottery_tf.core.keras_compat import BACKEND
+    from lottery_tf.core.requested_backend import requested_backend
 
-    if BACKEND == "tensorflow":
+    backend = requested_backend()  # without importing Keras: python -m lottery_tf.main starts without it
+    if backend == "tensorflow":
         return None
     return (
-        f"KERAS_BACKEND is {BACKEND!r}, but {command} runs on TensorFlow (tf.distribute, TensorFlow Datasets, "
+        f"KERAS_BACKEND is {backend!r}, but {command} runs on TensorFlow (tf.distribute, TensorFlow Datasets, "
         "TensorBoard); run it with KERAS_BACKEND=tensorflow or unset (lottery_tf's Keras library in your own "
-        f"code runs on {BACKEND})"
+        f"code runs on {backend})"
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -63,9 +62,10 @@ from lottery_tf.engine.levels import (  # noqa: F401
     train_level,
     train_lineage,
 )
+from lottery_tf.engine.models import checks as model_checks
 from lottery_tf.engine.recipe import build_masked_model
 from lottery_tf.engine.run_dir import MAIN, is_done, level_dir, replicates  # noqa: F401
-from lottery_tf.store import atomic, faults, locks, records, states
+from lottery_tf.store import atomic, faults, locks, states
 from lottery_tf.store import reader as store
 
 StoreError = store.StoreError
@@ -146,25 +146,29 @@ class Ready:
     store_lines: list = dataclasses.field(default_factory=list)  # what the store check found and the run does about it
 
 
-def check(config: ExperimentConfig, rerecord_data: bool = False) -> Ready:
+def check(config: ExperimentConfig, rerecord_data: bool = False, strategy=None, splits=None) -> Ready:
     """Every check that needs TensorFlow, the data or the run folder, before anything is written.
 
     The strategy and batch sizes, the data's real content and sizes, the model
-    (layer names, exclusions, levels that would prune a layer to nothing), the
-    data record and identity of an existing run folder, and what the store
-    says a run must refuse.
+    (initializer, layer names, exclusions, levels that would prune a layer to
+    nothing), the data record and identity of an existing run folder, and what
+    the store says a run must refuse. On Ray a warmed worker runs it
+    (:func:`lottery_tf.engine.ray_executor.check_study`), with the strategy and
+    data it has set up (``strategy``, ``splits``).
 
     Raises:
         ConfigError: Naming the flag.
         StoreError: Naming the file of the run folder and what to do.
         DataUnavailableError: Naming the data source.
     """
-    split_cpu(config.run.cpu_devices)
-    if config.run.deterministic:
-        make_deterministic()
-    strategy = make_strategy(config.run.strategy, config.run.tpu)
+    model_checks.check_initializer(config.model.initializer)
+    if strategy is None:
+        split_cpu(config.run.cpu_devices)
+        if config.run.deterministic:
+            make_deterministic()
+        strategy = make_strategy(config.run.strategy, config.run.tpu)
     check_batch_sizes(config, strategy)
-    splits = get_splits(config.data)
+    splits = splits or get_splits(config.data)
     train = splits.sizes()[0]
     check_sizes(
         config.data, config.training.batch_size, config.branches, train=train, class_counts=class_counts(splits)
@@ -230,7 +234,6 @@ def check_model(config: ExperimentConfig, splits) -> None:
         ConfigError: Naming the flag and the valid names.
     """
     from lottery_tf.core.masking import wrap_model
-    from lottery_tf.engine.models import checks as model_checks
 
     built = model_checks.build_for_data(config, splits.input_shape, splits.num_classes)  # names the images' flag
     try:
@@ -416,20 +419,8 @@ def check_baselines(config: ExperimentConfig) -> None:
 
 
 def open_store(config: ExperimentConfig, ready: Ready) -> None:
-    """Creates (or checks) the experiment folder and records the data; prints the data line.
-
-    Called only after every check: a command whose data, model or store fails writes nothing.
-    """
-    splits, record = ready.splits, ready.record
-    for line in ready.store_lines:
-        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
-    run_dir.prepare(config)
-    if ready.new_data_record:
-        atomic.write_json(os.path.join(run_dir.experiment_dir(config), "data.json"), records.seal(record))
-    train, val, test = splits.sizes()
-    print(
-        f"data: {splits.source}  train {train}  val {val}  test {test}  fingerprint {record['fingerprint']}", flush=True
-    )
+    """Creates (or checks) the experiment folder and records the data (:func:`run_dir.open_experiment`)."""
+    run_dir.open_experiment(config, ready.record, ready.new_data_record, ready.store_lines)
 
 
 def context(config: ExperimentConfig, splits, replicate: int, strategy=None, data_fingerprint=None) -> Context:
@@ -491,11 +482,3 @@ def check_batch_sizes(config: ExperimentConfig, strategy) -> None:
             raise ConfigError(
                 flag, f"{size} does not split evenly across the {replicas} replicas of --strategy={config.run.strategy}"
             )
-
-
-def describe(config: ExperimentConfig) -> str:
-    """One line naming the experiment, for logs."""
-    return (
-        f"{config.model.name} on {config.data.name}, levels 0-{config.pruning.levels}, "
-        f"replicates {replicates(config)}, seed {config.seed}"
-    )

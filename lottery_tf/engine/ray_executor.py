@@ -7,6 +7,11 @@ on the CPUs and the GPU share Ray assigned it. The driver submits a node when
 the nodes it waits for have finished, longest remaining path first, and prints
 one line per finished training.
 
+The driver imports no TensorFlow: as Ray starts, one worker per slot imports
+it and loads the data (:func:`warm_up`), and the first of them checks the
+study (data, model, run folder: :func:`lottery_tf.engine.experiment.check`)
+and plans its graph for the driver (:func:`check_study`).
+
 Faults: a worker that dies (SIGKILL, out of memory, a lost node) is retried by
 Ray up to :data:`MAX_RETRIES` times; the retry resumes from the training's last
 checkpoint, as a resumed local run does (the dead worker's lock is stale and
@@ -42,13 +47,13 @@ PROBE_SECONDS = 5.0  # how long the address checks wait for an answer
 # A call every Ray GCS answers (Ray 2.x), made with grpc alone: Ray's own client retries a server that is not
 # Ray's for minutes, with a warning a second.
 _GCS_CALL = "/ray.rpc.NodeInfoGcsService/GetClusterId"
-# What Ray costs before its first training steps, beyond the local executor's own start, measured on this
-# project's 2-core machine (an estimate elsewhere; tools/benchmark_ray.py, results/ray/local_vs_ray.txt):
-# starting a local instance (ray.init) about 3 s; then each worker process starts and imports TensorFlow, 6 s
-# alone, 9-12 s beside the driver's own import and checks, once (a worker is kept for the next trainings). A
-# one-training study took 10-12 s longer on Ray than locally.
-RAY_INIT_SECONDS = 3.0
-WORKER_START_SECONDS = 9.0
+# What Ray costs beyond the local executor's own start, measured on this project's 2-core machine (an estimate
+# elsewhere; tools/benchmark_ray.py, results/ray/local_vs_ray.txt): starting a local instance (ray.init, about
+# 5 s) and stopping it (ray.shutdown, 1.4 s); joining, and each worker's start beyond the TensorFlow import
+# every executor pays (the driver imports none), about 2 s. A one-training study took 7.3 s longer on Ray
+# than locally (14.9 s before the driver left TensorFlow and the checks to a warmed worker).
+RAY_INIT_SECONDS = 5.0
+WORKER_START_SECONDS = 2.0
 
 
 def check_installed(run) -> None:
@@ -110,6 +115,26 @@ class Session:
             os.close(pipe)  # the watchdog ends what ray.shutdown left running, then exits
             with contextlib.suppress(Exception):
                 process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """``values`` in this process's environment inside the block: a local instance's workers inherit them.
+
+    Ray's raylet, started inside the block, passes its environment to the workers it starts. A job-wide
+    ``runtime_env`` would say the same, but Ray then starts each worker through its runtime-env agent
+    (about 1 s more for the first task on 2 cores: tools/benchmark_ray.py).
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _start_watchdog(before: set):
@@ -313,13 +338,14 @@ def connect(run) -> Session:
         include_dashboard=False,
         log_to_driver=False,  # each task's TensorFlow output stays in Ray's worker logs
         logging_level=logging.ERROR,
-        runtime_env={"env_vars": dict(_WORKER_ENV)},
     )
+    if address:  # the cluster's workers get the quiet settings with the job
+        options["runtime_env"] = {"env_vars": dict(_WORKER_ENV)}
     before = set() if address else _own_children()
     try:
         # "local" always starts a new instance: with no address Ray would join the cluster `ray start` last
         # started on this machine, and hang if that one has stopped.
-        with _stderr_silenced() if address else contextlib.nullcontext():
+        with _stderr_silenced() if address else _environment(_WORKER_ENV):
             ray.init(address=address or "local", **options)
     except (ConnectionError, RuntimeError) as error:
         cause = str(error).splitlines()[0]
@@ -538,12 +564,12 @@ _PROCESS: dict = {}  # what one worker process built once: threads set, strategy
 
 
 def _setup(config: ExperimentConfig, threads: int, record: dict):
-    """The strategy and data of this worker (built once per process and data), checked against the driver's record.
+    """The strategy and data of this worker (built once per process and data), checked against the study's record.
 
     Args:
         config: The training's settings.
         threads: TensorFlow intra-op threads of this worker (set once, before TensorFlow starts).
-        record: The data record the driver checked (source, fingerprint); None while warming up.
+        record: The study's data record (source, fingerprint; :func:`check_study`); None while warming up.
 
     Raises:
         ConfigError: If the data this worker finds is not the data the study was checked with.
@@ -581,28 +607,49 @@ def _setup(config: ExperimentConfig, threads: int, record: dict):
     return _PROCESS["strategy"], splits
 
 
-def _warm(config_dict: dict, threads: int) -> dict:
-    """A Ray task, one per slot as the study starts: TensorFlow imported, the data loaded, while the driver checks.
+def _warm(config_dicts: list, threads: int, check: bool = False, rerecord_data: bool = False) -> dict:
+    """A Ray task, one per slot as the study starts: TensorFlow imported and the data loaded; the first checks.
 
     The trainings that follow run in these worker processes (Ray reuses a worker for the next task), so they
-    start at once. Never raises: a problem here is met again, and reported, by the training that needs it.
+    start at once. The task with ``check`` runs :func:`lottery_tf.engine.experiment.check` for every run of
+    the invocation (``config_dicts``) with that TensorFlow and data, for :func:`check_study`: the driver
+    imports no TensorFlow. Never raises: a check's failure comes back as its line (``error``) or, for a bug,
+    its traceback (``bug``); a warm-up's failure is met again, and reported, by the training that needs it.
     """
     import psutil  # Ray's own dependency
 
     # Ray imported this module (and with it TensorFlow and Keras) before the task began: count from the
     # worker process's start.
     born = psutil.Process().create_time()
-    result = {"host": socket.gethostname(), "pid": os.getpid(), "import": 0.0, "data": 0.0, "error": None}
+    result = {"host": socket.gethostname(), "pid": os.getpid(), "import": 0.0, "data": 0.0, "warm_error": None}
+    result.update(checked=None, nodes=None, check_seconds=0.0, output="", error=None, bug=None)
+    configs = [ExperimentConfig.from_dict(plain) for plain in config_dicts]
+    out, err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             from lottery_tf.engine import experiment  # noqa: F401  (the engine, in case Ray had not)
 
             result["import"] = time.time() - born
             started = time.time()
-            _setup(ExperimentConfig.from_dict(config_dict), threads, None)
+            strategy, splits = _setup(configs[0], threads, None)
             result["data"] = time.time() - started
-    except Exception as error:  # noqa: BLE001  (the training that needs it reports it)
-        result["error"] = f"{type(error).__name__}: {error}"
+            if check:
+                started = time.time()
+                checked = [experiment.check(c, rerecord_data, strategy, _setup(c, threads, None)[1]) for c in configs]
+                result["checked"] = [
+                    {"record": r.record, "new_data_record": r.new_data_record, "store_lines": r.store_lines}
+                    for r in checked
+                ]
+                result["nodes"] = study.plan(configs)  # (the branch types' units need their modules: TensorFlow)
+                result["check_seconds"] = time.time() - started
+    except Exception as error:  # noqa: BLE001  (reported by check_study, or by the training that needs it)
+        result["warm_error"] = f"{type(error).__name__}: {error}"
+        if check:
+            line = errors.user_message(error, configs[0].data.name)
+            if line is None:
+                result["bug"] = {"line": errors.bug_line(error), "traceback": traceback.format_exc()}
+            result["error"] = line
+    result["output"], result["errors_output"] = out.getvalue(), err.getvalue()
     return result
 
 
@@ -693,18 +740,79 @@ def _task_options(run_config) -> dict:
     return dict(num_cpus=run_config.cpus_per_training, num_gpus=run_config.gpus_per_training)
 
 
-def warm_up(session: Session, configs, trainings: int) -> None:
-    """Starts a worker per slot (at most ``trainings``) that imports TensorFlow and loads the data, and returns.
+def warm_up(session: Session, configs, rerecord_data: bool = False) -> None:
+    """Starts a worker per slot (at most one per training) that imports TensorFlow and loads the data; returns.
 
     Ray's fixed cost on a small machine is mostly each worker's TensorFlow import and the first data load
-    (``tools/benchmark_ray.py`` measures it); started here, they run while the driver checks the study
-    (its own import, data and model checks), and the first trainings start in ready workers.
+    (``tools/benchmark_ray.py`` measures it). The first worker also checks the study and plans its graph
+    (:func:`check_study`), so the driver imports no TensorFlow of its own, and the first trainings start in
+    ready workers.
     """
     import ray
 
     task = ray.remote(_warm).options(**_task_options(configs[0].run), scheduling_strategy="SPREAD")
-    plain = dataclasses.asdict(configs[0])
-    session.warming = [task.remote(plain, _threads(configs[0].run)) for _ in range(min(session.slots, trainings))]
+    plain = [dataclasses.asdict(c) for c in configs]
+    threads = _threads(configs[0].run)
+    count = min(session.slots, study.least_trainings(configs))
+    session.warming = [task.remote(plain, threads, number == 0, rerecord_data) for number in range(count)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """What a worker's :func:`lottery_tf.engine.experiment.check` found for one run of the invocation."""
+
+    record: dict  # the data record (source, fingerprint, sizes, input shape, classes)
+    new_data_record: bool  # data.json is to be written
+    store_lines: list  # what the store check found and the run does about it
+
+
+CHECK_NOTICE_SECONDS = float(os.environ.get("LOTTERY_TF_CHECK_NOTICE_SECONDS", "30"))  # a check this late says why
+
+
+def check_study(session: Session, configs) -> tuple[list[Checked], list]:
+    """Waits for the first warmed worker's check of the study (:func:`warm_up`) and prints what it printed.
+
+    Returns:
+        Per config, what its check found (for :func:`lottery_tf.engine.run_dir.open_experiment`), and the
+        study's graph (:func:`lottery_tf.engine.study.plan`).
+
+    Raises:
+        StudyError: With the check's one line (a flag, the data, the run folder), as a local run says it.
+        RuntimeError: For a bug in the check (its traceback printed first).
+    """
+    import sys
+
+    import ray
+
+    first = session.warming[0]
+    done, _ = ray.wait([first], timeout=CHECK_NOTICE_SECONDS)
+    if not done:
+        resources = _task_options(configs[0].run)
+        gpus = f" and {resources['num_gpus']:g} GPU" if resources["num_gpus"] else ""
+        print(
+            f"ray: still waiting, after {CHECK_NOTICE_SECONDS:g} s, for the Ray worker that checks the study (its "
+            f"data, model and run folder): it is starting and importing TensorFlow, or Ray waits for "
+            f"{resources['num_cpus']:g} free CPU(s){gpus} on a node",
+            flush=True,
+        )
+    try:
+        result = ray.get(first)
+    except ray.exceptions.RayError as error:
+        line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise errors.StudyError(
+            f"the Ray worker checking the study died ({line.strip()}); run the same command again"
+        ) from None
+    if result["output"]:
+        print(result["output"], end="", flush=True)
+    if result["errors_output"]:
+        print(result["errors_output"], end="", file=sys.stderr, flush=True)
+    if result["bug"]:
+        print(result["bug"]["traceback"], file=sys.stderr, flush=True)
+        raise RuntimeError(f"in the study's check on a Ray worker: {result['bug']['line']}")
+    if result["error"]:
+        raise errors.StudyError(result["error"])
+    checked = [Checked(c["record"], c["new_data_record"], list(c["store_lines"])) for c in result["checked"]]
+    return checked, result["nodes"]
 
 
 def _warm_line(session: Session) -> str:
@@ -716,13 +824,15 @@ def _warm_line(session: Session) -> str:
     done, _ = ray.wait(session.warming, num_returns=len(session.warming), timeout=0)
     if len(done) < len(session.warming):
         return ""
-    results = [r for r in ray.get(done) if not r["error"]]
+    results = ray.get(done)
+    checked = results[0]["check_seconds"]
+    results = [r for r in results if not r["warm_error"]]
     if not results:
         return ""
     median = lambda key: sorted(r[key] for r in results)[len(results) // 2]  # noqa: E731
     return (
-        f"ray: {len(results)} worker(s) warmed while the driver checked the study: started with TensorFlow "
-        f"imported in {median('import'):.1f} s, data loaded in {median('data'):.1f} s (median)"
+        f"ray: {len(results)} worker(s) warmed: TensorFlow imported {median('import'):.1f} s after the worker "
+        f"started, data loaded in {median('data'):.1f} s (median); the study checked on the first in {checked:.1f} s"
     )
 
 
@@ -731,7 +841,7 @@ def _label(node: study.Training, configs) -> str:
     return f"{run}replicate {node.replicate} {node.key}"
 
 
-def run_study(session: Session, configs, records, run_config) -> list[bool]:
+def run_study(session: Session, configs, records, run_config, nodes) -> list[bool]:
     """Runs every node of the study of ``configs`` on Ray; returns, per config, whether anything trained.
 
     Ray is handed no more trainings than it has slots for, chosen by :class:`lottery_tf.engine.study.Schedule`
@@ -742,8 +852,9 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
     Args:
         session: From :func:`connect`.
         configs: The invocation's configs (one per sweep run), their folders already prepared.
-        records: Per config, the data record (source and fingerprint) the driver checked.
+        records: Per config, the data record (source and fingerprint) the study was checked with.
         run_config: The ``--executor`` settings (:class:`lottery_tf.engine.config.RunConfig`).
+        nodes: The study's graph (:func:`lottery_tf.engine.study.plan`, from :func:`check_study`).
 
     Raises:
         StudyError: With the one line of a task that failed on a user's mistake, or when a task's
@@ -751,7 +862,6 @@ def run_study(session: Session, configs, records, run_config) -> list[bool]:
     """
     import ray
 
-    nodes = study.plan(configs)
     schedule = study.Schedule(nodes, session.slots)
     threads = _threads(run_config)
     task = ray.remote(_train).options(**_task_options(run_config), max_retries=MAX_RETRIES, retry_exceptions=False)

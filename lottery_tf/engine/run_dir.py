@@ -30,7 +30,7 @@ import os
 import re
 
 from lottery_tf.engine.config import ConfigError, ExperimentConfig, experiment_hash, non_default_identity
-from lottery_tf.store import atomic
+from lottery_tf.store import atomic, records
 from lottery_tf.store import reader as store
 
 MAIN = "main"
@@ -116,6 +116,40 @@ def prepare(config: ExperimentConfig) -> str:
     except OSError as error:
         raise ConfigError("output_dir", f"cannot write to {folder!r}: {error.strerror}") from None
     return folder
+
+
+def open_experiment(config: ExperimentConfig, record: dict, new_data_record: bool, store_lines=()) -> None:
+    """Creates (or checks) the experiment folder and records the data; prints the store's lines and the data line.
+
+    Called only after every check (:func:`lottery_tf.engine.experiment.check`): a command whose data, model
+    or store fails writes nothing.
+
+    Args:
+        config: The experiment's settings.
+        record: The data record the check made (source, fingerprint, sizes, input shape, classes).
+        new_data_record: Whether ``data.json`` is to be written (a new run, or ``--rerecord_data``).
+        store_lines: What the store check found and the run does about it (``warning: ...`` to stderr).
+    """
+    import sys
+
+    for line in store_lines:
+        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
+    prepare(config)
+    if new_data_record:
+        atomic.write_json(os.path.join(experiment_dir(config), "data.json"), records.seal(record))
+    train, val, test = record["sizes"]
+    print(
+        f"data: {record['source']}  train {train}  val {val}  test {test}  fingerprint {record['fingerprint']}",
+        flush=True,
+    )
+
+
+def describe(config: ExperimentConfig) -> str:
+    """One line naming the experiment, for logs."""
+    return (
+        f"{config.model.name} on {config.data.name}, levels 0-{config.pruning.levels}, "
+        f"replicates {replicates(config)}, seed {config.seed}"
+    )
 
 
 def find_experiments(path: str) -> list[str]:

@@ -103,6 +103,15 @@ def plan(configs) -> list[Training]:
     return nodes
 
 
+def least_trainings(configs) -> int:
+    """The fewest nodes :func:`plan` can give, without the branch types (whose modules import TensorFlow).
+
+    Every main-line level is one training, and every requested branch at least one unit (a lineage such as
+    ``lr_rewind`` trains all its levels in one).
+    """
+    return sum(len(replicates(c)) * (c.pruning.levels + 1 + len(c.branches.names)) for c in configs)
+
+
 def children_of(nodes) -> dict[str, list]:
     """Per node id: the ids of the nodes (among ``nodes``) that wait for it; dependencies outside are ignored."""
     children: dict[str, list] = {n.id: [] for n in nodes}

@@ -21,6 +21,24 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Keras colours its messages for terminal
 _LARGEST_SIDE = 1024  # the largest image side tried when looking for the smallest one a model takes
 
 
+def check_initializer(name: str) -> None:
+    """``--initializer`` must name a Keras initializer.
+
+    Raises:
+        ConfigError: Naming the flag and examples of valid names.
+    """
+    from lottery_tf.core.keras_compat import keras
+
+    try:
+        keras.initializers.get(name)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            "initializer",
+            f"unknown Keras initializer {name!r}; expected a name such as glorot_normal, "
+            "glorot_uniform, he_normal, he_uniform, lecun_normal",
+        ) from None
+
+
 def input_flag(config: ExperimentConfig) -> str:
     """The flag that sets the shape of the images: the synthetic shape, ImageNet's crop size, else the model."""
     return {"synthetic": "synthetic_shape", "imagenet2012": "image_size"}.get(config.data.name, "model")
