@@ -30,14 +30,35 @@ def _starting_a_command() -> bool:
 
     While ``-m`` locates its module, ``sys.argv[0]`` is ``"-m"`` (as Python documents), and its parent
     packages are imported: this one, for ``python -m lottery_tf.main``. A user's own code imports the
-    package later, or under another module: it gets the whole library, as documented.
+    package later, or under another module (``python -m mypackage.train``): it gets the whole library, as
+    documented.
     """
     if _sys.argv[:1] != ["-m"]:
         return False
-    return any(
-        arg in _LAZY_COMMANDS or (arg.startswith("-m") and arg[2:] in _LAZY_COMMANDS)
-        for arg in getattr(_sys, "orig_argv", ())
-    )
+    return _module_run(getattr(_sys, "orig_argv", ())) in _LAZY_COMMANDS
+
+
+def _module_run(argv) -> str | None:
+    """The module ``python [options] -m MODULE ...`` runs (None for a script, ``-c`` or another form)."""
+    tokens = iter(argv[1:])
+    for token in tokens:
+        if not token.startswith("-") or token == "-" or token.startswith("--"):
+            if token == "--check-hash-based-pycs":  # the one long option that takes a value
+                next(tokens, None)
+                continue
+            return None  # a script (or stdin, or the end of the options)
+        letters = token[1:]
+        for at, letter in enumerate(letters):
+            rest = letters[at + 1 :]
+            if letter == "m":
+                return rest or next(tokens, None)
+            if letter == "c":
+                return None
+            if letter in "XW":  # the value is the rest of this token, or the next one
+                if not rest:
+                    next(tokens, None)
+                break
+    return None
 
 
 # Where each public name is defined, for a command's lazy start (tests/test_public_api.py checks it against the

@@ -254,7 +254,9 @@ def main(argv):
             print(study.format_size(study.size(nodes)), end="")
             if ray:
                 print(ray_executor.describe_slots(offered, config.run))
-                if line := ray_executor.estimate(nodes, offered, config.run):
+                done = study.known_done(configs, nodes)
+                left = [n for n in nodes if n.id not in done]
+                if line := ray_executor.estimate(left, offered, config.run, len(nodes) - len(left)):
                     print(line)
             return
         _quiet_python_logging()
@@ -350,7 +352,9 @@ def _run(configs, session) -> None:
         from lottery_tf.engine import ray_executor
 
         checked, nodes = ray_executor.check_study(session, configs)
-        if line := ray_executor.estimate(nodes, session, configs[0].run):  # local or Ray, before the study
+        done = study.known_done(configs, nodes)  # a resumed study: what is left of it
+        left = [n for n in nodes if n.id not in done]
+        if line := ray_executor.estimate(left, session, configs[0].run, len(nodes) - len(left)):  # local or Ray
             print(line, flush=True)
         ray_executor.check_shared_store(session, configs[0].run.output_dir)
         for config, ready in zip(configs, checked):

@@ -64,9 +64,22 @@ def test_python_m_lottery_tf_main_starts_without_keras_and_loads_it_for_a_public
 def test_a_users_module_run_with_python_m_gets_the_whole_library():
     """``python -m mypackage.train`` whose package imports lottery_tf (argv[0] is "-m" then too): not a command."""
     code = (
-        "import sys; sys.argv = ['-m']; sys.orig_argv = [sys.executable, '-m', 'mypackage.train']\n"
+        "import sys; sys.argv = ['-m']\n"
+        "sys.orig_argv = [sys.executable, '-m', 'mypackage.train', '--command=lottery_tf.main', 'lottery_tf.main']\n"
         "import lottery_tf\n"
         "from keras.saving import get_registered_object as g\n"
         "print('tensorflow' in sys.modules, g('lottery_tf>MaskedLayer') is not None)"
     )
     assert _fresh(code) == "True True"
+
+
+def test_the_module_python_m_runs_is_read_from_its_options_not_from_its_arguments():
+    run = lottery_tf._module_run
+    assert run(["python", "-m", "lottery_tf.main", "--levels=2"]) == "lottery_tf.main"
+    assert run(["python", "-u", "-X", "importtime", "-W", "ignore", "-m", "lottery_tf.main"]) == "lottery_tf.main"
+    assert run(["python", "-Xdev", "-Bum", "lottery_tf.main"]) == "lottery_tf.main"
+    assert run(["python", "-mlottery_tf.main"]) == "lottery_tf.main"
+    assert run(["python", "-m", "mypackage.run", "lottery_tf.main"]) == "mypackage.run"
+    assert run(["python", "script.py", "-m", "lottery_tf.main"]) is None
+    assert run(["python", "-c", "pass", "-m", "lottery_tf.main"]) is None
+    assert run(["python", "--check-hash-based-pycs", "always", "-m", "lottery_tf.main"]) == "lottery_tf.main"

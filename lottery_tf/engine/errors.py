@@ -35,10 +35,12 @@ def keras_backend_problem(command: str) -> str | None:
     backend = requested_backend()  # without importing Keras: python -m lottery_tf.main starts without it
     if backend == "tensorflow":
         return None
+    # The library in the user's own code runs on JAX too; not on PyTorch or a backend Keras does not have.
+    library = f"runs on {backend}" if backend == "jax" else "runs on tensorflow or jax"
     return (
         f"KERAS_BACKEND is {backend!r}, but {command} runs on TensorFlow (tf.distribute, TensorFlow Datasets, "
-        "TensorBoard); run it with KERAS_BACKEND=tensorflow or unset (lottery_tf's Keras library in your own "
-        f"code runs on {backend})"
+        f"TensorBoard); run it with KERAS_BACKEND=tensorflow or unset (lottery_tf's Keras library in your own "
+        f"code {library})"
     )
 
 

@@ -49,11 +49,12 @@ PROBE_SECONDS = 5.0  # how long the address checks wait for an answer
 _GCS_CALL = "/ray.rpc.NodeInfoGcsService/GetClusterId"
 # What Ray costs beyond the local executor's own start, measured on this project's 2-core machine (an estimate
 # elsewhere; tools/benchmark_ray.py, results/ray/local_vs_ray.txt): starting a local instance (ray.init, about
-# 5 s) and stopping it (ray.shutdown, 1.4 s); joining, and each worker's start beyond the TensorFlow import
-# every executor pays (the driver imports none), about 2 s. A one-training study took 7.3 s longer on Ray
-# than locally (14.9 s before the driver left TensorFlow and the checks to a warmed worker).
+# 5 s) and stopping it (ray.shutdown, 1.2 s); joining, and the workers' start beyond the TensorFlow import
+# every executor pays (the driver imports none), 1-4 s: one worker alone, 5.7 s in all (18.1 s before the
+# driver left TensorFlow and the checks to a warmed worker); two importing beside Ray's own processes on 2
+# cores, about 9 s (the smoke and quickstart studies there).
 RAY_INIT_SECONDS = 5.0
-WORKER_START_SECONDS = 2.0
+WORKER_START_SECONDS = 4.0
 
 
 def check_installed(run) -> None:
@@ -167,6 +168,23 @@ def _start_watchdog(before: set):
     finally:
         os.close(read)
     return process, write
+
+
+def _stop_what_ray_started(before: set) -> None:
+    """Ends the processes a failed ``ray.init`` left (this process's children not in ``before``)."""
+    import signal
+
+    from lottery_tf.engine import ray_watchdog
+
+    with contextlib.suppress(Exception):
+        import ray
+
+        ray.shutdown()
+    with contextlib.suppress(OSError):
+        table = ray_watchdog.process_table()
+        for pid in ray_watchdog.tree(table, _own_children() - before):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _own_children() -> set:
@@ -347,7 +365,18 @@ def connect(run) -> Session:
         # started on this machine, and hang if that one has stopped.
         with _stderr_silenced() if address else _environment(_WORKER_ENV):
             ray.init(address=address or "local", **options)
-    except (ConnectionError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001  (Ray raises a plain Exception when its node is slow to start)
+        cause = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        if not address:
+            # Not the user's settings, nor a bug here: Ray's own processes did not come up (a machine too busy).
+            _stop_what_ray_started(before)
+            raise ConfigError(
+                "executor",
+                f"a local Ray instance did not start on this machine ({cause.strip()}); run the command "
+                "again when the machine is less busy, or use --executor=local",
+            ) from None
+        if not isinstance(error, (ConnectionError, RuntimeError)):
+            raise
         cause = str(error).splitlines()[0]
         if "auth" in repr(error.__cause__ or error).lower():
             cause = _auth_problem(_has_token())
@@ -446,8 +475,10 @@ def describe_slots(session: Session, run) -> str:
     )
 
 
-def estimate(nodes, session: Session, run) -> str:
+def estimate(nodes, session: Session, run, done: int = 0) -> str:
     """Whether the local executor would be faster, by the study graph's numbers ('' unless Ray runs on one node).
+
+    ``nodes`` are what is left of the study (``done`` trainings of it are done already: said in the line).
 
     Counts training steps only, as ``--dry_run``'s ideal speed-ups do, plus Ray's start
     (:data:`RAY_INIT_SECONDS` where it starts an instance, :data:`WORKER_START_SECONDS`): the local executor
@@ -460,7 +491,8 @@ def estimate(nodes, session: Session, run) -> str:
     if len(session.nodes) != 1 or not total:
         return ""
     span = study.makespan(nodes, session.slots)
-    head = "estimate (training steps only, not measured): "
+    already = f"; {done} of {done + len(nodes)} trainings done already" if done else ""
+    head = f"estimate (training steps only, not measured{already}): "
     seconds = WORKER_START_SECONDS + (RAY_INIT_SECONDS if session.started_here else 0)
     start = f"Ray takes about {seconds:g} s more to start"
     if span >= total:

@@ -20,12 +20,13 @@ import os
 import re
 
 from lottery_tf.engine.config import ExperimentConfig
-from lottery_tf.engine.run_dir import replicates
+from lottery_tf.engine.run_dir import is_done, replicate_dir, replicates
 
 SPEEDUP_WORKERS = (1, 2, 4, 8, 16)
 _MASKS = re.compile(r"level_(\d+)/main/masks\.npz$")
 _FINAL = re.compile(r"level_(\d+)/main/final_weights\.npz$")
 _MAIN_ZERO = ("rewind_point.npz", "rewind_optimizer.npz")
+_ONE_LEVEL = re.compile(r"level_(\d+)/([^/]+)")  # a one-level branch's key: its folder under level_LL/
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +111,27 @@ def least_trainings(configs) -> int:
     ``lr_rewind`` trains all its levels in one).
     """
     return sum(len(replicates(c)) * (c.pruning.levels + 1 + len(c.branches.names)) for c in configs)
+
+
+def known_done(configs, nodes) -> set[str]:
+    """Ids of the nodes whose training is done in the run folder (a complete ``metrics.json``).
+
+    Judged for main-line levels and one-level branches (``level_LL/<folder>``); a lineage's or an
+    analysis's units are left to their tasks, which find out themselves (counted as not done).
+    """
+    done = set()
+    for node in nodes:
+        folder = replicate_dir(configs[node.run], node.replicate)
+        one_level = _ONE_LEVEL.fullmatch(node.key)
+        if node.key.startswith("main/level_"):
+            finished = is_done(folder, node.level, "main")
+        elif one_level:
+            finished = is_done(folder, int(one_level.group(1)), one_level.group(2))
+        else:
+            continue
+        if finished:
+            done.add(node.id)
+    return done
 
 
 def children_of(nodes) -> dict[str, list]:
