@@ -19,9 +19,9 @@ __version__ = "0.2.0"
 
 import sys as _sys
 
-# The commands whose start needs no Keras: `python -m lottery_tf.main` checks its flags, sizes a --dry_run and
-# drives a Ray study without TensorFlow (about 6 s of CPU, and on a small machine CPU the Ray workers need);
-# it imports TensorFlow and Keras itself where it trains here.
+# The commands whose start needs no Keras: `python -m lottery_tf.main` checks its flags and drives a Ray study
+# without TensorFlow (about 6 s of CPU, and on a small machine CPU the Ray workers need); it imports TensorFlow
+# and Keras itself where it trains here (and for a --dry_run, which checks --initializer with Keras).
 _LAZY_COMMANDS = ("lottery_tf.main",)
 
 

@@ -168,7 +168,8 @@ def check(config: ExperimentConfig, rerecord_data: bool = False, strategy=None, 
             make_deterministic()
         strategy = make_strategy(config.run.strategy, config.run.tpu)
     check_batch_sizes(config, strategy)
-    splits = splits or get_splits(config.data)
+    if splits is None:
+        splits = get_splits(config.data)
     train = splits.sizes()[0]
     check_sizes(
         config.data, config.training.batch_size, config.branches, train=train, class_counts=class_counts(splits)
