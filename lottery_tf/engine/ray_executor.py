@@ -109,7 +109,10 @@ class Session:
     def close(self) -> None:
         import ray
 
-        ray.shutdown()
+        # Tasks still pending (warming workers after a failed check, trainings after Ctrl-C) fail as the
+        # driver leaves, and Ray's C++ core reports on file descriptor 2 that it could not tell the driver.
+        with _stderr_silenced():
+            ray.shutdown()
         if self.watchdog is not None:
             process, pipe = self.watchdog
             self.watchdog = None
@@ -176,7 +179,7 @@ def _stop_what_ray_started(before: set) -> None:
 
     from lottery_tf.engine import ray_watchdog
 
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception), _stderr_silenced():
         import ray
 
         ray.shutdown()
