@@ -26,7 +26,9 @@ Flagfiles hold one --flag=value per line; the repository's flags/ folder has
 the papers' recipes (lenet300_fashion_mnist, cifar10_conv2/4/6,
 cifar10_resnet20_rewind, cifar10_vgg16_rewind, imagenet_resnet50_rewind) and
 quickstart / smoke runs. Flags given after --flagfile override it.
---dry_run validates the settings and prints them with the run folder.
+--dry_run validates the settings (the model built for the dataset's images
+included; not the data's files, nor a run folder's) and prints them with the
+run folder and the study's size.
 """
 
 from absl import app, flags  # noqa: E402
@@ -72,7 +74,11 @@ flags.DEFINE_list(
     "0,100,500,2000), each in its own run folder, one after another; replaces --rewind_step.",
 )
 flags.DEFINE_bool(
-    "dry_run", False, "Validate the settings, print them resolved (lengths in steps) and the run folder, and exit."
+    "dry_run",
+    False,
+    "Validate the settings (with the model, built for the dataset's image shape; the data and an existing run "
+    "folder are checked when a run starts), print them resolved (lengths in steps), the run folder and the "
+    "study's size, and exit.",
 )
 flags.DEFINE_bool(
     "rerecord_data",
@@ -214,6 +220,21 @@ def configs_from_flags() -> list:
     return _sweep(config_from_flags())
 
 
+def _check_model_without_data(config) -> None:
+    """The model checks a run makes (layers, exclusions, levels), on the dataset's nominal images.
+
+    A dry run plans studies on machines without the data (ImageNet on a laptop), so it loads none.
+    """
+    from lottery_tf.engine import experiment
+    from lottery_tf.engine.data.registry import nominal_shape
+
+    shape = nominal_shape(config.data)
+    if shape is None:  # a dataset that does not say what it loads
+        print(f"dry run: the model is checked when a run loads {config.data.name}", flush=True)
+        return
+    experiment.check_model(config, *shape)
+
+
 def _fail(message: str, status: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
@@ -244,6 +265,7 @@ def main(argv):
         if FLAGS.dry_run:
             _load_keras()
             check_initializer(config.model.initializer)  # (a run checks it with the model, on Ray on a worker)
+            _check_model_without_data(configs[0])  # the runs of a sweep differ only in their rewind step
             if ray:  # checked as a run checks them (the cluster joined and left, or this machine read); no study
                 _quiet_python_logging()
                 offered = ray_executor.check_for_dry_run(config.run)

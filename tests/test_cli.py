@@ -325,6 +325,29 @@ def test_every_flagfile_validates(flagfile, tmp_path, capfd, monkeypatch):
         assert {name for name, _ in settings["pruning"]["layer_fractions"]} <= set(mask_names(model))
 
 
+def test_a_dry_run_checks_the_model_as_a_run_does_and_loads_no_data(tmp_path):
+    """Layers, exclusions and levels are checked on the dataset's nominal images: the run's line, exit 2."""
+    for case in (["--exclude_layers=fc9"], ["--levels=60"], ["--layer_pruning_fractions=fc1/kernel=0.5,fc3=0.1"]):
+        ran = smoke(str(tmp_path / "run"), *case)
+        dry = smoke(str(tmp_path / "dry"), *case, "--dry_run")
+        assert ran.returncode == dry.returncode == 2, (case, dry.stderr[-1500:])
+        (line,) = error_lines(ran)
+        assert dry.stderr.strip().splitlines() == [line], case
+    # ResNet-50 on ImageNet, which this machine does not have: its layers checked all the same.
+    dry = cli(
+        "--flagfile=flags/imagenet_resnet50_rewind.flags",
+        f"--output_dir={tmp_path}",
+        "--exclude_layers=conv9",
+        "--dry_run",
+    )
+    assert dry.returncode == 2 and error_lines(dry)[0].startswith(
+        "error: --exclude_layers: exclude names layers that are not in the model: ['conv9']; layers are ["
+    ), dry.stderr[-1500:]
+    dry = smoke(str(tmp_path / "dry"), "--dataset=mnist", "--dry_run")  # no MNIST here: a dry run plans all the same
+    assert dry.returncode == 0 and dry.stdout.strip().splitlines()[-2].startswith("study graph: "), dry.stderr[-1500:]
+    assert not os.listdir(tmp_path)
+
+
 def test_paper_recipes_resolve_epochs(tmp_path):
     result = cli("--flagfile=flags/cifar10_resnet20_rewind.flags", "--dry_run", f"--output_dir={tmp_path}")
     training = json.loads(result.stdout[: result.stdout.rindex("}") + 1])["training"]

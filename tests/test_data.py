@@ -315,3 +315,23 @@ def test_cifar10_missing_says_how_to_get_it(tmp_path):
     with pytest.raises(DataUnavailableError) as info:
         get_splits(DataConfig(name="cifar10", tfds_data_dir=str(tmp_path / "tfds")))
     assert "tfds build cifar10" in str(info.value) and "--tfds_data_dir" in str(info.value)
+
+
+def test_nominal_shapes_are_what_the_loaders_return(tmp_path):
+    """``--dry_run`` builds the model for these shapes without loading: each must be what a run loads."""
+    import tensorflow_datasets as tfds
+
+    from lottery_tf.engine.data import DATASETS
+    from lottery_tf.engine.data.registry import nominal_shape
+
+    assert all(nominal_shape(DataConfig(name=name)) is not None for name in DATASETS.names())  # a new one says
+    odd = DataConfig(name="synthetic", synthetic_shape=(5, 7, 2), synthetic_classes=3, validation_examples=5)
+    splits = get_splits(odd)
+    assert nominal_shape(odd) == (splits.input_shape, splits.num_classes) == ((5, 7, 2), 3)
+    for name in ("mnist", "fashion_mnist"):
+        write_idx_folder(tmp_path / name)
+        config = DataConfig(name=name, data_dir=str(tmp_path / name), validation_examples=5)
+        splits = get_splits(config)
+        assert nominal_shape(config) == (splits.input_shape, splits.num_classes) == ((28, 28, 1), 10)
+    features = tfds.builder("cifar10").info.features  # no CIFAR-10 here: TFDS's description of what it holds
+    assert nominal_shape(DataConfig(name="cifar10")) == (features["image"].shape, features["label"].num_classes)

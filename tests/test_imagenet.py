@@ -42,6 +42,15 @@ def splits_of(prepared, image_size=32, validation=4):
     )
 
 
+def test_the_nominal_shape_a_dry_run_checks_the_model_with_is_what_loads(prepared):
+    from lottery_tf.engine.data.registry import nominal_shape
+
+    for side in (32, 48):
+        splits = splits_of(prepared, image_size=side)
+        config = DataConfig(name="imagenet2012", image_size=side)
+        assert nominal_shape(config) == (splits.input_shape, splits.num_classes) == ((side, side, 3), 1000)
+
+
 def labels(batches):
     return [y.numpy().tolist() for _, y in batches]
 

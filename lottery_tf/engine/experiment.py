@@ -174,7 +174,7 @@ def check(config: ExperimentConfig, rerecord_data: bool = False, strategy=None, 
     check_sizes(
         config.data, config.training.batch_size, config.branches, train=train, class_counts=class_counts(splits)
     )
-    check_model(config, splits)
+    check_model(config, splits.input_shape, splits.num_classes)
     record = {
         "source": splits.source,
         "fingerprint": splits_fingerprint(splits),
@@ -228,15 +228,18 @@ def run(config: ExperimentConfig, ready: Ready | None = None) -> bool | None:
     return trained
 
 
-def check_model(config: ExperimentConfig, splits) -> None:
+def check_model(config: ExperimentConfig, input_shape: tuple, num_classes: int) -> None:
     """Settings that need the model (layers to exclude, per-layer fractions, levels), checked before anything is written.
+
+    The model is built for the data's ``input_shape`` and ``num_classes`` (the loaded data's; ``--dry_run``
+    passes the dataset's nominal ones: :func:`lottery_tf.engine.data.registry.nominal_shape`).
 
     Raises:
         ConfigError: Naming the flag and the valid names.
     """
     from lottery_tf.core.masking import wrap_model
 
-    built = model_checks.build_for_data(config, splits.input_shape, splits.num_classes)  # names the images' flag
+    built = model_checks.build_for_data(config, tuple(input_shape), num_classes)  # names the images' flag
     try:
         model = wrap_model(built, exclude=config.pruning.exclude_layers)
     except ValueError as error:

@@ -76,6 +76,26 @@ class StreamingSplits:
 TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "imagenet2012": 1281167}
 
 
+# What each dataset's loader returns, (input shape, classes), so the model can be checked before (or without)
+# loading: ``--dry_run`` builds it for a study planned on a machine without the data.
+_SHAPES = {"mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10)}
+
+
+def nominal_shape(config: DataConfig) -> tuple[tuple, int] | None:
+    """The (input shape, class count) ``config``'s dataset loads as, or None for a dataset that does not say.
+
+    Example:
+
+    >>> nominal_shape(DataConfig(name="cifar10"))
+    ((32, 32, 3), 10)
+    """
+    if config.name == "synthetic":
+        return tuple(config.synthetic_shape), config.synthetic_classes
+    if config.name == "imagenet2012":
+        return (config.image_size, config.image_size, 3), 1000
+    return _SHAPES.get(config.name)
+
+
 def train_examples(config: DataConfig) -> int:
     """Examples left for training after the validation split."""
     if config.name == "synthetic":
