@@ -291,6 +291,8 @@ def test_data_record_lost_with_finished_levels_is_refused_until_rerecorded(finis
     code, out, err = cli(root, capsys, "--rerecord_data")
     assert code == 0 and "nothing to do" in out
     assert json.loads(open(path).read()) == json.loads(original)
+    said = f"note: --rerecord_data: {path} now records the data found here, synthetic (fingerprint "
+    assert f"{said}{json.loads(original)['fingerprint']}); what the levels already done" in out, out  # not silent
 
 
 def test_identity_replaced_by_an_empty_object_is_refused_by_both(finished, tmp_path, capsys):

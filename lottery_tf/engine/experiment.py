@@ -379,7 +379,12 @@ def check_store(
     problems = report.problems + [p for health in report.replicates.values() for p in health.problems]
     lines = []
     for problem in problems:
-        if problem.kind == "data" and rerecord_data:
+        if problem.kind == "data" and rerecord_data:  # (main.py allows the flag only for this problem)
+            lines.append(
+                f"note: --rerecord_data: {problem.path} now records the data found here, {record['source']} "
+                f"(fingerprint {record['fingerprint']}); what the levels already done were trained on cannot be "
+                "checked against it"
+            )
             continue
         if problem.action == store.REFUSE:
             raise StoreError(problem.line())
