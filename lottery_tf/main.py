@@ -26,8 +26,8 @@ Flagfiles hold one --flag=value per line; the repository's flags/ folder has
 the papers' recipes (lenet300_fashion_mnist, cifar10_conv2/4/6,
 cifar10_resnet20_rewind, cifar10_vgg16_rewind, imagenet_resnet50_rewind) and
 quickstart / smoke runs. Flags given after --flagfile override it.
---dry_run validates the settings (the model built for the dataset's images
-included; not the data's files, nor a run folder's) and prints them with the
+--dry_run validates the settings, the model (built for the dataset's images)
+and an existing run folder, loads no data, and prints the settings with the
 run folder and the study's size.
 """
 
@@ -76,9 +76,9 @@ flags.DEFINE_list(
 flags.DEFINE_bool(
     "dry_run",
     False,
-    "Validate the settings (with the model, built for the dataset's image shape; the data and an existing run "
-    "folder are checked when a run starts), print them resolved (lengths in steps), the run folder and the "
-    "study's size, and exit.",
+    "Validate the settings, the model (built for the dataset's image shape) and an existing run folder (the "
+    "data is checked when a run starts), print the settings resolved (lengths in steps), the run folder and "
+    "the study's size, and exit.",
 )
 flags.DEFINE_bool(
     "rerecord_data",
@@ -262,7 +262,15 @@ def main(argv):
 
             ray_executor.check_installed(config.run)
             configs = [ray_executor.absolute_paths(c) for c in configs]
+        # The run folders' verdict (identity, damage) needs neither TensorFlow nor the data: a dry run or a
+        # Ray driver refuses a damaged folder in a second (the driver hands its lines to the worker that
+        # checks the study); a local run checks it with the data, where it also judges the folder's lock.
+        folder_lines = []
+        if FLAGS.dry_run or ray:
+            folder_lines = [run_dir.check_folder(c, FLAGS.rerecord_data, trains_here=False) for c in configs]
         if FLAGS.dry_run:
+            for line in (line for lines in folder_lines for line in lines):
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
             _load_keras()
             check_initializer(config.model.initializer)  # (a run checks it with the model, on Ray on a worker)
             _check_model_without_data(configs[0])  # the runs of a sweep differ only in their rewind step
@@ -288,7 +296,7 @@ def main(argv):
                 print(session.describe(), flush=True)
                 # Each slot's worker imports TensorFlow and loads the data; the first checks the study and
                 # plans its graph, so this process needs no TensorFlow.
-                ray_executor.warm_up(session, configs, rerecord_data=FLAGS.rerecord_data)
+                ray_executor.warm_up(session, configs, folder_lines, rerecord_data=FLAGS.rerecord_data)
             _run(configs, session)
         finally:
             if session is not None:

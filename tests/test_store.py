@@ -309,6 +309,32 @@ def test_identity_replaced_by_an_empty_object_is_refused_by_both(finished, tmp_p
     assert snapshot(root) == before
 
 
+def test_a_damaged_folder_is_refused_by_a_dry_run_and_by_a_ray_driver_before_ray_starts(
+    finished, tmp_path, capsys, monkeypatch
+):
+    """Neither needs TensorFlow or the data to read a folder's identity: the health check's line, exit 2."""
+    from lottery_tf.engine import ray_executor
+
+    root, experiment, rep = _copy(finished, tmp_path)
+    path = os.path.join(experiment, "identity.json")
+    with open(path, "w") as handle:
+        json.dump({"model": {"name": "conv2"}}, handle)  # another experiment's identity, as JSON
+    before = snapshot(root)
+    code, out = health(root, capsys)
+    line = next(l for l in out.splitlines() if path in l).strip()
+    assert code == 1 and line.startswith(f"DAMAGED: {path}: ")
+
+    def never(run):
+        raise AssertionError("Ray was started for a folder the driver can refuse")
+
+    monkeypatch.setattr(ray_executor, "connect", never)
+    for extra in (["--dry_run"], ["--executor=ray"], ["--executor=ray", "--dry_run"]):
+        code, out, err = cli(root, capsys, *extra)
+        assert code == 2 and err.strip().splitlines() == [f"error: {line[len('DAMAGED: ') :]}"], (extra, err)
+        assert "ray:" not in out and "{" not in out, extra  # refused before Ray, and before the settings
+    assert snapshot(root) == before
+
+
 def test_missing_trained_weights_are_named_and_rebuilt_only_when_needed(finished, tmp_path, capsys):
     root, experiment, rep = _copy(finished, tmp_path)
     path = os.path.join(rep, "level_01", "main", "final_weights.npz")

@@ -11,7 +11,6 @@ checkpoints and resumes is :mod:`lottery_tf.engine.levels`; the kinds of branch
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -36,8 +35,6 @@ from lottery_tf.engine.config import (
     ConfigError,
     ExperimentConfig,
     StrategyError,
-    experiment_hash_of,
-    non_default_identity,
     replicate_seed,
 )
 from lottery_tf.engine.data import get_splits
@@ -146,7 +143,9 @@ class Ready:
     store_lines: list = dataclasses.field(default_factory=list)  # what the store check found and the run does about it
 
 
-def check(config: ExperimentConfig, rerecord_data: bool = False, strategy=None, splits=None) -> Ready:
+def check(
+    config: ExperimentConfig, rerecord_data: bool = False, strategy=None, splits=None, folder_lines=None
+) -> Ready:
     """Every check that needs TensorFlow, the data or the run folder, before anything is written.
 
     The strategy and batch sizes, the data's real content and sizes, the model
@@ -154,7 +153,8 @@ def check(config: ExperimentConfig, rerecord_data: bool = False, strategy=None, 
     nothing), the data record and identity of an existing run folder, and what
     the store says a run must refuse. On Ray a warmed worker runs it
     (:func:`lottery_tf.engine.ray_executor.check_study`), with the strategy and
-    data it has set up (``strategy``, ``splits``).
+    data it has set up (``strategy``, ``splits``), and the driver has checked the run folder
+    (``folder_lines``: :func:`lottery_tf.engine.run_dir.check_folder`'s lines).
 
     Raises:
         ConfigError: Naming the flag.
@@ -185,7 +185,7 @@ def check(config: ExperimentConfig, rerecord_data: bool = False, strategy=None, 
     # On Ray the driver trains nothing: its tasks wait for a lock they meet (a live holder's, or a lost one's
     # until its lease runs out), so another process's lock refuses nothing here.
     trains_here = is_chief(strategy) and config.run.executor != "ray"
-    new_data_record, lines = check_store(config, record, rerecord_data, trains_here=trains_here)
+    new_data_record, lines = check_store(config, record, rerecord_data, trains_here, folder_lines)
     return Ready(strategy, splits, record, new_data_record, lines)
 
 
@@ -352,15 +352,17 @@ def check_levels(config: ExperimentConfig, shapes: dict, names: list) -> str | N
 
 
 def check_store(
-    config: ExperimentConfig, record: dict, rerecord_data: bool = False, trains_here: bool = True
+    config: ExperimentConfig,
+    record: dict,
+    rerecord_data: bool = False,
+    trains_here: bool = True,
+    folder_lines: list | None = None,
 ) -> tuple[bool, list]:
-    """What the run folder must allow before anything is written: its identity, its data record, its damage.
+    """What the run folder must allow before anything is written: its identity, its damage, its data record.
 
-    The verdict is the health check's (:func:`lottery_tf.store.reader.inspect_experiment`, the same code):
-    a problem it marks ``refuse`` stops the run with its line; every other problem is printed with its
-    line, the one ``python -m lottery_tf.runs`` prints, before the run acts on it. Where this process
-    trains (``trains_here``: not a multi-worker non-chief), a main-line lock another process holds
-    refuses the command here, as taking it would, before a file is written.
+    The folder's verdict is :func:`lottery_tf.engine.run_dir.check_folder` (``folder_lines``: what it
+    returned, where the caller checked the folder already: a Ray driver, before Ray starts); the data
+    record found now must then be the one the run recorded.
 
     Returns:
         Whether ``data.json`` is to be written (a new run, or ``rerecord_data``), and the lines to print:
@@ -374,32 +376,17 @@ def check_store(
     folder = run_dir.experiment_dir(config)
     if not os.path.isdir(folder):
         return True, []
-    expected = json.loads(json.dumps(non_default_identity(config)))
-    report = store.inspect_experiment(folder, expected_identity=expected, folder_hash=experiment_hash_of)
-    problems = report.problems + [p for health in report.replicates.values() for p in health.problems]
-    lines = []
-    for problem in problems:
-        if problem.kind == "data" and rerecord_data:  # (main.py allows the flag only for this problem)
-            lines.append(
-                f"note: --rerecord_data: {problem.path} now records the data found here, {record['source']} "
-                f"(fingerprint {record['fingerprint']}); what the levels already done were trained on cannot be "
-                "checked against it"
-            )
-            continue
-        if problem.action == store.REFUSE:
-            raise StoreError(problem.line())
-        lines.append(f"{'note' if problem.action == store.NOTE else 'warning'}: {problem.line()}")
-    if trains_here and not config.run.wait_for_lock and not config.branches.names:
-        # (A worker that is not the chief takes no lock: the chief's is not in its way.)
-        # The main line's lock, held by another process, refuses this command: say so before a file is written.
-        for r in replicates(config):
-            health = report.replicates.get(f"replicate_{r}")
-            if health is not None and health.next_main_level() <= config.pruning.levels:
-                line = locks.refusal(run_dir.replicate_dir(config, r), MAIN)
-                if line:
-                    raise locks.LockedError(line)
+    if folder_lines is None:
+        folder_lines = run_dir.check_folder(config, rerecord_data, trains_here)
+    lines = list(folder_lines)
     path = os.path.join(folder, "data.json")
-    if rerecord_data or store.json_problem(path):
+    if rerecord_data:  # (main.py allows the flag only for a damaged record of a run with finished levels)
+        lines.append(
+            f"note: --rerecord_data: {path} now records the data found here, {record['source']} (fingerprint "
+            f"{record['fingerprint']}); what the levels already done were trained on cannot be checked against it"
+        )
+        return True, lines
+    if store.json_problem(path):
         return True, lines
     previous = store.read_json(path)
     if previous.get("fingerprint") != record["fingerprint"]:

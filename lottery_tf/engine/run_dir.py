@@ -29,8 +29,14 @@ import json
 import os
 import re
 
-from lottery_tf.engine.config import ConfigError, ExperimentConfig, experiment_hash, non_default_identity
-from lottery_tf.store import atomic, records
+from lottery_tf.engine.config import (
+    ConfigError,
+    ExperimentConfig,
+    experiment_hash,
+    experiment_hash_of,
+    non_default_identity,
+)
+from lottery_tf.store import atomic, locks, records
 from lottery_tf.store import reader as store
 
 MAIN = "main"
@@ -116,6 +122,49 @@ def prepare(config: ExperimentConfig) -> str:
     except OSError as error:
         raise ConfigError("output_dir", f"cannot write to {folder!r}: {error.strerror}") from None
     return folder
+
+
+def check_folder(config: ExperimentConfig, rerecord_data: bool = False, trains_here: bool = True) -> list[str]:
+    """What an existing run folder allows, before anything is written: its identity, its damage, its lock.
+
+    The verdict is the health check's (:func:`lottery_tf.store.reader.inspect_experiment`, the same code):
+    a problem it marks ``refuse`` stops the run with its line; every other problem is returned with its
+    line, the one ``python -m lottery_tf.runs`` prints, for the run to print before it acts on it. Where
+    this process trains (``trains_here``: not a multi-worker non-chief, not a Ray driver), a main-line lock
+    another process holds refuses the command here, as taking it would. Needs neither TensorFlow nor the
+    data: a Ray driver runs it before Ray starts. The data record is compared with the data by
+    :func:`lottery_tf.engine.experiment.check_store`.
+
+    Returns:
+        ``warning: <problem>`` for damage the run repairs, ``note: <problem>`` for what it leaves alone
+        (nothing for a folder that does not exist yet).
+
+    Raises:
+        StoreError: For damage no run can rebuild (the line the health check prints).
+        LockedError: If another process holds the main line's lock this command would take.
+    """
+    folder = experiment_dir(config)
+    if not os.path.isdir(folder):
+        return []
+    expected = json.loads(json.dumps(non_default_identity(config)))
+    report = store.inspect_experiment(folder, expected_identity=expected, folder_hash=experiment_hash_of)
+    problems = report.problems + [p for health in report.replicates.values() for p in health.problems]
+    lines = []
+    for problem in problems:
+        if problem.kind == "data" and rerecord_data:  # the run records the data found now (it says so)
+            continue
+        if problem.action == store.REFUSE:
+            raise store.StoreError(problem.line())
+        lines.append(f"{'note' if problem.action == store.NOTE else 'warning'}: {problem.line()}")
+    if trains_here and not config.run.wait_for_lock and not config.branches.names:
+        # (A worker that is not the chief takes no lock: the chief's is not in its way.)
+        for r in replicates(config):
+            health = report.replicates.get(f"replicate_{r}")
+            if health is not None and health.next_main_level() <= config.pruning.levels:
+                line = locks.refusal(replicate_dir(config, r), MAIN)
+                if line:
+                    raise locks.LockedError(line)
+    return lines
 
 
 def open_experiment(config: ExperimentConfig, record: dict, new_data_record: bool, store_lines=()) -> None:
