@@ -284,9 +284,7 @@ def main(argv):
             print(study.format_size(study.size(nodes)), end="")
             if ray:
                 print(ray_executor.describe_slots(offered, config.run))
-                done = study.known_done(configs, nodes)
-                left = [n for n in nodes if n.id not in done]
-                if line := ray_executor.estimate(left, offered, config.run, len(nodes) - len(left)):
+                if line := ray_executor.estimate_study(configs, nodes, offered):
                     print(line)
             return
         _quiet_python_logging()
@@ -382,9 +380,7 @@ def _run(configs, session) -> None:
         from lottery_tf.engine import ray_executor
 
         checked, nodes = ray_executor.check_study(session, configs)
-        done = study.known_done(configs, nodes)  # a resumed study: what is left of it
-        left = [n for n in nodes if n.id not in done]
-        if line := ray_executor.estimate(left, session, configs[0].run, len(nodes) - len(left)):  # local or Ray
+        if line := ray_executor.estimate_study(configs, nodes, session):  # local or Ray, for what is left
             print(line, flush=True)
         ray_executor.check_shared_store(session, configs[0].run.output_dir)
         for config, ready in zip(configs, checked):

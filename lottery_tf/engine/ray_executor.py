@@ -7,10 +7,12 @@ on the CPUs and the GPU share Ray assigned it. The driver submits a node when
 the nodes it waits for have finished, longest remaining path first, and prints
 one line per finished training.
 
-The driver imports no TensorFlow: as Ray starts, one worker per slot imports
-it and loads the data (:func:`warm_up`), and the first of them checks the
-study (data, model, run folder: :func:`lottery_tf.engine.experiment.check`)
-and plans its graph for the driver (:func:`check_study`).
+The driver imports no TensorFlow: it checks the run folders before Ray starts
+(:func:`lottery_tf.engine.run_dir.check_folder`); as Ray starts, one worker per
+slot imports it and loads the data (:func:`warm_up`), and the first of them
+checks the study (data, model, the run's data record:
+:func:`lottery_tf.engine.experiment.check`) and plans its graph for the
+driver (:func:`check_study`).
 
 Faults: a worker that dies (SIGKILL, out of memory, a lost node) is retried by
 Ray up to :data:`MAX_RETRIES` times; the retry resumes from the training's last
@@ -476,6 +478,13 @@ def describe_slots(session: Session, run) -> str:
         f"{f' on {len(session.nodes)} nodes' if len(session.nodes) > 1 else ''}: {session.slots} training(s) at once "
         f"({run.cpus_per_training:g} CPU{gpu} each)"
     )
+
+
+def estimate_study(configs, nodes, session: Session) -> str:
+    """:func:`estimate` for what is left of the study of ``configs`` (a resumed one: its finished trainings out)."""
+    done = study.known_done(configs, nodes)
+    left = [n for n in nodes if n.id not in done]
+    return estimate(left, session, configs[0].run, len(nodes) - len(left))
 
 
 def estimate(nodes, session: Session, run, done: int = 0) -> str:
