@@ -220,14 +220,25 @@ def configs_from_flags() -> list:
     return _sweep(config_from_flags())
 
 
-def _check_model_without_data(config) -> None:
-    """The model checks a run makes (layers, exclusions, levels), on the dataset's nominal images.
+def _check_without_data(config) -> None:
+    """The checks a run makes that need no data: the batch sizes over the strategy's replicas on this machine
+    (a cluster's strategy is set up when the run starts), and the model (layers, exclusions, levels) on the
+    dataset's nominal images.
 
     A dry run plans studies on machines without the data (ImageNet on a laptop), so it loads none.
     """
     from lottery_tf.engine import experiment
     from lottery_tf.engine.data.registry import nominal_shape
 
+    if config.run.strategy in ("multi_worker_mirrored", "tpu"):
+        print(
+            f"dry run: the batch sizes are checked against --strategy={config.run.strategy}'s replicas when the "
+            "run starts",
+            flush=True,
+        )
+    else:
+        _check_cpu_devices(config)
+        experiment.check_batch_sizes(config, experiment.start_strategy(config))
     shape = nominal_shape(config.data)
     if shape is None:  # a dataset that does not say what it loads
         print(f"dry run: the model is checked when a run loads {config.data.name}", flush=True)
@@ -253,9 +264,10 @@ def main(argv):
         for config in configs:
             config_lib.validate(config, DATASETS.names(), MODELS, sweep)
         check_sizes(config.data, config.training.batch_size, config.branches)
-        if FLAGS.rerecord_data:
-            for config in configs:
-                _check_rerecord(config)
+        # Per run: which ones --rerecord_data repairs (in a sweep, the runs whose data record is lost).
+        rerecord = [_rerecords(c) for c in configs] if FLAGS.rerecord_data else [False] * len(configs)
+        if FLAGS.rerecord_data and not any(rerecord):
+            _check_rerecord(configs[0])  # raises: why nothing reads it
         ray = config.run.executor == "ray"
         if ray:
             from lottery_tf.engine import ray_executor
@@ -267,21 +279,30 @@ def main(argv):
         # checks the study); a local run checks it with the data, where it also judges the folder's lock.
         folder_lines = []
         if FLAGS.dry_run or ray:
-            folder_lines = [run_dir.check_folder(c, FLAGS.rerecord_data, trains_here=False) for c in configs]
+            folder_lines = [run_dir.check_folder(c, again, trains_here=False) for c, again in zip(configs, rerecord)]
         if FLAGS.dry_run:
-            for line in (line for lines in folder_lines for line in lines):
-                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
+            for config, lines, again in zip(configs, folder_lines, rerecord):
+                if again:
+                    path = os.path.join(run_dir.experiment_dir(config), "data.json")
+                    lines = [*lines, f"note: --rerecord_data: a run records the data it loads in {path}"]
+                for line in lines:
+                    print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
             _load_keras()
+            _quiet_python_logging()  # (TensorFlow's INFO lines: a strategy's devices)
             check_initializer(config.model.initializer)  # (a run checks it with the model, on Ray on a worker)
-            _check_model_without_data(configs[0])  # the runs of a sweep differ only in their rewind step
+            _check_without_data(configs[0])  # the runs of a sweep differ only in their rewind step
             if ray:  # checked as a run checks them (the cluster joined and left, or this machine read); no study
-                _quiet_python_logging()
                 offered = ray_executor.check_for_dry_run(config.run)
             for config in configs:
                 print(config.to_json(), end="")
                 print(f"run folder: {run_dir.experiment_dir(config)}")
             nodes = study.plan(configs)
             print(study.format_size(study.size(nodes)), end="")
+            if done := study.known_done(configs, nodes):  # a resumed study: a run trains what is left
+                print(
+                    f"done already: {len(done)} of {study.count(len(nodes), 'training')} (main levels and branches "
+                    "with a complete metrics.json; an analysis's trainings are judged when a run reaches them)"
+                )
             if ray:
                 print(ray_executor.describe_slots(offered, config.run))
                 if line := ray_executor.estimate_study(configs, nodes, offered):
@@ -294,8 +315,8 @@ def main(argv):
                 print(session.describe(), flush=True)
                 # Each slot's worker imports TensorFlow and loads the data; the first checks the study and
                 # plans its graph, so this process needs no TensorFlow.
-                ray_executor.warm_up(session, configs, folder_lines, rerecord_data=FLAGS.rerecord_data)
-            _run(configs, session)
+                ray_executor.warm_up(session, configs, folder_lines, rerecord)
+            _run(configs, session, rerecord)
         finally:
             if session is not None:
                 session.close()
@@ -316,8 +337,18 @@ def main(argv):
         _fail(errors.bug_line(error))
 
 
+def _rerecords(config) -> bool:
+    """Whether ``--rerecord_data`` repairs this run: its folder lost its data record after levels were done."""
+    from lottery_tf.store import reader as store
+
+    folder = run_dir.experiment_dir(config)
+    if not os.path.isdir(folder):
+        return False
+    return any(getattr(problem, "kind", None) == "data" for problem in store.inspect_experiment(folder).problems)
+
+
 def _check_rerecord(config) -> None:
-    """``--rerecord_data`` is read only by a run folder whose data record is damaged after levels were done.
+    """Why ``--rerecord_data`` is read by no run: said for ``config``, a run it does not repair.
 
     Raises:
         ConfigError: For a run folder that does not exist yet, or whose ``data.json`` is intact.
@@ -328,19 +359,18 @@ def _check_rerecord(config) -> None:
     if not os.path.isdir(folder):
         raise config_lib.ConfigError(
             "rerecord_data",
-            f"the run folder {folder} does not exist yet: a new run records its data itself, so nothing reads it; "
-            "remove it",
+            f"the run folder {folder} does not exist yet: a new run records its data itself, so nothing reads "
+            "--rerecord_data; leave the flag out",
         )
-    report = store.inspect_experiment(folder)
-    if any(getattr(problem, "kind", None) == "data" for problem in report.problems):
-        return
     path = os.path.join(folder, "data.json")
     damage = store.json_problem(path, ("source", "fingerprint"))
     if damage is None:
-        why = "is intact: it records the data the run was trained on (data that moved keeps its fingerprint)"
+        why = f"is intact ({path}): it records the data the run was trained on (data that moved keeps its fingerprint)"
     else:
-        why = f"{damage}, but no level is done yet: the run records its data again itself"
-    raise config_lib.ConfigError("rerecord_data", f"data.json {why}, so nothing reads it; remove it ({path})")
+        why = f"{damage} ({path}), but no level is done yet: the run records its data again itself"
+    raise config_lib.ConfigError(
+        "rerecord_data", f"data.json {why}, so nothing reads --rerecord_data; leave the flag out"
+    )
 
 
 def _check_cpu_devices(config) -> None:
@@ -371,7 +401,7 @@ def _load_keras() -> None:
     import lottery_tf.core.keras_compat  # noqa: F401
 
 
-def _run(configs, session) -> None:
+def _run(configs, session, rerecord) -> None:
     """Checks every run of the invocation, then trains it here (``session`` None) or on Ray."""
     started = time.time()
     if session is not None:
@@ -397,7 +427,7 @@ def _run(configs, session) -> None:
 
         _check_cpu_devices(configs[0])
         # Every run of a sweep is checked (data, model, the run store, branch inputs) before any trains.
-        checked = [experiment.check(config, rerecord_data=FLAGS.rerecord_data) for config in configs]
+        checked = [experiment.check(config, rerecord_data=again) for config, again in zip(configs, rerecord)]
         for number, (config, ready) in enumerate(zip(configs, checked)):
             print(f"lottery_tf: {run_dir.describe(config)} -> {run_dir.experiment_dir(config)}", flush=True)
             if number == 0:

@@ -326,8 +326,15 @@ def test_every_flagfile_validates(flagfile, tmp_path, capfd, monkeypatch):
 
 
 def test_a_dry_run_checks_the_model_as_a_run_does_and_loads_no_data(tmp_path):
-    """Layers, exclusions and levels are checked on the dataset's nominal images: the run's line, exit 2."""
-    for case in (["--exclude_layers=fc9"], ["--levels=60"], ["--layer_pruning_fractions=fc1/kernel=0.5,fc3=0.1"]):
+    """Layers, exclusions, levels (on the dataset's nominal images) and batch sizes over the replicas are
+    checked as a run checks them: the run's line, exit 2."""
+    cases = (
+        ["--exclude_layers=fc9"],
+        ["--levels=60"],
+        ["--layer_pruning_fractions=fc1/kernel=0.5,fc3=0.1"],
+        ["--strategy=mirrored", "--cpu_devices=2", "--batch_size=61"],  # 2 replicas: a batch that does not split
+    )
+    for case in cases:
         ran = smoke(str(tmp_path / "run"), *case)
         dry = smoke(str(tmp_path / "dry"), *case, "--dry_run")
         assert ran.returncode == dry.returncode == 2, (case, dry.stderr[-1500:])
@@ -341,7 +348,8 @@ def test_a_dry_run_checks_the_model_as_a_run_does_and_loads_no_data(tmp_path):
         "--dry_run",
     )
     assert dry.returncode == 2 and error_lines(dry)[0].startswith(
-        "error: --exclude_layers: exclude names layers that are not in the model: ['conv9']; layers are ["
+        "error: --exclude_layers: exclude names layers that are not in the model: ['conv9']; the layers with weights "
+        "to prune are ['conv1_conv', 'conv2_block1_0_conv', "
     ), dry.stderr[-1500:]
     dry = smoke(str(tmp_path / "dry"), "--dataset=mnist", "--dry_run")  # no MNIST here: a dry run plans all the same
     assert dry.returncode == 0 and dry.stdout.strip().splitlines()[-2].startswith("study graph: "), dry.stderr[-1500:]

@@ -90,6 +90,26 @@ def test_wrap_model_sequential_and_exclude():
         wrap_model(model, exclude=["nope"])
 
 
+def test_an_unknown_exclude_lists_the_layers_with_weights_to_prune_not_every_layer():
+    """A ResNet-50 listed 175 layers (ReLU, Add, padding): only the ones a user would exclude are named."""
+    block = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5, name="inner_fc"), keras.layers.ReLU()], name="blk"
+    )
+    tokens = keras.Input((3,), dtype="int32")
+    x = keras.layers.Flatten()(keras.layers.Embedding(10, 2, name="emb")(tokens))
+    x = keras.layers.ReLU(name="act")(keras.layers.BatchNormalization(name="bn")(x))
+    model = keras.Model(tokens, keras.layers.Dense(2, name="head")(block(x)))
+    with pytest.raises(ValueError) as raised:
+        wrap_model(model, exclude=["bn2", "emb"])
+    assert str(raised.value) == (
+        "exclude names layers that are not in the model: ['bn2']; the layers with weights to prune are "
+        "['blk/inner_fc', 'emb', 'head'] (as mask names spell them; a weight's name, e.g. blk/inner_fc/kernel, "
+        "works too)."
+    )
+    with pytest.raises(ValueError, match="has no masks"):  # refused before a mask was attached
+        mask_names(model)
+
+
 def test_subclassed_models_are_masked_in_place_once_built():
     class Net(keras.Model):
         def __init__(self):

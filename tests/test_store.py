@@ -295,6 +295,26 @@ def test_data_record_lost_with_finished_levels_is_refused_until_rerecorded(finis
     assert f"{said}{json.loads(original)['fingerprint']}); what the levels already done" in out, out  # not silent
 
 
+def test_rerecord_data_in_a_sweep_repairs_only_the_run_that_lost_its_record(finished, tmp_path, capsys):
+    """A sweep whose k=0 run lost data.json and whose k=50 run is new: the flag is read (by k=0 alone)."""
+    root, experiment, rep = _copy(finished, tmp_path)
+    path = os.path.join(experiment, "data.json")
+    os.remove(path)
+    before = snapshot(root)
+    code, out, err = cli(root, capsys, "--sweep_rewind_steps=0,50", "--dry_run")
+    assert code == 2 and f"error: {path}: is missing" in err  # without the flag: refused
+    code, out, err = cli(root, capsys, "--sweep_rewind_steps=0,50", "--dry_run", "--rerecord_data")
+    assert code == 0, err
+    notes = [line for line in out.splitlines() if line.startswith("note: --rerecord_data")]
+    assert notes == [f"note: --rerecord_data: a run records the data it loads in {path}"]
+    # k=0's study is done (its instability copies are not judged from the folder), k=50's is not started.
+    assert "done already: 4 of 14 trainings (main levels and branches with a complete metrics.json;" in out
+    assert snapshot(root) == before
+    # Where no run of the invocation reads it, the flag is refused, and the line says to leave the flag out.
+    code, out, err = cli(root, capsys, "--rewind_step=50", "--rerecord_data")
+    assert code == 2 and err.strip().endswith("so nothing reads --rerecord_data; leave the flag out"), err
+
+
 def test_identity_replaced_by_an_empty_object_is_refused_by_both(finished, tmp_path, capsys):
     root, experiment, rep = _copy(finished, tmp_path)
     path = os.path.join(experiment, "identity.json")

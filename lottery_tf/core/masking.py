@@ -714,9 +714,14 @@ def prunable_weight_names(model, exclude: Iterable[str] = ()) -> list[str]:
     known = {layer.name for layer, _ in walked} | {path for _, path in walked} | set(variables)
     unknown = exclude - known
     if unknown:
+        # The layers worth excluding are those with weights to prune (not every ReLU, Add or padding layer).
+        prunable = sorted(prunable_weight_names(model))
+        owners = sorted({name.rsplit("/", 1)[0] for name in prunable})
         raise ValueError(
-            f"exclude names layers that are not in the model: {sorted(unknown)}; "
-            f"layers are {sorted({path for _, path in walked})} (as mask names spell them)."
+            f"exclude names layers that are not in the model: {sorted(unknown)}; the layers with weights to "
+            f"prune are {owners} (as mask names spell them; a weight's name, e.g. {prunable[0]}, works too)."
+            if owners
+            else f"exclude names layers that are not in the model: {sorted(unknown)}; it has no weights to prune."
         )
     excluded = _excluded_ids(model, walked, exclude)
     # Below an excluded layer nothing is masked; a MaskedLayer decides for everything it holds.

@@ -162,11 +162,7 @@ def check(
         DataUnavailableError: Naming the data source.
     """
     model_checks.check_initializer(config.model.initializer)
-    if strategy is None:
-        split_cpu(config.run.cpu_devices)
-        if config.run.deterministic:
-            make_deterministic()
-        strategy = make_strategy(config.run.strategy, config.run.tpu)
+    strategy = strategy or start_strategy(config)
     check_batch_sizes(config, strategy)
     if splits is None:
         splits = get_splits(config.data)
@@ -464,6 +460,18 @@ def ensure_branch_inputs(ctx: Context, names=None, levels=None) -> None:
             for relative in damaged:
                 repair.rebuild_input(ctx, relative)
     check_branch_inputs(ctx, names, levels)
+
+
+def start_strategy(config: ExperimentConfig):
+    """The run's strategy on this machine: the CPU split (``--cpu_devices``) and determinism set first.
+
+    Raises:
+        StrategyError: If the cluster or TPU cannot be set up.
+    """
+    split_cpu(config.run.cpu_devices)
+    if config.run.deterministic:
+        make_deterministic()
+    return make_strategy(config.run.strategy, config.run.tpu)
 
 
 def check_batch_sizes(config: ExperimentConfig, strategy) -> None:

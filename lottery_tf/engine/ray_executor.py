@@ -651,16 +651,15 @@ def _setup(config: ExperimentConfig, threads: int, record: dict):
     return _PROCESS["strategy"], splits
 
 
-def _warm(
-    config_dicts: list, threads: int, check: bool = False, rerecord_data: bool = False, folder_lines=None
-) -> dict:
+def _warm(config_dicts: list, threads: int, check: bool = False, rerecord=None, folder_lines=None) -> dict:
     """A Ray task, one per slot as the study starts: TensorFlow imported and the data loaded; the first checks.
 
     The trainings that follow run in these worker processes (Ray reuses a worker for the next task), so they
     start at once. The task with ``check`` runs :func:`lottery_tf.engine.experiment.check` for every run of
-    the invocation (``config_dicts``) with that TensorFlow and data, for :func:`check_study`: the driver
-    imports no TensorFlow (it checked the run folders: ``folder_lines``). Never raises: a check's failure comes back as its line (``error``) or, for a bug,
-    its traceback (``bug``); a warm-up's failure is met again, and reported, by the training that needs it.
+    the invocation (``config_dicts``; ``rerecord``: per run, whether ``--rerecord_data`` repairs it) with that
+    TensorFlow and data, for :func:`check_study`: the driver imports no TensorFlow (it checked the run
+    folders: ``folder_lines``). Never raises: a check's failure comes back as its line (``error``) or, for a
+    bug, its traceback (``bug``); a warm-up's failure is met again, and reported, by the training that needs it.
     """
     import psutil  # Ray's own dependency
 
@@ -682,8 +681,10 @@ def _warm(
             if check:
                 started = time.time()
                 checked = [
-                    experiment.check(c, rerecord_data, strategy, _setup(c, threads, None)[1], lines)
-                    for c, lines in zip(configs, folder_lines or [None] * len(configs))
+                    experiment.check(c, again, strategy, _setup(c, threads, None)[1], lines)
+                    for c, again, lines in zip(
+                        configs, rerecord or [False] * len(configs), folder_lines or [None] * len(configs)
+                    )
                 ]
                 result["checked"] = [
                     {"record": r.record, "new_data_record": r.new_data_record, "store_lines": r.store_lines}
@@ -789,14 +790,15 @@ def _task_options(run_config) -> dict:
     return dict(num_cpus=run_config.cpus_per_training, num_gpus=run_config.gpus_per_training)
 
 
-def warm_up(session: Session, configs, folder_lines, rerecord_data: bool = False) -> None:
+def warm_up(session: Session, configs, folder_lines, rerecord=None) -> None:
     """Starts a worker per slot (at most one per training) that imports TensorFlow and loads the data; returns.
 
     Ray's fixed cost on a small machine is mostly each worker's TensorFlow import and the first data load
     (``tools/benchmark_ray.py`` measures it). The first worker also checks the study and plans its graph
     (:func:`check_study`), so the driver imports no TensorFlow of its own, and the first trainings start in
     ready workers. ``folder_lines``: per config, what the driver's check of its run folder found
-    (:func:`lottery_tf.engine.run_dir.check_folder`, before Ray started).
+    (:func:`lottery_tf.engine.run_dir.check_folder`, before Ray started); ``rerecord``: per config, whether
+    ``--rerecord_data`` repairs its data record.
     """
     import ray
 
@@ -805,7 +807,8 @@ def warm_up(session: Session, configs, folder_lines, rerecord_data: bool = False
     threads = _threads(configs[0].run)
     count = min(session.slots, study.least_trainings(configs))
     lines = [list(each) for each in folder_lines]
-    session.warming = [task.remote(plain, threads, number == 0, rerecord_data, lines) for number in range(count)]
+    rerecord = list(rerecord or [False] * len(configs))
+    session.warming = [task.remote(plain, threads, number == 0, rerecord, lines) for number in range(count)]
 
 
 @dataclasses.dataclass(frozen=True)
