@@ -285,8 +285,7 @@ def main(argv):
                 if again:
                     path = os.path.join(run_dir.experiment_dir(config), "data.json")
                     lines = [*lines, f"note: --rerecord_data: a run records the data it loads in {path}"]
-                for line in lines:
-                    print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
+                run_dir.print_store_lines(lines)
             _load_keras()
             _quiet_python_logging()  # (TensorFlow's INFO lines: a strategy's devices)
             check_initializer(config.model.initializer)  # (a run checks it with the model, on Ray on a worker)
@@ -305,7 +304,7 @@ def main(argv):
                 )
             if ray:
                 print(ray_executor.describe_slots(offered, config.run))
-                if line := ray_executor.estimate_study(configs, nodes, offered):
+                if line := ray_executor.estimate_study(configs, nodes, offered, done):
                     print(line)
             return
         _quiet_python_logging()

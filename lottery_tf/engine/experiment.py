@@ -162,7 +162,8 @@ def check(
         DataUnavailableError: Naming the data source.
     """
     model_checks.check_initializer(config.model.initializer)
-    strategy = strategy or start_strategy(config)
+    if strategy is None:
+        strategy = start_strategy(config)
     check_batch_sizes(config, strategy)
     if splits is None:
         splits = get_splits(config.data)

@@ -480,9 +480,13 @@ def describe_slots(session: Session, run) -> str:
     )
 
 
-def estimate_study(configs, nodes, session: Session) -> str:
-    """:func:`estimate` for what is left of the study of ``configs`` (a resumed one: its finished trainings out)."""
-    done = study.known_done(configs, nodes)
+def estimate_study(configs, nodes, session: Session, done: set | None = None) -> str:
+    """:func:`estimate` for what is left of the study of ``configs`` (a resumed one: its finished trainings out).
+
+    ``done``: :func:`lottery_tf.engine.study.known_done` of the study, where the caller has it already.
+    """
+    if done is None:
+        done = study.known_done(configs, nodes)
     left = [n for n in nodes if n.id not in done]
     return estimate(left, session, configs[0].run, len(nodes) - len(left))
 

@@ -167,6 +167,14 @@ def check_folder(config: ExperimentConfig, rerecord_data: bool = False, trains_h
     return lines
 
 
+def print_store_lines(lines) -> None:
+    """The store check's lines: ``warning: ...`` (damage a run repairs) to stderr, ``note: ...`` to stdout."""
+    import sys
+
+    for line in lines:
+        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
+
+
 def open_experiment(config: ExperimentConfig, record: dict, new_data_record: bool, store_lines=()) -> None:
     """Creates (or checks) the experiment folder and records the data; prints the store's lines and the data line.
 
@@ -179,10 +187,7 @@ def open_experiment(config: ExperimentConfig, record: dict, new_data_record: boo
         new_data_record: Whether ``data.json`` is to be written (a new run, or ``--rerecord_data``).
         store_lines: What the store check found and the run does about it (``warning: ...`` to stderr).
     """
-    import sys
-
-    for line in store_lines:
-        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
+    print_store_lines(store_lines)
     prepare(config)
     if new_data_record:
         atomic.write_json(os.path.join(experiment_dir(config), "data.json"), records.seal(record))
